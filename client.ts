@@ -1,0 +1,778 @@
+/**
+ * The remote client, {@linkcode RemoteStream}: the hub's interface over one TCP (or TLS)
+ * connection to a msgstream server, however many local listeners it serves. It reconnects on
+ * its own and resumes every stream it follows from the last position it delivered.
+ *
+ * @example Follow a job on a server
+ * ```ts
+ * import { RemoteStream } from "@x/msgstream/client";
+ * import { serve } from "@x/msgstream/server";
+ * import { Inbox } from "@x/msgstream";
+ * import { assertEquals } from "@std/assert";
+ *
+ * await using server = serve({ port: 0 });
+ * await using remote = await RemoteStream.connect(`127.0.0.1:${server.addr.port}`);
+ * await remote.header("job42", { state: "running" });
+ * const inbox = new Inbox();
+ * await remote.listen("job42", inbox);
+ * await remote.put("job42", { done: 1 });
+ * const got = [];
+ * for await (const ev of inbox) {
+ *   got.push(ev.message);
+ *   if (got.length === 2) break;
+ * }
+ * assertEquals(got, [{ state: "running" }, { done: 1 }]);
+ * ```
+ *
+ * @module
+ */
+
+import { TextLineStream } from "@std/streams/text-line-stream";
+import { type Codec, defaultCodec } from "./codec.ts";
+import {
+  type EventKind,
+  Inbox,
+  type Listener,
+  type ListenOptions,
+  type Position,
+  type Streamer,
+  type StreamEvent,
+} from "./mod.ts";
+import { type ErrorCode, ProtocolError } from "./protocol.ts";
+
+export { ProtocolError } from "./protocol.ts";
+export type { ErrorCode } from "./protocol.ts";
+
+/** Options for {@linkcode RemoteStream.connect}. */
+export interface RemoteStreamOptions {
+  /**
+   * The server's host name or address.
+   *
+   * @default {"127.0.0.1"}
+   */
+  hostname?: string;
+  /**
+   * The server's port.
+   *
+   * @default {51932}
+   */
+  port?: number;
+  /**
+   * Encodes requests and decodes events; must match the server's.
+   *
+   * @default {defaultCodec}
+   */
+  codec?: Codec;
+  /** The secret sent in `hello`, for servers that require a token. */
+  token?: string;
+  /**
+   * Connect with TLS.
+   *
+   * @default {false}
+   */
+  tls?: boolean;
+  /** Extra CA certificates (PEM) to trust for TLS, e.g. a self-signed server's. */
+  caCerts?: string[];
+  /**
+   * Milliseconds to wait between reconnect attempts.
+   *
+   * @default {2000}
+   */
+  reconnectTimeWait?: number;
+  /**
+   * Up to this many milliseconds are added at random to each wait, so that many clients do not
+   * reconnect at once.
+   *
+   * @default {100}
+   */
+  reconnectJitter?: number;
+  /**
+   * Reconnect attempts after a connection drops before giving up (-1: never give up; 0: do
+   * not reconnect).
+   *
+   * @default {10}
+   */
+  maxReconnectAttempts?: number;
+  /**
+   * Milliseconds between pings that check the server is alive.
+   *
+   * @default {30000}
+   */
+  pingInterval?: number;
+  /**
+   * Pings left unanswered before the connection is taken as dead and reconnected.
+   *
+   * @default {2}
+   */
+  maxPingsOut?: number;
+  /**
+   * Most bytes of requests buffered while disconnected; requests beyond it fail at once
+   * with `not_connected`.
+   *
+   * @default {8388608}
+   */
+  maxPendingBytes?: number;
+}
+
+/** A lifecycle change of a {@linkcode RemoteStream}. */
+export interface Status {
+  /** What happened. */
+  type: "connecting" | "connected" | "disconnected" | "reconnecting" | "closed";
+  /** The reconnect attempt (from 1), for `reconnecting`. */
+  attempt?: number;
+  /** Why, for `disconnected` and a `closed` that was not asked for. */
+  error?: Error;
+}
+
+/** What happens to a request that was written but not answered when the connection drops. */
+type OnLost =
+  | "retry" // idempotent (header, delete): sent again after the reconnect
+  | "reject" // not idempotent (put): fails with not_connected, never sent twice
+  | "drop"; // part of the connection (hello, listen): redone by the reconnect itself
+
+interface Pending {
+  resolve(frame: Record<string, unknown>): void;
+  reject(error: Error): void;
+  onLost: OnLost;
+  frame: Uint8Array;
+  written: boolean;
+}
+
+interface Followed {
+  queues: Set<Listener>;
+  /** The last header message seen, or undefined when none is set. */
+  header: unknown;
+  /** The last position delivered. */
+  position: Position | undefined;
+  /** `listen()` calls waiting for the server to confirm the upstream listen. */
+  waiters: PromiseWithResolvers<Position>[];
+}
+
+const encoder = new TextEncoder();
+
+function parseAddress(address: string): { hostname: string; port: number } {
+  const i = address.lastIndexOf(":");
+  const hostname = i === -1 ? address : address.slice(0, i).replace(/^\[(.*)\]$/, "$1");
+  const port = i === -1 ? 51932 : Number(address.slice(i + 1));
+  if (!hostname || !Number.isInteger(port) || port < 1 || port > 65535) {
+    throw new TypeError(`Cannot connect: "${address}" is not "host:port"`);
+  }
+  return { hostname, port };
+}
+
+/**
+ * The hub's interface over one connection to a msgstream server.
+ *
+ * Every method of {@linkcode Streamer} works as on the in-process hub. Requests are sent in
+ * call order, so `put`s need not be awaited to keep their order; each returned promise settles
+ * when the server answers. While the connection is down, requests wait (up to
+ * `maxPendingBytes`) and go out after the reconnect. A put that was written but not yet
+ * confirmed when the connection dropped fails with code `not_connected` (it may or may not
+ * have been applied); it is not sent twice.
+ *
+ * After a reconnect, each followed stream is listened to again from the last position
+ * delivered: local listeners see no gap and no duplicate when the server's history covers the
+ * outage, and a `reset` event (then the header) when it does not.
+ */
+export class RemoteStream implements Streamer, AsyncDisposable {
+  readonly #opts: Required<Omit<RemoteStreamOptions, "token" | "caCerts">> & {
+    token: string | undefined;
+    caCerts: string[] | undefined;
+  };
+  #conn: Deno.Conn | undefined;
+  #nextId = 1;
+  #pending = new Map<number, Pending>();
+  #outbox: Uint8Array[] = [];
+  #outboxBytes = 0;
+  #writing = false;
+  #streams = new Map<string, Followed>();
+  #closing = false;
+  #closed: PromiseWithResolvers<void | Error> = Promise.withResolvers();
+  #statusListeners = new Set<(s: Status) => void>();
+  #pingTimer: ReturnType<typeof setInterval> | undefined;
+  #pingsOut = 0;
+  #reconnecting: Promise<void> | undefined;
+  #reading: Promise<void> | undefined;
+
+  private constructor(options: RemoteStreamOptions) {
+    this.#opts = {
+      hostname: options.hostname ?? "127.0.0.1",
+      port: options.port ?? 51932,
+      codec: options.codec ?? defaultCodec,
+      token: options.token,
+      tls: options.tls ?? false,
+      caCerts: options.caCerts,
+      reconnectTimeWait: options.reconnectTimeWait ?? 2000,
+      reconnectJitter: options.reconnectJitter ?? 100,
+      maxReconnectAttempts: options.maxReconnectAttempts ?? 10,
+      pingInterval: options.pingInterval ?? 30_000,
+      maxPingsOut: options.maxPingsOut ?? 2,
+      maxPendingBytes: options.maxPendingBytes ?? 8 << 20,
+    };
+  }
+
+  /**
+   * Connects to a server.
+   *
+   * @param target `"host:port"`, or options.
+   * @returns The connected client.
+   * @throws {TypeError} When the address is malformed.
+   * @throws {ProtocolError} With code `unauthorized` when the token is refused.
+   * @throws {Deno.errors.ConnectionRefused} When nothing listens there.
+   *
+   * @example Connecting with options
+   * ```ts ignore
+   * import { RemoteStream } from "@x/msgstream/client";
+   *
+   * const remote = await RemoteStream.connect({ hostname: "jobs.example", port: 51932, tls: true, token: "s3cret" });
+   * await remote.put("job42", { done: 3 });
+   * await remote.close();
+   * ```
+   */
+  static async connect(target: string | RemoteStreamOptions = {}): Promise<RemoteStream> {
+    const options = typeof target === "string" ? parseAddress(target) : target;
+    const remote = new RemoteStream(options);
+    await remote.#connect();
+    return remote;
+  }
+
+  /** Opens the connection, says hello, starts reading. */
+  async #connect(): Promise<void> {
+    const o = this.#opts;
+    this.#emit({ type: "connecting" });
+    const conn = o.tls
+      ? await Deno.connectTls({
+        hostname: o.hostname,
+        port: o.port,
+        ...(o.caCerts ? { caCerts: o.caCerts } : {}),
+      })
+      : await Deno.connect({ hostname: o.hostname, port: o.port });
+    if ("setNoDelay" in conn) (conn as Deno.TcpConn).setNoDelay(true);
+    this.#conn = conn;
+    this.#pingsOut = 0;
+    this.#reading = this.#read(conn);
+    // hello goes first, ahead of anything buffered while disconnected.
+    const hello: Record<string, unknown> = { action: "hello", version: 1 };
+    if (o.token !== undefined) hello.token = o.token;
+    const ready = this.#request(hello, "drop", true);
+    // Listen again to what we follow, from where we are.
+    for (const [stream, f] of this.#streams) this.#relisten(stream, f);
+    this.#flush();
+    try {
+      await ready;
+    } catch (e) {
+      this.#conn = undefined;
+      try {
+        conn.close();
+      } catch { /* closed */ }
+      throw e;
+    }
+    if (o.pingInterval > 0) {
+      clearInterval(this.#pingTimer);
+      this.#pingTimer = setInterval(() => this.#ping(), o.pingInterval);
+    }
+    this.#emit({ type: "connected" });
+  }
+
+  /** Listens upstream from the last position delivered; settles the stream's waiters. */
+  #relisten(stream: string, f: Followed, since = f.position): void {
+    if (!this.#conn) return; // the reconnect listens again to every followed stream
+    const frame: Record<string, unknown> = { action: "listen", stream };
+    if (since) frame.since = { epoch: since.epoch, seq: since.seq };
+    this.#request(frame, "drop").then((ok) => {
+      const position = { epoch: ok.epoch as string, seq: ok.seq as number };
+      f.position ??= position;
+      for (const w of f.waiters.splice(0)) w.resolve(position);
+    }, (e: Error) => {
+      if (e instanceof LostConnection) return; // the reconnect listens again
+      // The server refused: the local queues of this stream hear nothing more.
+      if (this.#streams.get(stream) === f) this.#streams.delete(stream);
+      for (const w of f.waiters.splice(0)) w.reject(e);
+    });
+  }
+
+  #ping(): void {
+    if (!this.#conn) return;
+    if (this.#pingsOut >= this.#opts.maxPingsOut) {
+      this.#lost(new ProtocolError("not_connected", "Server did not answer pings"));
+      return;
+    }
+    this.#pingsOut++;
+    this.#send(encoder.encode('{"action":"ping"}\n'));
+  }
+
+  /**
+   * Follows status changes: connecting, connected, disconnected, reconnecting, closed.
+   * Each iterator sees the changes after it was made; `break` stops it.
+   *
+   * @returns An async iterable of status changes.
+   *
+   * @example Logging reconnects
+   * ```ts ignore
+   * for await (const s of remote.status()) console.log(s.type, s.attempt ?? "");
+   * ```
+   */
+  status(): AsyncIterable<Status> {
+    const listeners = this.#statusListeners;
+    return {
+      [Symbol.asyncIterator](): AsyncIterator<Status> {
+        const queue: Status[] = [];
+        let wake: (() => void) | undefined;
+        let done = false;
+        const listener = (s: Status) => {
+          if (queue.length < 1000) queue.push(s);
+          wake?.();
+        };
+        listeners.add(listener);
+        const finish = () => {
+          done = true;
+          listeners.delete(listener);
+        };
+        return {
+          async next(): Promise<IteratorResult<Status>> {
+            while (queue.length === 0 && !done) {
+              await new Promise<void>((r) => wake = r);
+              wake = undefined;
+            }
+            const value = queue.shift();
+            if (value === undefined) return { done: true, value: undefined };
+            if (value.type === "closed") finish();
+            return { done: false, value };
+          },
+          return(): Promise<IteratorResult<Status>> {
+            finish();
+            wake?.();
+            return Promise.resolve({ done: true, value: undefined });
+          },
+        };
+      },
+    };
+  }
+
+  #emit(s: Status): void {
+    for (const l of this.#statusListeners) l(s);
+  }
+
+  /**
+   * Resolves when the client has closed for good: with nothing when `close()` was called,
+   * with the error when it gave up reconnecting. Never rejects.
+   *
+   * @returns Why it closed.
+   */
+  closed(): Promise<void | Error> {
+    return this.#closed.promise;
+  }
+
+  /**
+   * Sets or clears a stream's header on the server.
+   *
+   * @param stream The stream's name.
+   * @param message The header, or `null`/`undefined` to clear it.
+   * @throws {ProtocolError} When the server refuses (e.g. `forbidden`) or the connection is
+   * lost (`not_connected`).
+   */
+  async header(stream: string, message: unknown): Promise<void> {
+    await this.#request({ action: "header", stream, message: message ?? null }, "retry");
+  }
+
+  /**
+   * Puts a message on a stream on the server.
+   *
+   * @param stream The stream's name.
+   * @param message The message.
+   * @returns The put's seq.
+   * @throws {ProtocolError} When the server refuses or the connection is lost.
+   */
+  async put(stream: string, message: unknown): Promise<number> {
+    if (message === undefined) throw new TypeError(`Cannot put on stream "${stream}": no message`);
+    const ok = await this.#request({ action: "put", stream, message }, "reject");
+    return ok.seq as number;
+  }
+
+  /**
+   * Deletes a stream on the server; every listener gets an `end` event.
+   *
+   * @param stream The stream's name.
+   * @throws {ProtocolError} When the server refuses or the connection is lost.
+   */
+  async delete(stream: string): Promise<void> {
+    await this.#request({ action: "delete", stream }, "retry");
+  }
+
+  /**
+   * Delivers a stream's events to `queue`: the header first, then every later put. The
+   * connection listens upstream once per stream, however many local queues follow it; a
+   * second local queue gets the header this client last saw, then the same live events.
+   *
+   * @param stream The stream's name.
+   * @param queue The listener.
+   * @param options Where to resume; applies when this client does not follow the stream yet.
+   * @returns The stream's position when the queue joined.
+   * @throws {ProtocolError} When the server refuses (`forbidden`, `invalid_stream`, …).
+   */
+  async listen(stream: string, queue: Listener, options: ListenOptions = {}): Promise<Position> {
+    if (!queue || typeof queue.put !== "function") {
+      throw new TypeError(`Cannot listen to stream "${stream}": the queue has no put method`);
+    }
+    const followed = this.#streams.get(stream);
+    if (followed) {
+      if (followed.queues.has(queue)) return followed.position ?? { epoch: "", seq: 0 };
+      followed.queues.add(queue);
+      queue.attached?.(this);
+      if (followed.header !== undefined && followed.position) {
+        this.#deliver(queue, this.#event(stream, "header", followed.header, followed.position));
+      }
+      return followed.position ?? { epoch: "", seq: 0 };
+    }
+    if (this.#closing) throw new ProtocolError("not_connected", "Client closed");
+    const f: Followed = {
+      queues: new Set([queue]),
+      header: undefined,
+      position: options.since,
+      waiters: [Promise.withResolvers()],
+    };
+    this.#streams.set(stream, f);
+    queue.attached?.(this);
+    const waiter = f.waiters[0] as PromiseWithResolvers<Position>;
+    this.#relisten(stream, f, options.since);
+    return await waiter.promise;
+  }
+
+  /**
+   * Stops delivering a stream's events to `queue`; the last local queue of a stream hangs up
+   * upstream.
+   *
+   * @param stream The stream's name.
+   * @param queue The listener.
+   */
+  hangup(stream: string, queue: Listener): void {
+    const f = this.#streams.get(stream);
+    if (!f || !f.queues.delete(queue)) return;
+    if (f.queues.size === 0) {
+      this.#streams.delete(stream);
+      this.#fire({ action: "hangup", stream });
+    }
+  }
+
+  /**
+   * Stops delivering every stream's events to `queue`.
+   *
+   * @param queue The listener.
+   */
+  endqueue(queue: Listener): void {
+    for (const [stream, f] of this.#streams) {
+      if (f.queues.has(queue)) this.hangup(stream, queue);
+    }
+  }
+
+  /**
+   * Closes the connection for good: tells the server, flushes, and ends every local
+   * {@linkcode Inbox}. Safe to call more than once.
+   */
+  async close(): Promise<void> {
+    if (this.#closing) return void await this.#closed.promise;
+    this.#closing = true;
+    clearInterval(this.#pingTimer);
+    const conn = this.#conn;
+    if (conn) {
+      this.#send(encoder.encode('{"action":"close"}\n'));
+      await this.#drain();
+      try {
+        conn.close();
+      } catch { /* closed */ }
+    }
+    await this.#reading?.catch(() => {});
+    await this.#reconnecting?.catch(() => {});
+    this.#finish(undefined);
+  }
+
+  /** Closes, for `await using`. */
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.close();
+  }
+
+  #finish(error: Error | undefined): void {
+    this.#closing = true;
+    this.#conn = undefined;
+    clearInterval(this.#pingTimer);
+    const err = error ?? new ProtocolError("not_connected", "Client closed");
+    for (const p of this.#pending.values()) p.reject(err);
+    this.#pending.clear();
+    this.#outbox = [];
+    this.#outboxBytes = 0;
+    for (const f of this.#streams.values()) {
+      for (const w of f.waiters.splice(0)) w.reject(err);
+      for (const q of f.queues) if (q instanceof Inbox) q.close();
+    }
+    this.#streams.clear();
+    this.#emit(error ? { type: "closed", error } : { type: "closed" });
+    this.#closed.resolve(error);
+  }
+
+  /** Sends a request with an id; resolves with the `ok` frame. */
+  #request(
+    frame: Record<string, unknown>,
+    onLost: OnLost,
+    first = false,
+  ): Promise<Record<string, unknown>> {
+    if (this.#closing) {
+      return Promise.reject(new ProtocolError("not_connected", "Client closed"));
+    }
+    const id = this.#nextId++;
+    frame.id = id;
+    let bytes: Uint8Array;
+    try {
+      bytes = encoder.encode(this.#opts.codec.encode(frame) + "\n");
+    } catch (e) {
+      return Promise.reject(new TypeError(`Cannot encode request: ${(e as Error).message}`));
+    }
+    if (!this.#conn && this.#outboxBytes + bytes.byteLength > this.#opts.maxPendingBytes) {
+      return Promise.reject(
+        new ProtocolError("not_connected", "Not connected, and the pending request buffer is full"),
+      );
+    }
+    const { promise, resolve, reject } = Promise.withResolvers<Record<string, unknown>>();
+    this.#pending.set(id, { resolve, reject, onLost, frame: bytes, written: false });
+    if (first) {
+      this.#outbox.unshift(bytes);
+      this.#outboxBytes += bytes.byteLength;
+    } else {
+      this.#send(bytes);
+    }
+    return promise;
+  }
+
+  /** Sends a frame that needs no answer. */
+  #fire(frame: Record<string, unknown>): void {
+    if (!this.#conn) return; // on reconnect, only followed streams are listened to again
+    this.#send(encoder.encode(this.#opts.codec.encode(frame) + "\n"));
+  }
+
+  #send(bytes: Uint8Array): void {
+    this.#outbox.push(bytes);
+    this.#outboxBytes += bytes.byteLength;
+    if (this.#conn && !this.#writing) {
+      this.#writing = true;
+      queueMicrotask(this.#flushNow);
+    }
+  }
+
+  #flush(): void {
+    if (this.#conn && !this.#writing && this.#outbox.length > 0) {
+      this.#writing = true;
+      queueMicrotask(this.#flushNow);
+    }
+  }
+
+  #drained: PromiseWithResolvers<void> | undefined;
+
+  #drain(): Promise<void> {
+    if (!this.#writing && this.#outbox.length === 0) return Promise.resolve();
+    this.#drained ??= Promise.withResolvers();
+    return this.#drained.promise;
+  }
+
+  #flushNow = async (): Promise<void> => {
+    const conn = this.#conn;
+    try {
+      while (conn && this.#conn === conn && this.#outbox.length > 0) {
+        const chunks = this.#outbox;
+        this.#outbox = [];
+        this.#outboxBytes = 0;
+        let size = 0;
+        for (const c of chunks) size += c.byteLength;
+        const buf = new Uint8Array(size);
+        let off = 0;
+        for (const c of chunks) {
+          buf.set(c, off);
+          off += c.byteLength;
+        }
+        this.#markWritten(chunks);
+        off = 0;
+        while (off < buf.byteLength) off += await conn.write(buf.subarray(off));
+      }
+    } catch {
+      // The reader sees the failure too and reconnects.
+    }
+    this.#writing = false;
+    if (this.#outbox.length === 0 || !this.#conn) {
+      this.#drained?.resolve();
+      this.#drained = undefined;
+    }
+  };
+
+  #markWritten(chunks: Uint8Array[]): void {
+    if (this.#pending.size === 0) return;
+    const set = new Set(chunks);
+    for (const p of this.#pending.values()) if (set.has(p.frame)) p.written = true;
+  }
+
+  async #read(conn: Deno.Conn): Promise<void> {
+    let error: Error | undefined;
+    try {
+      const lines = conn.readable
+        .pipeThrough(new TextDecoderStream())
+        .pipeThrough(new TextLineStream());
+      for await (const line of lines) {
+        if (line.length > 0) this.#handle(line);
+      }
+    } catch (e) {
+      error = e as Error;
+    }
+    if (this.#conn === conn) {
+      this.#lost(error ?? new ProtocolError("not_connected", "Connection closed by the server"));
+    }
+  }
+
+  #handle(line: string): void {
+    this.#pingsOut = 0;
+    let f: Record<string, unknown>;
+    try {
+      f = this.#opts.codec.decode(line) as Record<string, unknown>;
+    } catch {
+      return; // not ours to fix; the server only sends valid frames
+    }
+    if (!f || typeof f !== "object") return;
+    const stream = f.stream as string;
+    switch (f.action) {
+      case "put":
+        return this.#onEvent(stream, f.header === true ? "header" : "put", f);
+      case "header":
+        return this.#onEvent(stream, "header", f);
+      case "delete":
+        return this.#onEvent(stream, "end", f);
+      case "reset":
+        return this.#onEvent(stream, "reset", f);
+      case "ok": {
+        const p = this.#pending.get(f.id as number);
+        if (p) {
+          this.#pending.delete(f.id as number);
+          p.resolve(f);
+        }
+        return;
+      }
+      case "error": {
+        const err = new ProtocolError(
+          (f.code as ErrorCode) ?? "internal",
+          String(f.message ?? "Server error"),
+          typeof stream === "string" ? stream : undefined,
+        );
+        const p = f.id === undefined ? undefined : this.#pending.get(f.id as number);
+        if (p) {
+          this.#pending.delete(f.id as number);
+          p.reject(err);
+        } else if (err.code === "slow_consumer") {
+          this.#lost(err);
+        }
+        return;
+      }
+      case "ping":
+        this.#send(encoder.encode('{"action":"pong"}\n'));
+        return;
+      case "close":
+        // The server is shutting down: reconnect (a restart) unless we are closing.
+        if (this.#conn) {
+          this.#lost(new ProtocolError("not_connected", "Server closed the connection"));
+        }
+        return;
+    }
+  }
+
+  #onEvent(stream: string, kind: EventKind, f: Record<string, unknown>): void {
+    const followed = this.#streams.get(stream);
+    if (!followed) return;
+    const seq = typeof f.seq === "number" ? f.seq : 0;
+    const epoch = typeof f.epoch === "string" ? f.epoch : "";
+    const pos = followed.position;
+    if (kind === "put" && pos && pos.epoch === epoch && seq !== 0 && seq <= pos.seq) {
+      return; // already delivered (a replay overlapping what we had)
+    }
+    const message = f.message === undefined ? null : f.message;
+    if (kind === "header") followed.header = message === null ? undefined : message;
+    if (kind === "reset") followed.header = undefined;
+    followed.position = { epoch, seq };
+    const ev = this.#event(stream, kind, message, followed.position);
+    if (kind === "end") this.#streams.delete(stream);
+    for (const q of followed.queues) this.#deliver(q, ev);
+  }
+
+  #event(stream: string, kind: EventKind, message: unknown, pos: Position): StreamEvent {
+    const action = kind === "end" ? "delete" : kind;
+    const frame = encoder.encode(
+      this.#opts.codec.encode({ action, stream, message, seq: pos.seq, epoch: pos.epoch }) + "\n",
+    );
+    return { stream, kind, message, seq: pos.seq, epoch: pos.epoch, frame };
+  }
+
+  #deliver(q: Listener, ev: StreamEvent): void {
+    try {
+      q.put(ev);
+    } catch {
+      this.endqueue(q);
+    }
+  }
+
+  /** The connection is gone: fail what is ambiguous, then reconnect or give up. */
+  #lost(error: Error): void {
+    const conn = this.#conn;
+    if (!conn) return;
+    this.#conn = undefined;
+    clearInterval(this.#pingTimer);
+    try {
+      conn.close();
+    } catch { /* closed */ }
+    if (this.#closing) return;
+    this.#emit({ type: "disconnected", error });
+    // Unanswered requests: resend what is safe to, fail what is ambiguous, and leave hello and
+    // listens to the reconnect. Frames that need no answer (hangup, ping) are not kept: the
+    // reconnect listens only to what is still followed.
+    const keep: Uint8Array[] = [];
+    for (const [id, p] of this.#pending) {
+      if (p.onLost === "drop") {
+        this.#pending.delete(id);
+        p.reject(new LostConnection());
+      } else if (!p.written || p.onLost === "retry") {
+        p.written = false;
+        keep.push(p.frame);
+      } else {
+        this.#pending.delete(id);
+        p.reject(
+          new ProtocolError(
+            "not_connected",
+            "Connection lost before the server answered: the put may or may not have been applied",
+            undefined,
+            { cause: error },
+          ),
+        );
+      }
+    }
+    this.#outbox = keep;
+    this.#outboxBytes = keep.reduce((n, b) => n + b.byteLength, 0);
+    this.#reconnecting = this.#reconnect(error);
+  }
+
+  async #reconnect(lastError: Error): Promise<void> {
+    const o = this.#opts;
+    for (
+      let attempt = 1;
+      o.maxReconnectAttempts < 0 || attempt <= o.maxReconnectAttempts;
+      attempt++
+    ) {
+      const wait = o.reconnectTimeWait + Math.random() * o.reconnectJitter;
+      await new Promise((r) => setTimeout(r, wait));
+      if (this.#closing) return;
+      this.#emit({ type: "reconnecting", attempt });
+      try {
+        await this.#connect();
+        return;
+      } catch (e) {
+        lastError = e as Error;
+        if (e instanceof ProtocolError && e.code === "unauthorized") break;
+      }
+    }
+    if (!this.#closing) this.#finish(lastError);
+  }
+}
+
+/** A connection-bound request ended with its connection; the reconnect redoes it. */
+class LostConnection extends Error {}

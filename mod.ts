@@ -1,0 +1,1124 @@
+/**
+ * Message streams: many listeners follow a running computation. Each stream is keyed by a name
+ * (usually a job id) and has a **header**, the latest status snapshot. A listener that joins
+ * gets the header first, then every later message of the stream, in order, with no gap and no
+ * duplicate.
+ *
+ * This module is the in-process hub, {@linkcode MessageStream}, and its bounded listener queue,
+ * {@linkcode Inbox}. The TCP server lives in `@x/msgstream/server`, the remote client with the
+ * same interface in `@x/msgstream/client`.
+ *
+ * @example Follow a job
+ * ```ts
+ * import { Inbox, MessageStream } from "@x/msgstream";
+ * import { assertEquals } from "@std/assert";
+ *
+ * const hub = new MessageStream();
+ * await hub.header("job42", { state: "running", done: 0 });
+ * const inbox = new Inbox();
+ * await hub.listen("job42", inbox);
+ * await hub.put("job42", { done: 1 });
+ * await hub.put("job42", { done: 2 });
+ * await hub.delete("job42");
+ *
+ * const seen = [];
+ * for await (const ev of inbox) {
+ *   seen.push([ev.kind, ev.message]);
+ *   if (ev.kind === "end") break;
+ * }
+ * assertEquals(seen, [
+ *   ["header", { state: "running", done: 0 }],
+ *   ["put", { done: 1 }],
+ *   ["put", { done: 2 }],
+ *   ["end", null],
+ * ]);
+ * ```
+ *
+ * @module
+ */
+
+import { type Codec, defaultCodec } from "./codec.ts";
+
+/** What an event says happened on a stream. */
+export type EventKind = "header" | "put" | "end" | "reset";
+
+/** A position in a stream: its epoch and the seq of the last put seen. */
+export interface Position {
+  /** Changes whenever the stream is created anew (first use, after `delete`, after a restart). */
+  readonly epoch: string;
+  /** The number of the last put (puts count from 1; 0 means none yet). */
+  readonly seq: number;
+}
+
+/**
+ * One event on one stream, as every listener receives it. Events are shared between listeners:
+ * treat them as read-only.
+ */
+export interface StreamEvent extends Position {
+  /** The stream's name. */
+  readonly stream: string;
+  /**
+   * `header`: the stream's header (first on join, and whenever it changes; `message` is `null`
+   * when it was cleared). `put`: a message. `end`: the stream was deleted; no more events
+   * follow from it. `reset`: the listener could not be caught up from a position it gave
+   * (`message.reason` says why); the current header follows.
+   */
+  readonly kind: EventKind;
+  /** The header or put message; `null` for `end` and for a cleared header. */
+  readonly message: unknown;
+  /**
+   * The event's frame on the wire, encoded once by the hub's codec and shared by every
+   * connection (UTF-8, ending with a newline).
+   */
+  readonly frame: Uint8Array;
+}
+
+/** Anything that can receive events: the original's duck type, an object with `put`. */
+export interface Listener {
+  /**
+   * Receives one event. Called synchronously by the hub; must not block. A listener that
+   * throws is removed from every stream of the hub that called it.
+   *
+   * @param event The event.
+   */
+  put(event: StreamEvent): void;
+  /**
+   * Called when the listener starts following a stream of `source`, so that the listener can
+   * later detach itself with `source.endqueue(listener)`.
+   *
+   * @param source The hub or remote stream.
+   */
+  attached?(source: Detachable): void;
+}
+
+/** What a listener can detach itself from. */
+export interface Detachable {
+  /**
+   * Removes the listener from every stream.
+   *
+   * @param queue The listener.
+   */
+  endqueue(queue: Listener): void;
+}
+
+/** Options for {@linkcode Streamer.listen}. */
+export interface ListenOptions {
+  /**
+   * Resume after this position: the listener gets exactly the puts after it (and header
+   * changes since), then live ones. When history no longer covers it, the listener gets a
+   * `reset` event, then the header, then live puts.
+   */
+  since?: Position;
+}
+
+/**
+ * The interface shared by the in-process hub ({@linkcode MessageStream}) and the remote client
+ * (`RemoteStream`): code moves between them by changing one constructor.
+ */
+export interface Streamer extends Detachable {
+  /**
+   * Sets the stream's header (the status snapshot a joining listener gets first), or clears it
+   * with `null`/`undefined`. Current listeners get a `header` event.
+   *
+   * @param stream The stream's name.
+   * @param message The new header, or `null`/`undefined` to clear it.
+   */
+  header(stream: string, message: unknown): Promise<void>;
+  /**
+   * Puts a message on the stream: every current listener gets it.
+   *
+   * @param stream The stream's name.
+   * @param message The message; anything the codec encodes, but not `undefined`.
+   * @returns The put's seq.
+   */
+  put(stream: string, message: unknown): Promise<number>;
+  /**
+   * Deletes the stream: its header, history and listeners go, and each listener gets an `end`
+   * event.
+   *
+   * @param stream The stream's name.
+   */
+  delete(stream: string): Promise<void>;
+  /**
+   * Starts delivering the stream's events to `queue`: the header first (if one is set), then
+   * every later put. Listening again with a queue that already listens does nothing.
+   *
+   * @param stream The stream's name.
+   * @param queue The listener.
+   * @param options Where to resume.
+   * @returns The stream's position when the listener joined.
+   */
+  listen(stream: string, queue: Listener, options?: ListenOptions): Promise<Position>;
+  /**
+   * Stops delivering the stream's events to `queue`.
+   *
+   * @param stream The stream's name.
+   * @param queue The listener.
+   */
+  hangup(stream: string, queue: Listener): void;
+}
+
+/** Options for {@linkcode MessageStream}. */
+export interface MessageStreamOptions {
+  /**
+   * Encodes each event once, for every connection to share.
+   *
+   * @default {defaultCodec}
+   */
+  codec?: Codec;
+  /**
+   * Most events (puts and header changes) kept per stream for resuming listeners.
+   *
+   * @default {1000}
+   */
+  historyMessages?: number;
+  /**
+   * Most bytes of encoded events kept per stream for resuming listeners.
+   *
+   * @default {1048576}
+   */
+  historyBytes?: number;
+  /**
+   * Most bytes of history kept for all streams together; the oldest history of any stream goes
+   * first.
+   *
+   * @default {67108864}
+   */
+  maxHistoryBytes?: number;
+  /**
+   * Longest stream name, in UTF-16 code units.
+   *
+   * @default {256}
+   */
+  maxStreamNameLength?: number;
+}
+
+/** What the hub knows about one stream, from {@linkcode MessageStream.info}. */
+export interface StreamInfo extends Position {
+  /** The stream's name. */
+  readonly stream: string;
+  /** How many listeners follow it. */
+  readonly listeners: number;
+  /** Whether a header is set. */
+  readonly hasHeader: boolean;
+  /** How many events its history holds. */
+  readonly historyLength: number;
+  /** How many bytes its history holds. */
+  readonly historyBytes: number;
+}
+
+/** Totals, from {@linkcode MessageStream.stats}. */
+export interface HubStats {
+  /** Streams the hub holds. */
+  readonly streams: number;
+  /** Listener registrations over all streams. */
+  readonly listeners: number;
+  /** Bytes of history over all streams. */
+  readonly historyBytes: number;
+  /** Puts accepted since the hub was created. */
+  readonly puts: number;
+  /** Events handed to listeners since the hub was created. */
+  readonly deliveries: number;
+}
+
+/**
+ * Thrown by an {@linkcode Inbox}'s reader after the events it had buffered, when the inbox
+ * overflowed because it was not read fast enough. The inbox stopped listening when it
+ * overflowed; the last events read tell where to resume (`listen(…, { since })`).
+ */
+export class SlowConsumerError extends Error {
+  /** The limit that was exceeded. */
+  readonly limit: "events" | "bytes";
+
+  /**
+   * Creates the error.
+   *
+   * @param limit The limit that was exceeded.
+   * @param options Standard error options.
+   */
+  constructor(limit: "events" | "bytes", options?: ErrorOptions) {
+    super(`Inbox overflowed: more ${limit} buffered than its limit`, options);
+    this.name = "SlowConsumerError";
+    this.limit = limit;
+  }
+}
+
+const encoder = new TextEncoder();
+
+/**
+ * Encodes one event frame with `codec`, ending with a newline.
+ *
+ * @param codec The codec.
+ * @param frame The frame object.
+ * @returns UTF-8 bytes.
+ */
+export function encodeFrame(codec: Codec, frame: Record<string, unknown>): Uint8Array {
+  return encoder.encode(codec.encode(frame) + "\n");
+}
+
+let epochCounter = 0;
+const epochBase = (() => {
+  const b = new Uint8Array(5);
+  crypto.getRandomValues(b);
+  return Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
+})();
+
+function newEpoch(): string {
+  return epochBase + (epochCounter++).toString(36);
+}
+
+interface Entry {
+  ev: StreamEvent;
+  bytes: number;
+  state: StreamState;
+  dead: boolean;
+}
+
+/** A FIFO with O(1) push and shift. */
+class Deque<T> {
+  #items: (T | undefined)[] = [];
+  #head = 0;
+  get length(): number {
+    return this.#items.length - this.#head;
+  }
+  push(item: T): void {
+    this.#items.push(item);
+  }
+  peek(): T | undefined {
+    return this.#items[this.#head];
+  }
+  at(i: number): T | undefined {
+    return this.#items[this.#head + i];
+  }
+  shift(): T | undefined {
+    if (this.#head >= this.#items.length) return undefined;
+    const item = this.#items[this.#head];
+    this.#items[this.#head++] = undefined;
+    if (this.#head > 1024 && this.#head * 2 > this.#items.length) {
+      this.#items = this.#items.slice(this.#head);
+      this.#head = 0;
+    }
+    return item;
+  }
+  filter(keep: (item: T) => boolean): void {
+    const items: T[] = [];
+    for (let i = this.#head; i < this.#items.length; i++) {
+      const item = this.#items[i] as T;
+      if (keep(item)) items.push(item);
+    }
+    this.#items = items;
+    this.#head = 0;
+  }
+  clear(): void {
+    this.#items = [];
+    this.#head = 0;
+  }
+}
+
+class StreamState {
+  readonly name: string;
+  readonly epoch: string = newEpoch();
+  seq = 0;
+  /** The current header's message, or undefined when none is set. */
+  header: unknown = undefined;
+  /** The join event for the current header at the current seq, built on demand. */
+  joinEvent: StreamEvent | undefined = undefined;
+  history: Deque<Entry> | undefined = undefined;
+  historyBytes = 0;
+  /** Resuming from a seq below this is not covered by history. */
+  trimmedTo = 0;
+  readonly listeners: Set<Listener> = new Set();
+  constructor(name: string) {
+    this.name = name;
+  }
+}
+
+function checkName(stream: unknown, max: number): asserts stream is string {
+  if (typeof stream !== "string") {
+    throw new TypeError(
+      `Stream name must be a string, got ${stream === null ? "null" : typeof stream}`,
+    );
+  }
+  if (stream.length === 0) throw new TypeError("Stream name must not be empty");
+  if (stream.length > max) {
+    throw new RangeError(`Stream name is ${stream.length} characters long: the limit is ${max}`);
+  }
+}
+
+function positiveInt(name: string, value: number | undefined, fallback: number, min = 0): number {
+  const v = value ?? fallback;
+  if (!Number.isSafeInteger(v) || v < min) {
+    throw new RangeError(`Option "${name}" must be an integer of at least ${min}, got ${v}`);
+  }
+  return v;
+}
+
+/**
+ * The in-process hub: streams keyed by name, each with a header, a bounded history and its
+ * listeners. Delivery is synchronous: when `put` returns, every listener's `put` has been
+ * called, so a slow listener must buffer (an {@linkcode Inbox} does, within bounds).
+ *
+ * @example The original's duck-typed queue
+ * ```ts
+ * import { MessageStream, type StreamEvent } from "@x/msgstream";
+ * import { assertEquals } from "@std/assert";
+ *
+ * const hub = new MessageStream();
+ * const got: unknown[] = [];
+ * const queue = { put: (ev: StreamEvent) => got.push(ev.message) };
+ * await hub.header("M2", ["H2", 25]);
+ * await hub.listen("M2", queue);
+ * await hub.put("M2", ["S3", 0]);
+ * hub.hangup("M2", queue);
+ * await hub.put("M2", ["S3", 1]);
+ * assertEquals(got, [["H2", 25], ["S3", 0]]);
+ * ```
+ */
+export class MessageStream implements Streamer {
+  /** The codec that encodes every event frame. */
+  readonly codec: Codec;
+  #streams = new Map<string, StreamState>();
+  #following = new WeakMap<Listener, Set<StreamState>>();
+  #history = new Deque<Entry>();
+  #historyBytes = 0;
+  #deadEntries = 0;
+  #historyMessages: number;
+  #historyBytesPerStream: number;
+  #maxHistoryBytes: number;
+  #maxName: number;
+  #puts = 0;
+  #deliveries = 0;
+  #listenerCount = 0;
+
+  /**
+   * Creates an empty hub.
+   *
+   * @param options Codec and history bounds.
+   * @throws {RangeError} When a bound is not a non-negative integer.
+   */
+  constructor(options: MessageStreamOptions = {}) {
+    this.codec = options.codec ?? defaultCodec;
+    this.#historyMessages = positiveInt("historyMessages", options.historyMessages, 1000);
+    this.#historyBytesPerStream = positiveInt("historyBytes", options.historyBytes, 1 << 20);
+    this.#maxHistoryBytes = positiveInt("maxHistoryBytes", options.maxHistoryBytes, 64 << 20);
+    this.#maxName = positiveInt("maxStreamNameLength", options.maxStreamNameLength, 256, 1);
+  }
+
+  /** The longest stream name accepted, in UTF-16 code units. */
+  get maxStreamNameLength(): number {
+    return this.#maxName;
+  }
+
+  /**
+   * Sets or clears a stream's header.
+   *
+   * @param stream The stream's name.
+   * @param message The header, or `null`/`undefined` to clear it.
+   * @throws {TypeError} When the name is not a non-empty string or the codec cannot encode the
+   * header.
+   * @throws {RangeError} When the name is too long.
+   *
+   * @example Setting and clearing
+   * ```ts
+   * import { MessageStream } from "@x/msgstream";
+   * import { assertEquals } from "@std/assert";
+   *
+   * const hub = new MessageStream();
+   * await hub.header("job", { state: "queued" });
+   * assertEquals(hub.info("job")?.hasHeader, true);
+   * await hub.header("job", null);
+   * assertEquals(hub.info("job")?.hasHeader, false);
+   * ```
+   */
+  header(stream: string, message: unknown): Promise<void> {
+    try {
+      this.setHeader(stream, message);
+      return Promise.resolve();
+    } catch (e) {
+      return Promise.reject(e);
+    }
+  }
+
+  /**
+   * Puts a message on a stream.
+   *
+   * @param stream The stream's name.
+   * @param message The message (not `undefined`).
+   * @returns The put's seq.
+   * @throws {TypeError} When the name is not a non-empty string, the message is `undefined`, or
+   * the codec cannot encode it.
+   * @throws {RangeError} When the name is too long.
+   *
+   * @example Seqs count from 1
+   * ```ts
+   * import { MessageStream } from "@x/msgstream";
+   * import { assertEquals } from "@std/assert";
+   *
+   * const hub = new MessageStream();
+   * assertEquals(await hub.put("job", "a"), 1);
+   * assertEquals(await hub.put("job", "b"), 2);
+   * ```
+   */
+  put(stream: string, message: unknown): Promise<number> {
+    try {
+      return Promise.resolve(this.putNow(stream, message));
+    } catch (e) {
+      return Promise.reject(e);
+    }
+  }
+
+  /**
+   * Deletes a stream: header, history and listeners go; each listener gets an `end` event.
+   * The next use of the name starts a new epoch.
+   *
+   * @param stream The stream's name.
+   * @throws {TypeError} When the name is not a non-empty string.
+   *
+   * @example Listeners get an end event
+   * ```ts
+   * import { MessageStream, type StreamEvent } from "@x/msgstream";
+   * import { assertEquals } from "@std/assert";
+   *
+   * const hub = new MessageStream();
+   * const kinds: string[] = [];
+   * await hub.listen("job", { put: (ev: StreamEvent) => kinds.push(ev.kind) });
+   * await hub.delete("job");
+   * assertEquals(kinds, ["end"]);
+   * ```
+   */
+  delete(stream: string): Promise<void> {
+    try {
+      this.deleteNow(stream);
+      return Promise.resolve();
+    } catch (e) {
+      return Promise.reject(e);
+    }
+  }
+
+  /**
+   * Starts delivering a stream's events to `queue`: the header first, then every later put;
+   * or, with `since`, what was missed since that position.
+   *
+   * @param stream The stream's name.
+   * @param queue The listener.
+   * @param options Where to resume.
+   * @returns The stream's position when the listener joined.
+   * @throws {TypeError} When the name is not a non-empty string or `queue` has no `put`.
+   *
+   * @example Resuming from a position
+   * ```ts
+   * import { MessageStream, type StreamEvent } from "@x/msgstream";
+   * import { assertEquals } from "@std/assert";
+   *
+   * const hub = new MessageStream();
+   * await hub.put("job", "a");
+   * const at = await hub.listen("job", { put() {} });
+   * await hub.put("job", "b");
+   * await hub.put("job", "c");
+   * const got: unknown[] = [];
+   * await hub.listen("job", { put: (ev: StreamEvent) => got.push(ev.message) }, { since: at });
+   * assertEquals(got, ["b", "c"]);
+   * ```
+   */
+  listen(stream: string, queue: Listener, options: ListenOptions = {}): Promise<Position> {
+    try {
+      return Promise.resolve(this.listenNow(stream, queue, options.since));
+    } catch (e) {
+      return Promise.reject(e);
+    }
+  }
+
+  /**
+   * Stops delivering a stream's events to `queue`. Does nothing when it was not listening.
+   *
+   * @param stream The stream's name.
+   * @param queue The listener.
+   *
+   * @example Hanging up
+   * ```ts
+   * import { MessageStream } from "@x/msgstream";
+   * import { assertEquals } from "@std/assert";
+   *
+   * const hub = new MessageStream();
+   * const queue = { put() {} };
+   * await hub.listen("job", queue);
+   * hub.hangup("job", queue);
+   * assertEquals(hub.info("job"), undefined);
+   * ```
+   */
+  hangup(stream: string, queue: Listener): void {
+    const state = this.#streams.get(stream);
+    if (!state || !state.listeners.delete(queue)) return;
+    this.#listenerCount--;
+    this.#following.get(queue)?.delete(state);
+    this.#collect(state);
+  }
+
+  /**
+   * Removes `queue` from every stream it follows.
+   *
+   * @param queue The listener.
+   *
+   * @example One queue, many streams
+   * ```ts
+   * import { MessageStream } from "@x/msgstream";
+   * import { assertEquals } from "@std/assert";
+   *
+   * const hub = new MessageStream();
+   * const queue = { put() {} };
+   * await hub.listen("a", queue);
+   * await hub.listen("b", queue);
+   * hub.endqueue(queue);
+   * assertEquals(hub.stats().listeners, 0);
+   * ```
+   */
+  endqueue(queue: Listener): void {
+    const states = this.#following.get(queue);
+    if (!states) return;
+    this.#following.delete(queue);
+    for (const state of states) {
+      if (state.listeners.delete(queue)) this.#listenerCount--;
+      this.#collect(state);
+    }
+  }
+
+  /**
+   * Tells what the hub knows about a stream.
+   *
+   * @param stream The stream's name.
+   * @returns Its position, listener count and history, or `undefined` when the hub holds no
+   * such stream.
+   *
+   * @example
+   * ```ts
+   * import { MessageStream } from "@x/msgstream";
+   * import { assertEquals } from "@std/assert";
+   *
+   * const hub = new MessageStream();
+   * await hub.put("job", 1);
+   * assertEquals(hub.info("job")?.seq, 1);
+   * ```
+   */
+  info(stream: string): StreamInfo | undefined {
+    const s = this.#streams.get(stream);
+    return s && this.#info(s);
+  }
+
+  /**
+   * Lists every stream the hub holds.
+   *
+   * @returns One {@linkcode StreamInfo} per stream, in creation order.
+   *
+   * @example
+   * ```ts
+   * import { MessageStream } from "@x/msgstream";
+   * import { assertEquals } from "@std/assert";
+   *
+   * const hub = new MessageStream();
+   * await hub.header("a", 1);
+   * await hub.put("b", 2);
+   * assertEquals(hub.list().map((s) => s.stream), ["a", "b"]);
+   * ```
+   */
+  list(): StreamInfo[] {
+    return Array.from(this.#streams.values(), (s) => this.#info(s));
+  }
+
+  /**
+   * Totals over the whole hub.
+   *
+   * @returns Streams, listeners, history bytes, puts and deliveries.
+   *
+   * @example
+   * ```ts
+   * import { MessageStream } from "@x/msgstream";
+   * import { assertEquals } from "@std/assert";
+   *
+   * const hub = new MessageStream();
+   * await hub.put("job", 1);
+   * assertEquals(hub.stats().puts, 1);
+   * ```
+   */
+  stats(): HubStats {
+    return {
+      streams: this.#streams.size,
+      listeners: this.#listenerCount,
+      historyBytes: this.#historyBytes,
+      puts: this.#puts,
+      deliveries: this.#deliveries,
+    };
+  }
+
+  /**
+   * Sets or clears a header synchronously; the server's fast path. See {@linkcode header}.
+   *
+   * @param stream The stream's name.
+   * @param message The header, or `null`/`undefined` to clear it.
+   */
+  setHeader(stream: string, message: unknown): void {
+    checkName(stream, this.#maxName);
+    if (message === undefined) message = null;
+    let state = this.#streams.get(stream);
+    if (message === null) {
+      if (!state || state.header === undefined) return;
+    } else if (!state) {
+      state = this.#create(stream);
+    }
+    const change = this.#event(state, "header", "header", message);
+    state.header = message === null ? undefined : message;
+    state.joinEvent = undefined;
+    this.#record(state, change);
+    this.#fanout(state, change);
+    this.#collect(state);
+  }
+
+  /**
+   * Puts a message synchronously; the server's fast path. See {@linkcode put}.
+   *
+   * @param stream The stream's name.
+   * @param message The message.
+   * @returns The put's seq.
+   */
+  putNow(stream: string, message: unknown): number {
+    checkName(stream, this.#maxName);
+    if (message === undefined) throw new TypeError(`Cannot put on stream "${stream}": no message`);
+    const state = this.#streams.get(stream) ?? this.#create(stream);
+    state.seq++;
+    let ev: StreamEvent;
+    try {
+      ev = this.#event(state, "put", "put", message);
+    } catch (e) {
+      state.seq--;
+      this.#collect(state);
+      throw e;
+    }
+    this.#puts++;
+    this.#record(state, ev);
+    this.#fanout(state, ev);
+    const seq = state.seq;
+    this.#collect(state);
+    return seq;
+  }
+
+  /**
+   * Deletes a stream synchronously. See {@linkcode delete}.
+   *
+   * @param stream The stream's name.
+   */
+  deleteNow(stream: string): void {
+    checkName(stream, this.#maxName);
+    const state = this.#streams.get(stream);
+    if (!state) return;
+    const end = this.#event(state, "end", "delete", null);
+    this.#streams.delete(stream);
+    this.#dropHistory(state);
+    const listeners = [...state.listeners];
+    state.listeners.clear();
+    this.#listenerCount -= listeners.length;
+    for (const l of listeners) {
+      this.#following.get(l)?.delete(state);
+      this.#deliver(l, end, state);
+    }
+  }
+
+  /**
+   * Starts listening synchronously. See {@linkcode listen}.
+   *
+   * @param stream The stream's name.
+   * @param queue The listener.
+   * @param since Where to resume.
+   * @returns The stream's position when the listener joined.
+   */
+  listenNow(stream: string, queue: Listener, since?: Position): Position {
+    checkName(stream, this.#maxName);
+    if (!queue || typeof queue.put !== "function") {
+      throw new TypeError(`Cannot listen to stream "${stream}": the queue has no put method`);
+    }
+    const state = this.#streams.get(stream) ?? this.#create(stream);
+    const position = { epoch: state.epoch, seq: state.seq };
+    if (state.listeners.has(queue)) return position;
+    let ok = true;
+    if (since === undefined) {
+      ok = this.#deliverHeader(queue, state);
+    } else {
+      const reason = this.#uncovered(state, since);
+      if (reason) {
+        ok = this.#deliver(queue, this.#event(state, "reset", "reset", { reason }), state) &&
+          this.#deliverHeader(queue, state);
+      } else if (state.history) {
+        for (let i = 0; ok && i < state.history.length; i++) {
+          const ev = (state.history.at(i) as Entry).ev;
+          if (ev.seq > since.seq || (ev.kind === "header" && ev.seq === since.seq)) {
+            ok = this.#deliver(queue, ev, state);
+          }
+        }
+      }
+    }
+    if (!ok) {
+      // The listener threw during catch-up: it is broken, so it is not registered.
+      this.#collect(state);
+      return position;
+    }
+    state.listeners.add(queue);
+    this.#listenerCount++;
+    let following = this.#following.get(queue);
+    if (!following) this.#following.set(queue, following = new Set());
+    following.add(state);
+    queue.attached?.(this);
+    return position;
+  }
+
+  /** Why `since` cannot be served from history, or "" when it can. */
+  #uncovered(state: StreamState, since: Position): string {
+    if (since.epoch !== state.epoch) return "epoch_changed";
+    if (since.seq > state.seq) return "ahead_of_stream";
+    if (since.seq < state.trimmedTo) return "history_trimmed";
+    return "";
+  }
+
+  #create(name: string): StreamState {
+    const state = new StreamState(name);
+    this.#streams.set(name, state);
+    return state;
+  }
+
+  #event(state: StreamState, kind: EventKind, action: string, message: unknown): StreamEvent {
+    const frame = encodeFrame(this.codec, {
+      action,
+      stream: state.name,
+      message,
+      seq: state.seq,
+      epoch: state.epoch,
+    });
+    return { stream: state.name, kind, message, seq: state.seq, epoch: state.epoch, frame };
+  }
+
+  #fanout(state: StreamState, ev: StreamEvent): void {
+    for (const l of state.listeners) this.#deliver(l, ev, state);
+  }
+
+  /** Hands the header to a joining listener, as of the stream's current seq. */
+  #deliverHeader(l: Listener, state: StreamState): boolean {
+    if (state.header === undefined) return true;
+    let ev = state.joinEvent;
+    if (!ev || ev.seq !== state.seq) {
+      const message = state.header;
+      const frame = encodeFrame(this.codec, {
+        action: "put",
+        stream: state.name,
+        message,
+        header: true,
+        seq: state.seq,
+        epoch: state.epoch,
+      });
+      ev = {
+        stream: state.name,
+        kind: "header",
+        message,
+        seq: state.seq,
+        epoch: state.epoch,
+        frame,
+      };
+      state.joinEvent = ev;
+    }
+    return this.#deliver(l, ev, state);
+  }
+
+  #deliver(l: Listener, ev: StreamEvent, _state: StreamState): boolean {
+    try {
+      l.put(ev);
+      this.#deliveries++;
+      return true;
+    } catch {
+      // A listener that throws is broken: it must not cost the others anything.
+      this.endqueue(l);
+      return false;
+    }
+  }
+
+  #record(state: StreamState, ev: StreamEvent): void {
+    const bytes = ev.frame.byteLength;
+    if (
+      this.#historyMessages === 0 || bytes > this.#historyBytesPerStream ||
+      bytes > this.#maxHistoryBytes
+    ) {
+      // Nothing of this size can be kept: history no longer covers what came before.
+      this.#dropHistory(state);
+      state.trimmedTo = ev.kind === "header" ? ev.seq + 1 : ev.seq;
+      return;
+    }
+    const entry: Entry = { ev, bytes, state, dead: false };
+    (state.history ??= new Deque()).push(entry);
+    state.historyBytes += bytes;
+    this.#history.push(entry);
+    this.#historyBytes += bytes;
+    while (
+      state.history.length > this.#historyMessages ||
+      state.historyBytes > this.#historyBytesPerStream
+    ) {
+      this.#trimOldest(state);
+    }
+    while (this.#historyBytes > this.#maxHistoryBytes) {
+      const oldest = this.#history.shift() as Entry;
+      if (oldest.dead) {
+        this.#deadEntries--;
+        continue;
+      }
+      this.#trimOldest(oldest.state);
+      this.#deadEntries--; // trimOldest counted it; it has left the global queue already
+      this.#collect(oldest.state);
+    }
+    if (this.#deadEntries > 4096 && this.#deadEntries * 2 > this.#history.length) {
+      this.#history.filter((e) => !e.dead);
+      this.#deadEntries = 0;
+    }
+  }
+
+  #trimOldest(state: StreamState): void {
+    const entry = state.history?.shift();
+    if (!entry) return;
+    entry.dead = true;
+    this.#deadEntries++;
+    state.historyBytes -= entry.bytes;
+    this.#historyBytes -= entry.bytes;
+    const ev = entry.ev;
+    state.trimmedTo = Math.max(state.trimmedTo, ev.kind === "header" ? ev.seq + 1 : ev.seq);
+  }
+
+  #dropHistory(state: StreamState): void {
+    while (state.history && state.history.length > 0) this.#trimOldest(state);
+    state.history = undefined;
+  }
+
+  /** Forgets a stream that holds nothing: no listeners, no header, no history. */
+  #collect(state: StreamState): void {
+    if (
+      state.listeners.size === 0 && state.header === undefined &&
+      (!state.history || state.history.length === 0) &&
+      this.#streams.get(state.name) === state
+    ) {
+      this.#streams.delete(state.name);
+      this.#dropHistory(state);
+    }
+  }
+
+  #info(s: StreamState): StreamInfo {
+    return {
+      stream: s.name,
+      epoch: s.epoch,
+      seq: s.seq,
+      listeners: s.listeners.size,
+      hasHeader: s.header !== undefined,
+      historyLength: s.history?.length ?? 0,
+      historyBytes: s.historyBytes,
+    };
+  }
+}
+
+/** Options for {@linkcode Inbox}. */
+export interface InboxOptions {
+  /**
+   * Most events buffered before the inbox overflows.
+   *
+   * @default {10000}
+   */
+  maxEvents?: number;
+  /**
+   * Most bytes (of encoded frames) buffered before the inbox overflows.
+   *
+   * @default {16777216}
+   */
+  maxBytes?: number;
+}
+
+/**
+ * A bounded listener queue that is a web-standard `ReadableStream` of events. One inbox can
+ * follow many streams, of many hubs or remote streams.
+ *
+ * Reading is pull-based: events wait in the inbox until read. When more than `maxEvents`
+ * events or `maxBytes` bytes wait, the inbox **overflows**: it stops listening everywhere,
+ * and its reader gets the events already buffered, then a {@linkcode SlowConsumerError}.
+ * Nothing is dropped silently. Cancelling the stream (or `break` out of `for await`) also
+ * stops listening everywhere.
+ *
+ * @example Reading with `for await`
+ * ```ts
+ * import { Inbox, MessageStream } from "@x/msgstream";
+ * import { assertEquals } from "@std/assert";
+ *
+ * const hub = new MessageStream();
+ * const inbox = new Inbox();
+ * await hub.listen("a", inbox);
+ * await hub.listen("b", inbox);
+ * await hub.put("a", 1);
+ * await hub.put("b", 2);
+ * inbox.close();
+ * const got = [];
+ * for await (const ev of inbox) got.push(`${ev.stream}:${ev.message}`);
+ * assertEquals(got, ["a:1", "b:2"]);
+ * ```
+ *
+ * @example Overflow is reported, not silent
+ * ```ts
+ * import { Inbox, MessageStream, SlowConsumerError } from "@x/msgstream";
+ * import { assertEquals, assertRejects } from "@std/assert";
+ *
+ * const hub = new MessageStream();
+ * const inbox = new Inbox({ maxEvents: 2 });
+ * await hub.listen("a", inbox);
+ * for (let i = 1; i <= 5; i++) await hub.put("a", i);
+ * const reader = inbox.getReader();
+ * assertEquals((await reader.read()).value?.message, 1);
+ * assertEquals((await reader.read()).value?.message, 2);
+ * await assertRejects(() => reader.read(), SlowConsumerError);
+ * assertEquals(hub.stats().listeners, 0);
+ * ```
+ */
+export class Inbox extends ReadableStream<StreamEvent> implements Listener {
+  #state: InboxState;
+
+  /**
+   * Creates an empty inbox.
+   *
+   * @param options Its bounds.
+   * @throws {RangeError} When a bound is not a positive integer.
+   */
+  constructor(options: InboxOptions = {}) {
+    const state: InboxState = {
+      buffer: new Deque<StreamEvent>(),
+      bytes: 0,
+      maxEvents: positiveInt("maxEvents", options.maxEvents, 10_000, 1),
+      maxBytes: positiveInt("maxBytes", options.maxBytes, 16 << 20, 1),
+      controller: undefined,
+      waiting: false,
+      closed: false,
+      error: undefined,
+      sources: new Set(),
+      self: undefined,
+    };
+    super({
+      start(controller) {
+        state.controller = controller;
+      },
+      pull() {
+        pump(state, true);
+      },
+      cancel() {
+        state.closed = true;
+        state.buffer.clear();
+        state.bytes = 0;
+        detach(state);
+      },
+    }, { highWaterMark: 0 });
+    state.self = this;
+    this.#state = state;
+  }
+
+  /**
+   * Buffers one event (the {@linkcode Listener} interface); hubs call this.
+   *
+   * @param event The event.
+   */
+  put(event: StreamEvent): void {
+    const s = this.#state;
+    if (s.closed) return;
+    if (s.waiting) {
+      s.waiting = false;
+      s.controller?.enqueue(event);
+      return;
+    }
+    const size = event.frame.byteLength;
+    if (s.buffer.length >= s.maxEvents || s.bytes + size > s.maxBytes) {
+      // Keep what fits; the reader learns of the overflow after reading it.
+      s.error = new SlowConsumerError(s.buffer.length >= s.maxEvents ? "events" : "bytes");
+      s.closed = true;
+      detach(s);
+      return;
+    }
+    s.buffer.push(event);
+    s.bytes += size;
+  }
+
+  /**
+   * Records a source so the inbox can detach from it (the {@linkcode Listener} interface).
+   *
+   * @param source The hub or remote stream.
+   */
+  attached(source: Detachable): void {
+    this.#state.sources.add(source);
+  }
+
+  /**
+   * Stops listening everywhere; the reader gets what is buffered, then the end of the stream.
+   *
+   * @example
+   * ```ts
+   * import { Inbox, MessageStream } from "@x/msgstream";
+   * import { assertEquals } from "@std/assert";
+   *
+   * const hub = new MessageStream();
+   * const inbox = new Inbox();
+   * await hub.listen("a", inbox);
+   * inbox.close();
+   * assertEquals(hub.stats().listeners, 0);
+   * assertEquals(await Array.fromAsync(inbox), []);
+   * ```
+   */
+  close(): void {
+    const s = this.#state;
+    if (s.closed) return;
+    s.closed = true;
+    detach(s);
+    pump(s, false);
+  }
+
+  /** How many events wait to be read. */
+  get size(): number {
+    return this.#state.buffer.length;
+  }
+}
+
+interface InboxState {
+  buffer: Deque<StreamEvent>;
+  bytes: number;
+  maxEvents: number;
+  maxBytes: number;
+  controller: ReadableStreamDefaultController<StreamEvent> | undefined;
+  waiting: boolean;
+  closed: boolean;
+  error: Error | undefined;
+  sources: Set<Detachable>;
+  self: Inbox | undefined;
+}
+
+function pump(s: InboxState, pulled: boolean): void {
+  const c = s.controller;
+  if (!c) return;
+  if (pulled || s.waiting) {
+    const ev = s.buffer.shift();
+    if (ev) {
+      s.waiting = false;
+      s.bytes -= ev.frame.byteLength;
+      c.enqueue(ev);
+      return;
+    }
+    if (!s.closed) {
+      s.waiting = true;
+      return;
+    }
+  }
+  if (s.closed && s.buffer.length === 0) {
+    s.waiting = false;
+    s.controller = undefined;
+    if (s.error) c.error(s.error);
+    else c.close();
+  }
+}
+
+function detach(s: InboxState): void {
+  const sources = [...s.sources];
+  s.sources.clear();
+  if (s.self) { for (const src of sources) src.endqueue(s.self); }
+  // An overflowed inbox whose reader waits must hear about it now.
+  if (s.waiting) pump(s, false);
+}

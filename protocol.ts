@@ -1,0 +1,459 @@
+/**
+ * The wire protocol, shared by every door that speaks JSON frames (TCP lines, WebSocket
+ * messages): one {@linkcode Session} per connection turns request frames into hub calls and
+ * hub events into response frames. PROTOCOL.md describes every frame.
+ *
+ * @module
+ */
+
+import { timingSafeEqual } from "@std/crypto/timing-safe-equal";
+import type { Codec } from "./codec.ts";
+import {
+  encodeFrame,
+  type Listener,
+  type MessageStream,
+  type Position,
+  type StreamEvent,
+} from "./mod.ts";
+
+/** The stable codes of `error` frames. PROTOCOL.md says when each is sent. */
+export type ErrorCode =
+  | "invalid_json"
+  | "invalid_utf8"
+  | "invalid_frame"
+  | "unknown_action"
+  | "invalid_stream"
+  | "missing_message"
+  | "invalid_since"
+  | "line_too_long"
+  | "unauthorized"
+  | "forbidden"
+  | "slow_consumer"
+  | "engine_unavailable"
+  | "not_connected"
+  | "internal";
+
+/** An `error` frame's content, as an exception. */
+export class ProtocolError extends Error {
+  /** The stable error code. */
+  readonly code: ErrorCode;
+  /** The stream the failed request named, if any. */
+  readonly stream: string | undefined;
+
+  /**
+   * Creates the error.
+   *
+   * @param code The stable error code.
+   * @param message What went wrong, for people.
+   * @param stream The stream the failed request named.
+   * @param options Standard error options.
+   */
+  constructor(code: ErrorCode, message: string, stream?: string, options?: ErrorOptions) {
+    super(message, options);
+    this.name = "ProtocolError";
+    this.code = code;
+    this.stream = stream;
+  }
+}
+
+/** Publish and subscribe rights of one token. */
+export interface Permissions {
+  /** Stream-name patterns this token may `put`, `header` and `delete` on (`*` matches any run of characters). */
+  publish: string[];
+  /** Stream-name patterns this token may `listen` to. */
+  subscribe: string[];
+}
+
+/** One access token. */
+export interface Token extends Permissions {
+  /** A name for logs; never the secret. */
+  name: string;
+  /** The secret a client presents in `hello`. */
+  secret: string;
+}
+
+/** Compiles stream-name patterns (`*` matches any run of characters) into one test. */
+export function compilePatterns(patterns: string[]): (stream: string) => boolean {
+  if (patterns.includes("*")) return () => true;
+  if (patterns.length === 0) return () => false;
+  const source = patterns
+    .map((p) => p.split("*").map((part) => part.replace(/[.+?^${}()|[\]\\]/g, "\\$&")).join(".*"))
+    .join("|");
+  const re = new RegExp(`^(?:${source})$`, "s");
+  return (stream) => re.test(stream);
+}
+
+interface Grant {
+  name: string;
+  publish: (stream: string) => boolean;
+  subscribe: (stream: string) => boolean;
+}
+
+const encoder = new TextEncoder();
+
+/** A set of tokens; checks secrets in constant time. */
+export class Auth {
+  #tokens: { secret: Uint8Array; grant: Grant }[];
+
+  /**
+   * Creates the token set.
+   *
+   * @param tokens The tokens.
+   * @throws {TypeError} When a token has no name or secret.
+   */
+  constructor(tokens: Token[]) {
+    this.#tokens = tokens.map((t) => {
+      if (!t.name || !t.secret) throw new TypeError("Every token needs a name and a secret");
+      return {
+        secret: encoder.encode(t.secret),
+        grant: {
+          name: t.name,
+          publish: compilePatterns(t.publish),
+          subscribe: compilePatterns(t.subscribe),
+        },
+      };
+    });
+  }
+
+  /**
+   * Finds the grant of a presented secret, comparing against every token in constant time.
+   *
+   * @param secret What the client presented.
+   * @returns The grant, or undefined.
+   */
+  check(secret: string): Grant | undefined {
+    const given = encoder.encode(secret);
+    let found: Grant | undefined;
+    for (const t of this.#tokens) {
+      // Compare equal-length buffers only, but always do the work.
+      const same = given.byteLength === t.secret.byteLength
+        ? timingSafeEqual(given, t.secret)
+        : (timingSafeEqual(t.secret, t.secret), false);
+      if (same && !found) found = t.grant;
+    }
+    return found;
+  }
+}
+
+/**
+ * Parses a token file: JSON `{"tokens": [{"name", "secret", "publish": [...], "subscribe": [...]}]}`.
+ *
+ * @param text The file's text.
+ * @returns The tokens.
+ * @throws {SyntaxError} When the text is not such a file.
+ */
+export function parseTokenFile(text: string): Token[] {
+  const data = JSON.parse(text);
+  if (!data || !Array.isArray(data.tokens)) {
+    throw new SyntaxError('Token file must be a JSON object with a "tokens" array');
+  }
+  return data.tokens.map((t: Record<string, unknown>, i: number) => {
+    const list = (v: unknown, field: string): string[] => {
+      if (v === undefined) return ["*"];
+      if (!Array.isArray(v) || v.some((p) => typeof p !== "string")) {
+        throw new SyntaxError(`Token ${i}: "${field}" must be an array of strings`);
+      }
+      return v as string[];
+    };
+    if (typeof t.name !== "string" || typeof t.secret !== "string" || !t.name || !t.secret) {
+      throw new SyntaxError(`Token ${i}: "name" and "secret" must be non-empty strings`);
+    }
+    return {
+      name: t.name,
+      secret: t.secret,
+      publish: list(t.publish, "publish"),
+      subscribe: list(t.subscribe, "subscribe"),
+    };
+  });
+}
+
+/**
+ * Parses `NAME:SECRET` (all rights) as given to `--token`.
+ *
+ * @param spec The option's value.
+ * @returns The token.
+ * @throws {TypeError} When there is no colon or either part is empty.
+ */
+export function parseTokenSpec(spec: string): Token {
+  const i = spec.indexOf(":");
+  if (i <= 0 || i === spec.length - 1) {
+    throw new TypeError('A token must be given as "NAME:SECRET"');
+  }
+  return { name: spec.slice(0, i), secret: spec.slice(i + 1), publish: ["*"], subscribe: ["*"] };
+}
+
+/** Counters every door updates; `/metrics` reads them. */
+export class Metrics {
+  /** Open connections by door. */
+  readonly connections: Record<string, number> = { tcp: 0, websocket: 0, sse: 0 };
+  /** Connections accepted since start, by door. */
+  readonly accepted: Record<string, number> = { tcp: 0, websocket: 0, sse: 0 };
+  /** Request frames received. */
+  framesIn = 0;
+  /** Bytes received. */
+  bytesIn = 0;
+  /** Bytes sent. */
+  bytesOut = 0;
+  /** Connections cut for not reading. */
+  slowConsumers = 0;
+  /** Error frames sent, by code. */
+  readonly errors: Partial<Record<ErrorCode, number>> = {};
+
+  /** Counts one error frame. */
+  error(code: ErrorCode): void {
+    this.errors[code] = (this.errors[code] ?? 0) + 1;
+  }
+}
+
+/** What a session sends through. */
+export interface Transport {
+  /** Queues one encoded frame (ending with a newline) for sending. */
+  send(frame: Uint8Array): void;
+  /** Flushes what is queued, then closes. */
+  close(): void;
+}
+
+/** Options of a {@linkcode Session}. */
+export interface SessionOptions {
+  /** Required tokens; without, every client may do everything. */
+  auth?: Auth | undefined;
+  /** Shared counters. */
+  metrics?: Metrics | undefined;
+}
+
+type Frame = Record<string, unknown>;
+
+/**
+ * One client connection's protocol state: it is the connection's listener on the hub, and it
+ * answers the connection's request frames.
+ */
+export class Session implements Listener {
+  readonly #hub: MessageStream;
+  readonly #codec: Codec;
+  readonly #transport: Transport;
+  readonly #auth: Auth | undefined;
+  readonly #metrics: Metrics | undefined;
+  #grant: Grant | undefined;
+  #closed = false;
+  /** Whether the peer has sent `hello` or `ping`, and so is expected to keep talking. */
+  live = false;
+
+  /**
+   * Creates a session.
+   *
+   * @param hub The hub.
+   * @param transport Where frames go.
+   * @param options Auth and metrics.
+   */
+  constructor(hub: MessageStream, transport: Transport, options: SessionOptions = {}) {
+    this.#hub = hub;
+    this.#codec = hub.codec;
+    this.#transport = transport;
+    this.#auth = options.auth;
+    this.#metrics = options.metrics;
+  }
+
+  /** Hub events go straight to the transport: the frame was encoded once by the hub. */
+  put(event: StreamEvent): void {
+    this.#transport.send(event.frame);
+  }
+
+  /** Whether the session has ended. */
+  get closed(): boolean {
+    return this.#closed;
+  }
+
+  /** Sends one frame built here (a reply), encoded with the hub's codec. */
+  send(frame: Frame): void {
+    if (!this.#closed) this.#transport.send(encodeFrame(this.#codec, frame));
+  }
+
+  /** Sends an `error` frame. */
+  error(code: ErrorCode, message: string, id?: unknown, stream?: unknown): void {
+    this.#metrics?.error(code);
+    const frame: Frame = { action: "error", code, message };
+    if (id !== undefined) frame.id = id;
+    if (typeof stream === "string") frame.stream = stream;
+    this.send(frame);
+  }
+
+  /** Stops listening everywhere; sends `close` and closes the transport. */
+  close(): void {
+    if (this.#closed) return;
+    this.#hub.endqueue(this);
+    this.send({ action: "close" });
+    this.#closed = true;
+    this.#transport.close();
+  }
+
+  /** Stops listening everywhere without sending anything (the peer is gone). */
+  drop(): void {
+    this.#closed = true;
+    this.#hub.endqueue(this);
+  }
+
+  /**
+   * Handles one request frame's text. Never throws: every failure is answered with an
+   * `error` frame.
+   *
+   * @param line The frame's text, without its newline.
+   */
+  handle(line: string): void {
+    if (this.#closed) return;
+    if (this.#metrics) this.#metrics.framesIn++;
+    if (line.length === 0 || line === "\r") return; // blank lines are keep-alives
+    let frame: unknown;
+    try {
+      frame = this.#codec.decode(line);
+    } catch (e) {
+      this.error("invalid_json", `Cannot decode frame: ${(e as Error).message}`);
+      return;
+    }
+    if (frame === null || typeof frame !== "object" || Array.isArray(frame)) {
+      this.error("invalid_frame", 'A frame must be an object with an "action"');
+      return;
+    }
+    const f = frame as Frame;
+    const id = f.id;
+    if (id !== undefined && typeof id !== "string" && typeof id !== "number") {
+      this.error("invalid_frame", 'Field "id" must be a string or a number');
+      return;
+    }
+    try {
+      this.#dispatch(f, id);
+    } catch (e) {
+      if (e instanceof ProtocolError) this.error(e.code, e.message, id, e.stream ?? f.stream);
+      else this.error("internal", `Cannot handle frame: ${(e as Error).message}`, id, f.stream);
+    }
+  }
+
+  #dispatch(f: Frame, id: unknown): void {
+    const action = f.action;
+    if (action === "hello") {
+      this.live = true;
+      return this.#hello(f, id);
+    }
+    if (action === "ping") {
+      this.live = true;
+      const pong: Frame = { action: "pong" };
+      if (id !== undefined) pong.id = id;
+      return this.send(pong);
+    }
+    if (this.#auth && !this.#grant) {
+      throw new ProtocolError("unauthorized", 'Send "hello" with a valid token first');
+    }
+    switch (action) {
+      case "put": {
+        const stream = this.#stream(f, "publish");
+        if (!("message" in f) || f.message === undefined) {
+          throw new ProtocolError("missing_message", 'A "put" needs a "message"', stream);
+        }
+        const seq = this.#hub.putNow(stream, f.message);
+        if (id !== undefined) this.send({ action: "ok", id, stream, seq });
+        return;
+      }
+      case "header": {
+        const stream = this.#stream(f, "publish");
+        this.#hub.setHeader(stream, f.message ?? null);
+        return this.#ok(id, stream);
+      }
+      case "delete": {
+        const stream = this.#stream(f, "publish");
+        this.#hub.deleteNow(stream);
+        return this.#ok(id, stream);
+      }
+      case "listen": {
+        const stream = this.#stream(f, "subscribe");
+        const since = f.since === undefined || f.since === null
+          ? undefined
+          : parseSince(f.since, stream);
+        // The reply follows the catch-up events (header or replay): its position is the join's.
+        const position = this.#hub.listenNow(stream, this, since);
+        if (id !== undefined) {
+          this.#transport.send(encodeFrame(this.#codec, {
+            action: "ok",
+            id,
+            stream,
+            seq: position.seq,
+            epoch: position.epoch,
+          }));
+        }
+        return;
+      }
+      case "hangup": {
+        const stream = this.#stream(f, undefined);
+        this.#hub.hangup(stream, this);
+        return this.#ok(id, stream);
+      }
+      case "endqueue":
+        this.#hub.endqueue(this);
+        return this.#ok(id);
+      case "close":
+        this.#ok(id);
+        return this.close();
+      default:
+        throw new ProtocolError(
+          "unknown_action",
+          typeof action === "string"
+            ? `Unknown action "${action.slice(0, 64)}"`
+            : 'Field "action" must be a string',
+        );
+    }
+  }
+
+  #ok(id: unknown, stream?: string): void {
+    if (id === undefined) return;
+    const frame: Frame = { action: "ok", id };
+    if (stream !== undefined) frame.stream = stream;
+    this.send(frame);
+  }
+
+  #hello(f: Frame, id: unknown): void {
+    if (this.#auth) {
+      const token = f.token;
+      const grant = typeof token === "string" ? this.#auth.check(token) : undefined;
+      if (!grant) throw new ProtocolError("unauthorized", "Invalid token");
+      this.#grant = grant;
+    }
+    if (id !== undefined) this.send({ action: "ok", id, version: PROTOCOL_VERSION });
+  }
+
+  #stream(f: Frame, right: "publish" | "subscribe" | undefined): string {
+    const stream = f.stream;
+    const max = this.#hub.maxStreamNameLength;
+    if (typeof stream !== "string" || stream.length === 0 || stream.length > max) {
+      throw new ProtocolError(
+        "invalid_stream",
+        `Field "stream" must be a non-empty string of at most ${max} characters`,
+      );
+    }
+    if (right && this.#grant && !this.#grant[right](stream)) {
+      throw new ProtocolError(
+        "forbidden",
+        `Cannot ${
+          right === "publish" ? "publish to" : "listen to"
+        } stream "${stream}": not permitted`,
+        stream,
+      );
+    }
+    return stream;
+  }
+}
+
+function parseSince(since: unknown, stream: string): Position {
+  const s = since as Record<string, unknown>;
+  if (
+    typeof s !== "object" || typeof s.epoch !== "string" || typeof s.seq !== "number" ||
+    !Number.isSafeInteger(s.seq) || s.seq < 0
+  ) {
+    throw new ProtocolError(
+      "invalid_since",
+      'Field "since" must be {"epoch": string, "seq": non-negative integer}',
+      stream,
+    );
+  }
+  return { epoch: s.epoch, seq: s.seq };
+}
+
+/** The protocol version this implementation speaks, sent in `ok` to `hello`. */
+export const PROTOCOL_VERSION = 1;

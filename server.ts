@@ -1,0 +1,661 @@
+#!/usr/bin/env -S deno run -N
+/**
+ * The msgstream TCP server: newline-delimited JSON frames over TCP (or TLS), one hub shared by
+ * every connection. Run it with `deno run -N jsr:@x/msgstream/server`, or embed it with
+ * {@linkcode serve}.
+ *
+ * @example Serve on a free port
+ * ```ts
+ * import { serve } from "@x/msgstream/server";
+ * import { assertEquals } from "@std/assert";
+ *
+ * await using server = serve({ port: 0 });
+ * assertEquals(server.addr.hostname, "127.0.0.1");
+ * await server.hub.put("job42", { done: 1 });
+ * assertEquals(server.hub.info("job42")?.seq, 1);
+ * ```
+ *
+ * @module
+ */
+
+import { parseArgs } from "@std/cli/parse-args";
+import { TextLineStream } from "@std/streams/text-line-stream";
+import type { Codec } from "./codec.ts";
+import { MessageStream, type MessageStreamOptions } from "./mod.ts";
+import {
+  Auth,
+  Metrics,
+  parseTokenFile,
+  parseTokenSpec,
+  ProtocolError,
+  Session,
+  type Token,
+  type Transport,
+} from "./protocol.ts";
+import denoJson from "./deno.json" with { type: "json" };
+
+export { Metrics, ProtocolError } from "./protocol.ts";
+export type { ErrorCode, Permissions, Token } from "./protocol.ts";
+
+/** Log levels, from most to least verbose. */
+export type LogLevel = "debug" | "info" | "warn" | "error" | "silent";
+const LEVELS: LogLevel[] = ["debug", "info", "warn", "error", "silent"];
+
+/** Options for {@linkcode serve}. */
+export interface ServeOptions extends MessageStreamOptions {
+  /**
+   * The address to listen on.
+   *
+   * @default {"127.0.0.1"}
+   */
+  hostname?: string;
+  /**
+   * The port to listen on; 0 picks a free one (read it from `server.addr.port`).
+   *
+   * @default {51932}
+   */
+  port?: number;
+  /** The hub to serve; by default a new one made from these options. */
+  hub?: MessageStream;
+  /** The codec for a new hub (ignored when `hub` is given: the hub's codec is used). */
+  codec?: Codec;
+  /**
+   * Longest request line in bytes, newline excluded. A longer line gets `line_too_long` and
+   * its connection is closed.
+   *
+   * @default {1048576}
+   */
+  maxLineBytes?: number;
+  /**
+   * Most bytes waiting to be sent to one connection (beyond what its socket accepted). A
+   * connection over it gets `slow_consumer` and is closed.
+   *
+   * @default {8388608}
+   */
+  maxOutboundBytes?: number;
+  /**
+   * How often, in milliseconds, a silent connection is sent a `ping`.
+   *
+   * @default {30000}
+   */
+  pingInterval?: number;
+  /**
+   * A connection that has sent `hello` or `ping` and then nothing for this many milliseconds
+   * is closed as dead (0: never). Connections that never did (clients of the original
+   * protocol) are only pinged: a dead one fails on write.
+   *
+   * @default {90000}
+   */
+  idleTimeout?: number;
+  /** Tokens; when given, each connection must send `hello` with one first. */
+  tokens?: Token[];
+  /** TLS certificate chain (PEM); with `key`, the server speaks TLS. */
+  cert?: string;
+  /** TLS private key (PEM). */
+  key?: string;
+  /**
+   * What to log to stderr.
+   *
+   * @default {"warn"}
+   */
+  logLevel?: LogLevel;
+  /** Aborting it shuts the server down. */
+  signal?: AbortSignal;
+  /**
+   * Milliseconds `shutdown()` waits for connections to flush before cutting them.
+   *
+   * @default {5000}
+   */
+  shutdownTimeout?: number;
+}
+
+/** A running server; shaped like `Deno.HttpServer`. */
+export interface MessageServer extends AsyncDisposable {
+  /** The bound address. */
+  readonly addr: Deno.NetAddr;
+  /** The hub every connection shares. */
+  readonly hub: MessageStream;
+  /** Counters for metrics. */
+  readonly metrics: Metrics;
+  /** Resolves when the server has shut down. */
+  readonly finished: Promise<void>;
+  /**
+   * Stops accepting, tells every listener `close`, flushes, and closes every connection.
+   * Safe to call more than once.
+   */
+  shutdown(): Promise<void>;
+}
+
+const NEWLINE = 0x0a;
+
+/** Enforces the line length limit on bytes, in front of the text decoder. */
+class LineLimitStream extends TransformStream<Uint8Array, Uint8Array> {
+  constructor(max: number, metrics: Metrics) {
+    let run = 0; // bytes since the last newline
+    super({
+      transform(chunk, controller) {
+        metrics.bytesIn += chunk.byteLength;
+        const len = chunk.byteLength;
+        if (run + len <= max) {
+          // Fast path: no line in this chunk can be over the limit.
+          const last = chunk.lastIndexOf(NEWLINE);
+          run = last === -1 ? run + len : len - last - 1;
+        } else {
+          let prev = chunk.indexOf(NEWLINE);
+          if (prev === -1) run += len;
+          else if (run + prev > max) run += prev;
+          else {
+            run = 0;
+            for (
+              let i = chunk.indexOf(NEWLINE, prev + 1);
+              i !== -1;
+              i = chunk.indexOf(NEWLINE, i + 1)
+            ) {
+              if (i - prev - 1 > max) {
+                run = i - prev - 1;
+                break;
+              }
+              prev = i;
+            }
+            if (run <= max) run = len - prev - 1;
+          }
+        }
+        if (run > max) {
+          controller.error(
+            new ProtocolError("line_too_long", `Line longer than ${max} bytes: closing connection`),
+          );
+          return;
+        }
+        controller.enqueue(chunk);
+      },
+    });
+  }
+}
+
+class Connection implements Transport {
+  readonly conn: Deno.Conn;
+  readonly session: Session;
+  lastHeard = Date.now();
+  #chunks: Uint8Array[] = [];
+  #queued = 0;
+  #writing = false;
+  #closing = false;
+  #closed = false;
+  readonly #server: ServerImpl;
+  #flushed: PromiseWithResolvers<void> = Promise.withResolvers();
+
+  constructor(conn: Deno.Conn, server: ServerImpl) {
+    this.conn = conn;
+    this.#server = server;
+    this.session = new Session(server.hub, this, { auth: server.auth, metrics: server.metrics });
+  }
+
+  send(frame: Uint8Array): void {
+    if (this.#closing) return;
+    this.#chunks.push(frame);
+    this.#queued += frame.byteLength;
+    if (this.#queued > this.#server.maxOutbound) return this.#slow();
+    if (!this.#writing) {
+      this.#writing = true;
+      queueMicrotask(this.#flush);
+    }
+  }
+
+  /** Flushes what is queued, then closes. */
+  close(): void {
+    if (this.#closing) return;
+    this.#closing = true;
+    if (!this.#writing) this.#end();
+  }
+
+  /** Closes now, dropping what is queued. */
+  abort(): void {
+    this.#closing = true;
+    this.#chunks = [];
+    this.#queued = 0;
+    this.#end();
+  }
+
+  get flushed(): Promise<void> {
+    return this.#flushed.promise;
+  }
+
+  #slow(): void {
+    const m = this.#server.metrics;
+    m.slowConsumers++;
+    m.error("slow_consumer");
+    this.#server.log("info", `${this.#peer()}: slow consumer, closing`);
+    this.session.drop();
+    this.#chunks = [];
+    this.#queued = 0;
+    this.#closing = true;
+    if (this.#writing) {
+      // The socket does not take what we have: no frame can get through. Cut it.
+      this.#end();
+    } else {
+      const frame = new TextEncoder().encode(
+        JSON.stringify({
+          action: "error",
+          code: "slow_consumer",
+          message: `More than ${this.#server.maxOutbound} bytes waiting: closing connection`,
+        }) + "\n",
+      );
+      this.#chunks.push(frame);
+      this.#writing = true;
+      queueMicrotask(this.#flush);
+    }
+  }
+
+  #flush = async (): Promise<void> => {
+    try {
+      while (this.#chunks.length > 0 && !this.#closed) {
+        const chunks = this.#chunks;
+        this.#chunks = [];
+        this.#queued = 0;
+        const buf = chunks.length === 1 ? chunks[0] as Uint8Array : concat(chunks);
+        let off = 0;
+        while (off < buf.byteLength) off += await this.conn.write(buf.subarray(off));
+        this.#server.metrics.bytesOut += buf.byteLength;
+      }
+    } catch {
+      // The peer is gone: stop listening; the reader sees the end too.
+      this.session.drop();
+      this.#closing = true;
+    }
+    this.#writing = false;
+    if (this.#closing) this.#end();
+  };
+
+  #end(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.session.drop();
+    try {
+      this.conn.close();
+    } catch {
+      // already closed
+    }
+    this.#flushed.resolve();
+  }
+
+  #peer(): string {
+    const a = this.conn.remoteAddr as Deno.NetAddr;
+    return `${a.hostname}:${a.port}`;
+  }
+
+  async serve(): Promise<void> {
+    const server = this.#server;
+    const lines = this.conn.readable
+      .pipeThrough(new LineLimitStream(server.maxLineBytes, server.metrics))
+      .pipeThrough(new TextDecoderStream("utf-8", { fatal: true }))
+      .pipeThrough(new TextLineStream());
+    try {
+      for await (const line of lines) {
+        this.lastHeard = Date.now();
+        this.session.handle(line);
+        if (this.session.closed) break;
+      }
+    } catch (e) {
+      if (e instanceof ProtocolError) {
+        this.session.error(e.code, e.message);
+        this.session.close();
+      } else if (
+        e instanceof TypeError && !this.#closed && /decode|utf-?8|encod/i.test(e.message)
+      ) {
+        this.session.error("invalid_utf8", "Frame is not valid UTF-8: closing connection");
+        this.session.close();
+      }
+      // Otherwise the connection failed or was closed: nothing to tell.
+    }
+    // The peer finished sending: flush what is owed, then close.
+    this.session.drop();
+    this.close();
+    await this.flushed;
+  }
+}
+
+function concat(chunks: Uint8Array[]): Uint8Array {
+  let size = 0;
+  for (const c of chunks) size += c.byteLength;
+  const out = new Uint8Array(size);
+  let off = 0;
+  for (const c of chunks) {
+    out.set(c, off);
+    off += c.byteLength;
+  }
+  return out;
+}
+
+class ServerImpl implements MessageServer {
+  readonly addr: Deno.NetAddr;
+  readonly hub: MessageStream;
+  readonly metrics: Metrics = new Metrics();
+  readonly finished: Promise<void>;
+  readonly auth: Auth | undefined;
+  readonly maxLineBytes: number;
+  readonly maxOutbound: number;
+  readonly #listener: Deno.Listener;
+  readonly #tls: boolean;
+  readonly #connections = new Set<Connection>();
+  readonly #logLevel: number;
+  readonly #pingInterval: number;
+  readonly #idleTimeout: number;
+  readonly #shutdownTimeout: number;
+  #sweeper: ReturnType<typeof setInterval> | undefined;
+  #shutdown: Promise<void> | undefined;
+  #accepting: Promise<void>;
+
+  constructor(options: ServeOptions) {
+    this.hub = options.hub ?? new MessageStream(options);
+    this.maxLineBytes = checkInt("maxLineBytes", options.maxLineBytes, 1 << 20, 1);
+    this.maxOutbound = checkInt("maxOutboundBytes", options.maxOutboundBytes, 8 << 20, 1);
+    this.#pingInterval = checkInt("pingInterval", options.pingInterval, 30_000, 0);
+    this.#idleTimeout = checkInt("idleTimeout", options.idleTimeout, 90_000, 0);
+    this.#shutdownTimeout = checkInt("shutdownTimeout", options.shutdownTimeout, 5_000, 0);
+    this.#logLevel = LEVELS.indexOf(options.logLevel ?? "warn");
+    if (this.#logLevel === -1) throw new RangeError(`Unknown log level "${options.logLevel}"`);
+    this.auth = options.tokens && options.tokens.length > 0 ? new Auth(options.tokens) : undefined;
+    const hostname = options.hostname ?? "127.0.0.1";
+    const port = options.port ?? 51932;
+    if ((options.cert === undefined) !== (options.key === undefined)) {
+      throw new TypeError("Cannot serve TLS: give both cert and key");
+    }
+    this.#listener = options.cert !== undefined && options.key !== undefined
+      ? Deno.listenTls({ hostname, port, cert: options.cert, key: options.key })
+      : Deno.listen({ hostname, port });
+    this.#tls = options.cert !== undefined;
+    this.addr = this.#listener.addr as Deno.NetAddr;
+    this.#accepting = this.#acceptLoop();
+    if (this.#pingInterval > 0) {
+      this.#sweeper = setInterval(() => this.#sweep(), Math.max(10, this.#pingInterval / 2));
+      Deno.unrefTimer(this.#sweeper);
+    }
+    this.finished = this.#accepting.then(() => this.#shutdown);
+    options.signal?.addEventListener("abort", () => this.shutdown(), { once: true });
+  }
+
+  log(level: LogLevel, message: string): void {
+    if (LEVELS.indexOf(level) >= this.#logLevel) {
+      // deno-lint-ignore no-console
+      console.error(`${new Date().toISOString()} ${level} ${message}`);
+    }
+  }
+
+  async #acceptLoop(): Promise<void> {
+    while (!this.#shutdown) {
+      let conn: Deno.Conn;
+      try {
+        conn = await this.#listener.accept();
+      } catch (e) {
+        if (this.#shutdown || e instanceof Deno.errors.BadResource) break;
+        // One client's failure (reset before accept, handshake error) must not stop the server.
+        this.log("debug", `accept failed: ${(e as Error).message}`);
+        continue;
+      }
+      if (this.#shutdown) {
+        conn.close();
+        break;
+      }
+      const c = new Connection(conn, this);
+      this.#connections.add(c);
+      this.metrics.connections.tcp = (this.metrics.connections.tcp ?? 0) + 1;
+      this.metrics.accepted.tcp = (this.metrics.accepted.tcp ?? 0) + 1;
+      if ("setNoDelay" in conn) (conn as Deno.TcpConn).setNoDelay(true);
+      c.serve().finally(() => {
+        this.#connections.delete(c);
+        this.metrics.connections.tcp = (this.metrics.connections.tcp ?? 1) - 1;
+      });
+    }
+  }
+
+  #sweep(): void {
+    const now = Date.now();
+    const ping = new TextEncoder().encode('{"action":"ping"}\n');
+    for (const c of this.#connections) {
+      const silent = now - c.lastHeard;
+      if (c.session.live && this.#idleTimeout > 0 && silent > this.#idleTimeout) {
+        this.log("info", "closing idle connection");
+        c.session.error("slow_consumer", "No frame received within the idle timeout: closing");
+        c.session.close();
+      } else if (silent >= this.#pingInterval) {
+        c.send(ping);
+      }
+    }
+  }
+
+  shutdown(): Promise<void> {
+    this.#shutdown ??= this.#doShutdown();
+    return this.#shutdown;
+  }
+
+  async #doShutdown(): Promise<void> {
+    if (this.#sweeper !== undefined) clearInterval(this.#sweeper);
+    try {
+      this.#listener.close();
+    } catch {
+      // already closed
+    }
+    await this.#accepting;
+    const connections = [...this.#connections];
+    for (const c of connections) c.session.close();
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const timeout = new Promise<void>((resolve) => {
+      timer = setTimeout(resolve, this.#shutdownTimeout);
+    });
+    await Promise.race([Promise.all(connections.map((c) => c.flushed)), timeout]);
+    clearTimeout(timer);
+    for (const c of connections) c.abort();
+    // Let each connection's reader see its end.
+    await Promise.allSettled(connections.map((c) => c.flushed));
+  }
+
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.shutdown();
+  }
+}
+
+function checkInt(name: string, value: number | undefined, fallback: number, min: number): number {
+  const v = value ?? fallback;
+  if (!Number.isSafeInteger(v) || v < min) {
+    throw new RangeError(`Option "${name}" must be an integer of at least ${min}, got ${v}`);
+  }
+  return v;
+}
+
+/**
+ * Starts a msgstream server.
+ *
+ * @param options Address, limits, auth, TLS.
+ * @returns The running server.
+ * @throws {RangeError} When an option is out of range.
+ * @throws {Deno.errors.AddrInUse} When the port is taken.
+ *
+ * @example Put and listen through a real socket
+ * ```ts
+ * import { serve } from "@x/msgstream/server";
+ * import { RemoteStream } from "@x/msgstream/client";
+ * import { Inbox } from "@x/msgstream";
+ * import { assertEquals } from "@std/assert";
+ *
+ * await using server = serve({ port: 0 });
+ * await using client = await RemoteStream.connect(`127.0.0.1:${server.addr.port}`);
+ * await client.header("job", "started");
+ * const inbox = new Inbox();
+ * await client.listen("job", inbox);
+ * await client.put("job", 1);
+ * const reader = inbox.getReader();
+ * assertEquals((await reader.read()).value?.message, "started");
+ * assertEquals((await reader.read()).value?.message, 1);
+ * reader.releaseLock();
+ * ```
+ */
+export function serve(options: ServeOptions = {}): MessageServer {
+  return new ServerImpl(options);
+}
+
+const USAGE = `Usage: msgstream serve [options]    (or: deno run -N server.ts [options])
+
+Options:
+  --hostname HOST           address to listen on (default 127.0.0.1)
+  --port PORT               TCP port; 0 picks a free one (default 51932)
+  --max-line-bytes N        longest request line (default 1048576)
+  --max-outbound-bytes N    unsent bytes per connection before slow_consumer (default 8388608)
+  --history-messages N      events kept per stream for resume (default 1000)
+  --history-bytes N         bytes kept per stream for resume (default 1048576)
+  --max-history-bytes N     bytes kept for all streams together (default 67108864)
+  --ping-interval MS        ping silent connections this often (default 30000)
+  --idle-timeout MS         close pinging clients silent this long; 0 never (default 90000)
+  --token NAME:SECRET       require hello with this token (repeatable; all rights)
+  --token-file FILE         tokens with permissions, JSON (needs --allow-read)
+  --cert FILE --key FILE    serve TLS with these PEM files (needs --allow-read)
+  --log-level LEVEL         debug, info, warn, error or silent (default info)
+  -h, --help                show this help
+  -V, --version             show the version
+
+Environment (read only when permitted, e.g. --allow-env):
+  MSGSTREAM_PORT, MSGSTREAM_HOSTNAME, MSGSTREAM_TOKEN (NAME:SECRET)`;
+
+/** Reads an environment variable only where permission was granted (the server runs under -N alone). */
+function env(name: string): string | undefined {
+  try {
+    if (Deno.permissions.querySync({ name: "env", variable: name }).state !== "granted") {
+      return undefined;
+    }
+    return Deno.env.get(name);
+  } catch {
+    return undefined;
+  }
+}
+
+/** Parses a non-negative integer flag or fails with a usage error. */
+function intFlag(args: Record<string, unknown>, name: string): number | undefined {
+  const v = args[name];
+  if (v === undefined) return undefined;
+  const n = Number(v);
+  if (typeof v !== "string" || v === "" || !Number.isSafeInteger(n) || n < 0) {
+    throw new UsageError(`--${name} must be a non-negative integer, got "${v}"`);
+  }
+  return n;
+}
+
+class UsageError extends Error {}
+
+/**
+ * Builds server options from command-line arguments.
+ *
+ * @param argv The arguments.
+ * @returns The options, or `help`/`version` when asked.
+ */
+function parseServeArgs(argv: string[]): ServeOptions | "help" | "version" {
+  const numeric = [
+    "port",
+    "max-line-bytes",
+    "max-outbound-bytes",
+    "history-messages",
+    "history-bytes",
+    "max-history-bytes",
+    "ping-interval",
+    "idle-timeout",
+  ];
+  const args = parseArgs(argv, {
+    string: ["hostname", "token-file", "cert", "key", "log-level", "token", ...numeric],
+    boolean: ["help", "version"],
+    collect: ["token"],
+    alias: { h: "help", V: "version" },
+    unknown: (arg: string) => {
+      throw new UsageError(`Unknown argument "${arg}"`);
+    },
+  });
+  if (args.help) return "help";
+  if (args.version) return "version";
+  const logLevel = (args["log-level"] ?? "info") as LogLevel;
+  if (!LEVELS.includes(logLevel)) throw new UsageError(`Unknown --log-level "${logLevel}"`);
+  const options: ServeOptions = { logLevel };
+  options.hostname = args.hostname ?? env("MSGSTREAM_HOSTNAME") ?? "127.0.0.1";
+  const envPort = env("MSGSTREAM_PORT");
+  const port = intFlag({ ...args, port: args.port ?? envPort }, "port");
+  if (port !== undefined) {
+    if (port > 65535) throw new UsageError(`--port must be at most 65535, got ${port}`);
+    options.port = port;
+  }
+  const set = (flag: string, key: keyof ServeOptions) => {
+    const v = intFlag(args, flag);
+    if (v !== undefined) (options as Record<string, unknown>)[key] = v;
+  };
+  set("max-line-bytes", "maxLineBytes");
+  set("max-outbound-bytes", "maxOutboundBytes");
+  set("history-messages", "historyMessages");
+  set("history-bytes", "historyBytes");
+  set("max-history-bytes", "maxHistoryBytes");
+  set("ping-interval", "pingInterval");
+  set("idle-timeout", "idleTimeout");
+  const tokens: Token[] = [];
+  const specs: string[] = args.token ?? [];
+  const envToken = env("MSGSTREAM_TOKEN");
+  if (envToken) specs.push(envToken);
+  try {
+    for (const spec of specs) tokens.push(parseTokenSpec(spec));
+    if (args["token-file"]) {
+      tokens.push(...parseTokenFile(Deno.readTextFileSync(args["token-file"])));
+    }
+  } catch (e) {
+    throw new UsageError((e as Error).message);
+  }
+  if (tokens.length > 0) options.tokens = tokens;
+  if ((args.cert === undefined) !== (args.key === undefined)) {
+    throw new UsageError("--cert and --key go together");
+  }
+  if (args.cert !== undefined && args.key !== undefined) {
+    options.cert = Deno.readTextFileSync(args.cert);
+    options.key = Deno.readTextFileSync(args.key);
+  }
+  return options;
+}
+
+/**
+ * The server's command line: parses `argv`, serves until SIGINT/SIGTERM, then shuts down
+ * gracefully and returns the exit code.
+ *
+ * @param argv Command-line arguments.
+ * @returns The process exit code.
+ */
+export async function main(argv: string[] = Deno.args): Promise<number> {
+  let options: ServeOptions | "help" | "version";
+  try {
+    options = parseServeArgs(argv);
+  } catch (e) {
+    if (!(e instanceof UsageError) && !(e instanceof Deno.errors.NotFound)) throw e;
+    // deno-lint-ignore no-console
+    console.error(`msgstream: ${(e as Error).message}\n\n${USAGE}`);
+    return 1;
+  }
+  if (options === "help") {
+    // deno-lint-ignore no-console
+    console.log(USAGE);
+    return 0;
+  }
+  if (options === "version") {
+    // deno-lint-ignore no-console
+    console.log(`msgstream ${denoJson.version}`);
+    return 0;
+  }
+  let server: MessageServer;
+  try {
+    server = serve(options);
+  } catch (e) {
+    // deno-lint-ignore no-console
+    console.error(`msgstream: cannot listen: ${(e as Error).message}`);
+    return 2;
+  }
+  const scheme = options.cert ? "tls" : "tcp";
+  // deno-lint-ignore no-console
+  console.log(`msgstream listening on ${scheme}://${server.addr.hostname}:${server.addr.port}`);
+  const stop = () => server.shutdown();
+  const signals: Deno.Signal[] = Deno.build.os === "windows" ? ["SIGINT"] : ["SIGINT", "SIGTERM"];
+  for (const s of signals) Deno.addSignalListener(s, stop);
+  await server.finished;
+  for (const s of signals) Deno.removeSignalListener(s, stop);
+  return 0;
+}
+
+if (import.meta.main) Deno.exit(await main());
