@@ -193,6 +193,15 @@ export class RemoteStream implements Streamer, AsyncDisposable {
   #pingsOut = 0;
   #reconnecting: Promise<void> | undefined;
   #reading: Promise<void> | undefined;
+  /** A connection is open but `hello` is unanswered: losing it fails the attempt, no more. */
+  #handshaking = false;
+  /** Unanswered upstream hangups on this connection: request id to stream. */
+  #hangups = new Map<number, string>();
+  /**
+   * Streams with an unanswered upstream hangup, and how many: their frames still arriving
+   * belong to the old subscription, not to a listen made since.
+   */
+  #draining = new Map<string, number>();
 
   private constructor(options: RemoteStreamOptions) {
     this.#opts = {
@@ -258,18 +267,36 @@ export class RemoteStream implements Streamer, AsyncDisposable {
     // Listen again to what we follow, from where we are.
     for (const [stream, f] of this.#streams) this.#relisten(stream, f);
     this.#flush();
+    this.#handshaking = true;
+    // Pings run from the start: a server that accepts but never answers hello fails the
+    // attempt after maxPingsOut unanswered pings instead of hanging it forever.
+    if (o.pingInterval > 0) {
+      clearInterval(this.#pingTimer);
+      this.#pingTimer = setInterval(() => this.#ping(), o.pingInterval);
+    }
     try {
       await ready;
+      // Lost between the answer and now: the attempt failed all the same.
+      if (this.#conn !== conn) throw new LostConnection();
     } catch (e) {
+      clearInterval(this.#pingTimer);
       this.#conn = undefined;
       try {
         conn.close();
       } catch { /* closed */ }
+      if (e instanceof LostConnection) {
+        // Say why (a TLS certificate refused, pings unanswered): "closed" alone hides it.
+        const why = e.cause instanceof Error ? `: ${e.cause.message}` : "";
+        throw new ProtocolError(
+          "not_connected",
+          `Connection closed before the server answered hello${why}`,
+          undefined,
+          e.cause instanceof Error ? { cause: e.cause } : undefined,
+        );
+      }
       throw e;
-    }
-    if (o.pingInterval > 0) {
-      clearInterval(this.#pingTimer);
-      this.#pingTimer = setInterval(() => this.#ping(), o.pingInterval);
+    } finally {
+      this.#handshaking = false;
     }
     this.#emit({ type: "connected" });
   }
@@ -450,8 +477,26 @@ export class RemoteStream implements Streamer, AsyncDisposable {
     if (!f || !f.queues.delete(queue)) return;
     if (f.queues.size === 0) {
       this.#streams.delete(stream);
-      this.#fire({ action: "hangup", stream });
+      if (!this.#conn) return; // on reconnect, only followed streams are listened to again
+      // Until the server answers, frames of the stream already under way are the old
+      // subscription's: a listen made meanwhile must not get them (see #onEvent).
+      const frame: Record<string, unknown> = { action: "hangup", stream };
+      this.#request(frame, "drop").catch(() => {});
+      if (typeof frame.id === "number") {
+        this.#hangups.set(frame.id, stream);
+        this.#draining.set(stream, (this.#draining.get(stream) ?? 0) + 1);
+      }
     }
+  }
+
+  /** The server answered a request: if it was a hangup, its stream's old frames are over. */
+  #answered(id: unknown): void {
+    const stream = this.#hangups.get(id as number);
+    if (stream === undefined) return;
+    this.#hangups.delete(id as number);
+    const n = (this.#draining.get(stream) ?? 1) - 1;
+    if (n > 0) this.#draining.set(stream, n);
+    else this.#draining.delete(stream);
   }
 
   /**
@@ -644,6 +689,7 @@ export class RemoteStream implements Streamer, AsyncDisposable {
       case "reset":
         return this.#onEvent(stream, "reset", f);
       case "ok": {
+        this.#answered(f.id);
         const p = this.#pending.get(f.id as number);
         if (p) {
           this.#pending.delete(f.id as number);
@@ -657,6 +703,7 @@ export class RemoteStream implements Streamer, AsyncDisposable {
           String(f.message ?? "Server error"),
           typeof stream === "string" ? stream : undefined,
         );
+        if (f.id !== undefined) this.#answered(f.id);
         const p = f.id === undefined ? undefined : this.#pending.get(f.id as number);
         if (p) {
           this.#pending.delete(f.id as number);
@@ -679,6 +726,7 @@ export class RemoteStream implements Streamer, AsyncDisposable {
   }
 
   #onEvent(stream: string, kind: EventKind, f: Record<string, unknown>): void {
+    if (this.#draining.has(stream)) return; // sent before our hangup reached the server
     const followed = this.#streams.get(stream);
     if (!followed) return;
     const seq = typeof f.seq === "number" ? f.seq : 0;
@@ -693,7 +741,9 @@ export class RemoteStream implements Streamer, AsyncDisposable {
     followed.position = { epoch, seq };
     const ev = this.#event(stream, kind, message, followed.position);
     if (kind === "end") this.#streams.delete(stream);
-    for (const q of followed.queues) this.#deliver(q, ev);
+    // Only the queues of this moment: one that joins from inside another's put got the header
+    // as of this event, so it must not get the event too.
+    for (const q of [...followed.queues]) if (followed.queues.has(q)) this.#deliver(q, ev);
   }
 
   #event(stream: string, kind: EventKind, message: unknown, pos: Position): StreamEvent {
@@ -722,7 +772,14 @@ export class RemoteStream implements Streamer, AsyncDisposable {
       conn.close();
     } catch { /* closed */ }
     if (this.#closing) return;
-    this.#emit({ type: "disconnected", error });
+    // Lost while saying hello: the attempt in #connect fails and its caller (connect() or the
+    // reconnect loop already running) decides what next. Starting another loop here would
+    // leave two loops opening two connections.
+    const handshaking = this.#handshaking;
+    // A new connection carries no frame of an old subscription.
+    this.#hangups.clear();
+    this.#draining.clear();
+    if (!handshaking) this.#emit({ type: "disconnected", error });
     // Unanswered requests: resend what is safe to, fail what is ambiguous, and leave hello and
     // listens to the reconnect. Frames that need no answer (hangup, ping) are not kept: the
     // reconnect listens only to what is still followed.
@@ -730,7 +787,7 @@ export class RemoteStream implements Streamer, AsyncDisposable {
     for (const [id, p] of this.#pending) {
       if (p.onLost === "drop") {
         this.#pending.delete(id);
-        p.reject(new LostConnection());
+        p.reject(new LostConnection(undefined, { cause: error }));
       } else if (!p.written || p.onLost === "retry") {
         p.written = false;
         keep.push(p.frame);
@@ -748,7 +805,7 @@ export class RemoteStream implements Streamer, AsyncDisposable {
     }
     this.#outbox = keep;
     this.#outboxBytes = keep.reduce((n, b) => n + b.byteLength, 0);
-    this.#reconnecting = this.#reconnect(error);
+    if (!handshaking) this.#reconnecting = this.#reconnect(error);
   }
 
   async #reconnect(lastError: Error): Promise<void> {
@@ -776,3 +833,9 @@ export class RemoteStream implements Streamer, AsyncDisposable {
 
 /** A connection-bound request ended with its connection; the reconnect redoes it. */
 class LostConnection extends Error {}
+
+if (import.meta.main) {
+  // `deno run -N client.ts listen job42`: the client commands of the `msgstream` command line.
+  // No top-level await here: cli.ts imports this module, which must finish evaluating first.
+  import("./cli.ts").then(({ main }) => main(Deno.args)).then((code) => Deno.exit(code));
+}

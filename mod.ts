@@ -37,7 +37,7 @@
  * @module
  */
 
-import { type Codec, defaultCodec } from "./codec.ts";
+import { type Codec, defaultCodec, JsonCodec } from "./codec.ts";
 
 /** What an event says happened on a stream. */
 export type EventKind = "header" | "put" | "end" | "reset";
@@ -191,6 +191,134 @@ export interface MessageStreamOptions {
    * @default {256}
    */
   maxStreamNameLength?: number;
+  /**
+   * Where streams' header, seq, epoch and history live and how puts reach other nodes. Without
+   * one, the hub keeps everything in memory (one process). With one (e.g. `RedisEngine` from
+   * `@x/msgstream/redis`), `put`, `header`, `delete` and `listen` go through the engine and
+   * the sync fast paths (`putNow`, …) throw; the history bounds then apply in the engine.
+   */
+  engine?: Engine;
+}
+
+/**
+ * Thrown (and sent on the wire as code `engine_unavailable`) when the hub's engine cannot be
+ * reached, e.g. Redis is down. The request was not applied, or, when the connection dropped
+ * while it was in flight, may or may not have been.
+ */
+export class EngineUnavailableError extends Error {
+  /**
+   * Creates the error.
+   *
+   * @param message What failed.
+   * @param options Standard error options (`cause`: the engine's own error).
+   */
+  constructor(message: string, options?: ErrorOptions) {
+    super(message, options);
+    this.name = "EngineUnavailableError";
+  }
+}
+
+/** One put or header change an engine replays for a resuming listener. */
+export interface EngineEvent {
+  /** `put` or `header` (a `null` message clears the header). */
+  readonly kind: "put" | "header";
+  /** The message. */
+  readonly message: unknown;
+  /** The put's seq, or the seq a header change follows. */
+  readonly seq: number;
+}
+
+/** A stream's state as an engine read it, at one point of the stream's event order. */
+export interface EngineSnapshot extends Position {
+  /** The header, or `undefined` when none is set. */
+  readonly header: unknown;
+  /** With `since`: why history does not cover it, or `undefined` when it does. */
+  readonly reset?: string | undefined;
+  /** With `since` and covered: the events after it, oldest first. */
+  readonly events?: readonly EngineEvent[] | undefined;
+}
+
+/** What an engine reports to its hub. Calls for one stream come in that stream's order. */
+export interface EngineSink {
+  /**
+   * An event of a stream this node follows, from any node.
+   *
+   * @param stream The stream's name.
+   * @param kind `put`, `header` (a `null` message clears it) or `end` (deleted).
+   * @param message The message (`null` for `end`).
+   * @param seq The put's seq, or the seq a header change or end follows.
+   * @param epoch The stream's epoch.
+   */
+  event(
+    stream: string,
+    kind: "put" | "header" | "end",
+    message: unknown,
+    seq: number,
+    epoch: string,
+  ): void;
+  /** The engine may have missed events (its subscription dropped and is back): sync again. */
+  lost(): void;
+}
+
+/**
+ * The hub's back end for state shared between nodes (see {@linkcode MessageStreamOptions.engine}).
+ * The memory engine is built into the hub; `RedisEngine` implements this for many nodes.
+ */
+export interface Engine {
+  /**
+   * Binds the engine to its hub; called once by the hub's constructor.
+   *
+   * @param sink Where events go.
+   * @param codec The hub's codec, for messages.
+   */
+  bind(sink: EngineSink, codec: Codec): void;
+  /**
+   * Assigns the put its seq and sends it to every node.
+   *
+   * @param stream The stream's name.
+   * @param message The message.
+   * @returns The put's position.
+   * @throws {EngineUnavailableError} When the engine cannot be reached.
+   */
+  put(stream: string, message: unknown): Promise<Position>;
+  /**
+   * Sets (or, with `null`, clears) the header and tells every node.
+   *
+   * @param stream The stream's name.
+   * @param message The header or `null`.
+   * @throws {EngineUnavailableError} When the engine cannot be reached.
+   */
+  header(stream: string, message: unknown): Promise<void>;
+  /**
+   * Deletes the stream and tells every node (as an `end` event).
+   *
+   * @param stream The stream's name.
+   * @throws {EngineUnavailableError} When the engine cannot be reached.
+   */
+  delete(stream: string): Promise<void>;
+  /**
+   * Follows the stream on this node (from now on its events reach the sink), then takes a
+   * snapshot and calls `onSnapshot` with it exactly where it falls in the stream's event order:
+   * events before it reached the sink already, events after it follow.
+   *
+   * @param stream The stream's name.
+   * @param since With a position: the snapshot also holds the events after it, or why not.
+   * @param onSnapshot Called once, in order with the sink's events.
+   * @throws {EngineUnavailableError} When the engine cannot be reached.
+   */
+  sync(
+    stream: string,
+    since: Position | undefined,
+    onSnapshot: (snapshot: EngineSnapshot) => void,
+  ): Promise<void>;
+  /**
+   * Stops following the stream on this node.
+   *
+   * @param stream The stream's name.
+   */
+  unfollow(stream: string): void;
+  /** Releases the engine's connections. */
+  close(): Promise<void>;
 }
 
 /** What the hub knows about one stream, from {@linkcode MessageStream.info}. */
@@ -256,6 +384,44 @@ export function encodeFrame(codec: Codec, frame: Record<string, unknown>): Uint8
   return encoder.encode(codec.encode(frame) + "\n");
 }
 
+/** Size of the slabs that event frames are encoded into. */
+const SLAB_BYTES = 64 * 1024;
+let slab = new Uint8Array(SLAB_BYTES);
+let slabUsed = 0;
+
+/**
+ * Encodes an event frame's text into the shared slab, so that consecutive events lie back to
+ * back in memory: a connection that gets a burst of them writes one view of the slab, with no
+ * copy per listener. Large frames get their own buffer.
+ */
+function encodeShared(text: string): Uint8Array {
+  const worst = text.length * 3;
+  if (worst > SLAB_BYTES >> 3) return encoder.encode(text);
+  if (SLAB_BYTES - slabUsed < worst) {
+    slab = new Uint8Array(SLAB_BYTES);
+    slabUsed = 0;
+  }
+  const start = slabUsed;
+  slabUsed += encoder.encodeInto(text, slab.subarray(start)).written;
+  return slab.subarray(start, slabUsed);
+}
+
+/** The event with a frame of its own, when its frame is a view of a shared slab (for keeping). */
+function compact(ev: StreamEvent): StreamEvent {
+  return ev.frame.buffer.byteLength === ev.frame.byteLength
+    ? ev
+    : { ...ev, frame: ev.frame.slice() };
+}
+
+/** Whether a message's JSON text can be spliced into a frame: the same bytes as a whole-frame encode. */
+function spliceable(message: unknown): boolean {
+  const t = typeof message;
+  if (t === "object") {
+    return message === null || typeof (message as { toJSON?: unknown }).toJSON !== "function";
+  }
+  return t === "string" || t === "number" || t === "boolean";
+}
+
 let epochCounter = 0;
 const epochBase = (() => {
   const b = new Uint8Array(5);
@@ -317,7 +483,8 @@ class Deque<T> {
 
 class StreamState {
   readonly name: string;
-  readonly epoch: string = newEpoch();
+  /** With an engine: the epoch the engine gave; changes only by a new snapshot. */
+  epoch: string;
   seq = 0;
   /** The current header's message, or undefined when none is set. */
   header: unknown = undefined;
@@ -328,9 +495,32 @@ class StreamState {
   /** Resuming from a seq below this is not covered by history. */
   trimmedTo = 0;
   readonly listeners: Set<Listener> = new Set();
-  constructor(name: string) {
+  /** The name as JSON text, made on the first event. */
+  jsonName: string | undefined = undefined;
+  /** Nesting depth of fanouts in progress on this stream. */
+  fanning = 0;
+  /** Listeners that joined during a fanout: they got the header as of it, not the event. */
+  joinedDuringFanout: Set<Listener> | undefined = undefined;
+  /**
+   * With an engine: whether this node's copy (epoch, seq, header) is in step with the engine's
+   * event order; until then events are ignored and joins wait for a snapshot.
+   */
+  live: boolean;
+  /** With an engine: queues waiting for a snapshot to join (or rejoin). */
+  pending: Set<Listener> | undefined = undefined;
+  /** With an engine: listeners being caught up after events were missed (a subset of pending). */
+  rejoin: Set<Listener> | undefined = undefined;
+  /** With an engine: where the listeners in `rejoin` are. */
+  resumeFrom: Position | undefined = undefined;
+  constructor(name: string, engine = false) {
     this.name = name;
+    this.epoch = engine ? "" : newEpoch();
+    this.live = !engine;
   }
+}
+
+function noSync(method: string): TypeError {
+  return new TypeError(`Cannot use ${method}() on a hub with an engine: use the async methods`);
 }
 
 function checkName(stream: unknown, max: number): asserts stream is string {
@@ -387,8 +577,11 @@ export class MessageStream implements Streamer {
   #maxHistoryBytes: number;
   #maxName: number;
   #puts = 0;
+  /** Whether the codec is a JsonCodec: event frames are then built around the message's text. */
+  readonly #json: boolean;
   #deliveries = 0;
   #listenerCount = 0;
+  readonly #engine: Engine | undefined;
 
   /**
    * Creates an empty hub.
@@ -398,15 +591,47 @@ export class MessageStream implements Streamer {
    */
   constructor(options: MessageStreamOptions = {}) {
     this.codec = options.codec ?? defaultCodec;
+    this.#json = this.codec instanceof JsonCodec;
     this.#historyMessages = positiveInt("historyMessages", options.historyMessages, 1000);
     this.#historyBytesPerStream = positiveInt("historyBytes", options.historyBytes, 1 << 20);
     this.#maxHistoryBytes = positiveInt("maxHistoryBytes", options.maxHistoryBytes, 64 << 20);
     this.#maxName = positiveInt("maxStreamNameLength", options.maxStreamNameLength, 256, 1);
+    this.#engine = options.engine;
+    this.#engine?.bind({
+      event: (stream, kind, message, seq, epoch) =>
+        this.#engineEvent(stream, kind, message, seq, epoch),
+      lost: () => this.#engineLost(),
+    }, this.codec);
   }
 
   /** The longest stream name accepted, in UTF-16 code units. */
   get maxStreamNameLength(): number {
     return this.#maxName;
+  }
+
+  /**
+   * The engine given in the options, or `undefined` for the built-in memory engine. With an
+   * engine, only the async methods work (`put`, `header`, `delete`, `listen`).
+   */
+  get engine(): Engine | undefined {
+    return this.#engine;
+  }
+
+  /**
+   * Releases the engine's connections (nothing to do for the memory engine).
+   *
+   * @returns When the engine has closed.
+   *
+   * @example
+   * ```ts
+   * import { MessageStream } from "@x/msgstream";
+   *
+   * const hub = new MessageStream();
+   * await hub.close();
+   * ```
+   */
+  close(): Promise<void> {
+    return this.#engine?.close() ?? Promise.resolve();
   }
 
   /**
@@ -431,6 +656,7 @@ export class MessageStream implements Streamer {
    * ```
    */
   header(stream: string, message: unknown): Promise<void> {
+    if (this.#engine) return this.#engineHeader(stream, message);
     try {
       this.setHeader(stream, message);
       return Promise.resolve();
@@ -460,6 +686,7 @@ export class MessageStream implements Streamer {
    * ```
    */
   put(stream: string, message: unknown): Promise<number> {
+    if (this.#engine) return this.#enginePut(stream, message);
     try {
       return Promise.resolve(this.putNow(stream, message));
     } catch (e) {
@@ -487,6 +714,7 @@ export class MessageStream implements Streamer {
    * ```
    */
   delete(stream: string): Promise<void> {
+    if (this.#engine) return this.#engineDelete(stream);
     try {
       this.deleteNow(stream);
       return Promise.resolve();
@@ -521,6 +749,7 @@ export class MessageStream implements Streamer {
    * ```
    */
   listen(stream: string, queue: Listener, options: ListenOptions = {}): Promise<Position> {
+    if (this.#engine) return this.#engineListen(stream, queue, options.since);
     try {
       return Promise.resolve(this.listenNow(stream, queue, options.since));
     } catch (e) {
@@ -548,8 +777,9 @@ export class MessageStream implements Streamer {
    */
   hangup(stream: string, queue: Listener): void {
     const state = this.#streams.get(stream);
-    if (!state || !state.listeners.delete(queue)) return;
-    this.#listenerCount--;
+    if (!state) return;
+    if (state.listeners.delete(queue)) this.#listenerCount--;
+    else if (!state.pending?.delete(queue)) return;
     this.#following.get(queue)?.delete(state);
     this.#collect(state);
   }
@@ -578,6 +808,7 @@ export class MessageStream implements Streamer {
     this.#following.delete(queue);
     for (const state of states) {
       if (state.listeners.delete(queue)) this.#listenerCount--;
+      else state.pending?.delete(queue);
       this.#collect(state);
     }
   }
@@ -656,6 +887,7 @@ export class MessageStream implements Streamer {
    * @param message The header, or `null`/`undefined` to clear it.
    */
   setHeader(stream: string, message: unknown): void {
+    if (this.#engine) throw noSync("setHeader");
     checkName(stream, this.#maxName);
     if (message === undefined) message = null;
     let state = this.#streams.get(stream);
@@ -680,6 +912,7 @@ export class MessageStream implements Streamer {
    * @returns The put's seq.
    */
   putNow(stream: string, message: unknown): number {
+    if (this.#engine) throw noSync("putNow");
     checkName(stream, this.#maxName);
     if (message === undefined) throw new TypeError(`Cannot put on stream "${stream}": no message`);
     const state = this.#streams.get(stream) ?? this.#create(stream);
@@ -706,6 +939,7 @@ export class MessageStream implements Streamer {
    * @param stream The stream's name.
    */
   deleteNow(stream: string): void {
+    if (this.#engine) throw noSync("deleteNow");
     checkName(stream, this.#maxName);
     const state = this.#streams.get(stream);
     if (!state) return;
@@ -730,6 +964,7 @@ export class MessageStream implements Streamer {
    * @returns The stream's position when the listener joined.
    */
   listenNow(stream: string, queue: Listener, since?: Position): Position {
+    if (this.#engine) throw noSync("listenNow");
     checkName(stream, this.#maxName);
     if (!queue || typeof queue.put !== "function") {
       throw new TypeError(`Cannot listen to stream "${stream}": the queue has no put method`);
@@ -760,12 +995,199 @@ export class MessageStream implements Streamer {
       return position;
     }
     state.listeners.add(queue);
+    if (state.fanning > 0) (state.joinedDuringFanout ??= new Set()).add(queue);
     this.#listenerCount++;
     let following = this.#following.get(queue);
     if (!following) this.#following.set(queue, following = new Set());
     following.add(state);
     queue.attached?.(this);
     return position;
+  }
+
+  async #enginePut(stream: string, message: unknown): Promise<number> {
+    checkName(stream, this.#maxName);
+    if (message === undefined) throw new TypeError(`Cannot put on stream "${stream}": no message`);
+    const at = await (this.#engine as Engine).put(stream, message);
+    this.#puts++;
+    return at.seq;
+  }
+
+  async #engineHeader(stream: string, message: unknown): Promise<void> {
+    checkName(stream, this.#maxName);
+    await (this.#engine as Engine).header(stream, message ?? null);
+  }
+
+  async #engineDelete(stream: string): Promise<void> {
+    checkName(stream, this.#maxName);
+    await (this.#engine as Engine).delete(stream);
+  }
+
+  async #engineListen(
+    stream: string,
+    queue: Listener,
+    since: Position | undefined,
+  ): Promise<Position> {
+    checkName(stream, this.#maxName);
+    if (!queue || typeof queue.put !== "function") {
+      throw new TypeError(`Cannot listen to stream "${stream}": the queue has no put method`);
+    }
+    let state = this.#streams.get(stream);
+    if (!state) this.#streams.set(stream, state = new StreamState(stream, true));
+    if (state.listeners.has(queue) || state.pending?.has(queue)) {
+      return { epoch: state.epoch, seq: state.seq };
+    }
+    if (state.live && since === undefined) {
+      // This node is in step with the stream: join from the local copy, as in memory.
+      const position = { epoch: state.epoch, seq: state.seq };
+      if (this.#deliverHeader(queue, state)) this.#register(state, queue);
+      else this.#collect(state);
+      return position;
+    }
+    (state.pending ??= new Set()).add(queue);
+    this.#followed(queue).add(state);
+    let position: Position | undefined;
+    const joining = state;
+    try {
+      await (this.#engine as Engine).sync(stream, since, (snap) => {
+        position = this.#joined(joining, snap, [queue], since);
+      });
+    } catch (e) {
+      if (joining.pending?.delete(queue)) {
+        this.#following.get(queue)?.delete(joining);
+        this.#collect(joining);
+      }
+      throw e;
+    }
+    return position ?? { epoch: joining.epoch, seq: joining.seq };
+  }
+
+  #followed(queue: Listener): Set<StreamState> {
+    let following = this.#following.get(queue);
+    if (!following) this.#following.set(queue, following = new Set());
+    return following;
+  }
+
+  #register(state: StreamState, queue: Listener): void {
+    state.listeners.add(queue);
+    if (state.fanning > 0) (state.joinedDuringFanout ??= new Set()).add(queue);
+    this.#listenerCount++;
+    this.#followed(queue).add(state);
+    queue.attached?.(this);
+  }
+
+  /** A snapshot arrived, in order: brings the local copy in step and joins the queues. */
+  #joined(
+    state: StreamState,
+    snap: EngineSnapshot,
+    queues: Iterable<Listener>,
+    since: Position | undefined,
+  ): Position {
+    if (!state.live) {
+      state.epoch = snap.epoch;
+      state.seq = snap.seq;
+      state.header = snap.header;
+      state.joinEvent = undefined;
+      state.live = true;
+    }
+    const position = { epoch: state.epoch, seq: state.seq };
+    let reset: StreamEvent | undefined;
+    let replay: StreamEvent[] = [];
+    if (since !== undefined) {
+      if (snap.reset !== undefined) {
+        reset = this.#event(state, "reset", "reset", { reason: snap.reset });
+      } else {
+        replay = (snap.events ?? []).map((e) => {
+          const frame = encodeFrame(this.codec, {
+            action: e.kind,
+            stream: state.name,
+            message: e.message,
+            seq: e.seq,
+            epoch: state.epoch,
+          });
+          return { ...e, stream: state.name, epoch: state.epoch, frame };
+        });
+      }
+    }
+    for (const q of queues) {
+      if (!state.pending?.delete(q)) continue; // hung up meanwhile
+      let ok = true;
+      if (since === undefined) ok = this.#deliverHeader(q, state);
+      else if (reset) ok = this.#deliver(q, reset, state) && this.#deliverHeader(q, state);
+      else for (let i = 0; ok && i < replay.length; i++) ok = this.#deliver(q, replay[i]!, state);
+      if (ok) this.#register(state, q);
+    }
+    this.#collect(state);
+    return position;
+  }
+
+  #engineEvent(
+    stream: string,
+    kind: "put" | "header" | "end",
+    message: unknown,
+    seq: number,
+    epoch: string,
+  ): void {
+    const state = this.#streams.get(stream);
+    if (!state || !state.live) return;
+    if (epoch !== state.epoch || seq !== (kind === "put" ? state.seq + 1 : state.seq)) {
+      // Out of step: events were missed. Catch every listener up from where it is.
+      this.#resync(state);
+      return;
+    }
+    if (kind === "end") return this.#ended(state);
+    state.seq = seq;
+    if (kind === "header") {
+      state.header = message === null ? undefined : message;
+      state.joinEvent = undefined;
+    }
+    this.#fanout(state, this.#event(state, kind, kind, message));
+  }
+
+  #ended(state: StreamState): void {
+    const end = this.#event(state, "end", "delete", null);
+    const listeners = [...state.listeners];
+    state.listeners.clear();
+    this.#listenerCount -= listeners.length;
+    state.live = false;
+    state.epoch = "";
+    state.seq = 0;
+    state.header = undefined;
+    state.joinEvent = undefined;
+    for (const l of listeners) {
+      this.#following.get(l)?.delete(state);
+      this.#deliver(l, end, state);
+    }
+    this.#collect(state);
+  }
+
+  #engineLost(): void {
+    for (const state of [...this.#streams.values()]) this.#resync(state);
+  }
+
+  /** Takes every listener of the stream off, and joins them again from where they were. */
+  #resync(state: StreamState): void {
+    if (state.live) {
+      state.live = false;
+      state.resumeFrom = state.epoch ? { epoch: state.epoch, seq: state.seq } : undefined;
+      const rejoin = state.rejoin ??= new Set();
+      const pending = state.pending ??= new Set();
+      for (const l of state.listeners) {
+        rejoin.add(l);
+        pending.add(l);
+      }
+      this.#listenerCount -= state.listeners.size;
+      state.listeners.clear();
+    }
+    const group = state.rejoin;
+    if (!group || group.size === 0) return;
+    state.rejoin = undefined;
+    const since = state.resumeFrom;
+    (this.#engine as Engine).sync(state.name, since, (snap) => {
+      this.#joined(state, snap, group, since);
+    }).catch(() => {
+      // Still unreachable: the engine calls lost() again when it is back.
+      for (const q of group) if (state.pending?.has(q)) (state.rejoin ??= new Set()).add(q);
+    });
   }
 
   /** Why `since` cannot be served from history, or "" when it can. */
@@ -783,18 +1205,36 @@ export class MessageStream implements Streamer {
   }
 
   #event(state: StreamState, kind: EventKind, action: string, message: unknown): StreamEvent {
-    const frame = encodeFrame(this.codec, {
-      action,
-      stream: state.name,
-      message,
-      seq: state.seq,
-      epoch: state.epoch,
-    });
+    // Encode once, into the shared slab. With a JsonCodec, only the message goes through the
+    // codec: the frame around it is spliced as text, byte for byte what encoding the whole
+    // frame gives (same keys, same order).
+    let text: string;
+    if (this.#json && spliceable(message)) {
+      const name = state.jsonName ??= JSON.stringify(state.name);
+      const epoch = JSON.stringify(state.epoch);
+      const body = this.codec.encode(message);
+      text = `{"action":"${action}","stream":${name},"message":${body},"seq":${state.seq},` +
+        `"epoch":${epoch}}\n`;
+    } else {
+      const frame = { action, stream: state.name, message, seq: state.seq, epoch: state.epoch };
+      text = this.codec.encode(frame) + "\n";
+    }
+    const frame = encodeShared(text);
     return { stream: state.name, kind, message, seq: state.seq, epoch: state.epoch, frame };
   }
 
   #fanout(state: StreamState, ev: StreamEvent): void {
-    for (const l of state.listeners) this.#deliver(l, ev, state);
+    // A listener may join from inside another's put (a Set iterates what is added meanwhile):
+    // it got the header as of this event, so it must not get the event too.
+    state.fanning++;
+    try {
+      for (const l of state.listeners) {
+        if (state.joinedDuringFanout?.has(l)) continue;
+        this.#deliver(l, ev, state);
+      }
+    } finally {
+      if (--state.fanning === 0) state.joinedDuringFanout = undefined;
+    }
   }
 
   /** Hands the header to a joining listener, as of the stream's current seq. */
@@ -847,7 +1287,7 @@ export class MessageStream implements Streamer {
       state.trimmedTo = ev.kind === "header" ? ev.seq + 1 : ev.seq;
       return;
     }
-    const entry: Entry = { ev, bytes, state, dead: false };
+    const entry: Entry = { ev: compact(ev), bytes, state, dead: false };
     (state.history ??= new Deque()).push(entry);
     state.historyBytes += bytes;
     this.#history.push(entry);
@@ -892,6 +1332,17 @@ export class MessageStream implements Streamer {
 
   /** Forgets a stream that holds nothing: no listeners, no header, no history. */
   #collect(state: StreamState): void {
+    if (this.#engine) {
+      // Header and history live in the engine: a stream nobody here follows is forgotten.
+      if (
+        state.listeners.size === 0 && !state.pending?.size &&
+        this.#streams.get(state.name) === state
+      ) {
+        this.#streams.delete(state.name);
+        this.#engine.unfollow(state.name);
+      }
+      return;
+    }
     if (
       state.listeners.size === 0 && state.header === undefined &&
       (!state.history || state.history.length === 0) &&
@@ -1035,7 +1486,7 @@ export class Inbox extends ReadableStream<StreamEvent> implements Listener {
       detach(s);
       return;
     }
-    s.buffer.push(event);
+    s.buffer.push(compact(event));
     s.bytes += size;
   }
 

@@ -10,6 +10,7 @@ import { timingSafeEqual } from "@std/crypto/timing-safe-equal";
 import type { Codec } from "./codec.ts";
 import {
   encodeFrame,
+  EngineUnavailableError,
   type Listener,
   type MessageStream,
   type Position,
@@ -235,7 +236,17 @@ export class Session implements Listener {
   readonly #metrics: Metrics | undefined;
   #grant: Grant | undefined;
   #closed = false;
-  /** Whether the peer has sent `hello` or `ping`, and so is expected to keep talking. */
+  /** Whether the hub has an engine: requests are then async, kept in order (see #ordered). */
+  readonly #engine: boolean;
+  #inflight = 0;
+  #blocked = false;
+  #waiting: [Frame, unknown][] = [];
+  /**
+   * Whether the peer has sent `hello` or `ping`, and so is expected to keep talking. A peer
+   * that has not may be a client of the original protocol, whose reader takes `stream` from
+   * every frame (a KeyError without it): frames sent to it unprompted (`close`, `ping`, an
+   * `error` not about a stream) carry `"stream": null`.
+   */
   live = false;
 
   /**
@@ -251,6 +262,7 @@ export class Session implements Listener {
     this.#transport = transport;
     this.#auth = options.auth;
     this.#metrics = options.metrics;
+    this.#engine = hub.engine !== undefined;
   }
 
   /** Hub events go straight to the transport: the frame was encoded once by the hub. */
@@ -274,6 +286,7 @@ export class Session implements Listener {
     const frame: Frame = { action: "error", code, message };
     if (id !== undefined) frame.id = id;
     if (typeof stream === "string") frame.stream = stream;
+    else if (!this.live) frame.stream = null; // see live
     this.send(frame);
   }
 
@@ -281,7 +294,7 @@ export class Session implements Listener {
   close(): void {
     if (this.#closed) return;
     this.#hub.endqueue(this);
-    this.send({ action: "close" });
+    this.send(this.live ? { action: "close" } : { action: "close", stream: null });
     this.#closed = true;
     this.#transport.close();
   }
@@ -319,15 +332,58 @@ export class Session implements Listener {
       this.error("invalid_frame", 'Field "id" must be a string or a number');
       return;
     }
+    if (this.#engine) return this.#ordered(f, id);
+    this.#run(f, id);
+  }
+
+  #run(f: Frame, id: unknown): void {
     try {
-      this.#dispatch(f, id);
+      const done = this.#dispatch(f, id);
+      if (done) {
+        // An engine request: count it until it settles, then let waiting frames go.
+        this.#inflight++;
+        const barrier = f.action === "listen";
+        if (barrier) this.#blocked = true;
+        done.catch((e) => this.#fail(e, id, f.stream)).finally(() => {
+          this.#inflight--;
+          if (barrier) this.#blocked = false;
+          this.#drain();
+        });
+      }
     } catch (e) {
-      if (e instanceof ProtocolError) this.error(e.code, e.message, id, e.stream ?? f.stream);
-      else this.error("internal", `Cannot handle frame: ${(e as Error).message}`, id, f.stream);
+      this.#fail(e, id, f.stream);
     }
   }
 
-  #dispatch(f: Frame, id: unknown): void {
+  #fail(e: unknown, id: unknown, stream: unknown): void {
+    if (e instanceof ProtocolError) this.error(e.code, e.message, id, e.stream ?? stream);
+    else if (e instanceof EngineUnavailableError) {
+      this.error("engine_unavailable", e.message, id, stream);
+    } else this.error("internal", `Cannot handle frame: ${(e as Error).message}`, id, stream);
+  }
+
+  /**
+   * With an engine, requests keep the connection's order: puts, headers and deletes go out to
+   * the engine at once (it keeps their order), anything else waits for what came before it.
+   */
+  #ordered(f: Frame, id: unknown): void {
+    if (this.#waiting.length > 0 || this.#blocked || (this.#inflight > 0 && !isWrite(f))) {
+      this.#waiting.push([f, id]);
+      return;
+    }
+    this.#run(f, id);
+  }
+
+  #drain(): void {
+    while (this.#waiting.length > 0 && !this.#blocked && !this.#closed) {
+      const [f, id] = this.#waiting[0]!;
+      if (this.#inflight > 0 && !isWrite(f)) return;
+      this.#waiting.shift();
+      this.#run(f, id);
+    }
+  }
+
+  #dispatch(f: Frame, id: unknown): void | Promise<void> {
     const action = f.action;
     if (action === "hello") {
       this.live = true;
@@ -339,6 +395,7 @@ export class Session implements Listener {
       if (id !== undefined) pong.id = id;
       return this.send(pong);
     }
+    if (action === "pong") return; // any frame is a sign of life; nothing to answer
     if (this.#auth && !this.#grant) {
       throw new ProtocolError("unauthorized", 'Send "hello" with a valid token first');
     }
@@ -348,17 +405,26 @@ export class Session implements Listener {
         if (!("message" in f) || f.message === undefined) {
           throw new ProtocolError("missing_message", 'A "put" needs a "message"', stream);
         }
+        if (this.#engine) {
+          return this.#hub.put(stream, f.message).then((seq) => {
+            if (id !== undefined) this.send({ action: "ok", id, stream, seq });
+          });
+        }
         const seq = this.#hub.putNow(stream, f.message);
         if (id !== undefined) this.send({ action: "ok", id, stream, seq });
         return;
       }
       case "header": {
         const stream = this.#stream(f, "publish");
+        if (this.#engine) {
+          return this.#hub.header(stream, f.message ?? null).then(() => this.#ok(id, stream));
+        }
         this.#hub.setHeader(stream, f.message ?? null);
         return this.#ok(id, stream);
       }
       case "delete": {
         const stream = this.#stream(f, "publish");
+        if (this.#engine) return this.#hub.delete(stream).then(() => this.#ok(id, stream));
         this.#hub.deleteNow(stream);
         return this.#ok(id, stream);
       }
@@ -368,6 +434,13 @@ export class Session implements Listener {
           ? undefined
           : parseSince(f.since, stream);
         // The reply follows the catch-up events (header or replay): its position is the join's.
+        if (this.#engine) {
+          return this.#hub.listen(stream, this, since ? { since } : {}).then((position) => {
+            if (id !== undefined) {
+              this.send({ action: "ok", id, stream, seq: position.seq, epoch: position.epoch });
+            }
+          });
+        }
         const position = this.#hub.listenNow(stream, this, since);
         if (id !== undefined) {
           this.#transport.send(encodeFrame(this.#codec, {
@@ -438,6 +511,10 @@ export class Session implements Listener {
     }
     return stream;
   }
+}
+
+function isWrite(f: Frame): boolean {
+  return f.action === "put" || f.action === "header" || f.action === "delete";
 }
 
 function parseSince(since: unknown, stream: string): Position {

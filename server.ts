@@ -19,7 +19,6 @@
  */
 
 import { parseArgs } from "@std/cli/parse-args";
-import { TextLineStream } from "@std/streams/text-line-stream";
 import type { Codec } from "./codec.ts";
 import { MessageStream, type MessageStreamOptions } from "./mod.ts";
 import {
@@ -33,6 +32,8 @@ import {
   type Transport,
 } from "./protocol.ts";
 import denoJson from "./deno.json" with { type: "json" };
+import { RedisEngine } from "./redis.ts";
+import { type MessageHttpServer, serveHttp } from "./http.ts";
 
 export { Metrics, ProtocolError } from "./protocol.ts";
 export type { ErrorCode, Permissions, Token } from "./protocol.ts";
@@ -107,6 +108,24 @@ export interface ServeOptions extends MessageStreamOptions {
    * @default {5000}
    */
   shutdownTimeout?: number;
+  /**
+   * Also serve the HTTP door (SSE, WebSocket, REST, metrics, status page; see `http.ts`) on
+   * this port, on the same hub, with the same tokens and metrics. `hostname` defaults to the
+   * TCP server's. Off unless given.
+   */
+  http?: { port: number; hostname?: string };
+  /**
+   * Share streams with every other node using this Redis (`redis://host:port`): header, seq,
+   * epoch and history live in Redis and puts reach every node's listeners (see `redis.ts`).
+   * Ignored when `hub` is given. Needs `--allow-env` (the Redis client reads the environment).
+   */
+  redis?: string;
+  /**
+   * Prefix of every Redis key and channel, so that several services can share one Redis.
+   *
+   * @default {"msgstream:"}
+   */
+  redisPrefix?: string;
 }
 
 /** A running server; shaped like `Deno.HttpServer`. */
@@ -119,6 +138,8 @@ export interface MessageServer extends AsyncDisposable {
   readonly metrics: Metrics;
   /** Resolves when the server has shut down. */
   readonly finished: Promise<void>;
+  /** The HTTP door, when `http` was given. */
+  readonly http: MessageHttpServer | undefined;
   /**
    * Stops accepting, tells every listener `close`, flushes, and closes every connection.
    * Safe to call more than once.
@@ -127,48 +148,63 @@ export interface MessageServer extends AsyncDisposable {
 }
 
 const NEWLINE = 0x0a;
+/** The smallest and largest read buffer of one connection (it grows on full reads, shrinks when idle). */
+const READ_MIN = 1024;
+const READ_MAX = 64 * 1024;
+/** Queued chunks smaller than this are joined into one write. */
+const JOIN_BELOW = 4096;
+/** Decodes whole lines; no streaming state, so one decoder serves every connection. */
+const utf8 = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
 
-/** Enforces the line length limit on bytes, in front of the text decoder. */
-class LineLimitStream extends TransformStream<Uint8Array, Uint8Array> {
-  constructor(max: number, metrics: Metrics) {
-    let run = 0; // bytes since the last newline
-    super({
-      transform(chunk, controller) {
-        metrics.bytesIn += chunk.byteLength;
-        const len = chunk.byteLength;
-        if (run + len <= max) {
-          // Fast path: no line in this chunk can be over the limit.
-          const last = chunk.lastIndexOf(NEWLINE);
-          run = last === -1 ? run + len : len - last - 1;
-        } else {
-          let prev = chunk.indexOf(NEWLINE);
-          if (prev === -1) run += len;
-          else if (run + prev > max) run += prev;
-          else {
-            run = 0;
-            for (
-              let i = chunk.indexOf(NEWLINE, prev + 1);
-              i !== -1;
-              i = chunk.indexOf(NEWLINE, i + 1)
-            ) {
-              if (i - prev - 1 > max) {
-                run = i - prev - 1;
-                break;
-              }
-              prev = i;
-            }
-            if (run <= max) run = len - prev - 1;
+/**
+ * Enforces the line length limit on bytes, before anything is decoded: fails a chunk in which
+ * a line (or the unfinished tail of one) runs over `max` bytes.
+ */
+class LineLimit {
+  #run = 0; // bytes since the last newline
+  readonly #max: number;
+  constructor(max: number) {
+    this.#max = max;
+  }
+  /** Whether the chunk keeps every line within the limit. */
+  check(chunk: Uint8Array): boolean {
+    const max = this.#max;
+    const len = chunk.byteLength;
+    let run = this.#run;
+    if (run + len <= max) {
+      // Fast path: no line in this chunk can be over the limit.
+      const last = chunk.lastIndexOf(NEWLINE);
+      run = last === -1 ? run + len : len - last - 1;
+    } else {
+      let prev = chunk.indexOf(NEWLINE);
+      if (prev === -1) run += len;
+      else if (run + prev > max) run += prev;
+      else {
+        run = 0;
+        for (
+          let i = chunk.indexOf(NEWLINE, prev + 1);
+          i !== -1;
+          i = chunk.indexOf(NEWLINE, i + 1)
+        ) {
+          if (i - prev - 1 > max) {
+            run = i - prev - 1;
+            break;
           }
+          prev = i;
         }
-        if (run > max) {
-          controller.error(
-            new ProtocolError("line_too_long", `Line longer than ${max} bytes: closing connection`),
-          );
-          return;
-        }
-        controller.enqueue(chunk);
-      },
-    });
+        if (run <= max) run = len - prev - 1;
+      }
+    }
+    this.#run = run;
+    return run <= max;
+  }
+}
+
+function decodeUtf8(bytes: Uint8Array): string {
+  try {
+    return utf8.decode(bytes);
+  } catch {
+    throw new ProtocolError("invalid_utf8", "Frame is not valid UTF-8: closing connection");
   }
 }
 
@@ -176,13 +212,18 @@ class Connection implements Transport {
   readonly conn: Deno.Conn;
   readonly session: Session;
   lastHeard = Date.now();
+  /** Queued chunks, ending with the open run [#runStart, #runEnd) of #runBuf, if any. */
   #chunks: Uint8Array[] = [];
+  #runBuf: ArrayBufferLike | undefined = undefined;
+  #runFrame: Uint8Array | undefined = undefined;
+  #runStart = 0;
+  #runEnd = 0;
   #queued = 0;
   #writing = false;
   #closing = false;
   #closed = false;
   readonly #server: ServerImpl;
-  #flushed: PromiseWithResolvers<void> = Promise.withResolvers();
+  #flushed: PromiseWithResolvers<void> | undefined = undefined;
 
   constructor(conn: Deno.Conn, server: ServerImpl) {
     this.conn = conn;
@@ -190,15 +231,57 @@ class Connection implements Transport {
     this.session = new Session(server.hub, this, { auth: server.auth, metrics: server.metrics });
   }
 
+  /**
+   * Queues one frame. Frames that lie back to back in one buffer (the hub encodes consecutive
+   * events into a shared slab) join one run: a connection that gets a burst of events writes
+   * one view of the slab, without copying.
+   */
   send(frame: Uint8Array): void {
     if (this.#closing) return;
-    this.#chunks.push(frame);
-    this.#queued += frame.byteLength;
+    const len = frame.byteLength;
+    this.#queued += len;
     if (this.#queued > this.#server.maxOutbound) return this.#slow();
+    if (frame.buffer === this.#runBuf && frame.byteOffset === this.#runEnd) {
+      this.#runEnd += len;
+    } else {
+      if (this.#runFrame) this.#chunks.push(this.#closeRun());
+      this.#runBuf = frame.buffer;
+      this.#runFrame = frame;
+      this.#runStart = frame.byteOffset;
+      this.#runEnd = frame.byteOffset + len;
+    }
     if (!this.#writing) {
       this.#writing = true;
       queueMicrotask(this.#flush);
     }
+  }
+
+  #closeRun(): Uint8Array {
+    const frame = this.#runFrame as Uint8Array;
+    const len = this.#runEnd - this.#runStart;
+    const run = len === frame.byteLength
+      ? frame
+      : new Uint8Array(this.#runBuf as ArrayBuffer, this.#runStart, len);
+    this.#runFrame = undefined;
+    this.#runBuf = undefined;
+    return run;
+  }
+
+  /** Takes everything queued, or undefined when nothing is. */
+  #take(): Uint8Array[] | undefined {
+    if (this.#runFrame) this.#chunks.push(this.#closeRun());
+    if (this.#chunks.length === 0) return undefined;
+    const chunks = this.#chunks;
+    this.#chunks = [];
+    this.#queued = 0;
+    return chunks;
+  }
+
+  #drop(): void {
+    this.#chunks = [];
+    this.#runFrame = undefined;
+    this.#runBuf = undefined;
+    this.#queued = 0;
   }
 
   /** Flushes what is queued, then closes. */
@@ -211,12 +294,13 @@ class Connection implements Transport {
   /** Closes now, dropping what is queued. */
   abort(): void {
     this.#closing = true;
-    this.#chunks = [];
-    this.#queued = 0;
+    this.#drop();
     this.#end();
   }
 
   get flushed(): Promise<void> {
+    this.#flushed ??= Promise.withResolvers();
+    if (this.#closed) this.#flushed.resolve();
     return this.#flushed.promise;
   }
 
@@ -226,8 +310,7 @@ class Connection implements Transport {
     m.error("slow_consumer");
     this.#server.log("info", `${this.#peer()}: slow consumer, closing`);
     this.session.drop();
-    this.#chunks = [];
-    this.#queued = 0;
+    this.#drop();
     this.#closing = true;
     if (this.#writing) {
       // The socket does not take what we have: no frame can get through. Cut it.
@@ -248,14 +331,24 @@ class Connection implements Transport {
 
   #flush = async (): Promise<void> => {
     try {
-      while (this.#chunks.length > 0 && !this.#closed) {
-        const chunks = this.#chunks;
-        this.#chunks = [];
-        this.#queued = 0;
-        const buf = chunks.length === 1 ? chunks[0] as Uint8Array : concat(chunks);
-        let off = 0;
-        while (off < buf.byteLength) off += await this.conn.write(buf.subarray(off));
-        this.#server.metrics.bytesOut += buf.byteLength;
+      let chunks: Uint8Array[] | undefined;
+      while (!this.#closed && (chunks = this.#take()) !== undefined) {
+        // Small chunks are joined into one write; large ones (slab runs) are written as they
+        // are: copying them would cost more than the extra write.
+        for (let i = 0; i < chunks.length && !this.#closed;) {
+          let j = i + 1;
+          let size = (chunks[i] as Uint8Array).byteLength;
+          if (size < JOIN_BELOW) {
+            while (j < chunks.length && (chunks[j] as Uint8Array).byteLength < JOIN_BELOW) {
+              size += (chunks[j++] as Uint8Array).byteLength;
+            }
+          }
+          const buf = j === i + 1 ? chunks[i] as Uint8Array : concat(chunks.slice(i, j), size);
+          i = j;
+          let off = 0;
+          while (off < buf.byteLength) off += await this.conn.write(buf.subarray(off));
+          this.#server.metrics.bytesOut += buf.byteLength;
+        }
       }
     } catch {
       // The peer is gone: stop listening; the reader sees the end too.
@@ -275,7 +368,7 @@ class Connection implements Transport {
     } catch {
       // already closed
     }
-    this.#flushed.resolve();
+    this.#flushed?.resolve();
   }
 
   #peer(): string {
@@ -283,40 +376,117 @@ class Connection implements Transport {
     return `${a.hostname}:${a.port}`;
   }
 
+  /**
+   * Reads request lines and hands each to the session. A plain read loop over a small buffer
+   * that grows with the traffic: each chunk is limit-checked as bytes, its complete lines are
+   * decoded with one call and handled synchronously, so replies and deliveries caused by one
+   * chunk go out in one write per connection (see BENCHMARKS.md for the profiles behind it).
+   * Same framing as `TextDecoderStream` (fatal) + `TextLineStream`: lines end at `\n`, a `\r`
+   * before it is dropped, a leading BOM is skipped, a last unterminated line counts.
+   */
   async serve(): Promise<void> {
     const server = this.#server;
-    const lines = this.conn.readable
-      .pipeThrough(new LineLimitStream(server.maxLineBytes, server.metrics))
-      .pipeThrough(new TextDecoderStream("utf-8", { fatal: true }))
-      .pipeThrough(new TextLineStream());
+    const metrics = server.metrics;
+    const limit = new LineLimit(server.maxLineBytes);
+    const session = this.session;
+    let buf = new Uint8Array(READ_MIN);
+    let quiet = 0; // consecutive small reads
+    let carry: Uint8Array[] = []; // the unfinished line's bytes
+    let start = true;
     try {
-      for await (const line of lines) {
+      while (!session.closed) {
+        const n = await this.conn.read(buf);
+        if (n === null) break;
+        if (n === 0) continue;
+        metrics.bytesIn += n;
+        let chunk = buf.subarray(0, n);
+        if (start) {
+          start = false;
+          if (n >= 3 && chunk[0] === 0xef && chunk[1] === 0xbb && chunk[2] === 0xbf) {
+            chunk = chunk.subarray(3);
+          }
+        }
+        if (!limit.check(chunk)) {
+          throw new ProtocolError(
+            "line_too_long",
+            `Line longer than ${server.maxLineBytes} bytes: closing connection`,
+          );
+        }
+        const last = chunk.lastIndexOf(NEWLINE);
+        if (last === -1) {
+          if (chunk.byteLength > 0) carry.push(chunk.slice());
+        } else {
+          // Decode every complete line before handling any (a bad byte fails the whole chunk).
+          let head = "";
+          let from = 0;
+          if (carry.length > 0) {
+            const nl = chunk.indexOf(NEWLINE);
+            carry.push(chunk.subarray(0, nl));
+            head = decodeUtf8(concat(carry));
+            carry = [];
+            from = nl + 1;
+          }
+          const text = from < last ? decodeUtf8(chunk.subarray(from, last)) : "";
+          if (last + 1 < chunk.byteLength) carry.push(chunk.slice(last + 1));
+          this.lastHeard = Date.now();
+          if (from > 0) handleLine(session, head);
+          if (from <= last && !session.closed) handleLines(session, text);
+        }
+        if (n === buf.byteLength && n < READ_MAX) {
+          buf = new Uint8Array(n * 2);
+          quiet = 0;
+        } else if (buf.byteLength > READ_MIN && n * 8 < buf.byteLength && ++quiet >= 16) {
+          buf = new Uint8Array(buf.byteLength / 2);
+          quiet = 0;
+        }
+      }
+      if (carry.length > 0 && !session.closed) {
+        // The peer finished with an unterminated line: it counts, as a TextLineStream has it.
+        const line = decodeUtf8(concat(carry));
         this.lastHeard = Date.now();
-        this.session.handle(line);
-        if (this.session.closed) break;
+        session.handle(line);
       }
     } catch (e) {
-      if (e instanceof ProtocolError) {
-        this.session.error(e.code, e.message);
-        this.session.close();
-      } else if (
-        e instanceof TypeError && !this.#closed && /decode|utf-?8|encod/i.test(e.message)
-      ) {
-        this.session.error("invalid_utf8", "Frame is not valid UTF-8: closing connection");
-        this.session.close();
+      if (e instanceof ProtocolError && !this.#closed) {
+        session.error(e.code, e.message);
+        session.close();
       }
       // Otherwise the connection failed or was closed: nothing to tell.
     }
     // The peer finished sending: flush what is owed, then close.
-    this.session.drop();
+    session.drop();
     this.close();
     await this.flushed;
   }
 }
 
-function concat(chunks: Uint8Array[]): Uint8Array {
-  let size = 0;
-  for (const c of chunks) size += c.byteLength;
+/** Hands one line (its `\n` already cut) to the session, dropping a `\r` before the `\n`. */
+function handleLine(session: Session, line: string): void {
+  session.handle(line.charCodeAt(line.length - 1) === 0x0d ? line.slice(0, -1) : line);
+}
+
+/** Hands each `\n`-separated line of `text` (the last one ended by a cut `\n`) to the session. */
+function handleLines(session: Session, text: string): void {
+  let from = 0;
+  while (!session.closed) {
+    const nl = text.indexOf("\n", from);
+    const end = nl === -1 ? text.length : nl;
+    session.handle(
+      end > from && text.charCodeAt(end - 1) === 0x0d
+        ? text.slice(from, end - 1)
+        : text.slice(from, end),
+    );
+    if (nl === -1) return;
+    from = nl + 1;
+  }
+}
+
+function concat(chunks: Uint8Array[], size = -1): Uint8Array {
+  if (chunks.length === 1) return chunks[0] as Uint8Array;
+  if (size < 0) {
+    size = 0;
+    for (const c of chunks) size += c.byteLength;
+  }
   const out = new Uint8Array(size);
   let off = 0;
   for (const c of chunks) {
@@ -331,6 +501,7 @@ class ServerImpl implements MessageServer {
   readonly hub: MessageStream;
   readonly metrics: Metrics = new Metrics();
   readonly finished: Promise<void>;
+  readonly http: MessageHttpServer | undefined;
   readonly auth: Auth | undefined;
   readonly maxLineBytes: number;
   readonly maxOutbound: number;
@@ -344,9 +515,21 @@ class ServerImpl implements MessageServer {
   #sweeper: ReturnType<typeof setInterval> | undefined;
   #shutdown: Promise<void> | undefined;
   #accepting: Promise<void>;
+  #ownsEngine = false;
 
   constructor(options: ServeOptions) {
-    this.hub = options.hub ?? new MessageStream(options);
+    if (options.hub) this.hub = options.hub;
+    else if (options.redis !== undefined) {
+      const engine = new RedisEngine({
+        url: options.redis,
+        ...(options.redisPrefix !== undefined ? { prefix: options.redisPrefix } : {}),
+        ...(options.historyMessages !== undefined
+          ? { historyMessages: options.historyMessages }
+          : {}),
+      });
+      this.hub = new MessageStream({ ...options, engine });
+      this.#ownsEngine = true;
+    } else this.hub = new MessageStream(options);
     this.maxLineBytes = checkInt("maxLineBytes", options.maxLineBytes, 1 << 20, 1);
     this.maxOutbound = checkInt("maxOutboundBytes", options.maxOutboundBytes, 8 << 20, 1);
     this.#pingInterval = checkInt("pingInterval", options.pingInterval, 30_000, 0);
@@ -365,6 +548,20 @@ class ServerImpl implements MessageServer {
       : Deno.listen({ hostname, port });
     this.#tls = options.cert !== undefined;
     this.addr = this.#listener.addr as Deno.NetAddr;
+    try {
+      this.http = options.http && serveHttp(this.hub, {
+        hostname: options.http.hostname ?? hostname,
+        port: options.http.port,
+        metrics: this.metrics,
+        tokens: options.tokens,
+        maxBodyBytes: this.maxLineBytes,
+        maxOutboundBytes: this.maxOutbound,
+        shutdownTimeout: this.#shutdownTimeout,
+      });
+    } catch (e) {
+      this.#listener.close();
+      throw e;
+    }
     this.#accepting = this.#acceptLoop();
     if (this.#pingInterval > 0) {
       this.#sweeper = setInterval(() => this.#sweep(), Math.max(10, this.#pingInterval / 2));
@@ -411,6 +608,8 @@ class ServerImpl implements MessageServer {
   #sweep(): void {
     const now = Date.now();
     const ping = new TextEncoder().encode('{"action":"ping"}\n');
+    // For a peer that may be a client of the original protocol: see Session.live.
+    const legacyPing = new TextEncoder().encode('{"action":"ping","stream":null}\n');
     for (const c of this.#connections) {
       const silent = now - c.lastHeard;
       if (c.session.live && this.#idleTimeout > 0 && silent > this.#idleTimeout) {
@@ -418,7 +617,7 @@ class ServerImpl implements MessageServer {
         c.session.error("slow_consumer", "No frame received within the idle timeout: closing");
         c.session.close();
       } else if (silent >= this.#pingInterval) {
-        c.send(ping);
+        c.send(c.session.live ? ping : legacyPing);
       }
     }
   }
@@ -429,6 +628,7 @@ class ServerImpl implements MessageServer {
   }
 
   async #doShutdown(): Promise<void> {
+    const http = this.http?.shutdown();
     if (this.#sweeper !== undefined) clearInterval(this.#sweeper);
     try {
       this.#listener.close();
@@ -447,6 +647,8 @@ class ServerImpl implements MessageServer {
     for (const c of connections) c.abort();
     // Let each connection's reader see its end.
     await Promise.allSettled(connections.map((c) => c.flushed));
+    await http;
+    if (this.#ownsEngine) await this.hub.close();
   }
 
   [Symbol.asyncDispose](): Promise<void> {
@@ -498,6 +700,8 @@ const USAGE = `Usage: msgstream serve [options]    (or: deno run -N server.ts [o
 Options:
   --hostname HOST           address to listen on (default 127.0.0.1)
   --port PORT               TCP port; 0 picks a free one (default 51932)
+  --http-port PORT          also serve HTTP (SSE, WebSocket, REST, /metrics, status page)
+                            on this port, same hub; 0 picks a free one (default: off)
   --max-line-bytes N        longest request line (default 1048576)
   --max-outbound-bytes N    unsent bytes per connection before slow_consumer (default 8388608)
   --history-messages N      events kept per stream for resume (default 1000)
@@ -509,11 +713,14 @@ Options:
   --token-file FILE         tokens with permissions, JSON (needs --allow-read)
   --cert FILE --key FILE    serve TLS with these PEM files (needs --allow-read)
   --log-level LEVEL         debug, info, warn, error or silent (default info)
+  --redis URL               share streams with other nodes through this Redis, e.g.
+                            redis://127.0.0.1:6379 (needs --allow-env)
+  --redis-prefix PREFIX     prefix of Redis keys and channels (default msgstream:)
   -h, --help                show this help
   -V, --version             show the version
 
 Environment (read only when permitted, e.g. --allow-env):
-  MSGSTREAM_PORT, MSGSTREAM_HOSTNAME, MSGSTREAM_TOKEN (NAME:SECRET)`;
+  MSGSTREAM_PORT, MSGSTREAM_HOSTNAME, MSGSTREAM_TOKEN (NAME:SECRET), MSGSTREAM_REDIS_URL`;
 
 /** Reads an environment variable only where permission was granted (the server runs under -N alone). */
 function env(name: string): string | undefined {
@@ -556,9 +763,20 @@ function parseServeArgs(argv: string[]): ServeOptions | "help" | "version" {
     "max-history-bytes",
     "ping-interval",
     "idle-timeout",
+    "http-port",
   ];
   const args = parseArgs(argv, {
-    string: ["hostname", "token-file", "cert", "key", "log-level", "token", ...numeric],
+    string: [
+      "hostname",
+      "token-file",
+      "cert",
+      "key",
+      "log-level",
+      "token",
+      "redis",
+      "redis-prefix",
+      ...numeric,
+    ],
     boolean: ["help", "version"],
     collect: ["token"],
     alias: { h: "help", V: "version" },
@@ -589,6 +807,13 @@ function parseServeArgs(argv: string[]): ServeOptions | "help" | "version" {
   set("max-history-bytes", "maxHistoryBytes");
   set("ping-interval", "pingInterval");
   set("idle-timeout", "idleTimeout");
+  const httpPort = intFlag(args, "http-port");
+  if (httpPort !== undefined) {
+    if (httpPort > 65535) {
+      throw new UsageError(`--http-port must be at most 65535, got ${httpPort}`);
+    }
+    options.http = { port: httpPort };
+  }
   const tokens: Token[] = [];
   const specs: string[] = args.token ?? [];
   const envToken = env("MSGSTREAM_TOKEN");
@@ -602,6 +827,17 @@ function parseServeArgs(argv: string[]): ServeOptions | "help" | "version" {
     throw new UsageError((e as Error).message);
   }
   if (tokens.length > 0) options.tokens = tokens;
+  const redis = args.redis ?? env("MSGSTREAM_REDIS_URL");
+  if (redis !== undefined) {
+    if (!/^rediss?:\/\//.test(redis)) {
+      throw new UsageError(`--redis must be a redis:// or rediss:// URL, got "${redis}"`);
+    }
+    if (Deno.permissions.querySync({ name: "env" }).state !== "granted") {
+      throw new UsageError("--redis needs --allow-env: the Redis client reads the environment");
+    }
+    options.redis = redis;
+  }
+  if (args["redis-prefix"] !== undefined) options.redisPrefix = args["redis-prefix"];
   if ((args.cert === undefined) !== (args.key === undefined)) {
     throw new UsageError("--cert and --key go together");
   }
@@ -650,6 +886,10 @@ export async function main(argv: string[] = Deno.args): Promise<number> {
   const scheme = options.cert ? "tls" : "tcp";
   // deno-lint-ignore no-console
   console.log(`msgstream listening on ${scheme}://${server.addr.hostname}:${server.addr.port}`);
+  if (server.http) {
+    // deno-lint-ignore no-console
+    console.log(`msgstream http on http://${server.http.addr.hostname}:${server.http.addr.port}`);
+  }
   const stop = () => server.shutdown();
   const signals: Deno.Signal[] = Deno.build.os === "windows" ? ["SIGINT"] : ["SIGINT", "SIGTERM"];
   for (const s of signals) Deno.addSignalListener(s, stop);

@@ -66,6 +66,7 @@ declare module "@std/assert" {
     msg?: string,
   ): asserts actual is InstanceType<T>;
   export function assertMatch(actual: string, expected: RegExp, msg?: string): void;
+  export function assertNotMatch(actual: string, expected: RegExp, msg?: string): void;
   export function assertStringIncludes(actual: string, expected: string, msg?: string): void;
   export function assertArrayIncludes<T>(
     actual: ArrayLike<T>,

@@ -1,0 +1,555 @@
+#!/usr/bin/env -S deno run -N
+/**
+ * The `msgstream` command line: `serve` runs the server (the same options as `server.ts`), and
+ * `listen`, `put`, `header`, `delete` and `stats` talk to a running server through
+ * {@linkcode RemoteStream}. `listen` prints one JSON object per event per line, so it pipes
+ * into `jq`.
+ *
+ * ```sh
+ * deno run -N jsr:@x/msgstream/cli serve                # terminal 1
+ * deno run -N jsr:@x/msgstream/cli listen job42          # terminal 2
+ * deno run -N jsr:@x/msgstream/cli put job42 '{"done":1}' # terminal 3
+ * ```
+ *
+ * Exit codes: 0 done, 1 usage error, 2 connection or authorization failure (errors go to
+ * stderr, one line each).
+ *
+ * @example Run the command line in-process
+ * ```ts
+ * import { main } from "@x/msgstream/cli";
+ * import { assertEquals } from "@std/assert";
+ *
+ * // Prints "msgstream 0.1.0" and returns the exit code.
+ * assertEquals(await main(["--version"]), 0);
+ * ```
+ *
+ * @module
+ */
+
+import { parseArgs } from "@std/cli/parse-args";
+import { TextLineStream } from "@std/streams/text-line-stream";
+import { ProtocolError, RemoteStream, type RemoteStreamOptions } from "./client.ts";
+import { Inbox, type Position, type StreamEvent } from "./mod.ts";
+import denoJson from "./deno.json" with { type: "json" };
+
+const DEFAULT_SERVER = "127.0.0.1:51932";
+/** Puts sent but not yet confirmed when streaming stdin; bounds memory, keeps the pipe full. */
+const MAX_IN_FLIGHT = 1000;
+
+const COMMON = `Connection options:
+  --server HOST:PORT   the server (default $MSGSTREAM_SERVER, else ${DEFAULT_SERVER})
+  --token TOKEN        the token's secret; NAME:SECRET as given to "serve --token" works too
+                       (default $MSGSTREAM_TOKEN)
+  --tls                connect with TLS
+  --ca FILE            trust this PEM CA certificate (implies --tls; needs --allow-read)
+  -h, --help           show this help
+
+Environment variables are read only when permitted (--allow-env; the binary has it).
+Exit codes: 0 done, 1 usage error, 2 connection or authorization failure.`;
+
+const USAGE = `Usage: msgstream COMMAND [options]
+
+Commands:
+  serve                     run a server (msgstream serve --help)
+  listen STREAM...          print each event as one JSON line
+  put STREAM [MESSAGE]      put a message, or one per line of stdin
+  header STREAM [MESSAGE]   set (or --clear, or print) a stream's header
+  delete STREAM             delete a stream; its listeners get an "end" event
+  stats [STREAM...]         what the client can learn about the server and streams
+
+Options:
+  -h, --help                show this help (COMMAND --help for a command's)
+  -V, --version             show the version
+
+Run "msgstream COMMAND --help" for a command's options.`;
+
+const HELP: Record<string, string> = {
+  listen: `Usage: msgstream listen [options] STREAM...
+
+Prints every event of the streams as one JSON object per line:
+  {"stream":"job42","kind":"put","seq":3,"epoch":"a1b2c3d4e50","message":{"done":3}}
+kind is "header" (first, when the stream has one; again when it changes; message null when
+cleared), "put", "end" (the stream was deleted) or "reset" (the resume position given with
+--since is no longer in the server's history; the header follows). Reconnects by itself and
+resumes without gaps or duplicates. Exits 0 when --count puts arrived, when --timeout passed,
+or when every stream ended.
+
+Options:
+  --since EPOCH:SEQ    resume after this position (one STREAM only): the puts after it, then
+                       live ones; take it from the last line printed ("epoch":"seq")
+  --count N            exit after N put events (over all streams)
+  --timeout MS         exit after MS milliseconds
+
+${COMMON}`,
+  put: `Usage: msgstream put [options] STREAM [MESSAGE]
+
+Puts MESSAGE on STREAM. MESSAGE is parsed as JSON; text that is not JSON is sent as a JSON
+string (so put job42 hello sends "hello", put job42 42 sends the number 42 and
+put job42 '"42"' the string "42"). Without MESSAGE, puts one message per line of stdin,
+in order, as lines arrive (tail -f log | msgstream put job42). Use -- before a MESSAGE that
+starts with "-".
+
+Options:
+  --raw                send MESSAGE, or each line, as a string without parsing it as JSON
+
+${COMMON}`,
+  header: `Usage: msgstream header [options] STREAM [MESSAGE]
+
+Sets STREAM's header (the status snapshot each listener gets first) to MESSAGE, parsed as JSON
+like put's (text that is not JSON is sent as a string). With --clear, clears it. With neither,
+prints the current header as one JSON line ("message" is null when none is set).
+
+Options:
+  --clear              clear the header
+  --raw                send MESSAGE as a string without parsing it as JSON
+
+${COMMON}`,
+  delete: `Usage: msgstream delete [options] STREAM
+
+Deletes STREAM: its header and history go, and each listener gets an "end" event.
+
+${COMMON}`,
+  stats: `Usage: msgstream stats [options] [STREAM...]
+
+The wire protocol carries no server-wide counters (the server's HTTP door has them, at
+GET /metrics), so this prints what a client can learn:
+one JSON line about the connection ({"server","tls","token","version","connectMs"}), then one per
+STREAM with its position and header ({"stream","epoch","seq","header"}), learnt by listening
+and hanging up at once.
+
+${COMMON}`,
+};
+
+class UsageError extends Error {}
+
+/** A failure to reach or be accepted by the server: exit code 2. */
+class ConnectionError extends Error {}
+
+function print(line: string): void {
+  // deno-lint-ignore no-console
+  console.log(line);
+}
+
+function printError(message: string): void {
+  // deno-lint-ignore no-console
+  console.error(`msgstream: ${message.replace(/\s*\n\s*/g, " ")}`);
+}
+
+/** Reads an environment variable only where permission was granted; never prompts. */
+function env(name: string): string | undefined {
+  try {
+    if (Deno.permissions.querySync({ name: "env", variable: name }).state !== "granted") {
+      return undefined;
+    }
+    return Deno.env.get(name) || undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** Parses a message given on the command line or stdin: JSON, else the text as a string. */
+function parseMessage(text: string, raw: boolean): unknown {
+  if (raw) return text;
+  try {
+    return JSON.parse(text);
+  } catch {
+    return text;
+  }
+}
+
+function intFlag(value: unknown, name: string, min: number): number | undefined {
+  if (value === undefined) return undefined;
+  const n = Number(value);
+  if (typeof value !== "string" || value.trim() === "" || !Number.isSafeInteger(n) || n < min) {
+    throw new UsageError(`--${name} must be an integer of at least ${min}, got "${value}"`);
+  }
+  return n;
+}
+
+function parseSince(value: string): Position {
+  const i = value.lastIndexOf(":");
+  const seq = Number(value.slice(i + 1));
+  if (i <= 0 || value.slice(i + 1) === "" || !Number.isSafeInteger(seq) || seq < 0) {
+    throw new UsageError(`--since must be EPOCH:SEQ (e.g. "a1b2c3d4e50:17"), got "${value}"`);
+  }
+  return { epoch: value.slice(0, i), seq };
+}
+
+/** The token's secret: `NAME:SECRET` (the server's `--token` form) sends SECRET. */
+function secretOf(token: string): string {
+  const i = token.indexOf(":");
+  return i > 0 && i < token.length - 1 ? token.slice(i + 1) : token;
+}
+
+type Args = ReturnType<typeof parseArgs>;
+
+function parse(command: string, argv: string[], strings: string[], booleans: string[]): Args {
+  return parseArgs(argv, {
+    string: ["_", "server", "token", "ca", ...strings],
+    boolean: ["help", "tls", ...booleans],
+    alias: { h: "help" },
+    unknown: (arg: string) => {
+      if (!arg.startsWith("-")) return true;
+      throw new UsageError(`Unknown option "${arg}" for ${command}`);
+    },
+  });
+}
+
+function positional(args: Args): string[] {
+  return args._.map(String);
+}
+
+async function connect(args: Args): Promise<{ remote: RemoteStream; address: string }> {
+  const address: string = args.server ?? env("MSGSTREAM_SERVER") ?? DEFAULT_SERVER;
+  const i = address.lastIndexOf(":");
+  const port = Number(address.slice(i + 1));
+  const hostname = address.slice(0, i).replace(/^\[(.*)\]$/, "$1");
+  if (i <= 0 || !hostname || !Number.isInteger(port) || port < 1 || port > 65535) {
+    throw new UsageError(`--server must be HOST:PORT, got "${address}"`);
+  }
+  const options: RemoteStreamOptions = {
+    hostname,
+    port,
+    // A command line fails fast: a refused connection exits at once, a lost one is retried a
+    // few times (a server restart) before giving up.
+    maxReconnectAttempts: 5,
+    reconnectTimeWait: 500,
+    reconnectJitter: 100,
+  };
+  const token: string | undefined = args.token ?? env("MSGSTREAM_TOKEN");
+  if (token !== undefined) options.token = secretOf(token);
+  if (args.tls || args.ca !== undefined) options.tls = true;
+  if (args.ca !== undefined) {
+    try {
+      options.caCerts = [await Deno.readTextFile(args.ca)];
+    } catch (e) {
+      throw new UsageError(`Cannot read --ca "${args.ca}": ${(e as Error).message}`);
+    }
+  }
+  try {
+    return { remote: await RemoteStream.connect(options), address };
+  } catch (e) {
+    let why = (e as Error).message || (e as Error).name;
+    if (e instanceof ProtocolError) {
+      why = `${e.code}: ${why}`;
+      if (e.code === "unauthorized" && options.token === undefined) {
+        why += " (the server requires a token: give --token)";
+      }
+    }
+    throw new ConnectionError(`Cannot connect to ${address}: ${why}`, { cause: e });
+  }
+}
+
+/** Writes text to stdout; false when stdout is gone (e.g. `| head -1` exited). */
+async function write(bytes: Uint8Array): Promise<boolean> {
+  try {
+    let off = 0;
+    while (off < bytes.byteLength) off += await Deno.stdout.write(bytes.subarray(off));
+    return true;
+  } catch (e) {
+    if (e instanceof Deno.errors.BrokenPipe) return false;
+    throw e;
+  }
+}
+
+function eventLine(ev: StreamEvent): string {
+  return JSON.stringify({
+    stream: ev.stream,
+    kind: ev.kind,
+    seq: ev.seq,
+    epoch: ev.epoch,
+    message: ev.message,
+  }) + "\n";
+}
+
+/** Reports reconnects on stderr while a long-running command runs. */
+function watchStatus(remote: RemoteStream): void {
+  (async () => {
+    for await (const s of remote.status()) {
+      if (s.type === "disconnected") {
+        printError(`connection lost (${s.error?.message ?? "closed"}): reconnecting`);
+      } else if (s.type === "reconnecting") {
+        printError(`reconnect attempt ${s.attempt}`);
+      } else if (s.type === "connected") {
+        printError("reconnected");
+      }
+    }
+  })();
+}
+
+async function listen(argv: string[]): Promise<number> {
+  const args = parse("listen", argv, ["since", "count", "timeout"], []);
+  if (args.help) return help("listen");
+  const streams = positional(args);
+  if (streams.length === 0) throw new UsageError("listen needs at least one STREAM");
+  const count = intFlag(args.count, "count", 1);
+  const timeout = intFlag(args.timeout, "timeout", 0);
+  let since: Position | undefined;
+  if (args.since !== undefined) {
+    if (streams.length !== 1) throw new UsageError("--since takes exactly one STREAM");
+    since = parseSince(args.since);
+  }
+  const { remote, address } = await connect(args);
+  const inbox = new Inbox({ maxEvents: 100_000, maxBytes: 64 << 20 });
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  let done = false;
+  try {
+    watchStatus(remote);
+    const open = new Set(streams);
+    for (const stream of streams) {
+      await remote.listen(stream, inbox, since ? { since } : {});
+    }
+    if (Deno.stderr.isTerminal()) printError(`listening to ${streams.join(", ")} on ${address}`);
+    if (timeout !== undefined) {
+      timer = setTimeout(() => {
+        done = true;
+        inbox.close();
+      }, timeout);
+    }
+    const encoder = new TextEncoder();
+    let puts = 0;
+    for await (const ev of inbox) {
+      if (!await write(encoder.encode(eventLine(ev)))) {
+        done = true;
+        break;
+      }
+      if (ev.kind === "put" && count !== undefined && ++puts >= count) {
+        done = true;
+        break;
+      }
+      if (ev.kind === "end") {
+        open.delete(ev.stream);
+        if (open.size === 0) {
+          done = true;
+          break;
+        }
+      }
+    }
+    if (!done) {
+      // The inbox ended without us: the client gave up reconnecting.
+      const why = await remote.closed();
+      throw new ConnectionError(`Connection lost: ${why?.message ?? "closed"}`);
+    }
+    return 0;
+  } finally {
+    clearTimeout(timer);
+    await remote.close();
+  }
+}
+
+async function put(argv: string[]): Promise<number> {
+  const args = parse("put", argv, [], ["raw"]);
+  if (args.help) return help("put");
+  const [stream, message, ...extra] = positional(args);
+  if (stream === undefined) throw new UsageError("put needs a STREAM");
+  if (extra.length > 0) {
+    throw new UsageError(`put takes one MESSAGE (quote it), got ${extra.length + 1}`);
+  }
+  const raw = args.raw === true;
+  const { remote } = await connect(args);
+  try {
+    if (message !== undefined) {
+      await remote.put(stream, parseMessage(message, raw));
+      return 0;
+    }
+    watchStatus(remote);
+    // One put per line, sent as lines arrive; at most MAX_IN_FLIGHT wait for their answer.
+    // RemoteStream sends in call order, so they land in order.
+    const inFlight: Promise<unknown>[] = [];
+    let failure: Error | undefined;
+    const lines = Deno.stdin.readable
+      .pipeThrough(new TextDecoderStream())
+      .pipeThrough(new TextLineStream());
+    for await (const line of lines) {
+      const p = remote.put(stream, parseMessage(line, raw)).catch((e: Error) => {
+        failure ??= e;
+      });
+      inFlight.push(p);
+      if (inFlight.length >= MAX_IN_FLIGHT) await inFlight.shift();
+      if (failure) break;
+    }
+    await Promise.all(inFlight);
+    if (failure) throw failure;
+    return 0;
+  } finally {
+    await remote.close();
+  }
+}
+
+async function header(argv: string[]): Promise<number> {
+  const args = parse("header", argv, [], ["clear", "raw"]);
+  if (args.help) return help("header");
+  const [stream, message, ...extra] = positional(args);
+  if (stream === undefined) throw new UsageError("header needs a STREAM");
+  if (extra.length > 0) {
+    throw new UsageError(`header takes one MESSAGE (quote it), got ${extra.length + 1}`);
+  }
+  if (args.clear && message !== undefined) {
+    throw new UsageError("header takes a MESSAGE or --clear, not both");
+  }
+  const { remote } = await connect(args);
+  try {
+    if (args.clear) await remote.header(stream, null);
+    else if (message !== undefined) await remote.header(stream, parseMessage(message, args.raw));
+    else {
+      const { position, header } = await peek(remote, stream);
+      print(JSON.stringify({
+        stream,
+        kind: "header",
+        seq: position.seq,
+        epoch: position.epoch,
+        message: header ?? null,
+      }));
+    }
+    return 0;
+  } finally {
+    await remote.close();
+  }
+}
+
+/** Learns a stream's position and header by listening and hanging up at once. */
+async function peek(
+  remote: RemoteStream,
+  stream: string,
+): Promise<{ position: Position; header: unknown }> {
+  let header: unknown;
+  const queue = {
+    put(ev: StreamEvent) {
+      if (ev.kind === "header") header = ev.message;
+    },
+  };
+  // The server sends the header before it answers the listen.
+  const position = await remote.listen(stream, queue);
+  remote.hangup(stream, queue);
+  return { position, header };
+}
+
+async function del(argv: string[]): Promise<number> {
+  const args = parse("delete", argv, [], []);
+  if (args.help) return help("delete");
+  const [stream, ...extra] = positional(args);
+  if (stream === undefined) throw new UsageError("delete needs a STREAM");
+  if (extra.length > 0) throw new UsageError("delete takes one STREAM");
+  const { remote } = await connect(args);
+  try {
+    await remote.delete(stream);
+    return 0;
+  } finally {
+    await remote.close();
+  }
+}
+
+async function stats(argv: string[]): Promise<number> {
+  const args = parse("stats", argv, [], []);
+  if (args.help) return help("stats");
+  const streams = positional(args);
+  const start = performance.now();
+  const { remote, address } = await connect(args);
+  const connectMs = Math.round((performance.now() - start) * 10) / 10;
+  try {
+    print(JSON.stringify({
+      server: address,
+      tls: args.tls === true || args.ca !== undefined,
+      token: args.token !== undefined || env("MSGSTREAM_TOKEN") !== undefined,
+      version: denoJson.version,
+      connectMs,
+    }));
+    for (const stream of streams) {
+      const { position, header } = await peek(remote, stream);
+      print(JSON.stringify({
+        stream,
+        epoch: position.epoch,
+        seq: position.seq,
+        header: header ?? null,
+      }));
+    }
+    return 0;
+  } finally {
+    await remote.close();
+  }
+}
+
+function help(command: string): number {
+  print(HELP[command] ?? USAGE);
+  return 0;
+}
+
+const COMMANDS: Record<string, (argv: string[]) => Promise<number>> = {
+  listen,
+  put,
+  header,
+  delete: del,
+  stats,
+};
+
+/** Maps a server's refusal to an exit code: bad requests are usage errors, the rest failures. */
+function codeOf(e: ProtocolError): number {
+  return e.code === "invalid_stream" || e.code === "invalid_since" ? 1 : 2;
+}
+
+/**
+ * Runs the `msgstream` command line: `serve` hands its arguments to the server's `main()`;
+ * `listen`, `put`, `header`, `delete` and `stats` run against a server. Prints to stdout and
+ * stderr; never throws for a usage, connection or server error.
+ *
+ * @param argv The arguments, the command first (e.g. `["put", "job42", "{\"done\":1}"]`).
+ * @returns The exit code: 0 done, 1 usage error, 2 connection or authorization failure.
+ *
+ * @example Print the version
+ * ```ts
+ * import { main } from "@x/msgstream/cli";
+ * import { assertEquals } from "@std/assert";
+ *
+ * assertEquals(await main(["--version"]), 0);
+ * ```
+ */
+export async function main(argv: string[] = Deno.args): Promise<number> {
+  const [command, ...rest] = argv;
+  if (command === "serve") {
+    const server = await import("./server.ts");
+    return await server.main(rest);
+  }
+  if (command === "-V" || command === "--version") {
+    print(`msgstream ${denoJson.version}`);
+    return 0;
+  }
+  if (command === "-h" || command === "--help" || command === "help") {
+    print(rest[0] && HELP[rest[0]] ? HELP[rest[0]] as string : USAGE);
+    return 0;
+  }
+  const run = command === undefined ? undefined : COMMANDS[command];
+  if (!run) {
+    printError(
+      command === undefined ? "no command given" : `unknown command "${command}"`,
+    );
+    // deno-lint-ignore no-console
+    console.error(`\n${USAGE}`);
+    return 1;
+  }
+  try {
+    return await run(rest);
+  } catch (e) {
+    if (e instanceof UsageError) {
+      printError(e.message);
+      // deno-lint-ignore no-console
+      console.error(`Run "msgstream ${command} --help" for usage.`);
+      return 1;
+    }
+    if (e instanceof ConnectionError) {
+      printError(e.message);
+      return 2;
+    }
+    if (e instanceof ProtocolError) {
+      const where = e.stream === undefined ? "" : ` (stream "${e.stream}")`;
+      printError(`Server refused${where}: ${e.code}: ${e.message}`);
+      return codeOf(e);
+    }
+    if (e instanceof Deno.errors.NotCapable || e instanceof Deno.errors.PermissionDenied) {
+      printError(`${(e as Error).message}`);
+      return 2;
+    }
+    throw e;
+  }
+}
+
+if (import.meta.main) Deno.exit(await main());

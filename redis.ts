@@ -1,0 +1,681 @@
+/**
+ * Scale-out on Redis: {@linkcode RedisEngine} keeps every stream's header, seq, epoch and
+ * bounded history in Redis and carries events between msgstream nodes with Redis pub/sub, so
+ * that many nodes behind a load balancer behave as one service.
+ *
+ * Every put, header change and delete runs as one Lua script that assigns the seq, appends
+ * to the stream's history (a Redis stream capped with `MAXLEN`) and publishes the event, so
+ * every node delivers a stream's events in one order with the same seq and epoch. A node
+ * joins a listener by subscribing to the stream's channel first, then taking a snapshot in a
+ * script that also publishes a marker on that channel: events before the marker are in the
+ * snapshot, events after it follow it, so the join has no gap and no duplicate.
+ *
+ * The Redis client is `npm:ioredis`; it reads the environment when loaded, so a server using
+ * Redis needs `--allow-env` besides `-N`.
+ *
+ * @example Two hubs sharing one Redis
+ * ```ts ignore
+ * import { MessageStream } from "@x/msgstream";
+ * import { RedisEngine } from "@x/msgstream/redis";
+ *
+ * const a = new MessageStream({ engine: new RedisEngine({ url: "redis://127.0.0.1:6379" }) });
+ * const b = new MessageStream({ engine: new RedisEngine({ url: "redis://127.0.0.1:6379" }) });
+ * await b.listen("job", { put: (ev) => console.log(ev.kind, ev.seq, ev.message) });
+ * await a.put("job", { done: 1 }); // b's listener prints: put 1 { done: 1 }
+ * await a.close();
+ * await b.close();
+ * ```
+ *
+ * @module
+ */
+
+import type { Redis } from "ioredis";
+import type { Codec } from "./codec.ts";
+import {
+  type Engine,
+  type EngineEvent,
+  type EngineSink,
+  type EngineSnapshot,
+  EngineUnavailableError,
+  type Position,
+} from "./mod.ts";
+
+/** Options for {@linkcode RedisEngine}. */
+export interface RedisEngineOptions {
+  /**
+   * The Redis server, as `redis://[user:password@]host:port[/db]` (or `rediss://` for TLS).
+   *
+   * @default {"redis://127.0.0.1:6379"}
+   */
+  url?: string;
+  /**
+   * Prefix of every key and channel, so that several services can share one Redis.
+   *
+   * @default {"msgstream:"}
+   */
+  prefix?: string;
+  /**
+   * Most events (puts and header changes) kept per stream in Redis for resuming listeners.
+   *
+   * @default {1000}
+   */
+  historyMessages?: number;
+  /**
+   * Milliseconds to wait for a connection to Redis.
+   *
+   * @default {10000}
+   */
+  connectTimeout?: number;
+}
+
+// Each script: KEYS[1] the stream's hash {epoch, seq, hc (header changes since the last put),
+// header}, KEYS[2] its history (a Redis stream; entry ids are "<seq>-<hc>", so a position maps
+// to an id), KEYS[3] the epoch counter. Published text: "<kind><seq> <epoch> <tag> <message>",
+// kind p (put), h (header; empty message: cleared), e (end); or "m<token>" (a snapshot marker).
+const EPOCH = `
+local function epoch_of(meta, counter)
+  local e = redis.call('HGET', meta, 'epoch')
+  if not e then
+    local t = redis.call('TIME')
+    e = string.format('%x%05x%x', tonumber(t[1]), tonumber(t[2]), redis.call('INCR', counter))
+    redis.call('HSET', meta, 'epoch', e, 'seq', 0, 'hc', 0)
+  end
+  return e
+end
+`;
+
+const PUT = EPOCH + `
+local e = epoch_of(KEYS[1], KEYS[3])
+local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+redis.call('HSET', KEYS[1], 'hc', 0)
+local maxlen = tonumber(ARGV[3])
+if maxlen > 0 then
+  redis.call('XADD', KEYS[2], 'MAXLEN', maxlen, seq .. '-0', 'k', 'p', 'm', ARGV[1])
+end
+redis.call('PUBLISH', ARGV[2], 'p' .. seq .. ' ' .. e .. ' ' .. ARGV[4] .. ' ' .. ARGV[1])
+return {seq, e}
+`;
+
+const HEADER = EPOCH + `
+local e
+if ARGV[5] == '1' then
+  if redis.call('HEXISTS', KEYS[1], 'header') == 0 then return 0 end
+  redis.call('HDEL', KEYS[1], 'header')
+  e = redis.call('HGET', KEYS[1], 'epoch')
+else
+  e = epoch_of(KEYS[1], KEYS[3])
+  redis.call('HSET', KEYS[1], 'header', ARGV[1])
+end
+local seq = redis.call('HGET', KEYS[1], 'seq')
+local hc = redis.call('HINCRBY', KEYS[1], 'hc', 1)
+local maxlen = tonumber(ARGV[3])
+if maxlen > 0 then
+  redis.call('XADD', KEYS[2], 'MAXLEN', maxlen, seq .. '-' .. hc, 'k', 'h', 'm', ARGV[1])
+end
+redis.call('PUBLISH', ARGV[2], 'h' .. seq .. ' ' .. e .. ' ' .. ARGV[4] .. ' ' .. ARGV[1])
+return 1
+`;
+
+const DELETE = `
+local e = redis.call('HGET', KEYS[1], 'epoch')
+if not e then return 0 end
+local seq = redis.call('HGET', KEYS[1], 'seq')
+redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('PUBLISH', ARGV[2], 'e' .. seq .. ' ' .. e .. ' ' .. ARGV[4] .. ' ')
+return 1
+`;
+
+// ARGV: [1] token, [2] channel, [3] since epoch ('' for none), [4] since seq.
+const SYNC = EPOCH + `
+local e = epoch_of(KEYS[1], KEYS[3])
+local state = redis.call('HMGET', KEYS[1], 'seq', 'hc', 'header')
+local seq, hc = tonumber(state[1]), tonumber(state[2])
+redis.call('PUBLISH', ARGV[2], 'm' .. ARGV[1])
+if ARGV[3] == '' then return {e, seq, state[3]} end
+local since = tonumber(ARGV[4])
+if ARGV[3] ~= e then return {e, seq, state[3], 'epoch_changed'} end
+if since > seq then return {e, seq, state[3], 'ahead_of_stream'} end
+local first = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)[1]
+if not first then
+  if since == seq and hc == 0 then return {e, seq, state[3], '', {}} end
+  return {e, seq, state[3], 'history_trimmed'}
+end
+local ms, sub = string.match(first[1], '^(%d+)-(%d+)$')
+ms, sub = tonumber(ms), tonumber(sub)
+if ms > since + 1 or (ms == since + 1 and sub > 0) then
+  return {e, seq, state[3], 'history_trimmed'}
+end
+return {e, seq, state[3], '', redis.call('XRANGE', KEYS[2], since .. '-1', '+')}
+`;
+
+interface Scripts {
+  msgstreamPut(...args: (string | number)[]): Promise<[number, string]>;
+  msgstreamHeader(...args: (string | number)[]): Promise<number>;
+  msgstreamDelete(...args: (string | number)[]): Promise<number>;
+  msgstreamSync(...args: (string | number)[]): Promise<unknown[]>;
+}
+
+type Client = Redis & Scripts;
+
+interface Sync {
+  onSnapshot: (snapshot: EngineSnapshot) => void;
+  snapshot: EngineSnapshot | undefined;
+  /** The marker came through the subscription before the snapshot's reply. */
+  marked: boolean;
+  resolve: () => void;
+  reject: (e: Error) => void;
+}
+
+interface Follow {
+  stream: string;
+  channel: string;
+  /** Resolves when the channel's subscription is confirmed. */
+  subscribed: Promise<void> | undefined;
+  active: boolean;
+  syncs: Map<string, Sync>;
+  /** Events held back between a marker and its snapshot's reply. */
+  held: string[] | undefined;
+  /** This node's own requests waiting for their event to reach local listeners, by tag. */
+  waiters: Map<string, () => void>;
+}
+
+function unavailable(e: unknown): EngineUnavailableError {
+  const message = e instanceof Error ? e.message : String(e);
+  return new EngineUnavailableError(`Cannot reach Redis: ${message}`, { cause: e });
+}
+
+function nonNegative(name: string, value: number | undefined, fallback: number): number {
+  const v = value ?? fallback;
+  if (!Number.isSafeInteger(v) || v < 0) {
+    throw new RangeError(`Option "${name}" must be a non-negative integer, got ${v}`);
+  }
+  return v;
+}
+
+/**
+ * The Redis engine: give it to a hub (`new MessageStream({ engine })`) or start a server with
+ * `serve({ redis: url })` / `--redis URL`, and every node sharing the Redis (and prefix) serves
+ * the same streams.
+ *
+ * Kept in Redis per stream: a hash `<prefix>{<stream>}:s` (epoch, seq, header) and a
+ * history stream `<prefix>{<stream>}:h` capped at `historyMessages` entries; events travel on
+ * the channel `<prefix>{<stream>}:c`. Both keys stay until the stream is deleted.
+ *
+ * When Redis cannot be reached, `put`, `header`, `delete` and joins fail with
+ * {@linkcode EngineUnavailableError} (code `engine_unavailable` on the wire); nothing is
+ * queued or retried behind the caller's back. When the subscription comes back, every stream
+ * followed here is caught up from Redis history (or its listeners get a `reset` when the
+ * history does not cover what they missed, e.g. after Redis lost its data).
+ *
+ * @example Serving with Redis
+ * ```ts ignore
+ * import { serve } from "@x/msgstream/server";
+ *
+ * await using server = serve({ port: 0, redis: "redis://127.0.0.1:6379", redisPrefix: "jobs:" });
+ * ```
+ */
+export class RedisEngine implements Engine {
+  readonly #url: string;
+  readonly #prefix: string;
+  readonly #historyMessages: number;
+  readonly #connectTimeout: number;
+  readonly #node: string = crypto.randomUUID().slice(0, 8);
+  #counter = 0;
+  #sink: EngineSink | undefined;
+  #codec: Codec | undefined;
+  #started: Promise<void> | undefined;
+  #cmd: Client | undefined;
+  #sub: Redis | undefined;
+  #subUp = false;
+  #cmdWasUp = false;
+  #subWasUp = false;
+  #closed = false;
+  readonly #follows = new Map<string, Follow>();
+  readonly #channels = new Map<string, Follow>();
+
+  /**
+   * Creates the engine; it connects when a hub binds it.
+   *
+   * @param options Where Redis is, the key prefix and the history bound.
+   * @throws {RangeError} When a bound is not a non-negative integer.
+   */
+  constructor(options: RedisEngineOptions = {}) {
+    this.#url = options.url ?? "redis://127.0.0.1:6379";
+    this.#prefix = options.prefix ?? "msgstream:";
+    this.#historyMessages = nonNegative("historyMessages", options.historyMessages, 1000);
+    this.#connectTimeout = nonNegative("connectTimeout", options.connectTimeout, 10_000);
+  }
+
+  /**
+   * The Redis key of a stream's hash (epoch, seq, header).
+   *
+   * @param stream The stream's name.
+   * @returns The key.
+   *
+   * @example
+   * ```ts
+   * import { RedisEngine } from "@x/msgstream/redis";
+   * import { assertEquals } from "@std/assert";
+   *
+   * assertEquals(new RedisEngine({ prefix: "p:" }).keyOf("job"), "p:{job}:s");
+   * ```
+   */
+  keyOf(stream: string): string {
+    return `${this.#prefix}{${stream}}:s`;
+  }
+
+  /**
+   * Binds the engine to its hub and starts connecting; called by the hub's constructor.
+   *
+   * @param sink Where events go.
+   * @param codec The hub's codec.
+   * @throws {TypeError} When the engine is bound twice.
+   */
+  bind(sink: EngineSink, codec: Codec): void {
+    if (this.#sink) throw new TypeError("Cannot bind a RedisEngine to a second hub");
+    this.#sink = sink;
+    this.#codec = codec;
+    this.#started = this.#start();
+    this.#started.catch(() => {}); // reported by each request (#client)
+  }
+
+  async #start(): Promise<void> {
+    const { Redis } = await import("ioredis");
+    const common = {
+      lazyConnect: true,
+      enableOfflineQueue: false,
+      autoResendUnfulfilledCommands: false,
+      maxRetriesPerRequest: 0,
+      connectTimeout: this.#connectTimeout,
+      retryStrategy: (times: number) => Math.min(50 * times, 500),
+    };
+    // Auto-pipelining batches the scripts of one tick into one write; order is kept.
+    const cmd = new Redis(this.#url, { ...common, enableAutoPipelining: true }) as Client;
+    const sub = new Redis(this.#url, { ...common, autoResubscribe: false });
+    cmd.defineCommand("msgstreamPut", { numberOfKeys: 3, lua: PUT });
+    cmd.defineCommand("msgstreamHeader", { numberOfKeys: 3, lua: HEADER });
+    cmd.defineCommand("msgstreamDelete", { numberOfKeys: 3, lua: DELETE });
+    cmd.defineCommand("msgstreamSync", { numberOfKeys: 3, lua: SYNC });
+    this.#cmd = cmd;
+    this.#sub = sub;
+    // Errors are answered per request (engine_unavailable); the client reconnects by itself.
+    cmd.on("error", () => {});
+    sub.on("error", () => {});
+    cmd.on("ready", () => {
+      if (this.#cmdWasUp) this.#sink?.lost();
+      this.#cmdWasUp = true;
+    });
+    sub.on("ready", () => this.#subReady());
+    sub.on("close", () => this.#subDown());
+    sub.on("message", (channel: string, text: string) => this.#message(channel, text));
+    await Promise.allSettled([cmd.connect(), sub.connect()]);
+  }
+
+  async #subReady(): Promise<void> {
+    const sub = this.#sub as Redis;
+    const follows = [...this.#follows.values()];
+    if (follows.length > 0) {
+      try {
+        await sub.subscribe(...follows.map((f) => f.channel));
+      } catch {
+        return; // down again: the next ready retries
+      }
+    }
+    this.#subUp = true;
+    for (const f of follows) {
+      f.subscribed = Promise.resolve();
+      f.active = true;
+    }
+    if (this.#subWasUp) this.#sink?.lost();
+    this.#subWasUp = true;
+  }
+
+  #subDown(): void {
+    this.#subUp = false;
+    for (const f of this.#follows.values()) this.#drop(f);
+  }
+
+  /** The subscription is gone: fail its syncs and release its waiters. */
+  #drop(f: Follow): void {
+    f.subscribed = undefined;
+    f.active = false;
+    f.held = undefined;
+    const syncs = [...f.syncs.values()];
+    f.syncs.clear();
+    for (const s of syncs) s.reject(unavailable("Redis subscription lost"));
+    for (const w of f.waiters.values()) w();
+    f.waiters.clear();
+  }
+
+  async #client(): Promise<Client> {
+    if (this.#closed) throw new EngineUnavailableError("Engine closed");
+    try {
+      await this.#started;
+    } catch (e) {
+      // E.g. no env permission: ioredis reads the environment when loaded.
+      throw new EngineUnavailableError(`Cannot load the Redis client: ${(e as Error).message}`, {
+        cause: e,
+      });
+    }
+    return this.#cmd as Client;
+  }
+
+  #keys(stream: string): string[] {
+    const base = `${this.#prefix}{${stream}}`;
+    return [`${base}:s`, `${base}:h`, `${this.#prefix}epochs`];
+  }
+
+  #channel(stream: string): string {
+    return `${this.#prefix}{${stream}}:c`;
+  }
+
+  /** Runs a writing script; resolves once its event reached this node's listeners. */
+  async #write<T>(
+    stream: string,
+    run: (cmd: Client, keys: string[], channel: string, tag: string) => Promise<T>,
+  ): Promise<T> {
+    const cmd = await this.#client();
+    const tag = `${this.#node}.${(this.#counter++).toString(36)}`;
+    const f = this.#follows.get(stream);
+    let arrived: Promise<void> | undefined;
+    if (f?.active) arrived = new Promise((resolve) => f.waiters.set(tag, resolve));
+    let result: T;
+    try {
+      result = await run(cmd, this.#keys(stream), this.#channel(stream), tag);
+    } catch (e) {
+      f?.waiters.get(tag)?.();
+      f?.waiters.delete(tag);
+      throw unavailable(e);
+    }
+    if (arrived) {
+      // A no-op (clearing no header, deleting nothing) publishes nothing.
+      if (result === 0) {
+        f?.waiters.get(tag)?.();
+        f?.waiters.delete(tag);
+      }
+      await arrived;
+    }
+    return result;
+  }
+
+  /**
+   * Assigns the put its seq, appends it to history and publishes it, in one script.
+   *
+   * @param stream The stream's name.
+   * @param message The message.
+   * @returns The put's position.
+   * @throws {TypeError} When the codec cannot encode the message.
+   * @throws {EngineUnavailableError} When Redis cannot be reached.
+   */
+  async put(stream: string, message: unknown): Promise<Position> {
+    const text = (this.#codec as Codec).encode(message);
+    const [seq, epoch] = await this.#write(
+      stream,
+      (cmd, keys, channel, tag) =>
+        cmd.msgstreamPut(...keys, text, channel, this.#historyMessages, tag),
+    );
+    return { seq: Number(seq), epoch };
+  }
+
+  /**
+   * Sets or clears the header, appends the change to history and publishes it, in one script.
+   *
+   * @param stream The stream's name.
+   * @param message The header, or `null` to clear it.
+   * @throws {TypeError} When the codec cannot encode the header.
+   * @throws {EngineUnavailableError} When Redis cannot be reached.
+   */
+  async header(stream: string, message: unknown): Promise<void> {
+    const clear = message === null || message === undefined;
+    const text = clear ? "" : (this.#codec as Codec).encode(message);
+    await this.#write(
+      stream,
+      (cmd, keys, channel, tag) =>
+        cmd.msgstreamHeader(...keys, text, channel, this.#historyMessages, tag, clear ? "1" : "0"),
+    );
+  }
+
+  /**
+   * Deletes the stream's keys and publishes its end, in one script.
+   *
+   * @param stream The stream's name.
+   * @throws {EngineUnavailableError} When Redis cannot be reached.
+   */
+  async delete(stream: string): Promise<void> {
+    await this.#write(
+      stream,
+      (cmd, keys, channel, tag) => cmd.msgstreamDelete(...keys, "", channel, 0, tag),
+    );
+  }
+
+  /**
+   * Subscribes to the stream (once per node), then takes a snapshot that publishes a marker;
+   * calls `onSnapshot` where the marker falls among the stream's events.
+   *
+   * @param stream The stream's name.
+   * @param since Also read the history after this position.
+   * @param onSnapshot Called once, in order with the stream's events.
+   * @throws {EngineUnavailableError} When Redis cannot be reached or the subscription drops.
+   */
+  async sync(
+    stream: string,
+    since: Position | undefined,
+    onSnapshot: (snapshot: EngineSnapshot) => void,
+  ): Promise<void> {
+    const cmd = await this.#client();
+    const f = this.#follow(stream);
+    try {
+      await f.subscribed;
+    } catch (e) {
+      throw unavailable(e);
+    }
+    const token = `${this.#node}.${(this.#counter++).toString(36)}`;
+    const done = Promise.withResolvers<void>();
+    const sync: Sync = {
+      onSnapshot,
+      snapshot: undefined,
+      marked: false,
+      resolve: done.resolve,
+      reject: done.reject,
+    };
+    f.syncs.set(token, sync);
+    let reply: unknown[];
+    try {
+      reply = await cmd.msgstreamSync(
+        ...this.#keys(stream),
+        token,
+        f.channel,
+        since?.epoch ?? "",
+        since?.seq ?? 0,
+      );
+    } catch (e) {
+      if (f.syncs.delete(token) && sync.marked) this.#release(f);
+      throw unavailable(e);
+    }
+    if (f.syncs.get(token) !== sync) return done.promise; // the subscription dropped: rejected
+    sync.snapshot = this.#snapshot(reply);
+    if (sync.marked) this.#complete(f, token, sync);
+    return done.promise;
+  }
+
+  #snapshot(reply: unknown[]): EngineSnapshot {
+    const codec = this.#codec as Codec;
+    const [epoch, seq, header, reset, entries] = reply as [
+      string,
+      number,
+      string | null,
+      string | undefined,
+      [string, string[]][] | undefined,
+    ];
+    const events: EngineEvent[] = [];
+    for (const [id, fields] of entries ?? []) {
+      const kind = fields[1] === "h" ? "header" : "put";
+      const text = fields[3] ?? "";
+      events.push({
+        kind,
+        message: text === "" ? null : codec.decode(text),
+        seq: Number(id.slice(0, id.indexOf("-"))),
+      });
+    }
+    return {
+      epoch,
+      seq: Number(seq),
+      header: header === null || header === undefined ? undefined : codec.decode(header),
+      reset: reset === "" ? undefined : reset,
+      events: reset === "" ? events : undefined,
+    };
+  }
+
+  #follow(stream: string): Follow {
+    let f = this.#follows.get(stream);
+    if (!f) {
+      f = {
+        stream,
+        channel: this.#channel(stream),
+        subscribed: undefined,
+        active: false,
+        syncs: new Map(),
+        held: undefined,
+        waiters: new Map(),
+      };
+      this.#follows.set(stream, f);
+      this.#channels.set(f.channel, f);
+    }
+    if (!f.subscribed) {
+      const sub = this.#sub as Redis;
+      const follow = f;
+      f.subscribed = !this.#subUp
+        ? Promise.reject(new Error("Redis subscription is down"))
+        : sub.subscribe(f.channel).then(() => {
+          if (follow.subscribed) follow.active = true;
+        });
+      f.subscribed.catch(() => {
+        if (follow.subscribed && !follow.active) follow.subscribed = undefined;
+      });
+    }
+    return f;
+  }
+
+  /**
+   * Stops following the stream on this node (unsubscribes).
+   *
+   * @param stream The stream's name.
+   */
+  unfollow(stream: string): void {
+    const f = this.#follows.get(stream);
+    if (!f) return;
+    this.#follows.delete(stream);
+    this.#channels.delete(f.channel);
+    this.#drop(f);
+    if (this.#subUp && !this.#closed) this.#sub?.unsubscribe(f.channel).catch(() => {});
+  }
+
+  #message(channel: string, text: string): void {
+    const f = this.#channels.get(channel);
+    if (!f) return;
+    if (f.held) f.held.push(text);
+    else this.#safely(f, text);
+  }
+
+  /** One bad event (e.g. nodes configured with different codecs) must not stop the node. */
+  #safely(f: Follow, text: string): void {
+    try {
+      this.#process(f, text);
+    } catch {
+      // Undecodable: listeners here miss it; the next event's seq tells the hub to resync.
+    }
+  }
+
+  #process(f: Follow, text: string): void {
+    const kind = text[0];
+    if (kind === "m") {
+      const token = text.slice(1);
+      const sync = f.syncs.get(token);
+      if (!sync) return; // another node's, or one that failed
+      if (sync.snapshot) this.#complete(f, token, sync);
+      else {
+        sync.marked = true;
+        f.held = [];
+      }
+      return;
+    }
+    const a = text.indexOf(" ");
+    const b = text.indexOf(" ", a + 1);
+    const c = text.indexOf(" ", b + 1);
+    const seq = Number(text.slice(1, a));
+    const epoch = text.slice(a + 1, b);
+    const tag = text.slice(b + 1, c);
+    const payload = text.slice(c + 1);
+    try {
+      if (kind === "e") this.#sink?.event(f.stream, "end", null, seq, epoch);
+      else {
+        const message = payload === "" ? null : (this.#codec as Codec).decode(payload);
+        this.#sink?.event(f.stream, kind === "p" ? "put" : "header", message, seq, epoch);
+      }
+    } finally {
+      const w = f.waiters.get(tag);
+      if (w) {
+        f.waiters.delete(tag);
+        w();
+      }
+    }
+  }
+
+  #complete(f: Follow, token: string, sync: Sync): void {
+    f.syncs.delete(token);
+    try {
+      sync.onSnapshot(sync.snapshot as EngineSnapshot);
+      sync.resolve();
+    } catch (e) {
+      sync.reject(e as Error);
+    }
+    this.#release(f);
+  }
+
+  /** Processes events held behind a marker, until the next marker waiting for its reply. */
+  #release(f: Follow): void {
+    const held = f.held;
+    if (!held) return;
+    f.held = undefined;
+    for (let i = 0; i < held.length; i++) {
+      if (f.held) {
+        (f.held as string[]).push(...held.slice(i));
+        return;
+      }
+      this.#safely(f, held[i] as string);
+    }
+  }
+
+  /**
+   * Disconnects from Redis; requests after it fail.
+   *
+   * @returns When both connections have closed.
+   */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    await this.#started?.catch(() => {});
+    for (const f of this.#follows.values()) this.#drop(f);
+    this.#follows.clear();
+    this.#channels.clear();
+    await Promise.all([this.#cmd, this.#sub].map((c) => c ? quit(c) : undefined));
+  }
+}
+
+async function quit(client: Redis): Promise<void> {
+  const status = client.status;
+  if (status === "end") return;
+  // Only a client with a socket open emits "end" once it is closed.
+  const open = status === "ready" || status === "connect" || status === "connecting";
+  const ended = open ? new Promise<void>((resolve) => client.once("end", () => resolve())) : null;
+  if (status === "ready") {
+    try {
+      await client.quit();
+    } catch {
+      client.disconnect();
+    }
+  } else {
+    client.disconnect();
+  }
+  await ended;
+}
