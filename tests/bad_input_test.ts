@@ -1,0 +1,262 @@
+/**
+ * Bad input, one case per test. In each, a bystander listener connection follows a run of puts
+ * from another connection while the bad client misbehaves: it must get every put, in order,
+ * and the server must stay up.
+ */
+
+import { assert, assertEquals, assertStringIncludes } from "@std/assert";
+import { type MessageServer, serve } from "../server.ts";
+import { RemoteStream } from "../client.ts";
+import { connectRaw, type Frame, type RawClient, Recorder } from "./_helpers.ts";
+
+const MAX_LINE = 4096;
+const RUN = 300;
+
+/**
+ * Runs `misbehave` against a fresh server while a bystander follows `RUN` puts: half of them
+ * are in flight while the bad client acts, the rest are put after. Then checks the bystander
+ * got all of them in order and that a new connection is served.
+ */
+async function withBystander(
+  misbehave: (server: MessageServer, bad: RawClient) => Promise<void>,
+): Promise<void> {
+  await using server = serve({ port: 0, maxLineBytes: MAX_LINE, logLevel: "silent" });
+  await using listener = await RemoteStream.connect({ port: server.addr.port });
+  await using publisher = await RemoteStream.connect({ port: server.addr.port });
+  const rec = new Recorder("bystander");
+  await listener.listen("bystander", rec);
+  const puts: Promise<number>[] = [];
+  for (let i = 0; i < RUN / 2; i++) puts.push(publisher.put("bystander", i));
+  const bad = await connectRaw(server.addr.port);
+  try {
+    await misbehave(server, bad);
+  } finally {
+    await bad.close();
+  }
+  for (let i = RUN / 2; i < RUN; i++) puts.push(publisher.put("bystander", i));
+  await Promise.all(puts);
+  await rec.waitFor(RUN);
+  assertEquals(rec.events.map((e) => e.message), [...Array(RUN).keys()]);
+  assertEquals(rec.events.map((e) => e.seq), Array.from({ length: RUN }, (_, i) => i + 1));
+  // The server still serves new connections.
+  await using fresh = await connectRaw(server.addr.port);
+  await fresh.send({ action: "put", stream: "after", message: 1, id: "after" });
+  assertEquals(await fresh.next(), { action: "ok", id: "after", stream: "after", seq: 1 });
+}
+
+/**
+ * Waits until the server has seen the bad connection end. No event tells, so this polls the
+ * server's own count of open connections (the bystander's two stay open).
+ */
+async function connectionGone(server: MessageServer): Promise<void> {
+  while ((server.metrics.connections.tcp ?? 0) > 2) {
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}
+
+/** Sends a ping with an id and reads up to its pong: the connection is still served. */
+async function assertStillServed(raw: RawClient): Promise<void> {
+  await raw.send({ action: "ping", id: "still" });
+  assertEquals(await raw.next(), { action: "pong", id: "still" });
+}
+
+function assertError(frame: Frame, code: string, id?: unknown): void {
+  assertEquals(frame.action, "error", JSON.stringify(frame));
+  assertEquals(frame.code, code, JSON.stringify(frame));
+  assertEquals(typeof frame.message, "string");
+  if (id !== undefined) assertEquals(frame.id, id);
+  else assert(!("id" in frame), `no id was given, yet got ${JSON.stringify(frame)}`);
+}
+
+Deno.test("Invalid JSON gets invalid_json and the connection stays open", async () => {
+  await withBystander(async (_server, bad) => {
+    for (const text of ["{not json", "}", '{"action":"put",', "nul", "'x'"]) {
+      await bad.send(text);
+      assertError(await bad.next(), "invalid_json");
+    }
+    await assertStillServed(bad);
+  });
+});
+
+Deno.test("A JSON value that is not an object gets invalid_frame", async () => {
+  await withBystander(async (_server, bad) => {
+    for (const text of ["[1,2]", "42", '"put"', "null", "true", '[{"action":"ping"}]']) {
+      await bad.send(text);
+      assertError(await bad.next(), "invalid_frame");
+    }
+    await bad.send({ action: "ping", id: { nested: 1 } });
+    assertError(await bad.next(), "invalid_frame");
+    await assertStillServed(bad);
+  });
+});
+
+Deno.test("An unknown action gets unknown_action with the request's id", async () => {
+  await withBystander(async (_server, bad) => {
+    await bad.send({ action: "frobnicate", stream: "bystander", message: 1, id: 7 });
+    const e = await bad.next();
+    assertError(e, "unknown_action", 7);
+    assertStringIncludes(e.message as string, '"frobnicate"');
+    await bad.send({ stream: "bystander", message: 1, id: "no-action" });
+    assertError(await bad.next(), "unknown_action", "no-action");
+    await bad.send({ action: 12, id: "numeric" });
+    assertError(await bad.next(), "unknown_action", "numeric");
+    await bad.send({ action: "x".repeat(1000), id: 8 });
+    const long = await bad.next();
+    assertError(long, "unknown_action", 8);
+    assert((long.message as string).length < 200, "the message quotes a bounded part");
+    await assertStillServed(bad);
+  });
+});
+
+Deno.test("A missing, empty, non-string or too long stream name gets invalid_stream", async () => {
+  await withBystander(async (server, bad) => {
+    const max = server.hub.maxStreamNameLength;
+    const names: [string, unknown][] = [
+      ["missing", undefined],
+      ["empty", ""],
+      ["number", 42],
+      ["null", null],
+      ["array", ["a"]],
+      ["too long", "s".repeat(max + 1)],
+    ];
+    let id = 0;
+    for (const action of ["put", "header", "delete", "listen", "hangup"]) {
+      for (const [what, stream] of names) {
+        const frame: Frame = { action, message: 1, id: ++id };
+        if (stream !== undefined) frame.stream = stream;
+        await bad.send(frame);
+        const e = await bad.next();
+        assertError(e, "invalid_stream", id);
+        assertStringIncludes(e.message as string, `at most ${max} characters`, `${action} ${what}`);
+      }
+    }
+    // At the limit is fine.
+    await bad.send({ action: "put", stream: "s".repeat(max), message: 1, id: "max" });
+    assertEquals((await bad.next()).action, "ok");
+    await assertStillServed(bad);
+  });
+});
+
+Deno.test("A put without a message gets missing_message and puts nothing", async () => {
+  await withBystander(async (server, bad) => {
+    await bad.send({ action: "put", stream: "bystander", id: "m1" });
+    const e = await bad.next();
+    assertError(e, "missing_message", "m1");
+    assertEquals(e.stream, "bystander");
+    await bad.send({ action: "put", stream: "other" });
+    assertError(await bad.next(), "missing_message");
+    assertEquals(server.hub.info("other"), undefined);
+    // null is a message.
+    await bad.send({ action: "put", stream: "other", message: null, id: "null" });
+    assertEquals(await bad.next(), { action: "ok", id: "null", stream: "other", seq: 1 });
+    await assertStillServed(bad);
+  });
+});
+
+Deno.test("A line over the limit gets line_too_long, then its connection is closed", async (t) => {
+  await t.step("a whole line", async () => {
+    await withBystander(async (_server, bad) => {
+      const line = JSON.stringify({
+        action: "put",
+        stream: "bystander",
+        message: "x".repeat(MAX_LINE),
+      });
+      await bad.send(line);
+      const rest = await bad.rest();
+      assertEquals(rest.map((f) => f.action), ["error", "close"]);
+      assertError(rest[0] as Frame, "line_too_long");
+      assertStringIncludes((rest[0] as Frame).message as string, `${MAX_LINE} bytes`);
+    });
+  });
+  await t.step("no newline ever comes", async () => {
+    await withBystander(async (_server, bad) => {
+      // The limit holds before any newline: the server does not buffer without bound.
+      await bad.write('{"action":"put","stream":"bystander","message":"');
+      const chunk = "y".repeat(1024);
+      const writing = (async () => {
+        try {
+          for (let i = 0; i < 64; i++) await bad.write(chunk);
+        } catch {
+          // the server closed the connection: expected
+        }
+      })();
+      const rest = await bad.rest();
+      await writing;
+      assertEquals(rest.map((f) => f.code ?? f.action), ["line_too_long", "close"]);
+    });
+  });
+  await t.step("exactly the limit is accepted", async () => {
+    await withBystander(async (_server, bad) => {
+      const frame = { action: "put", stream: "edge", id: 1, message: "" };
+      frame.message = "z".repeat(MAX_LINE - JSON.stringify(frame).length);
+      assertEquals(new TextEncoder().encode(JSON.stringify(frame)).byteLength, MAX_LINE);
+      await bad.send(frame);
+      assertEquals(await bad.next(), { action: "ok", id: 1, stream: "edge", seq: 1 });
+    });
+  });
+});
+
+Deno.test("Invalid UTF-8 gets invalid_utf8, then the connection is closed", async () => {
+  await withBystander(async (server, bad) => {
+    const enc = new TextEncoder();
+    const head = enc.encode('{"action":"put","stream":"bad-utf8","message":"');
+    const tail = enc.encode('"}\n');
+    await bad.write(new Uint8Array([...head, 0xff, 0xfe, 0xc3, ...tail]));
+    const rest = await bad.rest();
+    assertEquals(rest.map((f) => f.code ?? f.action), ["invalid_utf8", "close"]);
+    assertError(rest[0] as Frame, "invalid_utf8");
+    assertEquals(server.hub.info("bad-utf8"), undefined);
+  });
+});
+
+Deno.test("Deeply nested JSON gets invalid_json without exhausting the stack", async () => {
+  await withBystander(async (server, bad) => {
+    const depth = 1500; // fits the line limit, far past the codec's depth limit
+    const message = "[".repeat(depth) + "]".repeat(depth);
+    await bad.send(`{"action":"put","stream":"deep","id":1,"message":${message}}`);
+    const e = await bad.next();
+    assertError(e, "invalid_json");
+    assertStringIncludes(e.message as string, "deeper than");
+    assertEquals(server.hub.info("deep"), undefined);
+    await assertStillServed(bad);
+  });
+});
+
+Deno.test("A client vanishing mid-line puts nothing", async () => {
+  await withBystander(async (server, bad) => {
+    await bad.send({ action: "ping", id: 0 });
+    assertEquals((await bad.next()).action, "pong");
+    // Half a put, then gone: the server must not apply it.
+    await bad.write('{"action":"put","stream":"half","message":"never fin');
+    await bad.close();
+    await connectionGone(server);
+    assertEquals(server.hub.info("half"), undefined);
+  });
+});
+
+Deno.test("A client vanishing half way through writing a large frame puts nothing", async () => {
+  await withBystander(async (server, bad) => {
+    const line = JSON.stringify({ action: "put", stream: "half", message: "w".repeat(3000) }) +
+      "\n";
+    const bytes = new TextEncoder().encode(line);
+    await bad.write(bytes.subarray(0, bytes.byteLength / 2));
+    await bad.close();
+    await connectionGone(server);
+    assertEquals(server.hub.info("half"), undefined);
+  });
+});
+
+Deno.test("A listener vanishing while the server writes to it costs the others nothing", async () => {
+  await withBystander(async (server, bad) => {
+    await bad.send({ action: "listen", stream: "bystander", id: "l" });
+    await bad.send({ action: "listen", stream: "flood", id: "f" });
+    await bad.until((f) => f.id === "f");
+    // Queue a lot for it, then vanish without reading.
+    const payload = "f".repeat(1024);
+    for (let i = 0; i < 2000; i++) server.hub.putNow("flood", { i, payload });
+    await bad.close();
+    await connectionGone(server);
+    assertEquals(server.hub.info("flood")?.listeners, 0);
+    assertEquals(server.hub.info("bystander")?.listeners, 1);
+  });
+});

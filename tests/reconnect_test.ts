@@ -1,0 +1,491 @@
+/**
+ * The reconnecting client: `RemoteStream` survives a cut connection and a server restart,
+ * resumes every followed stream from the last position it delivered, buffers requests while
+ * disconnected, reports its lifecycle through `status()` and gives up after
+ * `maxReconnectAttempts`.
+ *
+ * Connections are cut by a small TCP proxy between the client and the server: closing the
+ * proxy's sockets is, to the client, the server cutting its connection.
+ *
+ * @module
+ */
+
+import { assert, assertEquals, assertInstanceOf, assertRejects } from "@std/assert";
+import { Inbox, MessageStream, type StreamEvent } from "../mod.ts";
+import { type MessageServer, serve } from "../server.ts";
+import { ProtocolError, RemoteStream, type Status } from "../client.ts";
+import { collect, Recorder } from "./_helpers.ts";
+
+/** A TCP proxy to a local port whose connections the test can cut, stall, or refuse. */
+class Proxy implements AsyncDisposable {
+  readonly port: number;
+  /** Connections accepted so far. */
+  accepted = 0;
+  /** Bytes read from clients (forwarded or not). */
+  bytesUp = 0;
+  /** When set, bytes from clients are read and dropped instead of forwarded. */
+  swallow = false;
+  /** When set, new connections are accepted and closed at once. */
+  refuse = false;
+  #target: number;
+  #listener: Deno.TcpListener;
+  #pairs = new Set<[Deno.TcpConn, Deno.TcpConn | undefined]>();
+  #tasks = new Set<Promise<void>>();
+  #accepting: Promise<void>;
+  #upWaiters: (() => void)[] = [];
+
+  constructor(target: number) {
+    this.#target = target;
+    this.#listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+    this.port = (this.#listener.addr as Deno.NetAddr).port;
+    this.#accepting = this.#accept();
+  }
+
+  /** Open client connections. */
+  get open(): number {
+    return this.#pairs.size;
+  }
+
+  async #accept(): Promise<void> {
+    for await (const client of this.#listener) {
+      this.accepted++;
+      if (this.refuse) {
+        client.close();
+        continue;
+      }
+      const pair: [Deno.TcpConn, Deno.TcpConn | undefined] = [client, undefined];
+      this.#pairs.add(pair);
+      this.#track(this.#serve(pair));
+    }
+  }
+
+  #track(task: Promise<void>): void {
+    this.#tasks.add(task);
+    task.finally(() => this.#tasks.delete(task));
+  }
+
+  async #serve(pair: [Deno.TcpConn, Deno.TcpConn | undefined]): Promise<void> {
+    const [client] = pair;
+    try {
+      pair[1] = await Deno.connect({ hostname: "127.0.0.1", port: this.#target });
+    } catch {
+      this.#close(pair);
+      return;
+    }
+    if (!this.#pairs.has(pair)) return this.#close(pair);
+    const upstream = pair[1];
+    await Promise.all([
+      this.#pipe(client, upstream, true).finally(() => this.#close(pair)),
+      this.#pipe(upstream, client, false).finally(() => this.#close(pair)),
+    ]);
+  }
+
+  async #pipe(from: Deno.TcpConn, to: Deno.TcpConn, up: boolean): Promise<void> {
+    const buf = new Uint8Array(64 * 1024);
+    try {
+      while (true) {
+        const n = await from.read(buf);
+        if (n === null) return;
+        if (up) {
+          this.bytesUp += n;
+          for (const w of this.#upWaiters.splice(0)) w();
+          if (this.swallow) continue;
+        }
+        let off = 0;
+        while (off < n) off += await to.write(buf.subarray(off, n));
+      }
+    } catch {
+      // cut
+    }
+  }
+
+  #close(pair: [Deno.TcpConn, Deno.TcpConn | undefined]): void {
+    this.#pairs.delete(pair);
+    for (const c of pair) {
+      try {
+        c?.close();
+      } catch {
+        // already closed
+      }
+    }
+  }
+
+  /** Resolves when more than `n` bytes have come from clients. */
+  async upstreamBytes(n: number): Promise<void> {
+    while (this.bytesUp <= n) await new Promise<void>((r) => this.#upWaiters.push(r));
+  }
+
+  /** Cuts every open connection, both ways. */
+  cut(): void {
+    for (const pair of [...this.#pairs]) this.#close(pair);
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    this.#listener.close();
+    this.cut();
+    await this.#accepting.catch(() => {});
+    await Promise.allSettled([...this.#tasks]);
+  }
+}
+
+/** Records a client's status changes; tests await one. */
+class StatusLog {
+  readonly seen: Status[] = [];
+  readonly done: Promise<void>;
+  #waiters: { type: Status["type"]; after: number; resolve: (s: Status) => void }[] = [];
+
+  constructor(remote: RemoteStream) {
+    this.done = (async () => {
+      for await (const s of remote.status()) {
+        this.seen.push(s);
+        this.#waiters = this.#waiters.filter((w) => {
+          if (s.type !== w.type || this.seen.length <= w.after) return true;
+          w.resolve(s);
+          return false;
+        });
+      }
+    })();
+  }
+
+  /** The types seen so far. */
+  get types(): string[] {
+    return this.seen.map((s) => s.type);
+  }
+
+  /** Resolves with the next status of `type` (seen after the current end of the log). */
+  next(type: Status["type"]): Promise<Status> {
+    return new Promise((resolve) => this.#waiters.push({ type, after: this.seen.length, resolve }));
+  }
+}
+
+const FAST = { reconnectTimeWait: 50, reconnectJitter: 10 } as const;
+
+function messages(events: StreamEvent[]): unknown[] {
+  return events.map((e) => e.message);
+}
+
+const reconnectTimes: number[] = [];
+
+Deno.test("RemoteStream reconnects after its connection is cut and delivers no gap and no duplicate", async () => {
+  await using server = serve({ port: 0 });
+  await using proxy = new Proxy(server.addr.port);
+  await using remote = await RemoteStream.connect({ port: proxy.port, ...FAST });
+  const log = new StatusLog(remote);
+  const hub = server.hub;
+  await hub.header("job", "h");
+  const inbox = new Inbox();
+  await remote.listen("job", inbox);
+  for (let i = 1; i <= 5; i++) await hub.put("job", i);
+  assertEquals(messages(await collect(inbox, 6)), ["h", 1, 2, 3, 4, 5]);
+
+  for (let round = 0; round < 3; round++) {
+    const disconnected = log.next("disconnected");
+    const connected = log.next("connected");
+    proxy.cut();
+    await disconnected;
+    const t0 = performance.now();
+    // Missed while disconnected: history covers it.
+    for (let i = 0; i < 5; i++) await hub.put("job", `r${round}.${i}`);
+    await connected;
+    reconnectTimes.push(performance.now() - t0);
+    for (let i = 5; i < 10; i++) await hub.put("job", `r${round}.${i}`);
+    const got = await collect(inbox, 10);
+    assertEquals(messages(got), Array.from({ length: 10 }, (_, i) => `r${round}.${i}`));
+    assertEquals(got.map((e) => e.kind), Array(10).fill("put"));
+  }
+  assertEquals(inbox.size, 0, "nothing more: no duplicate");
+  assertEquals(proxy.accepted, 4);
+  inbox.close();
+  await remote.close();
+  await log.done;
+  assertEquals(log.types, [
+    ...["disconnected", "reconnecting", "connecting", "connected"],
+    ...["disconnected", "reconnecting", "connecting", "connected"],
+    ...["disconnected", "reconnecting", "connecting", "connected"],
+    "closed",
+  ]);
+  // deno-lint-ignore no-console
+  console.log(
+    `reconnect time (disconnected -> connected, reconnectTimeWait 50 ms): ${
+      reconnectTimes.map((t) => t.toFixed(1)).join(", ")
+    } ms`,
+  );
+});
+
+Deno.test("RemoteStream resumes across a server restart that keeps the hub", async () => {
+  const hub = new MessageStream();
+  let server: MessageServer = serve({ port: 0, hub });
+  const port = server.addr.port;
+  try {
+    await using remote = await RemoteStream.connect({ port, ...FAST, maxReconnectAttempts: -1 });
+    const log = new StatusLog(remote);
+    const rec = new Recorder();
+    await hub.header("job", "h");
+    await remote.listen("job", rec);
+    await hub.put("job", 1);
+    await rec.waitFor(2);
+
+    const disconnected = log.next("disconnected");
+    await server.shutdown();
+    await disconnected;
+    await hub.put("job", 2); // while no server runs
+    await hub.put("job", 3);
+    const connected = log.next("connected");
+    server = serve({ port, hub });
+    await connected;
+    await hub.put("job", 4);
+    await rec.waitFor(5);
+    assertEquals(rec.events.map((e) => [e.kind, e.message]), [
+      ["header", "h"],
+      ["put", 1],
+      ["put", 2],
+      ["put", 3],
+      ["put", 4],
+    ]);
+    await remote.close();
+    await log.done;
+    assert(log.types.includes("reconnecting"));
+  } finally {
+    await server.shutdown();
+  }
+});
+
+Deno.test("RemoteStream gets reset, then the header, when a restarted server lost the history", async () => {
+  let server: MessageServer = serve({ port: 0 });
+  const port = server.addr.port;
+  try {
+    await using remote = await RemoteStream.connect({ port, ...FAST, maxReconnectAttempts: -1 });
+    const log = new StatusLog(remote);
+    const rec = new Recorder();
+    await server.hub.header("job", "h0");
+    await remote.listen("job", rec);
+    await server.hub.put("job", 1);
+    await rec.waitFor(2);
+
+    const disconnected = log.next("disconnected");
+    await server.shutdown();
+    await disconnected;
+    const fresh = new MessageStream();
+    await fresh.header("job", "h1");
+    await fresh.put("job", "a");
+    const connected = log.next("connected");
+    server = serve({ port, hub: fresh });
+    await connected;
+    await fresh.put("job", "b");
+    await rec.waitFor(5);
+    const epoch = fresh.info("job")?.epoch;
+    assertEquals(rec.events.slice(2).map((e) => [e.kind, e.message, e.seq, e.epoch]), [
+      ["reset", { reason: "epoch_changed" }, 1, epoch],
+      ["header", "h1", 1, epoch],
+      ["put", "b", 2, epoch],
+    ]);
+    await remote.close();
+    await log.done;
+  } finally {
+    await server.shutdown();
+  }
+});
+
+Deno.test("RemoteStream gets reset when the history no longer covers the outage", async () => {
+  await using server = serve({ port: 0, historyMessages: 3 });
+  await using proxy = new Proxy(server.addr.port);
+  await using remote = await RemoteStream.connect({ port: proxy.port, ...FAST });
+  const log = new StatusLog(remote);
+  const rec = new Recorder();
+  await server.hub.header("job", "h");
+  await remote.listen("job", rec);
+  await server.hub.put("job", 1);
+  await rec.waitFor(2);
+  const disconnected = log.next("disconnected");
+  proxy.cut();
+  await disconnected;
+  const connected = log.next("connected");
+  // Missed while disconnected (the reconnect waits for a timer; these puts do not).
+  for (let i = 2; i <= 10; i++) await server.hub.put("job", i);
+  await connected;
+  await server.hub.put("job", 11);
+  await rec.waitForEvent((e) => e.message === 11);
+  assertEquals(rec.events.map((e) => [e.kind, e.message, e.seq]), [
+    ["header", "h", 0],
+    ["put", 1, 1],
+    ["reset", { reason: "history_trimmed" }, 10],
+    ["header", "h", 10],
+    ["put", 11, 11],
+  ]);
+  await remote.close();
+  await log.done;
+});
+
+Deno.test("RemoteStream sends puts made while disconnected after the reconnect", async () => {
+  const hub = new MessageStream();
+  let server: MessageServer = serve({ port: 0, hub });
+  const port = server.addr.port;
+  try {
+    await using remote = await RemoteStream.connect({ port, ...FAST, maxReconnectAttempts: -1 });
+    const log = new StatusLog(remote);
+    assertEquals(await remote.put("job", 0), 1);
+    const disconnected = log.next("disconnected");
+    await server.shutdown();
+    await disconnected;
+    const puts = [1, 2, 3].map((i) => remote.put("job", i));
+    const header = remote.header("job", "while down");
+    assertEquals(hub.info("job")?.seq, 1, "nothing reached the hub yet");
+    server = serve({ port, hub });
+    assertEquals(await Promise.all(puts), [2, 3, 4]);
+    await header;
+    assertEquals(hub.info("job")?.hasHeader, true);
+    await remote.close();
+    await log.done;
+  } finally {
+    await server.shutdown();
+  }
+});
+
+Deno.test("RemoteStream fails a put written but unanswered when the connection drops, and does not resend it", async () => {
+  await using server = serve({ port: 0 });
+  await using proxy = new Proxy(server.addr.port);
+  await using remote = await RemoteStream.connect({ port: proxy.port, ...FAST });
+  const log = new StatusLog(remote);
+  assertEquals(await remote.put("job", "first"), 1);
+  proxy.swallow = true;
+  const before = proxy.bytesUp;
+  const lost = remote.put("job", "lost");
+  const header = remote.header("job", "retried"); // idempotent: sent again after the reconnect
+  await proxy.upstreamBytes(before); // written to the socket, never to reach the server
+  const connected = log.next("connected");
+  proxy.swallow = false;
+  proxy.cut();
+  const err = await assertRejects(() => lost, ProtocolError);
+  assertEquals(err.code, "not_connected");
+  await header;
+  await connected;
+  assertEquals(server.hub.info("job")?.seq, 1, "the lost put was not resent");
+  assertEquals(server.hub.info("job")?.hasHeader, true);
+  assertEquals(await remote.put("job", "after"), 2);
+  await remote.close();
+  await log.done;
+});
+
+Deno.test("RemoteStream.status() reports connecting, connected, disconnected, reconnecting and closed", async () => {
+  const hub = new MessageStream();
+  let server: MessageServer = serve({ port: 0, hub });
+  const port = server.addr.port;
+  try {
+    await using remote = await RemoteStream.connect({ port, ...FAST, maxReconnectAttempts: -1 });
+    const log = new StatusLog(remote);
+    const second = log.next("reconnecting").then(() => log.next("reconnecting"));
+    await server.shutdown();
+    await second; // at least two refused attempts
+    const connected = log.next("connected");
+    server = serve({ port, hub });
+    await connected;
+    await remote.close();
+    await log.done;
+    const types = log.types;
+    assertEquals(types[0], "disconnected");
+    assertEquals(types.at(-1), "closed");
+    assertEquals(types.at(-2), "connected");
+    assertEquals(types.at(-3), "connecting");
+    const attempts = log.seen.filter((s) => s.type === "reconnecting").map((s) => s.attempt);
+    assert(attempts.length >= 2);
+    assertEquals(attempts, attempts.map((_, i) => i + 1), "attempts count from 1");
+    assertEquals(log.seen.at(-1)?.error, undefined, "closed on request: no error");
+  } finally {
+    await server.shutdown();
+  }
+});
+
+Deno.test("RemoteStream.closed() resolves with an Error after maxReconnectAttempts", async () => {
+  const server = serve({ port: 0 });
+  const remote = await RemoteStream.connect({
+    port: server.addr.port,
+    ...FAST,
+    maxReconnectAttempts: 3,
+  });
+  const log = new StatusLog(remote);
+  const inbox = new Inbox();
+  await remote.listen("job", inbox);
+  await server.shutdown();
+  const pending = remote.put("job", 1).catch((e) => e);
+  const why = await remote.closed();
+  assertInstanceOf(why, Error);
+  await log.done;
+  assertEquals(log.seen.filter((s) => s.type === "reconnecting").length, 3);
+  const last = log.seen.at(-1);
+  assertEquals(last?.type, "closed");
+  assertEquals(last?.error, why);
+  const putError = await pending;
+  assertInstanceOf(putError, ProtocolError);
+  assertEquals(await Array.fromAsync(inbox), [], "local inboxes end");
+  await assertRejects(() => remote.put("job", 2), ProtocolError);
+  await remote.close(); // safe after giving up
+});
+
+Deno.test("RemoteStream keeps one connection when a reconnect attempt is accepted and cut at once", async () => {
+  await using server = serve({ port: 0 });
+  await using proxy = new Proxy(server.addr.port);
+  await using remote = await RemoteStream.connect({
+    port: proxy.port,
+    ...FAST,
+    maxReconnectAttempts: -1,
+  });
+  const log = new StatusLog(remote);
+  const rec = new Recorder();
+  await remote.listen("job", rec);
+  await server.hub.put("job", 1);
+  await rec.waitFor(1);
+  proxy.refuse = true;
+  const twoFailures = log.next("reconnecting").then(() => log.next("reconnecting")).then(() =>
+    log.next("reconnecting")
+  );
+  proxy.cut();
+  await twoFailures;
+  const connected = log.next("connected");
+  proxy.refuse = false;
+  await connected;
+  await server.hub.put("job", 2);
+  await rec.waitFor(2);
+  // Let any stray reconnect loop show itself: it would open a second connection.
+  for (let i = 0; i < 5; i++) {
+    await new Promise((r) => setTimeout(r, 60));
+  }
+  assertEquals(proxy.open, 1, "exactly one connection");
+  assertEquals(server.hub.info("job")?.listeners, 1);
+  assertEquals(messages(rec.events), [1, 2]);
+  await remote.close();
+  await log.done;
+});
+
+Deno.test("RemoteStream.connect() fails with not_connected, and stops, when the server cuts it before hello", async () => {
+  await using server = serve({ port: 0 });
+  await using proxy = new Proxy(server.addr.port);
+  proxy.refuse = true;
+  const err = await assertRejects(
+    () => RemoteStream.connect({ port: proxy.port, ...FAST }),
+    ProtocolError,
+  );
+  assertEquals(err.code, "not_connected");
+  // No reconnect loop is left behind: the sanitizers would see its timer.
+});
+
+Deno.test("RemoteStream.listen() right after a hangup gets no frame of the old subscription", async () => {
+  await using server = serve({ port: 0 });
+  await using remote = await RemoteStream.connect({ port: server.addr.port, ...FAST });
+  const hub = server.hub;
+  await hub.header("job", "h");
+  const old = new Recorder();
+  await remote.listen("job", old);
+  await old.waitFor(1);
+  // Frames of the old subscription are under way when it hangs up and listens again.
+  for (let i = 1; i <= 200; i++) hub.putNow("job", i);
+  remote.hangup("job", old);
+  const fresh = new Recorder();
+  const at = await remote.listen("job", fresh);
+  assertEquals(at.seq, 200);
+  hub.putNow("job", 201);
+  await fresh.waitForEvent((e) => e.message === 201);
+  assertEquals(fresh.events.map((e) => [e.kind, e.message, e.seq]), [
+    ["header", "h", 200],
+    ["put", 201, 201],
+  ]);
+});

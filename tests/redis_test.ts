@@ -1,0 +1,292 @@
+/**
+ * The hub's engine seam: the core hub behaviours, run against both engines (memory and a real
+ * Redis), then what only the Redis engine does (two hubs sharing streams, faults).
+ */
+
+import {
+  assert,
+  assertEquals,
+  assertInstanceOf,
+  assertNotEquals,
+  assertRejects,
+} from "@std/assert";
+import {
+  EngineUnavailableError,
+  MessageStream,
+  type MessageStreamOptions,
+  type StreamEvent,
+} from "../mod.ts";
+import { RedisEngine } from "../redis.ts";
+import { serve } from "../server.ts";
+import { connectRaw, Recorder } from "./_helpers.ts";
+import { hasRedis, RedisProcess } from "./_redis.ts";
+
+const view = (evs: StreamEvent[]) => evs.map((e) => [e.kind, e.message, e.seq]);
+
+/** Hubs of one engine kind; for Redis, one server and a prefix of its own. */
+class Env implements AsyncDisposable {
+  readonly kind: "memory" | "redis";
+  readonly redis: RedisProcess | undefined;
+  readonly prefix = `t${crypto.randomUUID().slice(0, 8)}:`;
+  #hubs: MessageStream[] = [];
+
+  private constructor(kind: "memory" | "redis", redis: RedisProcess | undefined) {
+    this.kind = kind;
+    this.redis = redis;
+  }
+
+  static async open(kind: "memory" | "redis"): Promise<Env> {
+    return new Env(kind, kind === "redis" ? await RedisProcess.start() : undefined);
+  }
+
+  hub(options: MessageStreamOptions = {}): MessageStream {
+    const hub = this.redis
+      ? new MessageStream({
+        ...options,
+        engine: new RedisEngine({
+          url: this.redis.url,
+          prefix: this.prefix,
+          ...(options.historyMessages !== undefined
+            ? { historyMessages: options.historyMessages }
+            : {}),
+        }),
+      })
+      : new MessageStream(options);
+    this.#hubs.push(hub);
+    return hub;
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await Promise.all(this.#hubs.map((h) => h.close()));
+    await this.redis?.[Symbol.asyncDispose]();
+  }
+}
+
+const kinds = ["memory", "redis"] as const;
+
+function test(name: string, fn: (env: Env) => Promise<void>): void {
+  for (const kind of kinds) {
+    Deno.test({
+      name: `[${kind}] ${name}`,
+      ignore: kind === "redis" && !hasRedis,
+      async fn() {
+        await using env = await Env.open(kind);
+        await fn(env);
+      },
+    });
+  }
+}
+
+test("MessageStream.listen() delivers the header first, then later puts in order", async (env) => {
+  const hub = env.hub();
+  await hub.put("job", "before");
+  await hub.header("job", { state: "running" });
+  const rec = new Recorder();
+  const at = await hub.listen("job", rec);
+  assertEquals(at.seq, 1);
+  await hub.put("job", "a");
+  await hub.put("job", "b");
+  assertEquals(view(rec.events), [
+    ["header", { state: "running" }, 1],
+    ["put", "a", 2],
+    ["put", "b", 3],
+  ]);
+  assert(rec.events.every((e) => e.epoch === at.epoch && e.stream === "job"));
+});
+
+test("MessageStream event frames are the wire frames", async (env) => {
+  const hub = env.hub();
+  await hub.header("job", "h");
+  const rec = new Recorder();
+  const at = await hub.listen("job", rec);
+  await hub.put("job", { n: 1 });
+  const frames = rec.events.map((e) => JSON.parse(new TextDecoder().decode(e.frame)));
+  assertEquals(frames, [
+    { action: "put", stream: "job", message: "h", header: true, seq: 0, epoch: at.epoch },
+    { action: "put", stream: "job", message: { n: 1 }, seq: 1, epoch: at.epoch },
+  ]);
+});
+
+test("MessageStream.header() changes reach current listeners; null clears", async (env) => {
+  const hub = env.hub();
+  const rec = new Recorder();
+  await hub.listen("job", rec);
+  await hub.header("job", "one");
+  await hub.put("job", 1);
+  await hub.header("job", null);
+  await hub.header("job", null); // clearing nothing sends nothing
+  assertEquals(view(rec.events), [["header", "one", 0], ["put", 1, 1], ["header", null, 1]]);
+  assertEquals(hub.info("job")?.hasHeader, false);
+});
+
+test("MessageStream.delete() ends listeners, and the name starts a new epoch", async (env) => {
+  const hub = env.hub();
+  await hub.header("job", "h");
+  const rec = new Recorder();
+  const at = await hub.listen("job", rec);
+  await hub.put("job", 1);
+  await hub.delete("job");
+  assertEquals(view(rec.events), [["header", "h", 0], ["put", 1, 1], ["end", null, 1]]);
+  assertEquals(hub.stats().listeners, 0);
+  const again = await hub.listen("job", new Recorder());
+  assertNotEquals(again.epoch, at.epoch);
+  assertEquals(again.seq, 0);
+});
+
+test("MessageStream.hangup() and endqueue() stop delivery", async (env) => {
+  const hub = env.hub();
+  const a = new Recorder("a");
+  const b = new Recorder("b");
+  await hub.listen("x", a);
+  await hub.listen("y", a);
+  await hub.listen("x", b);
+  hub.hangup("x", b);
+  await hub.put("x", 1);
+  hub.endqueue(a);
+  await hub.put("x", 2);
+  await hub.put("y", 3);
+  assertEquals(view(a.events), [["put", 1, 1]]);
+  assertEquals(b.events, []);
+  assertEquals(hub.stats().listeners, 0);
+});
+
+test("MessageStream.put() numbers puts from 1 and keeps the seq when encoding fails", async (env) => {
+  const hub = env.hub();
+  assertEquals(await hub.put("a", 1), 1);
+  assertEquals(await hub.put("b", 1), 1);
+  await assertRejects(() => hub.put("a", 10n), TypeError);
+  await assertRejects(() => hub.put("a", undefined), TypeError, "no message");
+  assertEquals(await hub.put("a", 2), 2);
+});
+
+test("MessageStream.listen() with since replays what was missed, or resets", async (env) => {
+  const hub = env.hub({ historyMessages: 3 });
+  await hub.header("job", "h");
+  const at = await hub.listen("job", { put() {} });
+  for (let i = 1; i <= 2; i++) await hub.put("job", i);
+  const covered = new Recorder();
+  await hub.listen("job", covered, { since: at });
+  await hub.put("job", 3);
+  assertEquals(view(covered.events), [["header", "h", 0], ["put", 1, 1], ["put", 2, 2], [
+    "put",
+    3,
+    3,
+  ]]);
+  const other = new Recorder();
+  await hub.listen("job", other, { since: { epoch: "old", seq: 1 } });
+  assertEquals(view(other.events), [["reset", { reason: "epoch_changed" }, 3], ["header", "h", 3]]);
+  for (let i = 4; i <= 6; i++) await hub.put("job", i);
+  const trimmed = new Recorder();
+  await hub.listen("job", trimmed, { since: at });
+  assertEquals(view(trimmed.events), [["reset", { reason: "history_trimmed" }, 6], [
+    "header",
+    "h",
+    6,
+  ]]);
+});
+
+test("MessageStream drops a listener that throws; the others still get events", async (env) => {
+  const hub = env.hub();
+  const good = new Recorder();
+  await hub.listen("a", {
+    put: () => {
+      throw new Error("broken");
+    },
+  }).catch(() => {});
+  await hub.listen("a", good);
+  await hub.put("a", 1);
+  await hub.put("a", 2);
+  assertEquals(good.events.map((e) => e.message), [1, 2]);
+  assertEquals(hub.stats().listeners, 1);
+});
+
+// What only the Redis engine does.
+
+function redisTest(name: string, fn: (env: Env) => Promise<void>): void {
+  Deno.test({
+    name,
+    ignore: !hasRedis,
+    async fn() {
+      await using env = await Env.open("redis");
+      await fn(env);
+    },
+  });
+}
+
+redisTest(
+  "RedisEngine delivers puts from two hubs in one order to listeners on both",
+  async (env) => {
+    const a = env.hub();
+    const b = env.hub();
+    await a.header("job", "h");
+    const onA = new Recorder("a");
+    const onB = new Recorder("b");
+    await a.listen("job", onA);
+    await b.listen("job", onB);
+    await Promise.all(
+      Array.from({ length: 50 }, (_, i) => (i % 2 ? a : b).put("job", i)),
+    );
+    await onA.waitFor(51);
+    await onB.waitFor(51);
+    assertEquals(view(onA.events), view(onB.events));
+    assertEquals(onA.events.map((e) => e.seq), [0, ...Array.from({ length: 50 }, (_, i) => i + 1)]);
+  },
+);
+
+redisTest("RedisEngine keeps headers and history when a hub restarts", async (env) => {
+  const first = env.hub();
+  await first.header("job", "h");
+  await first.put("job", 1);
+  await first.close();
+  const second = env.hub();
+  const rec = new Recorder();
+  const at = await second.listen("job", rec);
+  assertEquals(view(rec.events), [["header", "h", 1]]);
+  const resumed = new Recorder();
+  await second.listen("job", resumed, { since: { epoch: at.epoch, seq: 0 } });
+  assertEquals(view(resumed.events), [["header", "h", 0], ["put", 1, 1]]);
+});
+
+redisTest(
+  "RedisEngine fails requests with EngineUnavailableError while Redis is down, then recovers",
+  async (env) => {
+    const redis = env.redis as RedisProcess;
+    const hub = env.hub();
+    const rec = new Recorder();
+    await hub.listen("job", rec);
+    await hub.put("job", 1);
+    await redis.stop();
+    const e = await assertRejects(() => hub.put("job", 2), EngineUnavailableError);
+    assertInstanceOf(e, EngineUnavailableError);
+    await assertRejects(() => hub.listen("other", new Recorder()), EngineUnavailableError);
+    await redis.restart();
+    // Redis came back empty: the listener is told (reset, new epoch), then gets new puts.
+    const reset = await rec.waitForEvent((ev) => ev.kind === "reset");
+    assertEquals(reset.at(-1)?.message, { reason: "epoch_changed" });
+    // The command connection may come back a moment after the subscription: retry as a
+    // publisher would on engine_unavailable (bounded).
+    for (let attempt = 0;; attempt++) {
+      const ok = await hub.put("job", 3).then(() => true, (e) => {
+        assertInstanceOf(e, EngineUnavailableError);
+        return false;
+      });
+      if (ok) break;
+      assert(attempt < 100, "Redis engine did not recover");
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    await rec.waitForEvent((ev) => ev.kind === "put" && ev.message === 3);
+    assertEquals(view(rec.events).filter((e) => e[0] === "put").map((e) => e[1]), [1, 3]);
+  },
+);
+
+redisTest("Server sends engine_unavailable to a publisher while Redis is down", async (env) => {
+  const redis = env.redis as RedisProcess;
+  await using server = serve({ port: 0, redis: redis.url, redisPrefix: env.prefix });
+  await using raw = await connectRaw(server.addr.port);
+  raw.send({ action: "put", stream: "job", message: 1, id: 1 });
+  assertEquals(await raw.next(), { action: "ok", id: 1, stream: "job", seq: 1 });
+  await redis.stop();
+  raw.send({ action: "put", stream: "job", message: 2, id: 2 });
+  const error = await raw.next();
+  assertEquals([error.action, error.code, error.id], ["error", "engine_unavailable", 2]);
+});
