@@ -30,6 +30,7 @@ export type ErrorCode =
   | "unauthorized"
   | "forbidden"
   | "slow_consumer"
+  | "idle_timeout"
   | "engine_unavailable"
   | "not_connected"
   | "internal";

@@ -109,6 +109,13 @@ export interface ServeOptions extends MessageStreamOptions {
    */
   shutdownTimeout?: number;
   /**
+   * Milliseconds a TLS client has to complete its handshake before it is cut (a plain-TCP
+   * client on a TLS port never does).
+   *
+   * @default {10000}
+   */
+  handshakeTimeout?: number;
+  /**
    * Also serve the HTTP door (SSE, WebSocket, REST, metrics, status page; see `http.ts`) on
    * this port, on the same hub, with the same tokens and metrics. `hostname` defaults to the
    * TCP server's. Off unless given.
@@ -321,6 +328,8 @@ class Connection implements Transport {
           action: "error",
           code: "slow_consumer",
           message: `More than ${this.#server.maxOutbound} bytes waiting: closing connection`,
+          // For a peer that may be a client of the original protocol: see Session.live.
+          ...(this.session.live ? {} : { stream: null }),
         }) + "\n",
       );
       this.#chunks.push(frame);
@@ -376,6 +385,21 @@ class Connection implements Transport {
     return `${a.hostname}:${a.port}`;
   }
 
+  /** Completes the TLS handshake within the server's handshake timeout; false when cut. */
+  async #handshake(): Promise<boolean> {
+    const timer = setTimeout(() => this.abort(), this.#server.handshakeTimeout);
+    try {
+      await (this.conn as Deno.TlsConn).handshake();
+      return true;
+    } catch {
+      this.session.drop();
+      this.abort();
+      return false;
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
   /**
    * Reads request lines and hands each to the session. A plain read loop over a small buffer
    * that grows with the traffic: each chunk is limit-checked as bytes, its complete lines are
@@ -385,6 +409,7 @@ class Connection implements Transport {
    * before it is dropped, a leading BOM is skipped, a last unterminated line counts.
    */
   async serve(): Promise<void> {
+    if (this.#server.tls && !(await this.#handshake())) return;
     const server = this.#server;
     const metrics = server.metrics;
     const limit = new LineLimit(server.maxLineBytes);
@@ -407,26 +432,30 @@ class Connection implements Transport {
           }
         }
         if (!limit.check(chunk)) {
-          throw new ProtocolError(
-            "line_too_long",
-            `Line longer than ${server.maxLineBytes} bytes: closing connection`,
-          );
+          // A line runs over the limit: serve the good lines before it, then refuse.
+          this.lastHeard = Date.now();
+          lineByLine(session, chunk, carry, server.maxLineBytes);
         }
         const last = chunk.lastIndexOf(NEWLINE);
         if (last === -1) {
           if (chunk.byteLength > 0) carry.push(chunk.slice());
         } else {
-          // Decode every complete line before handling any (a bad byte fails the whole chunk).
+          // Decode every complete line with one call before handling any.
           let head = "";
+          let text = "";
           let from = 0;
-          if (carry.length > 0) {
-            const nl = chunk.indexOf(NEWLINE);
-            carry.push(chunk.subarray(0, nl));
-            head = decodeUtf8(concat(carry));
-            carry = [];
-            from = nl + 1;
+          try {
+            if (carry.length > 0) {
+              from = chunk.indexOf(NEWLINE) + 1;
+              head = utf8.decode(concat([...carry, chunk.subarray(0, from - 1)]));
+            }
+            if (from <= last) text = utf8.decode(chunk.subarray(from, last));
+          } catch {
+            // A bad byte somewhere: serve the good lines before it, then refuse.
+            this.lastHeard = Date.now();
+            lineByLine(session, chunk, carry, server.maxLineBytes);
           }
-          const text = from < last ? decodeUtf8(chunk.subarray(from, last)) : "";
+          carry = [];
           if (last + 1 < chunk.byteLength) carry.push(chunk.slice(last + 1));
           this.lastHeard = Date.now();
           if (from > 0) handleLine(session, head);
@@ -458,6 +487,25 @@ class Connection implements Transport {
     this.close();
     await this.flushed;
   }
+}
+
+/**
+ * The slow path for a chunk that holds a bad line (over the limit, or not UTF-8): hands the
+ * session every good line before it, one by one, then throws the bad line's error.
+ */
+function lineByLine(session: Session, chunk: Uint8Array, carry: Uint8Array[], max: number): never {
+  let from = 0;
+  let pending = carry;
+  for (let nl = chunk.indexOf(NEWLINE); nl !== -1; nl = chunk.indexOf(NEWLINE, from)) {
+    const part = chunk.subarray(from, nl);
+    const bytes = pending.length > 0 ? concat([...pending, part]) : part;
+    pending = [];
+    if (bytes.byteLength > max) break;
+    handleLine(session, decodeUtf8(bytes));
+    if (session.closed) break;
+    from = nl + 1;
+  }
+  throw new ProtocolError("line_too_long", `Line longer than ${max} bytes: closing connection`);
 }
 
 /** Hands one line (its `\n` already cut) to the session, dropping a `\r` before the `\n`. */
@@ -506,7 +554,8 @@ class ServerImpl implements MessageServer {
   readonly maxLineBytes: number;
   readonly maxOutbound: number;
   readonly #listener: Deno.Listener;
-  readonly #tls: boolean;
+  readonly tls: boolean;
+  readonly handshakeTimeout: number;
   readonly #connections = new Set<Connection>();
   readonly #logLevel: number;
   readonly #pingInterval: number;
@@ -546,7 +595,8 @@ class ServerImpl implements MessageServer {
     this.#listener = options.cert !== undefined && options.key !== undefined
       ? Deno.listenTls({ hostname, port, cert: options.cert, key: options.key })
       : Deno.listen({ hostname, port });
-    this.#tls = options.cert !== undefined;
+    this.tls = options.cert !== undefined;
+    this.handshakeTimeout = checkInt("handshakeTimeout", options.handshakeTimeout, 10_000, 1);
     this.addr = this.#listener.addr as Deno.NetAddr;
     try {
       this.http = options.http && serveHttp(this.hub, {
@@ -614,7 +664,7 @@ class ServerImpl implements MessageServer {
       const silent = now - c.lastHeard;
       if (c.session.live && this.#idleTimeout > 0 && silent > this.#idleTimeout) {
         this.log("info", "closing idle connection");
-        c.session.error("slow_consumer", "No frame received within the idle timeout: closing");
+        c.session.error("idle_timeout", "No frame received within the idle timeout: closing");
         c.session.close();
       } else if (silent >= this.#pingInterval) {
         c.send(c.session.live ? ping : legacyPing);

@@ -209,6 +209,44 @@ Deno.test("Invalid UTF-8 gets invalid_utf8, then the connection is closed", asyn
   });
 });
 
+Deno.test("Good lines written together with a bad one are served before the refusal", async (t) => {
+  const enc = new TextEncoder();
+  const good = (id: number) =>
+    enc.encode(`{"action":"put","stream":"mixed","message":${id},"id":${id}}\n`);
+  const cases: [string, Uint8Array, string][] = [
+    [
+      "invalid UTF-8",
+      new Uint8Array([
+        ...enc.encode('{"action":"put","stream":"x","message":"'),
+        0xff,
+        0x22,
+        0x7d,
+        0x0a,
+      ]),
+      "invalid_utf8",
+    ],
+    [
+      "an over-long line",
+      enc.encode(`{"action":"put","stream":"x","message":"${"y".repeat(MAX_LINE)}"}\n`),
+      "line_too_long",
+    ],
+    ["an over-long unfinished line", enc.encode("z".repeat(MAX_LINE + 1)), "line_too_long"],
+  ];
+  for (const [name, badLine, code] of cases) {
+    await t.step(name, async () => {
+      await withBystander(async (server, bad) => {
+        // One write: two good frames, then the bad one, so the server reads them in one chunk.
+        await bad.write(new Uint8Array([...good(1), ...good(2), ...badLine]));
+        const rest = await bad.rest();
+        assertEquals(rest.map((f) => f.code ?? f.action), ["ok", "ok", code, "close"]);
+        assertEquals(server.hub.info("mixed")?.seq, 2);
+        assertEquals(server.hub.info("x"), undefined);
+        await server.hub.delete("mixed");
+      });
+    });
+  }
+});
+
 Deno.test("Deeply nested JSON gets invalid_json without exhausting the stack", async () => {
   await withBystander(async (server, bad) => {
     const depth = 1500; // fits the line limit, far past the codec's depth limit

@@ -25,6 +25,7 @@ const CODES: Record<ErrorCode, true> = {
   unauthorized: true,
   forbidden: true,
   slow_consumer: true,
+  idle_timeout: true,
   engine_unavailable: true,
   not_connected: true,
   internal: true,

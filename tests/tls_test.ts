@@ -165,6 +165,30 @@ Deno.test({
 });
 
 Deno.test({
+  name: "A client that never starts its TLS handshake is cut after handshakeTimeout",
+  ignore: !OPENSSL,
+  async fn() {
+    const pem = await makeCert();
+    try {
+      await using server = serve({ port: 0, cert: pem.cert, key: pem.key, handshakeTimeout: 50 });
+      const raw = await connectRaw(server.addr.port);
+      // It sends nothing at all: only the handshake timeout can end this connection. The server
+      // lets go of it (its count of open connections falls back to 0). Deno 2.9 keeps the
+      // socket itself open until the peer sends or closes, so the peer sees no EOF: it is
+      // closed here.
+      for (let i = 0; i < 1000 && server.metrics.connections.tcp !== 0; i++) {
+        await new Promise((r) => setTimeout(r, 10));
+      }
+      assertEquals([server.metrics.accepted.tcp, server.metrics.connections.tcp], [1, 0]);
+      await raw.close();
+      await roundTrip(server.addr.port, pem.cert);
+    } finally {
+      await pem.remove();
+    }
+  },
+});
+
+Deno.test({
   name: "RemoteStream without tls fails to connect to a TLS server, and does not retry",
   ignore: !OPENSSL,
   async fn() {
