@@ -413,6 +413,12 @@ function compact(ev: StreamEvent): StreamEvent {
     : { ...ev, frame: ev.frame.slice() };
 }
 
+/** The event of a history entry, with its frame encoded again (for a resuming listener). */
+function replayed(stream: string, e: Entry): StreamEvent {
+  const frame = encoder.encode(e.text);
+  return { stream, kind: e.kind, message: e.message, seq: e.seq, epoch: e.epoch, frame };
+}
+
 /** Whether a message's JSON text can be spliced into a frame: the same bytes as a whole-frame encode. */
 function spliceable(message: unknown): boolean {
   const t = typeof message;
@@ -433,8 +439,17 @@ function newEpoch(): string {
   return epochBase + (epochCounter++).toString(36);
 }
 
+/**
+ * One event kept in history. It keeps the frame's text, not its bytes: a string is far cheaper
+ * to allocate and collect than an ArrayBuffer per put, and replays (which need the bytes) are
+ * rare.
+ */
 interface Entry {
-  ev: StreamEvent;
+  kind: EventKind;
+  message: unknown;
+  seq: number;
+  epoch: string;
+  text: string;
   bytes: number;
   state: StreamState;
   dead: boolean;
@@ -570,6 +585,8 @@ export class MessageStream implements Streamer {
   #streams = new Map<string, StreamState>();
   #following = new WeakMap<Listener, Set<StreamState>>();
   #history = new Deque<Entry>();
+  /** The text of the frame `#event` encoded last, for `#record` to keep. */
+  #lastText = "";
   #historyBytes = 0;
   #deadEntries = 0;
   #historyMessages: number;
@@ -982,9 +999,9 @@ export class MessageStream implements Streamer {
           this.#deliverHeader(queue, state);
       } else if (state.history) {
         for (let i = 0; ok && i < state.history.length; i++) {
-          const ev = (state.history.at(i) as Entry).ev;
-          if (ev.seq > since.seq || (ev.kind === "header" && ev.seq === since.seq)) {
-            ok = this.#deliver(queue, ev, state);
+          const e = state.history.at(i) as Entry;
+          if (e.seq > since.seq || (e.kind === "header" && e.seq === since.seq)) {
+            ok = this.#deliver(queue, replayed(state.name, e), state);
           }
         }
       }
@@ -1219,6 +1236,7 @@ export class MessageStream implements Streamer {
       const frame = { action, stream: state.name, message, seq: state.seq, epoch: state.epoch };
       text = this.codec.encode(frame) + "\n";
     }
+    this.#lastText = text;
     const frame = encodeShared(text);
     return { stream: state.name, kind, message, seq: state.seq, epoch: state.epoch, frame };
   }
@@ -1287,7 +1305,16 @@ export class MessageStream implements Streamer {
       state.trimmedTo = ev.kind === "header" ? ev.seq + 1 : ev.seq;
       return;
     }
-    const entry: Entry = { ev: compact(ev), bytes, state, dead: false };
+    const entry: Entry = {
+      kind: ev.kind,
+      message: ev.message,
+      seq: ev.seq,
+      epoch: ev.epoch,
+      text: this.#lastText,
+      bytes,
+      state,
+      dead: false,
+    };
     (state.history ??= new Deque()).push(entry);
     state.historyBytes += bytes;
     this.#history.push(entry);
@@ -1321,8 +1348,10 @@ export class MessageStream implements Streamer {
     this.#deadEntries++;
     state.historyBytes -= entry.bytes;
     this.#historyBytes -= entry.bytes;
-    const ev = entry.ev;
-    state.trimmedTo = Math.max(state.trimmedTo, ev.kind === "header" ? ev.seq + 1 : ev.seq);
+    state.trimmedTo = Math.max(
+      state.trimmedTo,
+      entry.kind === "header" ? entry.seq + 1 : entry.seq,
+    );
   }
 
   #dropHistory(state: StreamState): void {
