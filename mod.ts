@@ -413,10 +413,19 @@ function compact(ev: StreamEvent): StreamEvent {
     : { ...ev, frame: ev.frame.slice() };
 }
 
-/** The event of a history entry, with its frame encoded again (for a resuming listener). */
-function replayed(stream: string, e: Entry): StreamEvent {
+/** The event of a history entry, made again from its frame (for a resuming listener). */
+function replayed(codec: Codec, stream: string, e: Entry): StreamEvent {
   const frame = encoder.encode(e.text);
-  return { stream, kind: e.kind, message: e.message, seq: e.seq, epoch: e.epoch, frame };
+  let decoded: { message?: unknown };
+  try {
+    decoded = codec.decode(e.text) as { message?: unknown };
+  } catch (err) {
+    // A message nested to the codec's depth limit is one level deeper inside its frame.
+    if (!(codec instanceof JsonCodec)) throw err;
+    decoded = JSON.parse(e.text);
+  }
+  const message = decoded.message ?? null;
+  return { stream, kind: e.kind, message, seq: e.seq, epoch: e.epoch, frame };
 }
 
 /** Whether a message's JSON text can be spliced into a frame: the same bytes as a whole-frame encode. */
@@ -440,13 +449,12 @@ function newEpoch(): string {
 }
 
 /**
- * One event kept in history. It keeps the frame's text, not its bytes: a string is far cheaper
- * to allocate and collect than an ArrayBuffer per put, and replays (which need the bytes) are
- * rare.
+ * One event kept in history. It keeps only the frame's text: a string is far cheaper to
+ * allocate and collect than an ArrayBuffer per put, and what history holds is then close to
+ * what it counts. Replays, which are rare, encode and decode it again.
  */
 interface Entry {
   kind: EventKind;
-  message: unknown;
   seq: number;
   epoch: string;
   text: string;
@@ -1001,7 +1009,7 @@ export class MessageStream implements Streamer {
         for (let i = 0; ok && i < state.history.length; i++) {
           const e = state.history.at(i) as Entry;
           if (e.seq > since.seq || (e.kind === "header" && e.seq === since.seq)) {
-            ok = this.#deliver(queue, replayed(state.name, e), state);
+            ok = this.#deliver(queue, replayed(this.codec, state.name, e), state);
           }
         }
       }
@@ -1307,7 +1315,6 @@ export class MessageStream implements Streamer {
     }
     const entry: Entry = {
       kind: ev.kind,
-      message: ev.message,
       seq: ev.seq,
       epoch: ev.epoch,
       text: this.#lastText,

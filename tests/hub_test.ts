@@ -315,3 +315,14 @@ Deno.test("Inbox cancel stops listening everywhere", async () => {
   }
   assertEquals(hub.stats().listeners, 0);
 });
+
+Deno.test("MessageStream replays from history a message nested to the codec's depth limit", async () => {
+  const hub = new MessageStream();
+  let deep: unknown = 1;
+  for (let i = 0; i < 64; i++) deep = [deep]; // 64 levels: the frame around it has 65
+  const at = await hub.listen("deep", { put() {} });
+  await hub.put("deep", deep);
+  const got: unknown[] = [];
+  await hub.listen("deep", { put: (ev: StreamEvent) => got.push(ev.message) }, { since: at });
+  assertEquals(got, [deep]);
+});
