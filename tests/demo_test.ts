@@ -1,7 +1,8 @@
 /**
  * The original module's demo (`_run_test`), as an ordered script of steps instead of timed
  * threads, run on the in-process hub, through a server with one `RemoteStream` for everything,
- * and through a server with one `RemoteStream` connection per queue and per poster.
+ * through a server with one `RemoteStream` connection per queue and per poster, and with the
+ * Redis engine: in process, and across two servers sharing one Redis.
  *
  * The expected lists are the original's `seqlines` table, per queue, in order.
  */
@@ -10,7 +11,9 @@ import { assertEquals } from "@std/assert";
 import { MessageStream, type Streamer, type StreamEvent } from "../mod.ts";
 import { serve } from "../server.ts";
 import { RemoteStream } from "../client.ts";
+import { RedisEngine } from "../redis.ts";
 import { addressOf, Recorder } from "./_helpers.ts";
+import { hasRedis, RedisProcess } from "./_redis.ts";
 
 type Entry = [stream: string, message: unknown];
 
@@ -145,4 +148,33 @@ Deno.test("RemoteStream runs the original demo with one connection per queue and
   } finally {
     await Promise.all([...remotes.values()].map((r) => r.close()));
   }
+});
+
+Deno.test({
+  name: "MessageStream with the Redis engine runs the original demo",
+  ignore: !hasRedis,
+  async fn() {
+    await using redis = await RedisProcess.start();
+    const hub = new MessageStream({ engine: new RedisEngine({ url: redis.url }) });
+    try {
+      const got = await runDemo({ control: hub, poster: () => hub, listener: () => hub });
+      assertEquals(got, expected());
+    } finally {
+      await hub.close();
+    }
+  },
+});
+
+Deno.test({
+  name: "The original demo runs across two servers sharing one Redis: posters on one, queues on the other",
+  ignore: !hasRedis,
+  async fn() {
+    await using redis = await RedisProcess.start();
+    await using a = serve({ port: 0, redis: redis.url, logLevel: "silent" });
+    await using b = serve({ port: 0, redis: redis.url, logLevel: "silent" });
+    await using queues = await RemoteStream.connect(addressOf(a));
+    await using posters = await RemoteStream.connect(addressOf(b));
+    const got = await runDemo({ control: posters, poster: () => posters, listener: () => queues });
+    assertEquals(got, expected());
+  },
 });
