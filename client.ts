@@ -27,6 +27,7 @@
  * @module
  */
 
+import { concat } from "@std/bytes/concat";
 import { TextLineStream } from "@std/streams/text-line-stream";
 import { type Codec, defaultCodec } from "./codec.ts";
 import {
@@ -624,16 +625,9 @@ export class RemoteStream implements Streamer, AsyncDisposable {
         const chunks = this.#outbox;
         this.#outbox = [];
         this.#outboxBytes = 0;
-        let size = 0;
-        for (const c of chunks) size += c.byteLength;
-        const buf = new Uint8Array(size);
-        let off = 0;
-        for (const c of chunks) {
-          buf.set(c, off);
-          off += c.byteLength;
-        }
+        const buf = chunks.length === 1 ? chunks[0] as Uint8Array : concat(chunks);
         this.#markWritten(chunks);
-        off = 0;
+        let off = 0;
         while (off < buf.byteLength) off += await conn.write(buf.subarray(off));
       }
     } catch {

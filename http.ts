@@ -41,6 +41,7 @@
  * @module
  */
 
+import { concat } from "@std/bytes/concat";
 import type { Listener, MessageStream, Position, StreamEvent } from "./mod.ts";
 import { Auth, type ErrorCode, Metrics, Session, type Token, type Transport } from "./protocol.ts";
 
@@ -172,19 +173,6 @@ const encoder = new TextEncoder();
 const decoder = new TextDecoder();
 const HEARTBEAT = encoder.encode(": hb\n\n");
 const JSON_TYPE = "application/json; charset=utf-8";
-
-function concat(chunks: Uint8Array[]): Uint8Array {
-  if (chunks.length === 1) return chunks[0] as Uint8Array;
-  let size = 0;
-  for (const c of chunks) size += c.byteLength;
-  const out = new Uint8Array(size);
-  let off = 0;
-  for (const c of chunks) {
-    out.set(c, off);
-    off += c.byteLength;
-  }
-  return out;
-}
 
 function utf8Length(s: string): number {
   let n = s.length;
@@ -358,7 +346,7 @@ class SseConnection implements Listener {
   #pull(): void {
     if (this.#done) return;
     if (this.#chunks.length > 0) {
-      const buf = concat(this.#chunks);
+      const buf = this.#chunks.length === 1 ? this.#chunks[0] as Uint8Array : concat(this.#chunks);
       this.#chunks = [];
       this.#queued = 0;
       this.#emit(buf);

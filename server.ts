@@ -18,6 +18,7 @@
  * @module
  */
 
+import { concat } from "@std/bytes/concat";
 import { parseArgs } from "@std/cli/parse-args";
 import type { Codec } from "./codec.ts";
 import { MessageStream, type MessageStreamOptions } from "./mod.ts";
@@ -352,7 +353,7 @@ class Connection implements Transport {
               size += (chunks[j++] as Uint8Array).byteLength;
             }
           }
-          const buf = j === i + 1 ? chunks[i] as Uint8Array : concat(chunks.slice(i, j), size);
+          const buf = j === i + 1 ? chunks[i] as Uint8Array : concat(chunks.slice(i, j));
           i = j;
           let off = 0;
           while (off < buf.byteLength) off += await this.conn.write(buf.subarray(off));
@@ -477,12 +478,19 @@ class Connection implements Transport {
       }
     } catch (e) {
       if (e instanceof ProtocolError && !this.#closed) {
+        // With an engine, the good lines before the bad one may still be in flight: answer
+        // them first.
+        const settling = session.settled();
+        if (settling) await settling;
         session.error(e.code, e.message);
         session.close();
       }
       // Otherwise the connection failed or was closed: nothing to tell.
     }
-    // The peer finished sending: flush what is owed, then close.
+    // The peer finished sending: flush what is owed (with an engine, answers still to come
+    // too), then close.
+    const settling = session.closed ? undefined : session.settled();
+    if (settling) await settling;
     session.drop();
     this.close();
     await this.flushed;
@@ -527,21 +535,6 @@ function handleLines(session: Session, text: string): void {
     if (nl === -1) return;
     from = nl + 1;
   }
-}
-
-function concat(chunks: Uint8Array[], size = -1): Uint8Array {
-  if (chunks.length === 1) return chunks[0] as Uint8Array;
-  if (size < 0) {
-    size = 0;
-    for (const c of chunks) size += c.byteLength;
-  }
-  const out = new Uint8Array(size);
-  let off = 0;
-  for (const c of chunks) {
-    out.set(c, off);
-    off += c.byteLength;
-  }
-  return out;
 }
 
 class ServerImpl implements MessageServer {

@@ -3,6 +3,11 @@
 // map can point at `jsr:@std/...` (which ships types) and this file is redundant; here `@std` is
 // mapped onto the npm republish `deno-std`, which ships JavaScript only.
 
+declare module "@std/bytes/concat" {
+  /** Concatenates byte arrays into a new one. */
+  export function concat(buffers: readonly Uint8Array[]): Uint8Array;
+}
+
 declare module "@std/streams/text-line-stream" {
   /** Options for {@linkcode TextLineStream}. */
   export interface TextLineStreamOptions {
