@@ -242,6 +242,8 @@ export class Session implements Listener {
   #inflight = 0;
   #blocked = false;
   #waiting: [Frame, unknown][] = [];
+  /** Resolved when no request is in flight or waiting (see settled). */
+  #idle: PromiseWithResolvers<void> | undefined;
   /**
    * Whether the peer has sent `hello` or `ping`, and so is expected to keep talking. A peer
    * that has not may be a client of the original protocol, whose reader takes `stream` from
@@ -289,6 +291,18 @@ export class Session implements Listener {
     if (typeof stream === "string") frame.stream = stream;
     else if (!this.live) frame.stream = null; // see live
     this.send(frame);
+  }
+
+  /**
+   * Waits until every request handled so far has been answered. Without an engine requests are
+   * answered as they are handled, so this is `undefined`; with one, a put's `ok` comes when the
+   * engine has it, and a connection that ends must not close before.
+   *
+   * @returns When nothing is in flight, or `undefined` when nothing is now.
+   */
+  settled(): Promise<void> | undefined {
+    if (this.#inflight === 0 && (this.#waiting.length === 0 || this.#closed)) return undefined;
+    return (this.#idle ??= Promise.withResolvers()).promise;
   }
 
   /** Stops listening everywhere; sends `close` and closes the transport. */
@@ -349,6 +363,10 @@ export class Session implements Listener {
           this.#inflight--;
           if (barrier) this.#blocked = false;
           this.#drain();
+          if (this.#idle && this.#inflight === 0 && (this.#waiting.length === 0 || this.#closed)) {
+            this.#idle.resolve();
+            this.#idle = undefined;
+          }
         });
       }
     } catch (e) {

@@ -19,7 +19,7 @@
  * @module
  */
 
-import type { Inbox, Listener, StreamEvent } from "../mod.ts";
+import type { Inbox, Listener, MessageStream, StreamEvent } from "../mod.ts";
 
 /** A decoded frame, as the raw client reads it. */
 export type Frame = Record<string, unknown>;
@@ -320,4 +320,128 @@ export async function collect(inbox: Inbox, n: number): Promise<StreamEvent[]> {
  */
 export function addressOf(server: { addr: Deno.NetAddr }): string {
   return `${server.addr.hostname}:${server.addr.port}`;
+}
+
+/** The Redis URL the suite runs against (`MSGSTREAM_TEST_REDIS`), or `undefined`: memory. */
+export const testRedis: string | undefined = Deno.env.get("MSGSTREAM_TEST_REDIS") || undefined;
+
+/**
+ * Server options selecting the engine under test: `{}` (the memory engine) normally, or the
+ * Redis engine when `MSGSTREAM_TEST_REDIS` holds a URL (see `tests/redis_suite_test.ts`). Each
+ * call gives a fresh key prefix, so tests sharing one Redis never see each other's streams.
+ *
+ * @returns Options to spread into `serve()`.
+ *
+ * @example
+ * ```ts
+ * import { serve } from "../server.ts";
+ * import { engineOptions } from "./_helpers.ts";
+ *
+ * await using server = serve({ port: 0, ...engineOptions() });
+ * ```
+ */
+export function engineOptions(): { redis?: string; redisPrefix?: string } {
+  if (testRedis === undefined) return {};
+  return { redis: testRedis, redisPrefix: `msgstream-test-${crypto.randomUUID()}:` };
+}
+
+/**
+ * A stream's seq as any engine shows it, for checks that something was (or was not) put. On
+ * the memory engine this is exactly `hub.info(stream)?.seq` (`undefined`: the hub holds no such
+ * stream). With an engine the hub only knows streams it follows, so this listens once with a
+ * throwaway queue: `undefined` when the stream has neither a put nor a header.
+ *
+ * @param hub The hub (e.g. `server.hub`).
+ * @param stream The stream's name.
+ * @returns Its seq, or `undefined` when there is no such stream.
+ *
+ * @example
+ * ```ts
+ * import { MessageStream } from "../mod.ts";
+ * import { seqOf } from "./_helpers.ts";
+ * import { assertEquals } from "@std/assert";
+ *
+ * const hub = new MessageStream();
+ * assertEquals(await seqOf(hub, "job"), undefined);
+ * await hub.put("job", 1);
+ * assertEquals(await seqOf(hub, "job"), 1);
+ * ```
+ */
+export async function seqOf(hub: MessageStream, stream: string): Promise<number | undefined> {
+  if (!hub.engine) return hub.info(stream)?.seq;
+  const probe = new Recorder("seqOf");
+  try {
+    const at = await hub.listen(stream, probe);
+    return at.seq === 0 && !probe.events.some((e) => e.kind === "header") ? undefined : at.seq;
+  } finally {
+    hub.hangup(stream, probe);
+  }
+}
+
+/**
+ * How many listeners this hub has on a stream. On the memory engine this is exactly
+ * `hub.info(stream)?.listeners`; with an engine a hub drops its copy of a stream when its last
+ * listener leaves, so no copy counts as 0.
+ *
+ * @param hub The hub.
+ * @param stream The stream's name.
+ * @returns The count (`undefined` on the memory engine when it holds no such stream).
+ *
+ * @example
+ * ```ts
+ * import { MessageStream } from "../mod.ts";
+ * import { listenerCount } from "./_helpers.ts";
+ * import { assertEquals } from "@std/assert";
+ *
+ * const hub = new MessageStream();
+ * await hub.listen("job", { put() {} });
+ * assertEquals(listenerCount(hub, "job"), 1);
+ * ```
+ */
+export function listenerCount(hub: MessageStream, stream: string): number | undefined {
+  const n = hub.info(stream)?.listeners;
+  return hub.engine ? n ?? 0 : n;
+}
+
+/**
+ * Puts every message on a stream and returns once the hub has fanned all of them out to its
+ * listeners (so they sit in the connections' outbound buffers). On the memory engine this is
+ * `putNow` in one synchronous run: nothing has been written to any socket when it returns.
+ * With an engine puts are asynchronous, so it waits until a listener of its own has every one.
+ *
+ * @param hub The hub.
+ * @param stream The stream's name.
+ * @param messages The messages, in order.
+ * @returns When all of them have been fanned out.
+ *
+ * @example
+ * ```ts
+ * import { MessageStream } from "../mod.ts";
+ * import { putFlood, Recorder } from "./_helpers.ts";
+ * import { assertEquals } from "@std/assert";
+ *
+ * const hub = new MessageStream();
+ * const rec = new Recorder();
+ * await hub.listen("job", rec);
+ * await putFlood(hub, "job", [1, 2, 3]);
+ * assertEquals(rec.events.map((e) => e.message), [1, 2, 3]);
+ * ```
+ */
+export async function putFlood(
+  hub: MessageStream,
+  stream: string,
+  messages: unknown[],
+): Promise<void> {
+  if (!hub.engine) {
+    for (const m of messages) hub.putNow(stream, m);
+    return;
+  }
+  const own = new Recorder("putFlood");
+  await hub.listen(stream, own);
+  try {
+    const last = (await Promise.all(messages.map((m) => hub.put(stream, m)))).at(-1);
+    if (last !== undefined) await own.waitForEvent((e) => e.kind === "put" && e.seq >= last);
+  } finally {
+    hub.hangup(stream, own);
+  }
 }

@@ -166,7 +166,8 @@ Deno.test({
 });
 
 Deno.test({
-  name: "The original demo runs across two servers sharing one Redis: posters on one, queues on the other",
+  name:
+    "The original demo runs across two servers sharing one Redis: posters on one, queues on the other",
   ignore: !hasRedis,
   async fn() {
     await using redis = await RedisProcess.start();

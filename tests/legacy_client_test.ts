@@ -7,7 +7,7 @@
 
 import { assertEquals } from "@std/assert";
 import { serve } from "../server.ts";
-import { connectRaw, type Frame, type RawClient } from "./_helpers.ts";
+import { connectRaw, engineOptions, type Frame, type RawClient, seqOf } from "./_helpers.ts";
 
 /** The original `sendcommand`: message left out when falsy; Python's separators. */
 function sendcommand(
@@ -46,7 +46,7 @@ async function recvPuts(raw: RawClient, n: number): Promise<[unknown, unknown][]
 }
 
 Deno.test("A client of the original protocol listens, puts, sets headers and hangs up", async () => {
-  await using server = serve({ port: 0 });
+  await using server = serve({ port: 0, ...engineOptions() });
   await using pub = await connectRaw(server.addr.port);
   await using sub = await connectRaw(server.addr.port);
 
@@ -92,7 +92,7 @@ Deno.test("A client of the original protocol listens, puts, sets headers and han
   // delete: a `delete` frame naming the stream.
   await sendcommand(pub, "delete", "M4");
   assertEquals(await recv(sub), ["delete", "M4", null]);
-  assertEquals(server.hub.info("M4"), undefined);
+  assertEquals(await seqOf(server.hub, "M4"), undefined);
 
   // The original's RemoteStream.close(): endqueue, then the socket closes.
   await sendcommand(sub, "endqueue");
@@ -101,18 +101,18 @@ Deno.test("A client of the original protocol listens, puts, sets headers and han
 });
 
 Deno.test("A put the original client sends without a message is refused in a frame it can read", async () => {
-  await using server = serve({ port: 0 });
+  await using server = serve({ port: 0, ...engineOptions() });
   await using raw = await connectRaw(server.addr.port);
   await sendcommand(raw, "put", "M1", 0); // the original dropped falsy messages
   const [action, stream] = await recv(raw);
   assertEquals([action, stream], ["error", "M1"]);
   await sendcommand(raw, "bogus"); // and a frame the server cannot place on a stream
   assertEquals((await recv(raw))[0], "error");
-  assertEquals(server.hub.info("M1"), undefined);
+  assertEquals(await seqOf(server.hub, "M1"), undefined);
 });
 
 Deno.test("A client of the original protocol can read the server's pings", async () => {
-  await using server = serve({ port: 0, pingInterval: 20, idleTimeout: 40 });
+  await using server = serve({ port: 0, ...engineOptions(), pingInterval: 20, idleTimeout: 40 });
   await using raw = await connectRaw(server.addr.port);
   await sendcommand(raw, "listen", "M1");
   // Silent, as the original listener is: it is pinged, never cut off for idleness.
@@ -125,7 +125,7 @@ Deno.test("A client of the original protocol can read the server's pings", async
 });
 
 Deno.test("Listeners of the original protocol get close when the server shuts down", async () => {
-  const server = serve({ port: 0 });
+  const server = serve({ port: 0, ...engineOptions() });
   await using raw = await connectRaw(server.addr.port);
   await sendcommand(raw, "listen", "M1");
   await sendcommand(raw, "put", "M1", ["sync", 0]);

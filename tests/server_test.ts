@@ -16,7 +16,15 @@ import { TextLineStream } from "@std/streams/text-line-stream";
 import type { StreamEvent } from "../mod.ts";
 import { serve } from "../server.ts";
 import { RemoteStream } from "../client.ts";
-import { addressOf, connectRaw, type Frame, Recorder } from "./_helpers.ts";
+import {
+  addressOf,
+  connectRaw,
+  engineOptions,
+  type Frame,
+  putFlood,
+  Recorder,
+  seqOf,
+} from "./_helpers.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname;
 
@@ -41,7 +49,7 @@ const listenersOf =
     server.hub.info(stream)?.listeners ?? 0;
 
 Deno.test("RemoteStream publishers on one stream: each in its order, one total order for all", async () => {
-  await using server = serve({ port: 0 });
+  await using server = serve({ port: 0, ...engineOptions() });
   const publishers = await connectMany(server.addr.port, 4);
   const listeners = await connectMany(server.addr.port, 3);
   try {
@@ -93,7 +101,7 @@ function assertGapless(events: StreamEvent[], last: number, who: string): void {
 }
 
 Deno.test("Listeners joining during a burst of 5,000 puts get header, then no gap or duplicate", async () => {
-  await using server = serve({ port: 0 });
+  await using server = serve({ port: 0, ...engineOptions() });
   const [publisher, ...joiners] = await connectMany(server.addr.port, 7) as [
     RemoteStream,
     ...RemoteStream[],
@@ -148,7 +156,7 @@ Deno.test("Listeners joining during a burst of 5,000 puts get header, then no ga
 });
 
 Deno.test("RemoteStream serves 1,000 streams with several listener connections", async () => {
-  await using server = serve({ port: 0 });
+  await using server = serve({ port: 0, ...engineOptions() });
   const [publisher, ...listeners] = await connectMany(server.addr.port, 4) as [
     RemoteStream,
     ...RemoteStream[],
@@ -177,7 +185,7 @@ Deno.test("RemoteStream serves 1,000 streams with several listener connections",
 });
 
 Deno.test("RemoteStream hangs up upstream when the last local queue of a stream leaves", async () => {
-  await using server = serve({ port: 0 });
+  await using server = serve({ port: 0, ...engineOptions() });
   await using remote = await RemoteStream.connect(addressOf(server));
   const count = listenersOf(server);
   const q1 = new Recorder("q1");
@@ -198,7 +206,7 @@ Deno.test("RemoteStream hangs up upstream when the last local queue of a stream 
 });
 
 Deno.test("RemoteStream.endqueue() hangs up upstream only the streams no other queue follows", async () => {
-  await using server = serve({ port: 0 });
+  await using server = serve({ port: 0, ...engineOptions() });
   await using remote = await RemoteStream.connect(addressOf(server));
   const count = listenersOf(server);
   const q3 = new Recorder("q3");
@@ -214,7 +222,7 @@ Deno.test("RemoteStream.endqueue() hangs up upstream only the streams no other q
 });
 
 Deno.test("RemoteStream.delete() ends listeners; the name starts a new epoch from seq 1", async () => {
-  await using server = serve({ port: 0 });
+  await using server = serve({ port: 0, ...engineOptions() });
   await using publisher = await RemoteStream.connect(addressOf(server));
   await using listener = await RemoteStream.connect(addressOf(server));
   const rec = new Recorder();
@@ -228,7 +236,7 @@ Deno.test("RemoteStream.delete() ends listeners; the name starts a new epoch fro
     ["put", 1],
     ["end", null],
   ]);
-  assertEquals(server.hub.info("job"), undefined);
+  assertEquals(await seqOf(server.hub, "job"), undefined);
   assertEquals(await publisher.put("job", 2), 1);
   const again = new Recorder();
   const second = await listener.listen("job", again);
@@ -241,7 +249,7 @@ Deno.test("RemoteStream.delete() ends listeners; the name starts a new epoch fro
 });
 
 Deno.test("RemoteStream listeners get header changes, and a cleared header as null", async () => {
-  await using server = serve({ port: 0 });
+  await using server = serve({ port: 0, ...engineOptions() });
   await using publisher = await RemoteStream.connect(addressOf(server));
   await using listener = await RemoteStream.connect(addressOf(server));
   const rec = new Recorder();
@@ -262,7 +270,7 @@ Deno.test("RemoteStream listeners get header changes, and a cleared header as nu
 });
 
 Deno.test("RemoteStream gives a second local queue the header first", async () => {
-  await using server = serve({ port: 0 });
+  await using server = serve({ port: 0, ...engineOptions() });
   await using remote = await RemoteStream.connect(addressOf(server));
   await remote.header("job", "h1");
   const q1 = new Recorder("q1");
@@ -287,7 +295,7 @@ Deno.test("RemoteStream gives a second local queue the header first", async () =
 });
 
 Deno.test("RemoteStream: a queue joining from inside another's put does not get that put twice", async () => {
-  await using server = serve({ port: 0 });
+  await using server = serve({ port: 0, ...engineOptions() });
   await using remote = await RemoteStream.connect(addressOf(server));
   await remote.header("job", "h");
   const late = new Recorder("late");
@@ -305,25 +313,38 @@ Deno.test("RemoteStream: a queue joining from inside another's put does not get 
   ]);
 });
 
+Deno.test("A peer that sends requests, then closes its sending side, gets every answer", async () => {
+  await using server = serve({ port: 0, ...engineOptions() });
+  await using raw = await connectRaw(server.addr.port);
+  const lines = Array.from(
+    { length: 50 },
+    (_, i) => JSON.stringify({ action: "put", stream: "half-closed", message: i, id: i }) + "\n",
+  );
+  await raw.write(lines.join(""));
+  await raw.conn.closeWrite();
+  const frames = await raw.rest();
+  assertEquals(frames.map((f) => [f.action, f.id, f.seq]), lines.map((_, i) => ["ok", i, i + 1]));
+});
+
 // ---- lifecycle ----
 
 Deno.test("serve() on port 0 binds a free port on 127.0.0.1", async () => {
-  await using a = serve({ port: 0 });
-  await using b = serve({ port: 0 });
+  await using a = serve({ port: 0, ...engineOptions() });
+  await using b = serve({ port: 0, ...engineOptions() });
   assertEquals(a.addr.hostname, "127.0.0.1");
   assertGreater(a.addr.port, 0);
   assertNotEquals(a.addr.port, b.addr.port);
 });
 
 Deno.test("MessageServer.shutdown() flushes buffered output, then sends close", async () => {
-  const server = serve({ port: 0 });
+  const server = serve({ port: 0, ...engineOptions() });
   const raw = await connectRaw(server.addr.port);
   try {
     await raw.send({ action: "listen", stream: "big", id: 1 });
     assertEquals((await raw.next()).action, "ok");
     // Queue far more than one socket write takes, then shut down before it is written.
     const payload = "x".repeat(1024);
-    for (let i = 0; i < 2000; i++) server.hub.putNow("big", { i, payload });
+    await putFlood(server.hub, "big", Array.from({ length: 2000 }, (_, i) => ({ i, payload })));
     const done = server.shutdown();
     assertEquals(server.shutdown(), done); // safe twice: the same shutdown
     const frames = await raw.rest();
@@ -342,7 +363,7 @@ Deno.test("MessageServer is closed by await using, and refuses connections after
   let port = 0;
   let finished: Promise<void> | undefined;
   {
-    await using server = serve({ port: 0 });
+    await using server = serve({ port: 0, ...engineOptions() });
     port = server.addr.port;
     finished = server.finished;
   }
@@ -352,7 +373,7 @@ Deno.test("MessageServer is closed by await using, and refuses connections after
 
 Deno.test("MessageServer shuts down when its signal aborts; listeners get close", async () => {
   const controller = new AbortController();
-  const server = serve({ port: 0, signal: controller.signal });
+  const server = serve({ port: 0, ...engineOptions(), signal: controller.signal });
   await using raw = await connectRaw(server.addr.port);
   await raw.send({ action: "listen", stream: "job", id: 1 });
   assertEquals((await raw.next()).action, "ok");
@@ -362,7 +383,7 @@ Deno.test("MessageServer shuts down when its signal aborts; listeners get close"
 });
 
 Deno.test("RemoteStream that may not reconnect reports the server's shutdown via closed()", async () => {
-  const server = serve({ port: 0 });
+  const server = serve({ port: 0, ...engineOptions() });
   const remote = await RemoteStream.connect({ port: server.addr.port, maxReconnectAttempts: 0 });
   const inbox = new (await import("../mod.ts")).Inbox();
   await remote.listen("job", inbox);

@@ -1,0 +1,40 @@
+/**
+ * The foundation suite on the Redis engine: runs `server_test.ts`, `bad_input_test.ts` and
+ * `legacy_client_test.ts` again in a `deno test` subprocess whose servers all use a fresh
+ * `redis-server` (`MSGSTREAM_TEST_REDIS`, read by `engineOptions()` in `_helpers.ts`). The same
+ * tests, unchanged, run on the memory engine in the ordinary run.
+ *
+ * To run the files on Redis by hand: start a redis-server, then
+ * `MSGSTREAM_TEST_REDIS=redis://127.0.0.1:6379 deno test -A tests/server_test.ts …`.
+ */
+
+import { assert } from "@std/assert";
+import { hasRedis, RedisProcess } from "./_redis.ts";
+
+const ROOT = new URL("..", import.meta.url).pathname;
+const FILES = ["tests/server_test.ts", "tests/bad_input_test.ts", "tests/legacy_client_test.ts"];
+
+Deno.test({
+  name: "The server, bad input and original-protocol suites pass on the Redis engine",
+  ignore: !hasRedis, // _redis.ts prints the SKIPPED line
+  async fn() {
+    await using redis = await RedisProcess.start();
+    const out = await new Deno.Command(Deno.execPath(), {
+      args: ["test", "-A", ...FILES],
+      cwd: ROOT,
+      env: { MSGSTREAM_TEST_REDIS: redis.url, NO_COLOR: "1" },
+      stdin: "null",
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    const text = new TextDecoder();
+    const stdout = text.decode(out.stdout);
+    const summary = stdout.split("\n").findLast((l) => /^(ok|FAILED) \|/.test(l)) ?? "(no summary)";
+    // deno-lint-ignore no-console
+    console.log(`Redis engine suite (${FILES.join(", ")}): ${summary}`);
+    assert(
+      out.success,
+      `deno test on the Redis engine exited ${out.code}:\n${stdout}\n${text.decode(out.stderr)}`,
+    );
+  },
+});
