@@ -12,6 +12,7 @@ import { assert, assertEquals } from "@std/assert";
 import { Inbox, type Position, type StreamEvent } from "../mod.ts";
 import { RemoteStream } from "../client.ts";
 import { ProtocolError } from "../protocol.ts";
+import { TcpProxy } from "./_proxy.ts";
 
 const PUBLISHERS = 3;
 const PER_PUBLISHER = 20_000;
@@ -65,76 +66,6 @@ class ServerProcess implements AsyncDisposable {
 
   async [Symbol.asyncDispose](): Promise<void> {
     await this.kill();
-  }
-}
-
-/** A TCP proxy whose connections the test can cut (to the client: the server cut them). */
-class Proxy implements AsyncDisposable {
-  readonly port: number;
-  #target: () => number;
-  #listener: Deno.TcpListener;
-  #pairs = new Set<Deno.TcpConn[]>();
-  #tasks = new Set<Promise<void>>();
-  #accepting: Promise<void>;
-
-  constructor(target: () => number) {
-    this.#target = target;
-    this.#listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-    this.port = (this.#listener.addr as Deno.NetAddr).port;
-    const listener = this.#listener;
-    this.#accepting = (async () => {
-      for await (const client of listener) {
-        const pair = [client];
-        this.#pairs.add(pair);
-        const task = this.#serve(pair);
-        this.#tasks.add(task);
-        task.finally(() => this.#tasks.delete(task));
-      }
-    })();
-  }
-
-  async #serve(pair: Deno.TcpConn[]): Promise<void> {
-    const client = pair[0] as Deno.TcpConn;
-    try {
-      const upstream = await Deno.connect({ hostname: "127.0.0.1", port: this.#target() });
-      pair.push(upstream);
-      if (!this.#pairs.has(pair)) return this.#close(pair);
-      await Promise.all([
-        client.readable.pipeTo(upstream.writable).catch(() => {}),
-        upstream.readable.pipeTo(client.writable).catch(() => {}),
-      ]);
-    } catch {
-      // upstream refused (server down)
-    }
-    this.#close(pair);
-  }
-
-  #close(pair: Deno.TcpConn[]): void {
-    this.#pairs.delete(pair);
-    for (const c of pair) {
-      try {
-        c.close();
-      } catch {
-        // already closed
-      }
-    }
-  }
-
-  /** Open client connections. */
-  get open(): number {
-    return this.#pairs.size;
-  }
-
-  /** Cuts every open connection. */
-  cut(): void {
-    for (const pair of [...this.#pairs]) this.#close(pair);
-  }
-
-  async [Symbol.asyncDispose](): Promise<void> {
-    this.#listener.close();
-    this.cut();
-    await this.#accepting.catch(() => {});
-    await Promise.allSettled([...this.#tasks]);
   }
 }
 
@@ -324,7 +255,7 @@ Deno.test({
 }, async () => {
   await using server = new ServerProcess();
   await server.start();
-  await using proxy = new Proxy(() => server.port);
+  await using proxy = new TcpProxy(() => server.port);
 
   // Progress: how many puts are acknowledged; the scenario steps wait on it.
   let acked = 0;

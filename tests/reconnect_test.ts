@@ -15,118 +15,7 @@ import { Inbox, MessageStream, type StreamEvent } from "../mod.ts";
 import { type MessageServer, serve } from "../server.ts";
 import { ProtocolError, RemoteStream, type Status } from "../client.ts";
 import { collect, Recorder } from "./_helpers.ts";
-
-/** A TCP proxy to a local port whose connections the test can cut, stall, or refuse. */
-class Proxy implements AsyncDisposable {
-  readonly port: number;
-  /** Connections accepted so far. */
-  accepted = 0;
-  /** Bytes read from clients (forwarded or not). */
-  bytesUp = 0;
-  /** When set, bytes from clients are read and dropped instead of forwarded. */
-  swallow = false;
-  /** When set, new connections are accepted and closed at once. */
-  refuse = false;
-  #target: number;
-  #listener: Deno.TcpListener;
-  #pairs = new Set<[Deno.TcpConn, Deno.TcpConn | undefined]>();
-  #tasks = new Set<Promise<void>>();
-  #accepting: Promise<void>;
-  #upWaiters: (() => void)[] = [];
-
-  constructor(target: number) {
-    this.#target = target;
-    this.#listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-    this.port = (this.#listener.addr as Deno.NetAddr).port;
-    this.#accepting = this.#accept();
-  }
-
-  /** Open client connections. */
-  get open(): number {
-    return this.#pairs.size;
-  }
-
-  async #accept(): Promise<void> {
-    for await (const client of this.#listener) {
-      this.accepted++;
-      if (this.refuse) {
-        client.close();
-        continue;
-      }
-      const pair: [Deno.TcpConn, Deno.TcpConn | undefined] = [client, undefined];
-      this.#pairs.add(pair);
-      this.#track(this.#serve(pair));
-    }
-  }
-
-  #track(task: Promise<void>): void {
-    this.#tasks.add(task);
-    task.finally(() => this.#tasks.delete(task));
-  }
-
-  async #serve(pair: [Deno.TcpConn, Deno.TcpConn | undefined]): Promise<void> {
-    const [client] = pair;
-    try {
-      pair[1] = await Deno.connect({ hostname: "127.0.0.1", port: this.#target });
-    } catch {
-      this.#close(pair);
-      return;
-    }
-    if (!this.#pairs.has(pair)) return this.#close(pair);
-    const upstream = pair[1];
-    await Promise.all([
-      this.#pipe(client, upstream, true).finally(() => this.#close(pair)),
-      this.#pipe(upstream, client, false).finally(() => this.#close(pair)),
-    ]);
-  }
-
-  async #pipe(from: Deno.TcpConn, to: Deno.TcpConn, up: boolean): Promise<void> {
-    const buf = new Uint8Array(64 * 1024);
-    try {
-      while (true) {
-        const n = await from.read(buf);
-        if (n === null) return;
-        if (up) {
-          this.bytesUp += n;
-          for (const w of this.#upWaiters.splice(0)) w();
-          if (this.swallow) continue;
-        }
-        let off = 0;
-        while (off < n) off += await to.write(buf.subarray(off, n));
-      }
-    } catch {
-      // cut
-    }
-  }
-
-  #close(pair: [Deno.TcpConn, Deno.TcpConn | undefined]): void {
-    this.#pairs.delete(pair);
-    for (const c of pair) {
-      try {
-        c?.close();
-      } catch {
-        // already closed
-      }
-    }
-  }
-
-  /** Resolves when more than `n` bytes have come from clients. */
-  async upstreamBytes(n: number): Promise<void> {
-    while (this.bytesUp <= n) await new Promise<void>((r) => this.#upWaiters.push(r));
-  }
-
-  /** Cuts every open connection, both ways. */
-  cut(): void {
-    for (const pair of [...this.#pairs]) this.#close(pair);
-  }
-
-  async [Symbol.asyncDispose](): Promise<void> {
-    this.#listener.close();
-    this.cut();
-    await this.#accepting.catch(() => {});
-    await Promise.allSettled([...this.#tasks]);
-  }
-}
+import { TcpProxy } from "./_proxy.ts";
 
 /** Records a client's status changes; tests await one. */
 class StatusLog {
@@ -168,7 +57,7 @@ const reconnectTimes: number[] = [];
 
 Deno.test("RemoteStream reconnects after its connection is cut and delivers no gap and no duplicate", async () => {
   await using server = serve({ port: 0 });
-  await using proxy = new Proxy(server.addr.port);
+  await using proxy = new TcpProxy(server.addr.port);
   await using remote = await RemoteStream.connect({ port: proxy.port, ...FAST });
   const log = new StatusLog(remote);
   const hub = server.hub;
@@ -288,7 +177,7 @@ Deno.test("RemoteStream gets reset, then the header, when a restarted server los
 
 Deno.test("RemoteStream gets reset when the history no longer covers the outage", async () => {
   await using server = serve({ port: 0, historyMessages: 3 });
-  await using proxy = new Proxy(server.addr.port);
+  await using proxy = new TcpProxy(server.addr.port);
   await using remote = await RemoteStream.connect({ port: proxy.port, ...FAST });
   const log = new StatusLog(remote);
   const rec = new Recorder();
@@ -343,7 +232,7 @@ Deno.test("RemoteStream sends puts made while disconnected after the reconnect",
 
 Deno.test("RemoteStream fails a put written but unanswered when the connection drops, and does not resend it", async () => {
   await using server = serve({ port: 0 });
-  await using proxy = new Proxy(server.addr.port);
+  await using proxy = new TcpProxy(server.addr.port);
   await using remote = await RemoteStream.connect({ port: proxy.port, ...FAST });
   const log = new StatusLog(remote);
   assertEquals(await remote.put("job", "first"), 1);
@@ -423,7 +312,7 @@ Deno.test("RemoteStream.closed() resolves with an Error after maxReconnectAttemp
 
 Deno.test("RemoteStream keeps one connection when a reconnect attempt is accepted and cut at once", async () => {
   await using server = serve({ port: 0 });
-  await using proxy = new Proxy(server.addr.port);
+  await using proxy = new TcpProxy(server.addr.port);
   await using remote = await RemoteStream.connect({
     port: proxy.port,
     ...FAST,
@@ -458,7 +347,7 @@ Deno.test("RemoteStream keeps one connection when a reconnect attempt is accepte
 
 Deno.test("RemoteStream.connect() fails with not_connected, and stops, when the server cuts it before hello", async () => {
   await using server = serve({ port: 0 });
-  await using proxy = new Proxy(server.addr.port);
+  await using proxy = new TcpProxy(server.addr.port);
   proxy.refuse = true;
   const err = await assertRejects(
     () => RemoteStream.connect({ port: proxy.port, ...FAST }),

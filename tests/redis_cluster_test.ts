@@ -8,6 +8,7 @@ import type { StreamEvent } from "../mod.ts";
 import { RemoteStream } from "../client.ts";
 import { ProtocolError } from "../protocol.ts";
 import { Recorder } from "./_helpers.ts";
+import { TcpProxy } from "./_proxy.ts";
 import { hasRedis, RedisProcess } from "./_redis.ts";
 
 const serverPath = new URL("../server.ts", import.meta.url).pathname;
@@ -82,73 +83,6 @@ class Node implements AsyncDisposable {
     } catch { /* exited */ }
     await this.child.status;
     await this.#output;
-  }
-}
-
-/** A TCP proxy whose target can be changed: stands in for a load balancer. */
-class Proxy implements AsyncDisposable {
-  readonly listener: Deno.Listener;
-  target: number;
-  /** Connections accepted so far. */
-  accepted = 0;
-  #pairs = new Set<[Deno.Conn, Deno.Conn]>();
-  #tasks = new Set<Promise<void>>();
-  #accepting: Promise<void>;
-
-  constructor(target: number) {
-    this.target = target;
-    this.listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-    this.#accepting = this.#accept();
-  }
-
-  get port(): number {
-    return (this.listener.addr as Deno.NetAddr).port;
-  }
-
-  async #accept(): Promise<void> {
-    for await (const client of this.listener) {
-      this.accepted++;
-      const task = this.#serve(client);
-      this.#tasks.add(task);
-      task.finally(() => this.#tasks.delete(task));
-    }
-  }
-
-  async #serve(client: Deno.Conn): Promise<void> {
-    let upstream: Deno.Conn;
-    try {
-      upstream = await Deno.connect({ hostname: "127.0.0.1", port: this.target });
-    } catch {
-      client.close();
-      return;
-    }
-    const pair: [Deno.Conn, Deno.Conn] = [client, upstream];
-    this.#pairs.add(pair);
-    const close = () => {
-      for (const c of pair) {
-        try {
-          c.close();
-        } catch { /* closed */ }
-      }
-    };
-    await Promise.allSettled([
-      client.readable.pipeTo(upstream.writable),
-      upstream.readable.pipeTo(client.writable),
-    ].map((p) => p.finally(close)));
-    this.#pairs.delete(pair);
-  }
-
-  async [Symbol.asyncDispose](): Promise<void> {
-    this.listener.close();
-    await this.#accepting.catch(() => {});
-    for (const pair of this.#pairs) {
-      for (const c of pair) {
-        try {
-          c.close();
-        } catch { /* closed */ }
-      }
-    }
-    await Promise.allSettled([...this.#tasks]);
   }
 }
 
@@ -261,7 +195,7 @@ clusterTest(
     await using a = await Node.start(redis, prefix, extra);
     const b = await Node.start(redis, prefix, extra);
     await using c = await Node.start(redis, prefix, extra);
-    await using proxy = new Proxy(b.port);
+    await using proxy = new TcpProxy(b.port);
     await using pub = await RemoteStream.connect(a.address);
     await pub.header("count", "counting");
     const options = {
