@@ -413,19 +413,23 @@ function compact(ev: StreamEvent): StreamEvent {
     : { ...ev, frame: ev.frame.slice() };
 }
 
+const decoder = new TextDecoder();
+
 /** The event of a history entry, made again from its frame (for a resuming listener). */
-function replayed(codec: Codec, stream: string, e: Entry): StreamEvent {
-  const frame = encoder.encode(e.text);
+function replayed(codec: Codec, state: StreamState, h: History, i: number): StreamEvent {
+  const frame = h.frameAt(i).slice();
+  const text = decoder.decode(frame);
   let decoded: { message?: unknown };
   try {
-    decoded = codec.decode(e.text) as { message?: unknown };
+    decoded = codec.decode(text) as { message?: unknown };
   } catch (err) {
     // A message nested to the codec's depth limit is one level deeper inside its frame.
     if (!(codec instanceof JsonCodec)) throw err;
-    decoded = JSON.parse(e.text);
+    decoded = JSON.parse(text);
   }
   const message = decoded.message ?? null;
-  return { stream, kind: e.kind, message, seq: e.seq, epoch: e.epoch, frame };
+  const kind: EventKind = h.kindAt(i) === HEADER ? "header" : "put";
+  return { stream: state.name, kind, message, seq: h.seqAt(i), epoch: state.epoch, frame };
 }
 
 /** Whether a message's JSON text can be spliced into a frame: the same bytes as a whole-frame encode. */
@@ -448,19 +452,197 @@ function newEpoch(): string {
   return epochBase + (epochCounter++).toString(36);
 }
 
+const PUT = 0;
+const HEADER = 1;
+
 /**
- * One event kept in history. It keeps only the frame's text: a string is far cheaper to
- * allocate and collect than an ArrayBuffer per put, and what history holds is then close to
- * what it counts. Replays, which are rare, encode and decode it again.
+ * A stream's history: its frames back to back in one byte ring, and each entry's seq, kind,
+ * offset and length in typed arrays. Keeping an event copies its frame's bytes in; once the ring
+ * has grown to its working size nothing is allocated per put, and the garbage collector never
+ * scans what history holds. The ring's capacity stays within about twice the bytes it keeps.
  */
-interface Entry {
-  kind: EventKind;
-  seq: number;
-  epoch: string;
-  text: string;
-  bytes: number;
-  state: StreamState;
-  dead: boolean;
+class History {
+  #buf: Uint8Array;
+  #tail = 0; // where the next frame goes
+  #wrapAt = -1; // when the frames wrapped around: the end of those before offset 0
+  /** Per entry slot k: seq at 4k, start at 4k+1, length at 4k+2, kind at 4k+3. */
+  #meta = new Float64Array(4 * 2);
+  #first = 0; // slot of the oldest entry
+  /** Entries kept. */
+  count = 0;
+  /** Bytes of frames kept. */
+  bytes = 0;
+  /** The number of the oldest entry; a stream's entry numbers never repeat (see StreamState.nextNo). */
+  firstNo: number;
+
+  constructor(firstNo: number, firstFrameBytes: number) {
+    this.firstNo = firstNo;
+    // A stream that keeps only its header needs no more than that header's room.
+    this.#buf = new Uint8Array(Math.max(64, firstFrameBytes));
+  }
+
+  #slot(i: number): number {
+    return ((this.#first + i) & ((this.#meta.length >> 2) - 1)) << 2;
+  }
+  seqAt(i: number): number {
+    return this.#meta[this.#slot(i)] as number;
+  }
+  kindAt(i: number): number {
+    return this.#meta[this.#slot(i) + 3] as number;
+  }
+  /** A view of entry `i`'s frame: valid until the next push. */
+  frameAt(i: number): Uint8Array {
+    const k = this.#slot(i);
+    const start = this.#meta[k + 1] as number;
+    return this.#buf.subarray(start, start + (this.#meta[k + 2] as number));
+  }
+
+  push(frame: Uint8Array, seq: number, kind: number): void {
+    const len = frame.byteLength;
+    if (this.count === this.#meta.length >> 2) this.#growMeta();
+    let at = this.#place(len);
+    if (at < 0) {
+      this.#relayout(Math.max(this.#buf.length, 2 * (this.bytes + len)));
+      at = this.#place(len);
+    }
+    this.#buf.set(frame, at);
+    this.#tail = at + len;
+    const k = this.#slot(this.count);
+    this.#meta[k] = seq;
+    this.#meta[k + 1] = at;
+    this.#meta[k + 2] = len;
+    this.#meta[k + 3] = kind;
+    this.count++;
+    this.bytes += len;
+  }
+
+  /** Drops the oldest entry. */
+  shift(): void {
+    const k = this.#first << 2;
+    this.bytes -= this.#meta[k + 2] as number;
+    this.#first = (this.#first + 1) & ((this.#meta.length >> 2) - 1);
+    this.firstNo++;
+    if (--this.count === 0) {
+      this.#tail = 0;
+      this.#wrapAt = -1;
+    } else if (this.#wrapAt !== -1 && this.#meta[(this.#first << 2) + 1] === 0) {
+      this.#wrapAt = -1; // the oldest frame is now the first after the wrap
+    }
+  }
+
+  /** Where a frame of `len` bytes fits without overwriting a kept one, or -1. */
+  #place(len: number): number {
+    const cap = this.#buf.length;
+    if (this.count === 0) return len <= cap ? 0 : -1;
+    const head = this.#meta[(this.#first << 2) + 1] as number;
+    if (this.#wrapAt === -1) {
+      if (this.#tail + len <= cap) return this.#tail;
+      if (len <= head) {
+        this.#wrapAt = this.#tail;
+        return 0;
+      }
+      return -1;
+    }
+    return this.#tail + len <= head ? this.#tail : -1;
+  }
+
+  /** Copies the kept frames, oldest first, to the start of a buffer of `cap` bytes. */
+  #relayout(cap: number): void {
+    const buf = new Uint8Array(cap);
+    let off = 0;
+    for (let i = 0; i < this.count; i++) {
+      const k = this.#slot(i);
+      const start = this.#meta[k + 1] as number;
+      const len = this.#meta[k + 2] as number;
+      buf.set(this.#buf.subarray(start, start + len), off);
+      this.#meta[k + 1] = off;
+      off += len;
+    }
+    this.#buf = buf;
+    this.#tail = off;
+    this.#wrapAt = -1;
+  }
+
+  #growMeta(): void {
+    const meta = new Float64Array(this.#meta.length * 2);
+    for (let i = 0; i < this.count; i++) {
+      meta.set(this.#meta.subarray(this.#slot(i), this.#slot(i) + 4), i * 4);
+    }
+    this.#meta = meta;
+    this.#first = 0;
+  }
+}
+
+/**
+ * Every kept entry of every stream, oldest first, as (stream, entry number): what the global
+ * history bound trims first. Entries a stream trimmed by itself stay here, dead, until they are
+ * reached or compacted away.
+ */
+class GlobalHistory {
+  #states: (StreamState | undefined)[] = new Array(1024);
+  #nos = new Float64Array(1024);
+  #head = 0;
+  /** Entries held, dead ones included. */
+  count = 0;
+  /** Entries held that their stream no longer keeps. */
+  dead = 0;
+
+  push(state: StreamState, no: number): void {
+    if (this.count === this.#nos.length) this.#resize(this.#nos.length * 2, () => true);
+    const k = (this.#head + this.count) & (this.#nos.length - 1);
+    this.#states[k] = state;
+    this.#nos[k] = no;
+    this.count++;
+  }
+
+  /** Takes the oldest entry; returns its stream when the stream still keeps it, else undefined. */
+  shift(): StreamState | undefined {
+    const k = this.#head;
+    const state = this.#states[k] as StreamState;
+    const no = this.#nos[k] as number;
+    this.#states[k] = undefined;
+    this.#head = (k + 1) & (this.#nos.length - 1);
+    this.count--;
+    if (isKept(state, no)) return state;
+    this.dead--;
+    return undefined;
+  }
+
+  /** Drops the dead entries once they are the majority. */
+  compact(): void {
+    if (this.dead > 4096 && this.dead * 2 > this.count) {
+      let size = 1024;
+      while (size < (this.count - this.dead) * 2) size *= 2;
+      this.#resize(size, (state, no) => isKept(state, no));
+      this.dead = 0;
+    }
+  }
+
+  #resize(size: number, keep: (state: StreamState, no: number) => boolean): void {
+    const states: (StreamState | undefined)[] = new Array(size);
+    const nos = new Float64Array(size);
+    let n = 0;
+    const mask = this.#nos.length - 1;
+    for (let i = 0; i < this.count; i++) {
+      const k = (this.#head + i) & mask;
+      const state = this.#states[k] as StreamState;
+      const no = this.#nos[k] as number;
+      if (keep(state, no)) {
+        states[n] = state;
+        nos[n++] = no;
+      }
+    }
+    this.#states = states;
+    this.#nos = nos;
+    this.#head = 0;
+    this.count = n;
+  }
+}
+
+/** Whether entry `no` of `state` is still in its history. */
+function isKept(state: StreamState, no: number): boolean {
+  const h = state.history;
+  return h !== undefined && no >= h.firstNo && no < h.firstNo + h.count;
 }
 
 /** A FIFO with O(1) push and shift. */
@@ -513,8 +695,9 @@ class StreamState {
   header: unknown = undefined;
   /** The join event for the current header at the current seq, built on demand. */
   joinEvent: StreamEvent | undefined = undefined;
-  history: Deque<Entry> | undefined = undefined;
-  historyBytes = 0;
+  history: History | undefined = undefined;
+  /** The number the next history entry gets; never reused, so stale global entries stay stale. */
+  nextNo = 0;
   /** Resuming from a seq below this is not covered by history. */
   trimmedTo = 0;
   readonly listeners: Set<Listener> = new Set();
@@ -592,11 +775,8 @@ export class MessageStream implements Streamer {
   readonly codec: Codec;
   #streams = new Map<string, StreamState>();
   #following = new WeakMap<Listener, Set<StreamState>>();
-  #history = new Deque<Entry>();
-  /** The text of the frame `#event` encoded last, for `#record` to keep. */
-  #lastText = "";
+  #history = new GlobalHistory();
   #historyBytes = 0;
-  #deadEntries = 0;
   #historyMessages: number;
   #historyBytesPerStream: number;
   #maxHistoryBytes: number;
@@ -1006,10 +1186,11 @@ export class MessageStream implements Streamer {
         ok = this.#deliver(queue, this.#event(state, "reset", "reset", { reason }), state) &&
           this.#deliverHeader(queue, state);
       } else if (state.history) {
-        for (let i = 0; ok && i < state.history.length; i++) {
-          const e = state.history.at(i) as Entry;
-          if (e.seq > since.seq || (e.kind === "header" && e.seq === since.seq)) {
-            ok = this.#deliver(queue, replayed(this.codec, state.name, e), state);
+        const h = state.history;
+        for (let i = 0; ok && i < h.count; i++) {
+          const seq = h.seqAt(i);
+          if (seq > since.seq || (h.kindAt(i) === HEADER && seq === since.seq)) {
+            ok = this.#deliver(queue, replayed(this.codec, state, h, i), state);
           }
         }
       }
@@ -1244,7 +1425,6 @@ export class MessageStream implements Streamer {
       const frame = { action, stream: state.name, message, seq: state.seq, epoch: state.epoch };
       text = this.codec.encode(frame) + "\n";
     }
-    this.#lastText = text;
     const frame = encodeShared(text);
     return { stream: state.name, kind, message, seq: state.seq, epoch: state.epoch, frame };
   }
@@ -1313,56 +1493,43 @@ export class MessageStream implements Streamer {
       state.trimmedTo = ev.kind === "header" ? ev.seq + 1 : ev.seq;
       return;
     }
-    const entry: Entry = {
-      kind: ev.kind,
-      seq: ev.seq,
-      epoch: ev.epoch,
-      text: this.#lastText,
-      bytes,
-      state,
-      dead: false,
-    };
-    (state.history ??= new Deque()).push(entry);
-    state.historyBytes += bytes;
-    this.#history.push(entry);
+    const h = state.history ??= new History(state.nextNo, bytes);
+    h.push(ev.frame, ev.seq, ev.kind === "header" ? HEADER : PUT);
+    this.#history.push(state, state.nextNo++);
     this.#historyBytes += bytes;
-    while (
-      state.history.length > this.#historyMessages ||
-      state.historyBytes > this.#historyBytesPerStream
-    ) {
+    while (h.count > this.#historyMessages || h.bytes > this.#historyBytesPerStream) {
       this.#trimOldest(state);
+      this.#history.dead++; // still in the global queue
     }
     while (this.#historyBytes > this.#maxHistoryBytes) {
-      const oldest = this.#history.shift() as Entry;
-      if (oldest.dead) {
-        this.#deadEntries--;
-        continue;
+      const oldest = this.#history.shift();
+      if (oldest) {
+        this.#trimOldest(oldest);
+        this.#collect(oldest);
       }
-      this.#trimOldest(oldest.state);
-      this.#deadEntries--; // trimOldest counted it; it has left the global queue already
-      this.#collect(oldest.state);
     }
-    if (this.#deadEntries > 4096 && this.#deadEntries * 2 > this.#history.length) {
-      this.#history.filter((e) => !e.dead);
-      this.#deadEntries = 0;
-    }
+    this.#history.compact();
   }
 
+  /** Drops a stream's oldest history entry. */
   #trimOldest(state: StreamState): void {
-    const entry = state.history?.shift();
-    if (!entry) return;
-    entry.dead = true;
-    this.#deadEntries++;
-    state.historyBytes -= entry.bytes;
-    this.#historyBytes -= entry.bytes;
-    state.trimmedTo = Math.max(
-      state.trimmedTo,
-      entry.kind === "header" ? entry.seq + 1 : entry.seq,
-    );
+    const h = state.history;
+    if (!h || h.count === 0) return;
+    const seq = h.seqAt(0);
+    const header = h.kindAt(0) === HEADER;
+    const before = h.bytes;
+    h.shift();
+    this.#historyBytes -= before - h.bytes;
+    state.trimmedTo = Math.max(state.trimmedTo, header ? seq + 1 : seq);
   }
 
   #dropHistory(state: StreamState): void {
-    while (state.history && state.history.length > 0) this.#trimOldest(state);
+    const h = state.history;
+    if (!h) return;
+    while (h.count > 0) {
+      this.#trimOldest(state);
+      this.#history.dead++;
+    }
     state.history = undefined;
   }
 
@@ -1381,7 +1548,7 @@ export class MessageStream implements Streamer {
     }
     if (
       state.listeners.size === 0 && state.header === undefined &&
-      (!state.history || state.history.length === 0) &&
+      (!state.history || state.history.count === 0) &&
       this.#streams.get(state.name) === state
     ) {
       this.#streams.delete(state.name);
@@ -1396,8 +1563,8 @@ export class MessageStream implements Streamer {
       seq: s.seq,
       listeners: s.listeners.size,
       hasHeader: s.header !== undefined,
-      historyLength: s.history?.length ?? 0,
-      historyBytes: s.historyBytes,
+      historyLength: s.history?.count ?? 0,
+      historyBytes: s.history?.bytes ?? 0,
     };
   }
 }
