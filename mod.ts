@@ -655,12 +655,6 @@ class Deque<T> {
   push(item: T): void {
     this.#items.push(item);
   }
-  peek(): T | undefined {
-    return this.#items[this.#head];
-  }
-  at(i: number): T | undefined {
-    return this.#items[this.#head + i];
-  }
   shift(): T | undefined {
     if (this.#head >= this.#items.length) return undefined;
     const item = this.#items[this.#head];
@@ -670,15 +664,6 @@ class Deque<T> {
       this.#head = 0;
     }
     return item;
-  }
-  filter(keep: (item: T) => boolean): void {
-    const items: T[] = [];
-    for (let i = this.#head; i < this.#items.length; i++) {
-      const item = this.#items[i] as T;
-      if (keep(item)) items.push(item);
-    }
-    this.#items = items;
-    this.#head = 0;
   }
   clear(): void {
     this.#items = [];
