@@ -445,3 +445,51 @@ export async function putFlood(
     hub.hangup(stream, own);
   }
 }
+
+/**
+ * mulberry32: a small, fast, seedable PRNG, so a randomized test can be replayed from its seed.
+ *
+ * @param seed The seed.
+ * @returns A function giving numbers in [0, 1).
+ *
+ * @example Same seed, same sequence
+ * ```ts
+ * import { prng } from "./_helpers.ts";
+ * import { assertEquals } from "@std/assert";
+ *
+ * assertEquals(prng(42)(), prng(42)());
+ * ```
+ */
+export function prng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+/**
+ * Reads a server process's stdout up to its first line and returns the port of its
+ * `msgstream listening on tcp://HOST:PORT` line. The reader is released afterwards.
+ *
+ * @param stdout The process's stdout.
+ * @returns The port, or undefined when the process ended without listening (e.g. the port was
+ * still held).
+ */
+export async function listeningPort(
+  stdout: ReadableStream<Uint8Array>,
+): Promise<number | undefined> {
+  const reader = stdout.pipeThrough(new TextDecoderStream()).getReader();
+  let out = "";
+  while (!out.includes("\n")) {
+    const r = await reader.read();
+    if (r.done) break;
+    out += r.value;
+  }
+  await reader.cancel();
+  const m = out.match(/listening on tcp:\/\/[^:]+:(\d+)/);
+  return m ? Number(m[1]) : undefined;
+}

@@ -13,6 +13,7 @@ import { Inbox, type Position, type StreamEvent } from "../mod.ts";
 import { RemoteStream } from "../client.ts";
 import { ProtocolError } from "../protocol.ts";
 import { TcpProxy } from "./_proxy.ts";
+import { listeningPort } from "./_helpers.ts";
 
 const PUBLISHERS = 3;
 const PER_PUBLISHER = 20_000;
@@ -35,22 +36,14 @@ class ServerProcess implements AsyncDisposable {
         stdout: "piped",
         stderr: "inherit",
       }).spawn();
-      const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
-      let out = "";
-      while (!out.includes("\n")) {
-        const r = await reader.read();
-        if (r.done) break;
-        out += r.value;
-      }
-      await reader.cancel();
-      const m = out.match(/listening on tcp:\/\/[^:]+:(\d+)/);
-      if (m) {
-        this.port = Number(m[1]);
+      const started = await listeningPort(child.stdout);
+      if (started !== undefined) {
+        this.port = started;
         this.#child = child;
         return;
       }
       await child.status;
-      if (attempt >= 20) throw new Error(`Server did not start: ${JSON.stringify(out)}`);
+      if (attempt >= 20) throw new Error(`Server did not start on port ${port}`);
       await new Promise((r) => setTimeout(r, 100)); // the port is still held: try again
     }
   }

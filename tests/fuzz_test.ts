@@ -10,7 +10,7 @@ import { assert, assertEquals } from "@std/assert";
 import { RemoteStream } from "../client.ts";
 import type { ErrorCode } from "../protocol.ts";
 import { serve } from "../server.ts";
-import { connectRaw, type Frame, type RawClient, Recorder } from "./_helpers.ts";
+import { connectRaw, type Frame, prng, type RawClient, Recorder } from "./_helpers.ts";
 
 /** Every error code; the type makes the list exactly {@linkcode ErrorCode}, no more, no less. */
 const CODES: Record<ErrorCode, true> = {
@@ -36,18 +36,6 @@ const WORKERS = 4;
 const PUTS = 1_000;
 const SYNC_EVERY = 25;
 const MAX_LINE = 8192;
-
-/** mulberry32: small, fast, good enough to drive a fuzzer reproducibly. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 const encoder = new TextEncoder();
 

@@ -6,18 +6,7 @@
 
 import { assert, assertEquals, assertLessOrEqual } from "@std/assert";
 import { MessageStream, type Position, type StreamEvent } from "../mod.ts";
-
-/** A small deterministic PRNG (mulberry32), so a failure can be replayed from its seed. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+import { prng } from "./_helpers.ts";
 
 interface Seen {
   kind: string;

@@ -11,7 +11,7 @@ import { assert, assertEquals, assertGreater, assertRejects } from "@std/assert"
 import { Inbox, MessageStream, SlowConsumerError, type StreamEvent } from "../mod.ts";
 import { serve } from "../server.ts";
 import { RemoteStream } from "../client.ts";
-import { collect } from "./_helpers.ts";
+import { collect, listeningPort } from "./_helpers.ts";
 
 const serverPath = new URL("../server.ts", import.meta.url).pathname;
 const encoder = new TextEncoder();
@@ -49,17 +49,9 @@ class ServerProcess implements AsyncDisposable {
   }
 
   async started(): Promise<void> {
-    const reader = this.child.stdout.pipeThrough(new TextDecoderStream()).getReader();
-    let out = "";
-    while (!out.includes("\n")) {
-      const r = await reader.read();
-      if (r.done) break;
-      out += r.value;
-    }
-    await reader.cancel();
-    const m = out.match(/listening on tcp:\/\/[^:]+:(\d+)/);
-    if (!m) throw new Error(`Server did not start: ${JSON.stringify(out)}`);
-    this.port = Number(m[1]);
+    const port = await listeningPort(this.child.stdout);
+    if (port === undefined) throw new Error("Server did not start");
+    this.port = port;
   }
 
   /** Resolves when a log line matches. */
