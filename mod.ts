@@ -1141,7 +1141,7 @@ export class MessageStream implements Streamer {
     this.#listenerCount -= listeners.length;
     for (const l of listeners) {
       this.#following.get(l)?.delete(state);
-      this.#deliver(l, end, state);
+      this.#deliver(l, end);
     }
   }
 
@@ -1168,14 +1168,14 @@ export class MessageStream implements Streamer {
     } else {
       const reason = this.#uncovered(state, since);
       if (reason) {
-        ok = this.#deliver(queue, this.#event(state, "reset", "reset", { reason }), state) &&
+        ok = this.#deliver(queue, this.#event(state, "reset", "reset", { reason })) &&
           this.#deliverHeader(queue, state);
       } else if (state.history) {
         const h = state.history;
         for (let i = 0; ok && i < h.count; i++) {
           const seq = h.seqAt(i);
           if (seq > since.seq || (h.kindAt(i) === HEADER && seq === since.seq)) {
-            ok = this.#deliver(queue, replayed(this.codec, state, h, i), state);
+            ok = this.#deliver(queue, replayed(this.codec, state, h, i));
           }
         }
       }
@@ -1303,8 +1303,8 @@ export class MessageStream implements Streamer {
       if (!state.pending?.delete(q)) continue; // hung up meanwhile
       let ok = true;
       if (since === undefined) ok = this.#deliverHeader(q, state);
-      else if (reset) ok = this.#deliver(q, reset, state) && this.#deliverHeader(q, state);
-      else for (let i = 0; ok && i < replay.length; i++) ok = this.#deliver(q, replay[i]!, state);
+      else if (reset) ok = this.#deliver(q, reset) && this.#deliverHeader(q, state);
+      else for (let i = 0; ok && i < replay.length; i++) ok = this.#deliver(q, replay[i]!);
       if (ok) this.#register(state, q);
     }
     this.#collect(state);
@@ -1346,7 +1346,7 @@ export class MessageStream implements Streamer {
     state.joinEvent = undefined;
     for (const l of listeners) {
       this.#following.get(l)?.delete(state);
-      this.#deliver(l, end, state);
+      this.#deliver(l, end);
     }
     this.#collect(state);
   }
@@ -1421,7 +1421,7 @@ export class MessageStream implements Streamer {
     try {
       for (const l of state.listeners) {
         if (state.joinedDuringFanout?.has(l)) continue;
-        this.#deliver(l, ev, state);
+        this.#deliver(l, ev);
       }
     } finally {
       if (--state.fanning === 0) state.joinedDuringFanout = undefined;
@@ -1452,10 +1452,10 @@ export class MessageStream implements Streamer {
       };
       state.joinEvent = ev;
     }
-    return this.#deliver(l, ev, state);
+    return this.#deliver(l, ev);
   }
 
-  #deliver(l: Listener, ev: StreamEvent, _state: StreamState): boolean {
+  #deliver(l: Listener, ev: StreamEvent): boolean {
     try {
       l.put(ev);
       this.#deliveries++;
