@@ -8,7 +8,7 @@
  * ```ts
  * import { assertEquals } from "@std/assert";
  * import { serve } from "../server.ts";
- * import { connectRaw } from "./_helpers.ts";
+ * import { connectRaw } from "./_raw_client.ts";
  * import { TcpProxy } from "./_proxy.ts";
  *
  * await using server = serve({ port: 0 });
@@ -21,6 +21,8 @@
  *
  * @module
  */
+
+import { deadline, TIMEOUT } from "./_wait.ts";
 
 /** One proxied connection: the client side, and the upstream side once it is connected. */
 type Pair = [client: Deno.TcpConn, upstream: Deno.TcpConn | undefined];
@@ -36,7 +38,7 @@ type Pair = [client: Deno.TcpConn, upstream: Deno.TcpConn | undefined];
  * ```ts
  * import { assertEquals } from "@std/assert";
  * import { serve } from "../server.ts";
- * import { connectRaw } from "./_helpers.ts";
+ * import { connectRaw } from "./_raw_client.ts";
  * import { TcpProxy } from "./_proxy.ts";
  *
  * await using server = serve({ port: 0 });
@@ -174,10 +176,18 @@ export class TcpProxy implements AsyncDisposable {
    * Waits for client bytes.
    *
    * @param n A byte count, typically an earlier {@linkcode TcpProxy.bytesUp}.
+   * @param ms The deadline in milliseconds.
    * @returns A promise that resolves once more than `n` bytes have come from clients.
+   * @throws {TimeoutError} When no more have come within `ms`.
    */
-  async upstreamBytes(n: number): Promise<void> {
-    while (this.bytesUp <= n) await new Promise<void>((r) => this.#upWaiters.push(r));
+  upstreamBytes(n: number, ms: number = TIMEOUT): Promise<void> {
+    return deadline(
+      (async () => {
+        while (this.bytesUp <= n) await new Promise<void>((r) => this.#upWaiters.push(r));
+      })(),
+      () => `more than ${n} bytes from clients through the proxy (${this.bytesUp} so far)`,
+      ms,
+    );
   }
 
   /** Cuts every open connection, both ways; the proxy keeps accepting new ones. */

@@ -13,7 +13,7 @@ import { Inbox, type Position, type StreamEvent } from "../mod.ts";
 import { RemoteStream } from "../client.ts";
 import { ProtocolError } from "../protocol.ts";
 import { TcpProxy } from "./_proxy.ts";
-import { listeningPort } from "./_helpers.ts";
+import { listeningPort } from "./_server.ts";
 
 const PUBLISHERS = 3;
 const PER_PUBLISHER = 20_000;

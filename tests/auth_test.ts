@@ -9,7 +9,8 @@ import { RemoteStream } from "../client.ts";
 import { Inbox } from "../mod.ts";
 import { ProtocolError, type Token } from "../protocol.ts";
 import { serve } from "../server.ts";
-import { collect, connectRaw, type Frame, type RawClient } from "./_helpers.ts";
+import { connectRaw, type Frame, type RawClient } from "./_raw_client.ts";
+import { collect } from "./_recorder.ts";
 
 const ALICE: Token = {
   name: "alice-publisher",

@@ -7,16 +7,10 @@
 import { assert, assertEquals, assertStringIncludes } from "@std/assert";
 import { type MessageServer, serve } from "../server.ts";
 import { RemoteStream } from "../client.ts";
-import {
-  connectRaw,
-  engineOptions,
-  type Frame,
-  listenerCount,
-  putFlood,
-  type RawClient,
-  Recorder,
-  seqOf,
-} from "./_helpers.ts";
+import { listenerCount, putFlood, seqOf } from "./_hub.ts";
+import { connectRaw, type Frame, type RawClient } from "./_raw_client.ts";
+import { Recorder } from "./_recorder.ts";
+import { engineOptions } from "./_server.ts";
 
 const MAX_LINE = 4096;
 const RUN = 300;

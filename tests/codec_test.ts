@@ -12,7 +12,8 @@ import { type Codec, JsonCodec } from "../codec.ts";
 import { MessageStream } from "../mod.ts";
 import { serve } from "../server.ts";
 import { RemoteStream } from "../client.ts";
-import { connectRaw, Recorder } from "./_helpers.ts";
+import { connectRaw } from "./_raw_client.ts";
+import { Recorder } from "./_recorder.ts";
 
 class Progress {
   done: number;

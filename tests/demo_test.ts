@@ -12,7 +12,8 @@ import { MessageStream, type Streamer, type StreamEvent } from "../mod.ts";
 import { serve } from "../server.ts";
 import { RemoteStream } from "../client.ts";
 import { RedisEngine } from "../redis.ts";
-import { addressOf, Recorder } from "./_helpers.ts";
+import { Recorder } from "./_recorder.ts";
+import { addressOf } from "./_server.ts";
 import { hasRedis, RedisProcess } from "./_redis.ts";
 
 type Entry = [stream: string, message: unknown];

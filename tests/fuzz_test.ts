@@ -10,7 +10,9 @@ import { assert, assertEquals } from "@std/assert";
 import { RemoteStream } from "../client.ts";
 import type { ErrorCode } from "../protocol.ts";
 import { serve } from "../server.ts";
-import { connectRaw, type Frame, prng, type RawClient, Recorder } from "./_helpers.ts";
+import { prng } from "./_prng.ts";
+import { connectRaw, type Frame, type RawClient } from "./_raw_client.ts";
+import { Recorder } from "./_recorder.ts";
 
 /** Every error code; the type makes the list exactly {@linkcode ErrorCode}, no more, no less. */
 const CODES: Record<ErrorCode, true> = {

@@ -6,7 +6,7 @@
 
 import { assert, assertEquals, assertLessOrEqual } from "@std/assert";
 import { MessageStream, type Position, type StreamEvent } from "../mod.ts";
-import { prng } from "./_helpers.ts";
+import { prng } from "./_prng.ts";
 
 interface Seen {
   kind: string;

@@ -10,7 +10,7 @@ import {
   assertThrows,
 } from "@std/assert";
 import { Inbox, MessageStream, SlowConsumerError, type StreamEvent } from "../mod.ts";
-import { collect, Recorder } from "./_helpers.ts";
+import { collect, Recorder } from "./_recorder.ts";
 
 const view = (evs: StreamEvent[]) => evs.map((e) => [e.kind, e.message, e.seq]);
 

@@ -7,7 +7,9 @@
 
 import { assertEquals } from "@std/assert";
 import { serve } from "../server.ts";
-import { connectRaw, engineOptions, type Frame, type RawClient, seqOf } from "./_helpers.ts";
+import { seqOf } from "./_hub.ts";
+import { connectRaw, type Frame, type RawClient } from "./_raw_client.ts";
+import { engineOptions } from "./_server.ts";
 
 /** The original `sendcommand`: message left out when falsy; Python's separators. */
 function sendcommand(

@@ -13,7 +13,7 @@ import {
 import { RemoteStream, type Status } from "../client.ts";
 import { ProtocolError } from "../protocol.ts";
 import { serve } from "../server.ts";
-import { connectRaw, type Frame } from "./_helpers.ts";
+import { connectRaw, type Frame } from "./_raw_client.ts";
 
 Deno.test("A ping is answered with a pong echoing its id", async (t) => {
   await using server = serve({ port: 0 });

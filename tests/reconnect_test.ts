@@ -14,7 +14,7 @@ import { assert, assertEquals, assertInstanceOf, assertRejects } from "@std/asse
 import { Inbox, MessageStream, type StreamEvent } from "../mod.ts";
 import { type MessageServer, serve } from "../server.ts";
 import { ProtocolError, RemoteStream, type Status } from "../client.ts";
-import { collect, Recorder } from "./_helpers.ts";
+import { collect, Recorder } from "./_recorder.ts";
 import { TcpProxy } from "./_proxy.ts";
 
 /** Records a client's status changes; tests await one. */

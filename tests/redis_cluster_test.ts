@@ -7,7 +7,7 @@ import { assert, assertEquals, assertGreater } from "@std/assert";
 import type { StreamEvent } from "../mod.ts";
 import { RemoteStream } from "../client.ts";
 import { ProtocolError } from "../protocol.ts";
-import { Recorder } from "./_helpers.ts";
+import { Recorder } from "./_recorder.ts";
 import { TcpProxy } from "./_proxy.ts";
 import { hasRedis, RedisProcess } from "./_redis.ts";
 

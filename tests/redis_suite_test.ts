@@ -1,7 +1,7 @@
 /**
  * The foundation suite on the Redis engine: runs `server_test.ts`, `bad_input_test.ts` and
  * `legacy_client_test.ts` again in a `deno test` subprocess whose servers all use a fresh
- * `redis-server` (`MSGSTREAM_TEST_REDIS`, read by `engineOptions()` in `_helpers.ts`). The same
+ * `redis-server` (`MSGSTREAM_TEST_REDIS`, read by `engineOptions()` in `_server.ts`). The same
  * tests, unchanged, run on the memory engine in the ordinary run.
  *
  * To run the files on Redis by hand: start a redis-server, then

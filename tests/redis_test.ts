@@ -18,7 +18,8 @@ import {
 } from "../mod.ts";
 import { RedisEngine } from "../redis.ts";
 import { serve } from "../server.ts";
-import { connectRaw, Recorder } from "./_helpers.ts";
+import { connectRaw } from "./_raw_client.ts";
+import { Recorder } from "./_recorder.ts";
 import { hasRedis, RedisProcess } from "./_redis.ts";
 
 const view = (evs: StreamEvent[]) => evs.map((e) => [e.kind, e.message, e.seq]);

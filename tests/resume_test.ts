@@ -8,7 +8,8 @@
 import { assert, assertEquals, assertNotEquals } from "@std/assert";
 import { MessageStream, type Position, type StreamEvent } from "../mod.ts";
 import { serve } from "../server.ts";
-import { connectRaw, type Frame, Recorder } from "./_helpers.ts";
+import { connectRaw, type Frame } from "./_raw_client.ts";
+import { Recorder } from "./_recorder.ts";
 
 /** What a test compares: kind, message and seq of each event. */
 function brief(events: StreamEvent[]): [string, unknown, number][] {

@@ -16,15 +16,10 @@ import { TextLineStream } from "@std/streams/text-line-stream";
 import type { StreamEvent } from "../mod.ts";
 import { serve } from "../server.ts";
 import { RemoteStream } from "../client.ts";
-import {
-  addressOf,
-  connectRaw,
-  engineOptions,
-  type Frame,
-  putFlood,
-  Recorder,
-  seqOf,
-} from "./_helpers.ts";
+import { putFlood, seqOf } from "./_hub.ts";
+import { connectRaw, type Frame } from "./_raw_client.ts";
+import { Recorder } from "./_recorder.ts";
+import { addressOf, engineOptions } from "./_server.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname;
 

@@ -11,7 +11,8 @@ import { assert, assertEquals, assertGreater, assertRejects } from "@std/assert"
 import { Inbox, MessageStream, SlowConsumerError, type StreamEvent } from "../mod.ts";
 import { serve } from "../server.ts";
 import { RemoteStream } from "../client.ts";
-import { collect, listeningPort } from "./_helpers.ts";
+import { collect } from "./_recorder.ts";
+import { listeningPort } from "./_server.ts";
 
 const serverPath = new URL("../server.ts", import.meta.url).pathname;
 const encoder = new TextEncoder();

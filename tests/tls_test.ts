@@ -9,7 +9,8 @@ import { TextLineStream } from "@std/streams/text-line-stream";
 import { ProtocolError, RemoteStream } from "../client.ts";
 import { Inbox } from "../mod.ts";
 import { serve } from "../server.ts";
-import { collect, connectRaw } from "./_helpers.ts";
+import { connectRaw } from "./_raw_client.ts";
+import { collect } from "./_recorder.ts";
 
 function hasOpenssl(): boolean {
   try {
