@@ -1,0 +1,656 @@
+/**
+ * The durable store behind `--data PATH`: each stream's epoch, seq, header and bounded history
+ * in one SQLite file (`node:sqlite`, WAL mode), written by group commit.
+ *
+ * The hub writes through to the store as it changes a stream ({@linkcode DurableStore.setStream},
+ * {@linkcode DurableStore.append}, {@linkcode DurableStore.trim}, {@linkcode DurableStore.delete});
+ * the writes wait in memory and go to disk as one transaction per tick (`always`) or per
+ * interval (`batch`, `never`). History entries are numbered per stream; a trim drops the entries
+ * below a number, in the same transaction as the appends, so the file holds what the hub's
+ * history holds, within the same bounds. {@linkcode DurableStore.load} reads every stream back
+ * in one pass.
+ *
+ * See docs/durability.md for the policies, what each risks on a crash, and the measurements.
+ *
+ * @example Write, close, open again
+ * ```ts
+ * import { DurableStore } from "@x/msgstream/store";
+ * import { assertEquals } from "@std/assert";
+ *
+ * const dir = await Deno.makeTempDir();
+ * const path = `${dir}/msgstream.db`;
+ * const frame = new TextEncoder().encode('{"action":"put","stream":"job","message":1}\n');
+ * const store = DurableStore.open(path, { fsync: "always" });
+ * store.load();
+ * store.setStream("job", "e1", 1, '"running"', 0);
+ * store.append("job", 0, 1, false, frame);
+ * await store.durable();
+ * store.close();
+ *
+ * const again = DurableStore.open(path);
+ * const [job] = again.load();
+ * assertEquals([job?.name, job?.epoch, job?.seq, job?.header], ["job", "e1", 1, '"running"']);
+ * assertEquals(job?.history.map((e) => e.seq), [1]);
+ * again.close();
+ * await Deno.remove(dir, { recursive: true });
+ * ```
+ *
+ * @module
+ */
+
+import { DatabaseSync, type StatementSync } from "node:sqlite";
+
+/**
+ * When a write is durable, like Redis' `appendfsync`:
+ * - `always`: one transaction per tick, fsynced (`synchronous=FULL`) before it counts as done;
+ * - `batch`: one transaction per interval, fsynced; a crash loses at most that interval;
+ * - `never`: one transaction per interval, not fsynced (`synchronous=OFF`): the OS decides.
+ */
+export type FsyncPolicy = "always" | "batch" | "never";
+
+/** The fsync policies, for option parsing. */
+export const FSYNC_POLICIES: readonly FsyncPolicy[] = ["always", "batch", "never"];
+
+/** Options for {@linkcode DurableStore.open}. */
+export interface DurableStoreOptions {
+  /**
+   * When a write is durable; see {@linkcode FsyncPolicy}.
+   *
+   * @default {"batch"}
+   */
+  fsync?: FsyncPolicy;
+  /**
+   * Milliseconds between commits under `batch` and `never`: what a crash may lose.
+   *
+   * @default {50}
+   */
+  intervalMs?: number;
+  /**
+   * Most writes waiting for a commit; one more commits at once, whatever the policy. It also
+   * bounds how many seqs of a stream a crash can lose (see {@linkcode DurableStore.load}).
+   *
+   * @default {10000}
+   */
+  maxPendingWrites?: number;
+  /**
+   * Milliseconds without writes after which the write-ahead log is checkpointed and truncated
+   * and free pages are handed back to the file system.
+   *
+   * @default {1000}
+   */
+  idleMs?: number;
+}
+
+/** One history entry as stored. */
+export interface StoredEntry {
+  /** The entry's number in its stream's history; consecutive, never reused. */
+  readonly no: number;
+  /** The put's seq, or the seq a header change follows. */
+  readonly seq: number;
+  /** Whether the entry is a header change. */
+  readonly header: boolean;
+  /** The event frame's bytes, as sent to listeners. */
+  readonly frame: Uint8Array;
+}
+
+/** A range of seqs `(after, upTo]` a crash may have lost after they were shown. */
+export type LostRange = readonly [after: number, upTo: number];
+
+/** One stream as stored. */
+export interface StoredStream {
+  /** The stream's name. */
+  readonly name: string;
+  /** The stream's epoch. */
+  readonly epoch: string;
+  /** The stream's seq (raised past any seq a crash may have lost; see `lost`). */
+  readonly seq: number;
+  /** The header as codec text, or `undefined` when none is set. */
+  readonly header: string | undefined;
+  /** Resuming from a seq below this is not covered by history. */
+  readonly trimmedTo: number;
+  /** Seq ranges that were lost in crashes: resuming from inside one needs a reset. */
+  readonly lost: readonly LostRange[];
+  /** The history, oldest first, with consecutive entry numbers. */
+  readonly history: readonly StoredEntry[];
+}
+
+/**
+ * Thrown (and sent on the wire as code `storage_unavailable`) when the store cannot write: the
+ * disk is full, an I/O error, or the file cannot be opened. What was stored before is intact;
+ * writes work again once a commit succeeds (the store retries every interval).
+ */
+export class StorageUnavailableError extends Error {
+  /** The wire code. */
+  readonly code = "storage_unavailable";
+  /**
+   * Creates the error.
+   *
+   * @param message What failed.
+   * @param options Standard error options (`cause`: SQLite's error).
+   */
+  constructor(message: string, options?: ErrorOptions) {
+    super(message, options);
+    this.name = "StorageUnavailableError";
+  }
+}
+
+interface PendingStream {
+  deleted: boolean;
+  meta:
+    | [epoch: string, seq: number, header: string | null, trimmedTo: number, lost: string]
+    | undefined;
+  /** Entries below this number go. */
+  trimBelow: number;
+  appends: StoredEntry[];
+}
+
+interface Waiter {
+  resolve: () => void;
+  reject: (e: Error) => void;
+}
+
+function positive(name: string, value: number | undefined, fallback: number, min = 1): number {
+  const v = value ?? fallback;
+  if (!Number.isSafeInteger(v) || v < min) {
+    throw new RangeError(`Option "${name}" must be an integer of at least ${min}, got ${v}`);
+  }
+  return v;
+}
+
+/**
+ * A SQLite file that keeps every stream's epoch, seq, header and history, written by group
+ * commit. Not safe for two processes at once: one server owns one file.
+ */
+export class DurableStore {
+  /** The file's path. */
+  readonly path: string;
+  /** The fsync policy. */
+  readonly fsync: FsyncPolicy;
+  /** Milliseconds between commits under `batch` and `never`. */
+  readonly intervalMs: number;
+  /** Most writes waiting for a commit. */
+  readonly maxPendingWrites: number;
+  /** Whether the previous run stopped without {@linkcode close} (set by {@linkcode load}). */
+  unclean = false;
+  /** Commits done since open. */
+  commits = 0;
+  /** Hook called after each commit attempt, with the error when it failed. */
+  onCommit: ((error: StorageUnavailableError | undefined) => void) | undefined = undefined;
+
+  readonly #db: DatabaseSync;
+  readonly #idleMs: number;
+  #pending = new Map<string, PendingStream>();
+  #pendingWrites = 0;
+  #waiters: Waiter[] = [];
+  #timer: ReturnType<typeof setTimeout> | undefined;
+  #idleTimer: ReturnType<typeof setTimeout> | undefined;
+  #dirtySinceIdle = false;
+  #error: StorageUnavailableError | undefined;
+  #closed = false;
+  #loaded = false;
+  #st: {
+    upsert: StatementSync;
+    delStream: StatementSync;
+    delHistory: StatementSync;
+    trim: StatementSync;
+    insert: StatementSync;
+    setMeta: StatementSync;
+  };
+
+  private constructor(path: string, db: DatabaseSync, options: DurableStoreOptions) {
+    this.path = path;
+    this.#db = db;
+    this.fsync = options.fsync ?? "batch";
+    if (!FSYNC_POLICIES.includes(this.fsync)) {
+      throw new TypeError(`Option "fsync" must be always, batch or never, got "${this.fsync}"`);
+    }
+    this.intervalMs = positive("intervalMs", options.intervalMs, 50);
+    this.maxPendingWrites = positive("maxPendingWrites", options.maxPendingWrites, 10000);
+    this.#idleMs = positive("idleMs", options.idleMs, 1000);
+    db.exec(`PRAGMA synchronous=${this.fsync === "never" ? "OFF" : "FULL"}`);
+    this.#st = {
+      upsert: db.prepare(
+        "INSERT INTO streams(name, epoch, seq, header, trimmed_to, lost) VALUES (?, ?, ?, ?, ?, ?) " +
+          "ON CONFLICT(name) DO UPDATE SET epoch = excluded.epoch, seq = excluded.seq, " +
+          "header = excluded.header, trimmed_to = excluded.trimmed_to, lost = excluded.lost",
+      ),
+      delStream: db.prepare("DELETE FROM streams WHERE name = ?"),
+      delHistory: db.prepare("DELETE FROM history WHERE name = ?"),
+      trim: db.prepare("DELETE FROM history WHERE name = ? AND no < ?"),
+      insert: db.prepare(
+        "INSERT OR REPLACE INTO history(name, no, seq, kind, frame) VALUES (?, ?, ?, ?, ?)",
+      ),
+      setMeta: db.prepare(
+        "INSERT INTO meta(key, value) VALUES (?, ?) " +
+          "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+      ),
+    };
+  }
+
+  /**
+   * Opens (or creates) the file and its tables. Call {@linkcode load} next, once.
+   *
+   * @param path The file's path; SQLite adds `PATH-wal` and `PATH-shm` beside it.
+   * @param options Policy and bounds.
+   * @returns The store.
+   * @throws {StorageUnavailableError} When the file cannot be opened or created.
+   * @throws {TypeError} When `fsync` is not a policy.
+   * @throws {RangeError} When a bound is not a positive integer.
+   */
+  static open(path: string, options: DurableStoreOptions = {}): DurableStore {
+    let db: DatabaseSync;
+    try {
+      db = new DatabaseSync(path);
+    } catch (e) {
+      throw new StorageUnavailableError(`Cannot open "${path}": ${(e as Error).message}`, {
+        cause: e,
+      });
+    }
+    try {
+      // auto_vacuum must be chosen before the first table exists.
+      db.exec("PRAGMA auto_vacuum=INCREMENTAL");
+      db.exec("PRAGMA journal_mode=WAL");
+      db.exec(`
+        CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+        CREATE TABLE IF NOT EXISTS streams(
+          name TEXT PRIMARY KEY, epoch TEXT NOT NULL, seq INTEGER NOT NULL, header TEXT,
+          trimmed_to INTEGER NOT NULL, lost TEXT NOT NULL DEFAULT ''
+        ) WITHOUT ROWID;
+        CREATE TABLE IF NOT EXISTS history(
+          name TEXT NOT NULL, no INTEGER NOT NULL, seq INTEGER NOT NULL, kind INTEGER NOT NULL,
+          frame BLOB NOT NULL, PRIMARY KEY(name, no)
+        ) WITHOUT ROWID;
+      `);
+      return new DurableStore(path, db, options);
+    } catch (e) {
+      db.close();
+      if (e instanceof TypeError || e instanceof RangeError) throw e;
+      throw new StorageUnavailableError(`Cannot open "${path}": ${(e as Error).message}`, {
+        cause: e,
+      });
+    }
+  }
+
+  /**
+   * Reads every stream back, in one pass, and marks the file as in use until {@linkcode close}.
+   *
+   * When the previous run did not close cleanly and was not under `always`, the last writes may
+   * be lost although listeners saw them. So that no seq is ever used twice for different
+   * messages, each stream's seq then jumps past every seq the crash could have lost (the
+   * previous run's `maxPendingWrites` + 1), and that range is recorded in `lost`: a client
+   * resuming from inside it gets a reset (`ahead_of_stream`), one resuming from below it
+   * continues exactly.
+   *
+   * @returns Every stream, in name order.
+   * @throws {StorageUnavailableError} When the file cannot be read or marked.
+   */
+  load(): StoredStream[] {
+    if (this.#loaded) throw new TypeError("The store was loaded already");
+    this.#loaded = true;
+    try {
+      const meta = new Map<string, string>();
+      for (const r of this.#db.prepare("SELECT key, value FROM meta").all()) {
+        meta.set(r.key as string, r.value as string);
+      }
+      this.unclean = meta.get("clean") === "0";
+      const jump = this.unclean && meta.get("fsync") !== "always"
+        ? Number(meta.get("max_pending") ?? "0") + 1
+        : 0;
+      const byName = new Map<string, StoredEntry[]>();
+      const rows = this.#db.prepare(
+        "SELECT name, no, seq, kind, frame FROM history ORDER BY name, no",
+      ).all();
+      for (const r of rows) {
+        const name = r.name as string;
+        let list = byName.get(name);
+        if (!list) byName.set(name, list = []);
+        list.push({
+          no: r.no as number,
+          seq: r.seq as number,
+          header: r.kind === 1,
+          frame: r.frame as Uint8Array,
+        });
+      }
+      const out: StoredStream[] = [];
+      const streams = this.#db.prepare(
+        "SELECT name, epoch, seq, header, trimmed_to, lost FROM streams ORDER BY name",
+      ).all();
+      this.#db.exec("BEGIN");
+      for (const r of streams) {
+        const name = r.name as string;
+        let seq = r.seq as number;
+        const trimmedTo = r.trimmed_to as number;
+        let lost = parseLost(r.lost as string).filter(([, upTo]) => upTo >= trimmedTo);
+        if (jump > 0) {
+          lost = [...lost, [seq, seq + jump]];
+          seq += jump;
+          this.#st.upsert.run(
+            name,
+            r.epoch as string,
+            seq,
+            r.header as string | null,
+            trimmedTo,
+            JSON.stringify(lost),
+          );
+        }
+        out.push({
+          name,
+          epoch: r.epoch as string,
+          seq,
+          header: (r.header as string | null) ?? undefined,
+          trimmedTo,
+          lost,
+          history: byName.get(name) ?? [],
+        });
+      }
+      this.#st.setMeta.run("clean", "0");
+      this.#st.setMeta.run("fsync", this.fsync);
+      this.#st.setMeta.run("max_pending", String(this.maxPendingWrites));
+      this.#db.exec("COMMIT");
+      return out;
+    } catch (e) {
+      if (this.#db.isTransaction) this.#db.exec("ROLLBACK");
+      throw this.#fail(e, "read");
+    }
+  }
+
+  /** Whether writes are accepted: false after a failed commit, until a retry succeeds. */
+  get available(): boolean {
+    return this.#error === undefined && !this.#closed;
+  }
+
+  /** The error of the last failed commit, while the store is unavailable. */
+  get error(): StorageUnavailableError | undefined {
+    return this.#error;
+  }
+
+  /** Writes waiting for a commit. */
+  get pendingWrites(): number {
+    return this.#pendingWrites;
+  }
+
+  /**
+   * Records a stream's position, header and resume bound (replacing what was recorded).
+   *
+   * @param name The stream's name.
+   * @param epoch Its epoch.
+   * @param seq Its seq.
+   * @param header The header as codec text, or `undefined` when none is set.
+   * @param trimmedTo Resuming from a seq below this is not covered by history.
+   * @param lost Seq ranges lost in crashes (from {@linkcode load}).
+   * @throws {StorageUnavailableError} When the store is unavailable or closed.
+   */
+  setStream(
+    name: string,
+    epoch: string,
+    seq: number,
+    header: string | undefined,
+    trimmedTo: number,
+    lost: readonly LostRange[] = [],
+  ): void {
+    const p = this.#entry(name);
+    const kept = lost.filter(([, upTo]) => upTo >= trimmedTo);
+    p.meta = [epoch, seq, header ?? null, trimmedTo, kept.length ? JSON.stringify(kept) : ""];
+    this.#wrote();
+  }
+
+  /**
+   * Adds a history entry.
+   *
+   * @param name The stream's name.
+   * @param no The entry's number (one more than the last one appended to the stream).
+   * @param seq The put's seq, or the seq a header change follows.
+   * @param header Whether the entry is a header change.
+   * @param frame The event frame's bytes; kept by reference until the commit, not copied.
+   * @throws {StorageUnavailableError} When the store is unavailable or closed.
+   */
+  append(name: string, no: number, seq: number, header: boolean, frame: Uint8Array): void {
+    this.#entry(name).appends.push({ no, seq, header, frame });
+    this.#wrote();
+  }
+
+  /**
+   * Drops a stream's history entries numbered below `firstNo`.
+   *
+   * @param name The stream's name.
+   * @param firstNo The number of the oldest entry kept.
+   * @throws {StorageUnavailableError} When the store is unavailable or closed.
+   */
+  trim(name: string, firstNo: number): void {
+    const p = this.#entry(name);
+    if (firstNo > p.trimBelow) p.trimBelow = firstNo;
+    this.#wrote();
+  }
+
+  /**
+   * Deletes a stream: its position, header and history.
+   *
+   * @param name The stream's name.
+   * @throws {StorageUnavailableError} When the store is unavailable or closed.
+   */
+  delete(name: string): void {
+    this.#check();
+    this.#pending.set(name, { deleted: true, meta: undefined, trimBelow: 0, appends: [] });
+    this.#wrote();
+  }
+
+  /**
+   * Resolves when every write made so far is committed (and, under `always` and `batch`,
+   * fsynced).
+   *
+   * @returns When the writes are on disk.
+   * @throws {StorageUnavailableError} When their commit failed.
+   */
+  durable(): Promise<void> {
+    if (this.#pendingWrites === 0 && this.#error === undefined) return Promise.resolve();
+    if (this.#closed) return Promise.reject(this.#closedError());
+    return new Promise((resolve, reject) => this.#waiters.push({ resolve, reject }));
+  }
+
+  /**
+   * Commits every waiting write now, in one transaction.
+   *
+   * @throws {StorageUnavailableError} When the commit fails; the writes stay waiting and the
+   * store retries them every interval.
+   */
+  commit(): void {
+    if (this.#timer !== undefined) {
+      clearTimeout(this.#timer);
+      this.#timer = undefined;
+    }
+    const waiters = this.#waiters;
+    if (this.#pendingWrites === 0) {
+      this.#waiters = [];
+      this.#error = undefined;
+      for (const w of waiters) w.resolve();
+      return;
+    }
+    const st = this.#st;
+    const db = this.#db;
+    let error: StorageUnavailableError | undefined;
+    try {
+      db.exec("BEGIN");
+      for (const [name, p] of this.#pending) {
+        if (p.deleted) {
+          st.delStream.run(name);
+          st.delHistory.run(name);
+        }
+        if (p.meta) st.upsert.run(name, ...p.meta);
+        if (p.trimBelow > 0) st.trim.run(name, p.trimBelow);
+        for (const e of p.appends) {
+          if (e.no >= p.trimBelow) st.insert.run(name, e.no, e.seq, e.header ? 1 : 0, e.frame);
+        }
+      }
+      db.exec("COMMIT");
+    } catch (e) {
+      try {
+        if (db.isTransaction) db.exec("ROLLBACK");
+      } catch {
+        // SQLite rolled back by itself (e.g. after SQLITE_FULL).
+      }
+      error = this.#fail(e, "write");
+    }
+    if (error) {
+      this.#error = error;
+      this.#schedule(this.intervalMs);
+      this.onCommit?.(error);
+      this.#waiters = [];
+      for (const w of waiters) w.reject(error);
+      throw error;
+    }
+    this.commits++;
+    this.#error = undefined;
+    this.#pending = new Map();
+    this.#pendingWrites = 0;
+    this.#waiters = [];
+    this.#dirtySinceIdle = true;
+    this.#scheduleIdle();
+    this.onCommit?.(undefined);
+    for (const w of waiters) w.resolve();
+  }
+
+  /**
+   * Checkpoints the write-ahead log into the file and truncates it, then hands free pages back
+   * to the file system. Runs by itself after `idleMs` without writes.
+   *
+   * @returns The file's pages: total and free, after the work.
+   */
+  compact(): { pages: number; freePages: number } {
+    try {
+      this.#db.exec("PRAGMA wal_checkpoint(TRUNCATE)");
+      this.#db.exec("PRAGMA incremental_vacuum");
+    } catch {
+      // Best effort: a checkpoint that cannot run now runs on the next idle turn.
+    }
+    return this.pages();
+  }
+
+  /**
+   * How many pages the file has, and how many of them are free (reused before the file grows).
+   *
+   * @returns Page counts.
+   */
+  pages(): { pages: number; freePages: number } {
+    const pages = this.#db.prepare("PRAGMA page_count").get()?.page_count as number;
+    const freePages = this.#db.prepare("PRAGMA freelist_count").get()?.freelist_count as number;
+    return { pages, freePages };
+  }
+
+  /**
+   * Limits the file to `pages` pages (SQLite's `max_page_count`): for tests of a full disk.
+   *
+   * @param pages Most pages; 0 lifts the limit as far as SQLite allows.
+   */
+  limitPages(pages: number): void {
+    this.#db.exec(`PRAGMA max_page_count=${pages > 0 ? Math.floor(pages) : 4294967294}`);
+  }
+
+  /**
+   * Commits what waits, marks the file as cleanly closed, and closes it. Safe to call twice.
+   *
+   * @throws {StorageUnavailableError} When the last commit fails (the file is closed anyway; the
+   * next open treats the stop as unclean).
+   */
+  close(): void {
+    if (this.#closed) return;
+    let error: unknown;
+    try {
+      this.commit();
+      if (this.#loaded) {
+        this.#st.setMeta.run("clean", "1");
+        this.#db.exec("PRAGMA wal_checkpoint(TRUNCATE)");
+      }
+    } catch (e) {
+      error = e;
+    }
+    this.#closed = true;
+    clearTimeout(this.#timer);
+    clearTimeout(this.#idleTimer);
+    this.#timer = this.#idleTimer = undefined;
+    const waiters = this.#waiters;
+    this.#waiters = [];
+    for (const w of waiters) w.reject(this.#closedError());
+    this.#db.close();
+    if (error) throw error instanceof StorageUnavailableError ? error : this.#fail(error, "close");
+  }
+
+  #entry(name: string): PendingStream {
+    this.#check();
+    let p = this.#pending.get(name);
+    if (!p) {
+      this.#pending.set(name, p = { deleted: false, meta: undefined, trimBelow: 0, appends: [] });
+    }
+    return p;
+  }
+
+  #check(): void {
+    if (this.#closed) throw this.#closedError();
+    if (this.#error) {
+      throw new StorageUnavailableError(`Storage unavailable: ${this.#error.message}`, {
+        cause: this.#error,
+      });
+    }
+  }
+
+  #wrote(): void {
+    if (++this.#pendingWrites > this.maxPendingWrites) {
+      try {
+        this.commit();
+      } catch {
+        // Reported by the commit's hook and waiters; later writes throw until a retry succeeds.
+      }
+      return;
+    }
+    if (this.#timer === undefined) this.#schedule(this.fsync === "always" ? 0 : this.intervalMs);
+  }
+
+  #schedule(ms: number): void {
+    if (this.#timer !== undefined || this.#closed) return;
+    this.#timer = setTimeout(() => {
+      this.#timer = undefined;
+      try {
+        this.commit();
+      } catch {
+        // Reported by the commit's hook and waiters; retried in an interval.
+      }
+    }, ms);
+  }
+
+  #scheduleIdle(): void {
+    clearTimeout(this.#idleTimer);
+    this.#idleTimer = setTimeout(() => {
+      this.#idleTimer = undefined;
+      if (this.#closed || !this.#dirtySinceIdle) return;
+      if (this.#pendingWrites > 0) return this.#scheduleIdle();
+      this.#dirtySinceIdle = false;
+      this.compact();
+    }, this.#idleMs);
+    Deno.unrefTimer(this.#idleTimer as unknown as number);
+  }
+
+  #closedError(): StorageUnavailableError {
+    return new StorageUnavailableError(`Store "${this.path}" is closed`);
+  }
+
+  #fail(e: unknown, what: string): StorageUnavailableError {
+    const err = e as { message?: string; errstr?: string };
+    return new StorageUnavailableError(
+      `Cannot ${what} "${this.path}": ${err.errstr ?? err.message ?? String(e)}`,
+      { cause: e },
+    );
+  }
+}
+
+function parseLost(text: string): LostRange[] {
+  if (!text) return [];
+  try {
+    const v = JSON.parse(text);
+    return Array.isArray(v)
+      ? v.filter((r): r is [number, number] =>
+        Array.isArray(r) && typeof r[0] === "number" && typeof r[1] === "number"
+      )
+      : [];
+  } catch {
+    return [];
+  }
+}
