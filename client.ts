@@ -190,6 +190,10 @@ export class RemoteStream implements Streamer, AsyncDisposable {
   #closing = false;
   #closed: PromiseWithResolvers<void | Error> = Promise.withResolvers();
   #statusListeners = new Set<(s: Status) => void>();
+  /** The `closed` status, once the client has closed: iterators made later get it and end. */
+  #final: Status | undefined;
+  /** Wakes the reconnect loop from its backoff sleep (close() calls it). */
+  #wakeBackoff: (() => void) | undefined;
   #pingTimer: ReturnType<typeof setInterval> | undefined;
   #pingsOut = 0;
   #reconnecting: Promise<void> | undefined;
@@ -342,16 +346,22 @@ export class RemoteStream implements Streamer, AsyncDisposable {
    */
   status(): AsyncIterable<Status> {
     const listeners = this.#statusListeners;
+    const final = (): Status | undefined => this.#final;
     return {
       [Symbol.asyncIterator](): AsyncIterator<Status> {
         const queue: Status[] = [];
+        const closedAlready = final();
+        if (closedAlready) {
+          // Taken after the client closed: the closed status, then the end.
+          queue.push(closedAlready);
+        }
         let wake: (() => void) | undefined;
         let done = false;
         const listener = (s: Status) => {
           if (queue.length < 1000) queue.push(s);
           wake?.();
         };
-        listeners.add(listener);
+        if (!closedAlready) listeners.add(listener);
         const finish = () => {
           done = true;
           listeners.delete(listener);
@@ -444,6 +454,17 @@ export class RemoteStream implements Streamer, AsyncDisposable {
     }
     const followed = this.#streams.get(stream);
     if (followed) {
+      if (followed.waiters.length > 0) {
+        // The upstream join is under way: this queue gets its catch-up with the first one's,
+        // and the same answer (or refusal).
+        const w = Promise.withResolvers<Position>();
+        followed.waiters.push(w);
+        if (!followed.queues.has(queue)) {
+          followed.queues.add(queue);
+          queue.attached?.(this);
+        }
+        return await w.promise;
+      }
       if (followed.queues.has(queue)) return followed.position ?? { epoch: "", seq: 0 };
       followed.queues.add(queue);
       queue.attached?.(this);
@@ -519,6 +540,7 @@ export class RemoteStream implements Streamer, AsyncDisposable {
     if (this.#closing) return void await this.#closed.promise;
     this.#closing = true;
     clearInterval(this.#pingTimer);
+    this.#wakeBackoff?.();
     const conn = this.#conn;
     if (conn) {
       this.#send(encoder.encode('{"action":"close"}\n'));
@@ -551,7 +573,8 @@ export class RemoteStream implements Streamer, AsyncDisposable {
       for (const q of f.queues) if (q instanceof Inbox) q.close();
     }
     this.#streams.clear();
-    this.#emit(error ? { type: "closed", error } : { type: "closed" });
+    this.#final = error ? { type: "closed", error } : { type: "closed" };
+    this.#emit(this.#final);
     this.#closed.resolve(error);
   }
 
@@ -810,7 +833,15 @@ export class RemoteStream implements Streamer, AsyncDisposable {
       attempt++
     ) {
       const wait = o.reconnectTimeWait + Math.random() * o.reconnectJitter;
-      await new Promise((r) => setTimeout(r, wait));
+      // close() cuts the sleep short.
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(() => this.#wakeBackoff?.(), wait);
+        this.#wakeBackoff = () => {
+          clearTimeout(timer);
+          this.#wakeBackoff = undefined;
+          resolve();
+        };
+      });
       if (this.#closing) return;
       this.#emit({ type: "reconnecting", attempt });
       try {
