@@ -79,6 +79,11 @@ Options:
                        live ones; take it from the last line printed ("epoch":"seq")
   --count N            exit after N put events (over all streams)
   --timeout MS         exit after MS milliseconds
+  --reconnect-attempts N
+                       reconnect attempts after the connection drops before giving up
+                       (exit 2); --reconnect-attempts=-1 never gives up (default 10, as
+                       the library)
+  --reconnect-wait MS  milliseconds between reconnect attempts (default 2000, as the library)
 
 ${COMMON}`,
   put: `Usage: msgstream put [options] STREAM [MESSAGE]
@@ -199,7 +204,22 @@ function positional(args: Args): string[] {
   return args._.map(String);
 }
 
-async function connect(args: Args): Promise<{ remote: RemoteStream; address: string }> {
+/** How a command reconnects: attempts (-1: forever) and the wait between them. */
+interface ReconnectBudget {
+  attempts: number;
+  wait: number;
+}
+
+/**
+ * A one-shot command fails fast: a lost connection is retried a few times (a server restart)
+ * before giving up.
+ */
+const ONE_SHOT: ReconnectBudget = { attempts: 5, wait: 500 };
+
+async function connect(
+  args: Args,
+  budget: ReconnectBudget = ONE_SHOT,
+): Promise<{ remote: RemoteStream; address: string }> {
   const address: string = args.server ?? env("MSGSTREAM_SERVER") ?? DEFAULT_SERVER;
   const i = address.lastIndexOf(":");
   const port = Number(address.slice(i + 1));
@@ -210,10 +230,9 @@ async function connect(args: Args): Promise<{ remote: RemoteStream; address: str
   const options: RemoteStreamOptions = {
     hostname,
     port,
-    // A command line fails fast: a refused connection exits at once, a lost one is retried a
-    // few times (a server restart) before giving up.
-    maxReconnectAttempts: 5,
-    reconnectTimeWait: 500,
+    // A refused first connection exits at once; a lost one is retried within the budget.
+    maxReconnectAttempts: budget.attempts,
+    reconnectTimeWait: budget.wait,
     reconnectJitter: 100,
   };
   const token: string | undefined = args.token ?? env("MSGSTREAM_TOKEN");
@@ -278,7 +297,12 @@ function watchStatus(remote: RemoteStream): void {
 }
 
 async function listen(argv: string[]): Promise<number> {
-  const args = parse("listen", argv, ["since", "count", "timeout"], []);
+  const args = parse(
+    "listen",
+    argv,
+    ["since", "count", "timeout", "reconnect-attempts", "reconnect-wait"],
+    [],
+  );
   if (args.help) return help("listen");
   const streams = positional(args);
   if (streams.length === 0) throw new UsageError("listen needs at least one STREAM");
@@ -289,7 +313,12 @@ async function listen(argv: string[]): Promise<number> {
     if (streams.length !== 1) throw new UsageError("--since takes exactly one STREAM");
     since = parseSince(args.since);
   }
-  const { remote, address } = await connect(args);
+  // A listener is long-lived: the library's budget (about 20 s of reconnecting) by default.
+  const budget: ReconnectBudget = {
+    attempts: intFlag(args["reconnect-attempts"], "reconnect-attempts", -1) ?? 10,
+    wait: intFlag(args["reconnect-wait"], "reconnect-wait", 0) ?? 2000,
+  };
+  const { remote, address } = await connect(args, budget);
   const inbox = new Inbox({ maxEvents: 100_000, maxBytes: 64 << 20 });
   let timer: ReturnType<typeof setTimeout> | undefined;
   let done = false;
