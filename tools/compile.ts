@@ -4,12 +4,11 @@
 // dl.deno.land, or takes a local copy from $DENORT_BIN. When it cannot, this says so in one line
 // and exits 1.
 
-const ENV = "MSGSTREAM_SERVER,MSGSTREAM_TOKEN,MSGSTREAM_PORT,MSGSTREAM_HOSTNAME";
+import { BINARY_PERMISSIONS } from "./permissions.ts";
+
 const args = [
   "compile",
-  "--allow-net",
-  "--allow-read", // TLS certificate and key files, token files, --ca files
-  `--allow-env=${ENV}`,
+  ...BINARY_PERMISSIONS, // tools/permissions.ts says why each
   "--include",
   "server.ts", // `msgstream serve` imports it on demand
   "--output",
