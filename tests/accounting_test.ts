@@ -13,7 +13,8 @@ import { Inbox, type Position, type StreamEvent } from "../mod.ts";
 import { RemoteStream } from "../client.ts";
 import { ProtocolError } from "../protocol.ts";
 import { TcpProxy } from "./_proxy.ts";
-import { listeningPort } from "./_server.ts";
+import { ServerProcess } from "./_server.ts";
+import { deadline, TIMEOUT } from "./_wait.ts";
 
 const PUBLISHERS = 3;
 const PER_PUBLISHER = 20_000;
@@ -21,47 +22,6 @@ const STREAMS = 50;
 const TOTAL = PUBLISHERS * PER_PUBLISHER;
 const WINDOW = 100; // puts in flight per publisher
 const FAST = { reconnectTimeWait: 50, reconnectJitter: 20, maxReconnectAttempts: -1 } as const;
-const serverPath = new URL("../server.ts", import.meta.url).pathname;
-
-/** The server as a child process, restartable on the same port. */
-class ServerProcess implements AsyncDisposable {
-  port = 0;
-  #child: Deno.ChildProcess | undefined;
-
-  async start(port = 0): Promise<void> {
-    for (let attempt = 0;; attempt++) {
-      const child = new Deno.Command(Deno.execPath(), {
-        args: ["run", "-N", serverPath, "--port", String(port), "--log-level", "warn"],
-        stdin: "null",
-        stdout: "piped",
-        stderr: "inherit",
-      }).spawn();
-      const started = await listeningPort(child.stdout);
-      if (started !== undefined) {
-        this.port = started;
-        this.#child = child;
-        return;
-      }
-      await child.status;
-      if (attempt >= 20) throw new Error(`Server did not start on port ${port}`);
-      await new Promise((r) => setTimeout(r, 100)); // the port is still held: try again
-    }
-  }
-
-  /** Kills the process (no graceful shutdown: a crash). */
-  async kill(): Promise<void> {
-    const child = this.#child;
-    this.#child = undefined;
-    if (!child) return;
-    child.kill("SIGKILL");
-    await child.status;
-  }
-
-  async [Symbol.asyncDispose](): Promise<void> {
-    await this.kill();
-  }
-}
-
 /** One local queue's view of one stream, from its listen to its hangup (or the end). */
 interface Segment {
   name: string;
@@ -163,23 +123,6 @@ class ListenerClient {
   }
 }
 
-/** Awaits `promise`, or fails with `describe()` after 60 s: a liveness bug must not hang. */
-async function within(promise: Promise<void>, describe: () => string): Promise<void> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  let failed = false;
-  await Promise.race([
-    promise,
-    new Promise<void>((resolve) => {
-      timer = setTimeout(() => {
-        failed = true;
-        resolve();
-      }, 60_000);
-    }),
-  ]);
-  clearTimeout(timer);
-  if (failed) throw new Error(describe());
-}
-
 interface Verdict {
   puts: number;
   resets: Map<string, number>;
@@ -246,8 +189,7 @@ Deno.test({
   sanitizeResources: true,
   sanitizeOps: true,
 }, async () => {
-  await using server = new ServerProcess();
-  await server.start();
+  await using server = await ServerProcess.start(["--log-level", "warn"], { stderr: "inherit" });
   await using proxy = new TcpProxy(() => server.port);
 
   // Progress: how many puts are acknowledged; the scenario steps wait on it.
@@ -281,29 +223,41 @@ Deno.test({
     });
 
   const streams = Array.from({ length: STREAMS }, (_, i) => `job${i}`);
-  const publishers = await Promise.all(
-    Array.from({ length: PUBLISHERS }, () => RemoteStream.connect({ port: server.port, ...FAST })),
+  const publishers = await deadline(
+    Promise.all(
+      Array.from(
+        { length: PUBLISHERS },
+        () => RemoteStream.connect({ port: server.port, ...FAST }),
+      ),
+    ),
+    "the publishers to connect",
   );
-  for (const s of streams) await (publishers[0] as RemoteStream).header(s, { stream: s });
+  await deadline(
+    Promise.all(streams.map((s) => (publishers[0] as RemoteStream).header(s, { stream: s }))),
+    "every stream's header to be set",
+  );
 
   const listeners: ListenerClient[] = [];
   const follow = async (c: ListenerClient, inbox: Inbox, from: number, count: number) => {
     for (let i = 0; i < count; i++) await c.listen(inbox, streams[(from + i) % STREAMS] as string);
   };
-  // Four clients from the start: two inboxes each, overlapping streams (one upstream listen
-  // serves both local queues of a stream).
-  for (let k = 0; k < 4; k++) {
-    const c = await ListenerClient.connect(`early${k}`, proxy.port, received);
-    listeners.push(c);
-    await follow(c, c.inbox(), k * 12, 15);
-    await follow(c, c.inbox(), k * 12 + 10, 10);
-  }
-  // One client straight to the server: it only sees the restart.
-  {
-    const c = await ListenerClient.connect("direct", server.port, received);
-    listeners.push(c);
-    await follow(c, c.inbox(), 0, STREAMS);
-  }
+  await deadline(
+    (async () => {
+      // Four clients from the start: two inboxes each, overlapping streams (one upstream listen
+      // serves both local queues of a stream).
+      for (let k = 0; k < 4; k++) {
+        const c = await ListenerClient.connect(`early${k}`, proxy.port, received);
+        listeners.push(c);
+        await follow(c, c.inbox(), k * 12, 15);
+        await follow(c, c.inbox(), k * 12 + 10, 10);
+      }
+      // One client straight to the server: it only sees the restart.
+      const c = await ListenerClient.connect("direct", server.port, received);
+      listeners.push(c);
+      await follow(c, c.inbox(), 0, STREAMS);
+    })(),
+    () => `the first listeners to join (${listeners.length} connected)`,
+  );
 
   let retries = 0;
   const retried = new Set<string>();
@@ -382,7 +336,11 @@ Deno.test({
   };
 
   const t0 = performance.now();
-  await Promise.all([...publishers.map((_, p) => publish(p)), scenario()]);
+  await deadline(
+    Promise.all([...publishers.map((_, p) => publish(p)), scenario()]),
+    () => `${TOTAL} puts to be acknowledged through the scenario (${acked} so far, gate ${gate})`,
+    6 * TIMEOUT,
+  );
   const publishMs = performance.now() - t0;
 
   // A last put on every stream; every open segment must get it. History covers any cut now,
@@ -397,18 +355,25 @@ Deno.test({
     const clients = listeners.map((c) => `${c.name}: ${c.statuses.slice(-6).join(", ")}`);
     return `${what}: ${missing.join(", ")}\n${clients.join("\n")}`;
   };
-  await within(
+  await deadline(
     progress(() => open.every((s) => !s.spansRestart || s.resets > 0)),
-    () => report("Segments never rejoined after the restart"),
+    () => report("every segment to rejoin after the restart; these did not"),
+    3 * TIMEOUT,
   );
-  for (const s of streams) await (publishers[0] as RemoteStream).put(s, { done: true });
-  await within(
+  await deadline(
+    Promise.all(streams.map((s) => (publishers[0] as RemoteStream).put(s, { done: true }))),
+    "the last put on every stream to be answered",
+  );
+  await deadline(
     progress(() => open.every((s) => s.done)),
-    () => report("Segments never got the last put"),
+    () => report("every segment to get the last put; these did not"),
+    3 * TIMEOUT,
   );
 
-  for (const c of listeners) await c.close();
-  for (const p of publishers) await p.close();
+  await deadline(
+    Promise.all([...listeners.map((c) => c.close()), ...publishers.map((p) => p.close())]),
+    "every client to close",
+  );
 
   // The checks.
   const seen = new Map<string, string>();

@@ -5,54 +5,20 @@
  */
 
 import { assert, assertEquals, assertStringIncludes } from "@std/assert";
-import { type MessageServer, serve } from "../server.ts";
-import { RemoteStream } from "../client.ts";
+import type { MessageServer } from "../server.ts";
+import { withBystander } from "./_bystander.ts";
 import { listenerCount, putFlood, seqOf } from "./_hub.ts";
-import { connectRaw, type Frame, type RawClient } from "./_raw_client.ts";
-import { Recorder } from "./_recorder.ts";
+import type { Frame, RawClient } from "./_raw_client.ts";
 import { engineOptions } from "./_server.ts";
+import { poll } from "./_wait.ts";
 
 const MAX_LINE = 4096;
-const RUN = 300;
 
-/**
- * Runs `misbehave` against a fresh server while a bystander follows `RUN` puts: half of them
- * are in flight while the bad client acts, the rest are put after. Then checks the bystander
- * got all of them in order and that a new connection is served.
- */
-async function withBystander(
+/** {@linkcode withBystander} on a server with this file's line limit, on the engine under test. */
+function misbehaving(
   misbehave: (server: MessageServer, bad: RawClient) => Promise<void>,
 ): Promise<void> {
-  await using server = serve({
-    port: 0,
-    ...engineOptions(),
-    maxLineBytes: MAX_LINE,
-    logLevel: "silent",
-  });
-  await using listener = await RemoteStream.connect({ port: server.addr.port });
-  await using publisher = await RemoteStream.connect({ port: server.addr.port });
-  const rec = new Recorder("bystander");
-  await listener.listen("bystander", rec);
-  const puts: Promise<number>[] = [];
-  for (let i = 0; i < RUN / 2; i++) puts.push(publisher.put("bystander", i));
-  const bad = await connectRaw(server.addr.port);
-  try {
-    await misbehave(server, bad);
-  } catch (e) {
-    await Promise.allSettled(puts); // report the failure, not the puts a closing client drops
-    throw e;
-  } finally {
-    await bad.close();
-  }
-  for (let i = RUN / 2; i < RUN; i++) puts.push(publisher.put("bystander", i));
-  await Promise.all(puts);
-  await rec.waitFor(RUN);
-  assertEquals(rec.events.map((e) => e.message), [...Array(RUN).keys()]);
-  assertEquals(rec.events.map((e) => e.seq), Array.from({ length: RUN }, (_, i) => i + 1));
-  // The server still serves new connections.
-  await using fresh = await connectRaw(server.addr.port);
-  await fresh.send({ action: "put", stream: "after", message: 1, id: "after" });
-  assertEquals(await fresh.next(), { action: "ok", id: "after", stream: "after", seq: 1 });
+  return withBystander({ ...engineOptions(), maxLineBytes: MAX_LINE }, misbehave);
 }
 
 /**
@@ -60,9 +26,10 @@ async function withBystander(
  * server's own count of open connections (the bystander's two stay open).
  */
 async function connectionGone(server: MessageServer): Promise<void> {
-  while ((server.metrics.connections.tcp ?? 0) > 2) {
-    await new Promise((r) => setTimeout(r, 5));
-  }
+  await poll(
+    () => (server.metrics.connections.tcp ?? 0) <= 2,
+    () => `the server to see the bad connection end (${server.metrics.connections.tcp} open)`,
+  );
 }
 
 /** Sends a ping with an id and reads up to its pong: the connection is still served. */
@@ -80,7 +47,7 @@ function assertError(frame: Frame, code: string, id?: unknown): void {
 }
 
 Deno.test("Invalid JSON gets invalid_json and the connection stays open", async () => {
-  await withBystander(async (_server, bad) => {
+  await misbehaving(async (_server, bad) => {
     for (const text of ["{not json", "}", '{"action":"put",', "nul", "'x'"]) {
       await bad.send(text);
       assertError(await bad.next(), "invalid_json");
@@ -90,7 +57,7 @@ Deno.test("Invalid JSON gets invalid_json and the connection stays open", async 
 });
 
 Deno.test("A JSON value that is not an object gets invalid_frame", async () => {
-  await withBystander(async (_server, bad) => {
+  await misbehaving(async (_server, bad) => {
     for (const text of ["[1,2]", "42", '"put"', "null", "true", '[{"action":"ping"}]']) {
       await bad.send(text);
       assertError(await bad.next(), "invalid_frame");
@@ -102,7 +69,7 @@ Deno.test("A JSON value that is not an object gets invalid_frame", async () => {
 });
 
 Deno.test("An unknown action gets unknown_action with the request's id", async () => {
-  await withBystander(async (_server, bad) => {
+  await misbehaving(async (_server, bad) => {
     await bad.send({ action: "frobnicate", stream: "bystander", message: 1, id: 7 });
     const e = await bad.next();
     assertError(e, "unknown_action", 7);
@@ -120,7 +87,7 @@ Deno.test("An unknown action gets unknown_action with the request's id", async (
 });
 
 Deno.test("A missing, empty, non-string or too long stream name gets invalid_stream", async () => {
-  await withBystander(async (server, bad) => {
+  await misbehaving(async (server, bad) => {
     const max = server.hub.maxStreamNameLength;
     const names: [string, unknown][] = [
       ["missing", undefined],
@@ -149,7 +116,7 @@ Deno.test("A missing, empty, non-string or too long stream name gets invalid_str
 });
 
 Deno.test("A put without a message gets missing_message and puts nothing", async () => {
-  await withBystander(async (server, bad) => {
+  await misbehaving(async (server, bad) => {
     await bad.send({ action: "put", stream: "bystander", id: "m1" });
     const e = await bad.next();
     assertError(e, "missing_message", "m1");
@@ -166,7 +133,7 @@ Deno.test("A put without a message gets missing_message and puts nothing", async
 
 Deno.test("A line over the limit gets line_too_long, then its connection is closed", async (t) => {
   await t.step("a whole line", async () => {
-    await withBystander(async (_server, bad) => {
+    await misbehaving(async (_server, bad) => {
       const line = JSON.stringify({
         action: "put",
         stream: "bystander",
@@ -180,7 +147,7 @@ Deno.test("A line over the limit gets line_too_long, then its connection is clos
     });
   });
   await t.step("no newline ever comes", async () => {
-    await withBystander(async (_server, bad) => {
+    await misbehaving(async (_server, bad) => {
       // The limit holds before any newline: the server does not buffer without bound.
       await bad.write('{"action":"put","stream":"bystander","message":"');
       const chunk = "y".repeat(1024);
@@ -197,7 +164,7 @@ Deno.test("A line over the limit gets line_too_long, then its connection is clos
     });
   });
   await t.step("exactly the limit is accepted", async () => {
-    await withBystander(async (_server, bad) => {
+    await misbehaving(async (_server, bad) => {
       const frame = { action: "put", stream: "edge", id: 1, message: "" };
       frame.message = "z".repeat(MAX_LINE - JSON.stringify(frame).length);
       assertEquals(new TextEncoder().encode(JSON.stringify(frame)).byteLength, MAX_LINE);
@@ -208,7 +175,7 @@ Deno.test("A line over the limit gets line_too_long, then its connection is clos
 });
 
 Deno.test("Invalid UTF-8 gets invalid_utf8, then the connection is closed", async () => {
-  await withBystander(async (server, bad) => {
+  await misbehaving(async (server, bad) => {
     const enc = new TextEncoder();
     const head = enc.encode('{"action":"put","stream":"bad-utf8","message":"');
     const tail = enc.encode('"}\n');
@@ -245,7 +212,7 @@ Deno.test("Good lines written together with a bad one are served before the refu
   ];
   for (const [name, badLine, code] of cases) {
     await t.step(name, async () => {
-      await withBystander(async (server, bad) => {
+      await misbehaving(async (server, bad) => {
         // One write: two good frames, then the bad one, so the server reads them in one chunk.
         await bad.write(new Uint8Array([...good(1), ...good(2), ...badLine]));
         const rest = await bad.rest();
@@ -259,7 +226,7 @@ Deno.test("Good lines written together with a bad one are served before the refu
 });
 
 Deno.test("Deeply nested JSON gets invalid_json without exhausting the stack", async () => {
-  await withBystander(async (server, bad) => {
+  await misbehaving(async (server, bad) => {
     const depth = 1500; // fits the line limit, far past the codec's depth limit
     const message = "[".repeat(depth) + "]".repeat(depth);
     await bad.send(`{"action":"put","stream":"deep","id":1,"message":${message}}`);
@@ -272,7 +239,7 @@ Deno.test("Deeply nested JSON gets invalid_json without exhausting the stack", a
 });
 
 Deno.test("A client vanishing mid-line puts nothing", async () => {
-  await withBystander(async (server, bad) => {
+  await misbehaving(async (server, bad) => {
     await bad.send({ action: "ping", id: 0 });
     assertEquals((await bad.next()).action, "pong");
     // Half a put, then gone: the server must not apply it.
@@ -284,7 +251,7 @@ Deno.test("A client vanishing mid-line puts nothing", async () => {
 });
 
 Deno.test("A client vanishing half way through writing a large frame puts nothing", async () => {
-  await withBystander(async (server, bad) => {
+  await misbehaving(async (server, bad) => {
     const line = JSON.stringify({ action: "put", stream: "half", message: "w".repeat(3000) }) +
       "\n";
     const bytes = new TextEncoder().encode(line);
@@ -296,7 +263,7 @@ Deno.test("A client vanishing half way through writing a large frame puts nothin
 });
 
 Deno.test("A listener vanishing while the server writes to it costs the others nothing", async () => {
-  await withBystander(async (server, bad) => {
+  await misbehaving(async (server, bad) => {
     await bad.send({ action: "listen", stream: "bystander", id: "l" });
     await bad.send({ action: "listen", stream: "flood", id: "f" });
     await bad.until((f) => f.id === "f");

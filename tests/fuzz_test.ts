@@ -13,6 +13,7 @@ import { serve } from "../server.ts";
 import { prng } from "./_prng.ts";
 import { connectRaw, type Frame, type RawClient } from "./_raw_client.ts";
 import { Recorder } from "./_recorder.ts";
+import { deadline } from "./_wait.ts";
 
 /** Every error code; the type makes the list exactly {@linkcode ErrorCode}, no more, no less. */
 const CODES: Record<ErrorCode, true> = {
@@ -415,7 +416,10 @@ Deno.test("The server survives 20,000 fuzzed frames and keeps a bystander's stre
   );
 
   // Every put was confirmed with the next seq, and the bystander got them all, intact, in order.
-  assertEquals(await Promise.all(puts), Array.from({ length: PUTS }, (_, i) => i + 1));
+  assertEquals(
+    await deadline(Promise.all(puts), `the bystander's ${PUTS} puts to be answered`),
+    Array.from({ length: PUTS }, (_, i) => i + 1),
+  );
   const events = await recorder.waitFor(PUTS);
   assertEquals(events.length, PUTS);
   events.forEach((ev, i) => {

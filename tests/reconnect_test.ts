@@ -16,15 +16,16 @@ import { type MessageServer, serve } from "../server.ts";
 import { ProtocolError, RemoteStream, type Status } from "../client.ts";
 import { collect, Recorder } from "./_recorder.ts";
 import { TcpProxy } from "./_proxy.ts";
+import { deadline } from "./_wait.ts";
 
-/** Records a client's status changes; tests await one. */
+/** Records a client's status changes; tests await one (each wait has a deadline). */
 class StatusLog {
   readonly seen: Status[] = [];
-  readonly done: Promise<void>;
+  readonly #done: Promise<void>;
   #waiters: { type: Status["type"]; after: number; resolve: (s: Status) => void }[] = [];
 
   constructor(remote: RemoteStream) {
-    this.done = (async () => {
+    this.#done = (async () => {
       for await (const s of remote.status()) {
         this.seen.push(s);
         this.#waiters = this.#waiters.filter((w) => {
@@ -41,9 +42,18 @@ class StatusLog {
     return this.seen.map((s) => s.type);
   }
 
+  /** Resolves when the status iterable ends (the client closed). */
+  get done(): Promise<void> {
+    return deadline(this.#done, () => `the client's status() to end (seen: ${this.types})`);
+  }
+
   /** Resolves with the next status of `type` (seen after the current end of the log). */
   next(type: Status["type"]): Promise<Status> {
-    return new Promise((resolve) => this.#waiters.push({ type, after: this.seen.length, resolve }));
+    const after = this.seen.length;
+    return deadline(
+      new Promise((resolve) => this.#waiters.push({ type, after, resolve })),
+      () => `status "${type}" after ${after} statuses (seen: ${this.types})`,
+    );
   }
 }
 
@@ -220,8 +230,8 @@ Deno.test("RemoteStream sends puts made while disconnected after the reconnect",
     const header = remote.header("job", "while down");
     assertEquals(hub.info("job")?.seq, 1, "nothing reached the hub yet");
     server = serve({ port, hub });
-    assertEquals(await Promise.all(puts), [2, 3, 4]);
-    await header;
+    assertEquals(await deadline(Promise.all(puts), "the buffered puts to be answered"), [2, 3, 4]);
+    await deadline(header, "the buffered header to be answered");
     assertEquals(hub.info("job")?.hasHeader, true);
     await remote.close();
     await log.done;
@@ -244,9 +254,9 @@ Deno.test("RemoteStream fails a put written but unanswered when the connection d
   const connected = log.next("connected");
   proxy.swallow = false;
   proxy.cut();
-  const err = await assertRejects(() => lost, ProtocolError);
+  const err = await assertRejects(() => deadline(lost, "the lost put to fail"), ProtocolError);
   assertEquals(err.code, "not_connected");
-  await header;
+  await deadline(header, "the header to be resent and answered");
   await connected;
   assertEquals(server.hub.info("job")?.seq, 1, "the lost put was not resent");
   assertEquals(server.hub.info("job")?.hasHeader, true);
@@ -296,16 +306,16 @@ Deno.test("RemoteStream.closed() resolves with an Error after maxReconnectAttemp
   await remote.listen("job", inbox);
   await server.shutdown();
   const pending = remote.put("job", 1).catch((e) => e);
-  const why = await remote.closed();
+  const why = await deadline(remote.closed(), "the client to give up reconnecting");
   assertInstanceOf(why, Error);
   await log.done;
   assertEquals(log.seen.filter((s) => s.type === "reconnecting").length, 3);
   const last = log.seen.at(-1);
   assertEquals(last?.type, "closed");
   assertEquals(last?.error, why);
-  const putError = await pending;
+  const putError = await deadline(pending, "the pending put to fail");
   assertInstanceOf(putError, ProtocolError);
-  assertEquals(await Array.fromAsync(inbox), [], "local inboxes end");
+  assertEquals(await deadline(Array.fromAsync(inbox), "the inbox to end"), [], "local inboxes end");
   await assertRejects(() => remote.put("job", 2), ProtocolError);
   await remote.close(); // safe after giving up
 });

@@ -12,72 +12,10 @@ import { Inbox, MessageStream, SlowConsumerError, type StreamEvent } from "../mo
 import { serve } from "../server.ts";
 import { RemoteStream } from "../client.ts";
 import { collect } from "./_recorder.ts";
-import { listeningPort } from "./_server.ts";
+import { ServerProcess } from "./_server.ts";
+import { deadline, TIMEOUT } from "./_wait.ts";
 
-const serverPath = new URL("../server.ts", import.meta.url).pathname;
 const encoder = new TextEncoder();
-
-/** The server as a child process; its stderr log lines are kept. */
-class ServerProcess implements AsyncDisposable {
-  readonly child: Deno.ChildProcess;
-  port = 0;
-  readonly log: string[] = [];
-  #logWaiters: { match: RegExp; resolve: () => void }[] = [];
-  #stderr: Promise<void>;
-
-  constructor(args: string[]) {
-    const child = new Deno.Command(Deno.execPath(), {
-      args: ["run", "-N", serverPath, "--port", "0", ...args],
-      stdin: "null",
-      stdout: "piped",
-      stderr: "piped",
-    }).spawn();
-    this.child = child;
-    this.#stderr = (async () => {
-      let partial = "";
-      for await (const text of child.stderr.pipeThrough(new TextDecoderStream())) {
-        partial += text;
-        const lines = partial.split("\n");
-        partial = lines.pop() as string;
-        for (const line of lines) {
-          this.log.push(line);
-          this.#logWaiters = this.#logWaiters.filter((w) =>
-            !w.match.test(line) || (w.resolve(), false)
-          );
-        }
-      }
-    })();
-  }
-
-  async started(): Promise<void> {
-    const port = await listeningPort(this.child.stdout);
-    if (port === undefined) throw new Error("Server did not start");
-    this.port = port;
-  }
-
-  /** Resolves when a log line matches. */
-  logged(match: RegExp): Promise<void> {
-    if (this.log.some((l) => match.test(l))) return Promise.resolve();
-    return new Promise((resolve) => this.#logWaiters.push({ match, resolve }));
-  }
-
-  /** The process's resident set size in bytes (Linux). */
-  rss(): number {
-    const status = Deno.readTextFileSync(`/proc/${this.child.pid}/status`);
-    const m = status.match(/^VmRSS:\s+(\d+)\s+kB/m);
-    return m ? Number(m[1]) * 1024 : 0;
-  }
-
-  async [Symbol.asyncDispose](): Promise<void> {
-    try {
-      this.child.kill("SIGTERM");
-    } catch {
-      // already gone
-    }
-    await this.child.status;
-    await this.#stderr;
-  }
-}
 
 /** A lean raw listener: counts put frames and checks their seqs follow each other. */
 class HealthyReader {
@@ -138,10 +76,14 @@ class HealthyReader {
     });
   }
 
-  /** Resolves when the reader has seen `seq` (or failed). */
-  reached(seq: number): Promise<void> {
+  /** Resolves when the reader has seen `seq` (or failed); fails at the deadline. */
+  reached(seq: number, ms: number = TIMEOUT): Promise<void> {
     if (this.lastSeq >= seq || this.error !== undefined) return Promise.resolve();
-    return new Promise((resolve) => this.#waiters.push({ seq, resolve }));
+    return deadline(
+      new Promise((resolve) => this.#waiters.push({ seq, resolve })),
+      () => `a healthy reader to get seq ${seq} (it has ${this.lastSeq})`,
+      ms,
+    );
   }
 }
 
@@ -155,11 +97,16 @@ async function listen(conn: Deno.TcpConn, stream: string): Promise<void> {
   await writeAll(conn, encoder.encode(JSON.stringify({ action: "listen", stream, id: 1 }) + "\n"));
   const buf = new Uint8Array(1);
   let line = "";
-  while (!line.endsWith("\n")) {
-    const n = await conn.read(buf);
-    if (n === null) throw new Error("Connection ended before the listen was answered");
-    line += String.fromCharCode(buf[0] as number);
-  }
+  await deadline(
+    (async () => {
+      while (!line.endsWith("\n")) {
+        const n = await conn.read(buf);
+        if (n === null) throw new Error("Connection ended before the listen was answered");
+        line += String.fromCharCode(buf[0] as number);
+      }
+    })(),
+    () => `the answer to a listen (read so far: ${JSON.stringify(line)})`,
+  );
   assert(line.includes('"action":"ok"'), line);
 }
 
@@ -169,8 +116,7 @@ const BATCH = 4_000;
 const RSS_BOUND = 200 * 1024 * 1024;
 
 Deno.test("A listener that stops reading is cut while healthy ones get every message and the server's memory stays bounded", async () => {
-  await using server = new ServerProcess(["--max-outbound-bytes", String(1 << 20)]);
-  await server.started();
+  await using server = await ServerProcess.start(["--max-outbound-bytes", String(1 << 20)]);
   const connect = () => Deno.connect({ hostname: "127.0.0.1", port: server.port });
 
   // The stalled reader listens, then never reads again.
@@ -187,9 +133,10 @@ Deno.test("A listener that stops reading is cut while healthy ones get every mes
   let peak = server.rss();
   const baseline = peak;
   const sampler = setInterval(() => peak = Math.max(peak, server.rss()), 20);
-  const cut = server.logged(/slow consumer/);
+  // When the cut is logged, for the report only: the assertion below has its own deadline.
   let cutAtSeq = 0;
-  cut.then(() => cutAtSeq = healthy[0]?.lastSeq ?? 0);
+  server.logged(/slow consumer/, "the slow consumer log line", 10 * TIMEOUT)
+    .then(() => cutAtSeq = healthy[0]?.lastSeq ?? 0, () => {});
 
   // Batches: the next goes out when every healthy reader has the last, so that only the stalled
   // one falls behind. About 120 bytes a frame: 200,000 are ~24 MB, far more than the stalled
@@ -207,7 +154,11 @@ Deno.test("A listener that stops reading is cut while healthy ones get every mes
     for (const h of healthy) assertEquals(h.error, undefined);
   }
   const seconds = (performance.now() - t0) / 1000;
-  await cut; // the log line may trail the last message
+  // The log line may trail the last message.
+  await server.logged(
+    /slow consumer/,
+    "the stalled listener to be cut (the server's slow consumer log line)",
+  );
   clearInterval(sampler);
   peak = Math.max(peak, server.rss());
 
@@ -219,7 +170,10 @@ Deno.test("A listener that stops reading is cut while healthy ones get every mes
 
   // The stalled reader now reads what reached it: an in-order prefix, then the end.
   const rest = new HealthyReader(stalled);
-  await rest.done;
+  await deadline(
+    rest.done,
+    () => `the stalled reader's connection to end (${rest.count} puts read)`,
+  );
   assert(
     rest.error === "connection ended" || rest.error?.includes("slow_consumer") ||
       rest.error?.startsWith("read failed"),
@@ -238,7 +192,7 @@ Deno.test("A listener that stops reading is cut while healthy ones get every mes
   );
 
   for (const h of healthy) h.conn.close();
-  await Promise.all(healthy.map((h) => h.done));
+  await deadline(Promise.all(healthy.map((h) => h.done)), "the healthy readers to stop");
   publisher.close();
 });
 
