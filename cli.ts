@@ -27,7 +27,7 @@
  */
 
 import { parseArgs } from "@std/cli/parse-args";
-import { TextLineStream } from "@std/streams/text-line-stream";
+import { LineError, readLines } from "./framer.ts";
 import { ProtocolError, RemoteStream, type RemoteStreamOptions } from "./client.ts";
 import { Inbox, type Position, type StreamEvent } from "./mod.ts";
 import denoJson from "./deno.json" with { type: "json" };
@@ -96,6 +96,9 @@ starts with "-".
 
 Options:
   --raw                send MESSAGE, or each line, as a string without parsing it as JSON
+  --max-line-bytes N   longest stdin line, in bytes; a longer one stops the command with exit
+                       code 1 after the lines before it are sent (default 1048576, the
+                       server's default limit)
 
 ${COMMON}`,
   header: `Usage: msgstream header [options] STREAM [MESSAGE]
@@ -367,7 +370,7 @@ async function listen(argv: string[]): Promise<number> {
 }
 
 async function put(argv: string[]): Promise<number> {
-  const args = parse("put", argv, [], ["raw"]);
+  const args = parse("put", argv, ["max-line-bytes"], ["raw"]);
   if (args.help) return help("put");
   const [stream, message, ...extra] = positional(args);
   if (stream === undefined) throw new UsageError("put needs a STREAM");
@@ -375,6 +378,7 @@ async function put(argv: string[]): Promise<number> {
     throw new UsageError(`put takes one MESSAGE (quote it), got ${extra.length + 1}`);
   }
   const raw = args.raw === true;
+  const maxLineBytes = intFlag(args["max-line-bytes"], "max-line-bytes", 1) ?? 1 << 20;
   const { remote } = await connect(args);
   try {
     if (message !== undefined) {
@@ -386,16 +390,23 @@ async function put(argv: string[]): Promise<number> {
     // RemoteStream sends in call order, so they land in order.
     const inFlight: Promise<unknown>[] = [];
     let failure: Error | undefined;
-    const lines = Deno.stdin.readable
-      .pipeThrough(new TextDecoderStream())
-      .pipeThrough(new TextLineStream());
-    for await (const line of lines) {
-      const p = remote.put(stream, parseMessage(line, raw)).catch((e: Error) => {
-        failure ??= e;
-      });
-      inFlight.push(p);
-      if (inFlight.length >= MAX_IN_FLIGHT) await inFlight.shift();
-      if (failure) break;
+    let n = 0;
+    try {
+      for await (const line of readLines(Deno.stdin.readable, { maxLineBytes, fatal: false })) {
+        n++;
+        const p = remote.put(stream, parseMessage(line, raw)).catch((e: Error) => {
+          failure ??= e;
+        });
+        inFlight.push(p);
+        if (inFlight.length >= MAX_IN_FLIGHT) await inFlight.shift();
+        if (failure) break;
+      }
+    } catch (e) {
+      if (!(e instanceof LineError)) throw e;
+      // The lines before it are sent; this one and the rest are not.
+      failure ??= new UsageError(
+        `Line ${n + 1} of stdin not sent: ${e.message} (see --max-line-bytes)`,
+      );
     }
     await Promise.all(inFlight);
     if (failure) throw failure;

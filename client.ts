@@ -28,7 +28,6 @@
  */
 
 import { concat } from "@std/bytes/concat";
-import { TextLineStream } from "@std/streams/text-line-stream";
 import { type Codec, defaultCodec } from "./codec.ts";
 import {
   type EventKind,
@@ -40,6 +39,8 @@ import {
   type StreamEvent,
 } from "./mod.ts";
 import { type ErrorCode, ProtocolError } from "./protocol.ts";
+import { readLines } from "./framer.ts";
+import { DEFAULT_PORT, intOption, parseHostPort } from "./options.ts";
 
 export { ProtocolError } from "./protocol.ts";
 export type { ErrorCode } from "./protocol.ts";
@@ -113,6 +114,14 @@ export interface RemoteStreamOptions {
    * @default {8388608}
    */
   maxPendingBytes?: number;
+  /**
+   * Longest frame accepted from the server, in bytes; a longer one is taken as a broken
+   * connection (it is dropped and reconnected). The default is the server's default
+   * `maxOutboundBytes`, which no frame from a server with default limits can exceed.
+   *
+   * @default {8388608}
+   */
+  maxLineBytes?: number;
 }
 
 /** A lifecycle change of a {@linkcode RemoteStream}. */
@@ -150,16 +159,6 @@ interface Followed {
 }
 
 const encoder = new TextEncoder();
-
-function parseAddress(address: string): { hostname: string; port: number } {
-  const i = address.lastIndexOf(":");
-  const hostname = i === -1 ? address : address.slice(0, i).replace(/^\[(.*)\]$/, "$1");
-  const port = i === -1 ? 51932 : Number(address.slice(i + 1));
-  if (!hostname || !Number.isInteger(port) || port < 1 || port > 65535) {
-    throw new TypeError(`Cannot connect: "${address}" is not "host:port"`);
-  }
-  return { hostname, port };
-}
 
 /**
  * The hub's interface over one connection to a msgstream server.
@@ -211,7 +210,7 @@ export class RemoteStream implements Streamer, AsyncDisposable {
   private constructor(options: RemoteStreamOptions) {
     this.#opts = {
       hostname: options.hostname ?? "127.0.0.1",
-      port: options.port ?? 51932,
+      port: options.port ?? DEFAULT_PORT,
       codec: options.codec ?? defaultCodec,
       token: options.token,
       tls: options.tls ?? false,
@@ -222,6 +221,7 @@ export class RemoteStream implements Streamer, AsyncDisposable {
       pingInterval: options.pingInterval ?? 30_000,
       maxPingsOut: options.maxPingsOut ?? 2,
       maxPendingBytes: options.maxPendingBytes ?? 8 << 20,
+      maxLineBytes: intOption("maxLineBytes", options.maxLineBytes, 8 << 20, 1),
     };
   }
 
@@ -244,7 +244,8 @@ export class RemoteStream implements Streamer, AsyncDisposable {
    * ```
    */
   static async connect(target: string | RemoteStreamOptions = {}): Promise<RemoteStream> {
-    const options = typeof target === "string" ? parseAddress(target) : target;
+    const options = typeof target === "string" ? parseHostPort(target, DEFAULT_PORT) : target;
+    if (!options) throw new TypeError(`Cannot connect: "${target}" is not "host:port"`);
     const remote = new RemoteStream(options);
     await remote.#connect();
     return remote;
@@ -672,9 +673,10 @@ export class RemoteStream implements Streamer, AsyncDisposable {
   async #read(conn: Deno.Conn): Promise<void> {
     let error: Error | undefined;
     try {
-      const lines = conn.readable
-        .pipeThrough(new TextDecoderStream())
-        .pipeThrough(new TextLineStream());
+      const lines = readLines(conn.readable, {
+        maxLineBytes: this.#opts.maxLineBytes,
+        fatal: false,
+      });
       for await (const line of lines) {
         if (line.length > 0) this.#handle(line);
       }

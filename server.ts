@@ -27,13 +27,13 @@ import {
   Metrics,
   parseTokenFile,
   parseTokenSpec,
-  ProtocolError,
   Session,
   type Token,
   type Transport,
 } from "./protocol.ts";
 import denoJson from "./deno.json" with { type: "json" };
 import { RedisEngine } from "./redis.ts";
+import { LineError, LineFramer } from "./framer.ts";
 import { type MessageHttpServer, serveHttp } from "./http.ts";
 
 export { Metrics, ProtocolError } from "./protocol.ts";
@@ -155,66 +155,11 @@ export interface MessageServer extends AsyncDisposable {
   shutdown(): Promise<void>;
 }
 
-const NEWLINE = 0x0a;
 /** The smallest and largest read buffer of one connection (it grows on full reads, shrinks when idle). */
 const READ_MIN = 1024;
 const READ_MAX = 64 * 1024;
 /** Queued chunks smaller than this are joined into one write. */
 const JOIN_BELOW = 4096;
-/** Decodes whole lines; no streaming state, so one decoder serves every connection. */
-const utf8 = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
-
-/**
- * Enforces the line length limit on bytes, before anything is decoded: fails a chunk in which
- * a line (or the unfinished tail of one) runs over `max` bytes.
- */
-class LineLimit {
-  #run = 0; // bytes since the last newline
-  readonly #max: number;
-  constructor(max: number) {
-    this.#max = max;
-  }
-  /** Whether the chunk keeps every line within the limit. */
-  check(chunk: Uint8Array): boolean {
-    const max = this.#max;
-    const len = chunk.byteLength;
-    let run = this.#run;
-    if (run + len <= max) {
-      // Fast path: no line in this chunk can be over the limit.
-      const last = chunk.lastIndexOf(NEWLINE);
-      run = last === -1 ? run + len : len - last - 1;
-    } else {
-      let prev = chunk.indexOf(NEWLINE);
-      if (prev === -1) run += len;
-      else if (run + prev > max) run += prev;
-      else {
-        run = 0;
-        for (
-          let i = chunk.indexOf(NEWLINE, prev + 1);
-          i !== -1;
-          i = chunk.indexOf(NEWLINE, i + 1)
-        ) {
-          if (i - prev - 1 > max) {
-            run = i - prev - 1;
-            break;
-          }
-          prev = i;
-        }
-        if (run <= max) run = len - prev - 1;
-      }
-    }
-    this.#run = run;
-    return run <= max;
-  }
-}
-
-function decodeUtf8(bytes: Uint8Array): string {
-  try {
-    return utf8.decode(bytes);
-  } catch {
-    throw new ProtocolError("invalid_utf8", "Frame is not valid UTF-8: closing connection");
-  }
-}
 
 class Connection implements Transport {
   readonly conn: Deno.Conn;
@@ -403,65 +348,30 @@ class Connection implements Transport {
 
   /**
    * Reads request lines and hands each to the session. A plain read loop over a small buffer
-   * that grows with the traffic: each chunk is limit-checked as bytes, its complete lines are
-   * decoded with one call and handled synchronously, so replies and deliveries caused by one
-   * chunk go out in one write per connection (see BENCHMARKS.md for the profiles behind it).
-   * Same framing as `TextDecoderStream` (fatal) + `TextLineStream`: lines end at `\n`, a `\r`
-   * before it is dropped, a leading BOM is skipped, a last unterminated line counts.
+   * that grows with the traffic: each chunk goes through the connection's {@linkcode LineFramer}
+   * (limit-checked as bytes, complete lines decoded with one call), and its lines are handled
+   * synchronously, so replies and deliveries caused by one chunk go out in one write per
+   * connection (see BENCHMARKS.md for the profiles behind it).
    */
   async serve(): Promise<void> {
     if (this.#server.tls && !(await this.#handshake())) return;
     const server = this.#server;
     const metrics = server.metrics;
-    const limit = new LineLimit(server.maxLineBytes);
+    const framer = new LineFramer({ maxLineBytes: server.maxLineBytes });
     const session = this.session;
     let buf = new Uint8Array(READ_MIN);
     let quiet = 0; // consecutive small reads
-    let carry: Uint8Array[] = []; // the unfinished line's bytes
-    let start = true;
     try {
       while (!session.closed) {
         const n = await this.conn.read(buf);
         if (n === null) break;
         if (n === 0) continue;
         metrics.bytesIn += n;
-        let chunk = buf.subarray(0, n);
-        if (start) {
-          start = false;
-          if (n >= 3 && chunk[0] === 0xef && chunk[1] === 0xbb && chunk[2] === 0xbf) {
-            chunk = chunk.subarray(3);
-          }
-        }
-        if (!limit.check(chunk)) {
-          // A line runs over the limit: serve the good lines before it, then refuse.
-          this.lastHeard = Date.now();
-          lineByLine(session, chunk, carry, server.maxLineBytes);
-        }
-        const last = chunk.lastIndexOf(NEWLINE);
-        if (last === -1) {
-          if (chunk.byteLength > 0) carry.push(chunk.slice());
-        } else {
-          // Decode every complete line with one call before handling any.
-          let head = "";
-          let text = "";
-          let from = 0;
-          try {
-            if (carry.length > 0) {
-              from = chunk.indexOf(NEWLINE) + 1;
-              head = utf8.decode(concat([...carry, chunk.subarray(0, from - 1)]));
-            }
-            if (from <= last) text = utf8.decode(chunk.subarray(from, last));
-          } catch {
-            // A bad byte somewhere: serve the good lines before it, then refuse.
-            this.lastHeard = Date.now();
-            lineByLine(session, chunk, carry, server.maxLineBytes);
-          }
-          carry = [];
-          if (last + 1 < chunk.byteLength) carry.push(chunk.slice(last + 1));
-          this.lastHeard = Date.now();
-          if (from > 0) handleLine(session, head);
-          if (from <= last && !session.closed) handleLines(session, text);
-        }
+        const lines = framer.push(buf.subarray(0, n));
+        if (lines.length > 0 || framer.error) this.lastHeard = Date.now();
+        for (let i = 0; i < lines.length && !session.closed; i++) session.handle(lines[i]!);
+        // A bad line: the good lines before it were served; now refuse.
+        if (framer.error) throw framer.error;
         if (n === buf.byteLength && n < READ_MAX) {
           buf = new Uint8Array(n * 2);
           quiet = 0;
@@ -470,19 +380,21 @@ class Connection implements Transport {
           quiet = 0;
         }
       }
-      if (carry.length > 0 && !session.closed) {
+      if (!session.closed) {
         // The peer finished with an unterminated line: it counts, as a TextLineStream has it.
-        const line = decodeUtf8(concat(carry));
-        this.lastHeard = Date.now();
-        session.handle(line);
+        for (const line of framer.end()) {
+          this.lastHeard = Date.now();
+          session.handle(line);
+        }
+        if (framer.error) throw framer.error;
       }
     } catch (e) {
-      if (e instanceof ProtocolError && !this.#closed) {
+      if (e instanceof LineError && !this.#closed) {
         // With an engine, the good lines before the bad one may still be in flight: answer
         // them first.
         const settling = session.settled();
         if (settling) await settling;
-        session.error(e.code, e.message);
+        session.error(e.code, `${e.message}: closing connection`);
         session.close();
       }
       // Otherwise the connection failed or was closed: nothing to tell.
@@ -494,46 +406,6 @@ class Connection implements Transport {
     session.drop();
     this.close();
     await this.flushed;
-  }
-}
-
-/**
- * The slow path for a chunk that holds a bad line (over the limit, or not UTF-8): hands the
- * session every good line before it, one by one, then throws the bad line's error.
- */
-function lineByLine(session: Session, chunk: Uint8Array, carry: Uint8Array[], max: number): never {
-  let from = 0;
-  let pending = carry;
-  for (let nl = chunk.indexOf(NEWLINE); nl !== -1; nl = chunk.indexOf(NEWLINE, from)) {
-    const part = chunk.subarray(from, nl);
-    const bytes = pending.length > 0 ? concat([...pending, part]) : part;
-    pending = [];
-    if (bytes.byteLength > max) break;
-    handleLine(session, decodeUtf8(bytes));
-    if (session.closed) break;
-    from = nl + 1;
-  }
-  throw new ProtocolError("line_too_long", `Line longer than ${max} bytes: closing connection`);
-}
-
-/** Hands one line (its `\n` already cut) to the session, dropping a `\r` before the `\n`. */
-function handleLine(session: Session, line: string): void {
-  session.handle(line.charCodeAt(line.length - 1) === 0x0d ? line.slice(0, -1) : line);
-}
-
-/** Hands each `\n`-separated line of `text` (the last one ended by a cut `\n`) to the session. */
-function handleLines(session: Session, text: string): void {
-  let from = 0;
-  while (!session.closed) {
-    const nl = text.indexOf("\n", from);
-    const end = nl === -1 ? text.length : nl;
-    session.handle(
-      end > from && text.charCodeAt(end - 1) === 0x0d
-        ? text.slice(from, end - 1)
-        : text.slice(from, end),
-    );
-    if (nl === -1) return;
-    from = nl + 1;
   }
 }
 

@@ -243,6 +243,23 @@ Deno.test("msgstream put --raw sends each stdin line as a string", async () => {
   assertEquals(q.events.map((e) => e.message), ["404", '{"a":1}', "", "end"]);
 });
 
+Deno.test("msgstream put stops at a stdin line over --max-line-bytes, after the lines before it", async () => {
+  await using server = serve({ port: 0, logLevel: "silent" });
+  const q = collector();
+  await server.hub.listen("log", q);
+  const r = await run(
+    ["put", "--raw", "log", "--max-line-bytes", "8", "--server", `127.0.0.1:${server.addr.port}`],
+    { stdin: "12345678\nfirst\n123456789\nnever\n" },
+  );
+  assertEquals(r.code, 1);
+  assertEquals(
+    r.stderr,
+    "msgstream: Line 3 of stdin not sent: Line longer than 8 bytes (see --max-line-bytes)\n" +
+      'Run "msgstream put --help" for usage.\n',
+  );
+  assertEquals(q.events.map((e) => e.message), ["12345678", "first"]);
+});
+
 Deno.test("msgstream header sets, prints and clears a stream's header", async () => {
   await using server = serve({ port: 0, logLevel: "silent" });
   const at = `127.0.0.1:${server.addr.port}`;
