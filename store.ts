@@ -141,7 +141,14 @@ interface PendingStream {
     | undefined;
   /** Entries below this number go. */
   trimBelow: number;
-  appends: StoredEntry[];
+  appends: { id: number; entry: StoredEntry }[];
+}
+
+/** The row ids of a stream's kept entries, oldest first (entry `firstNo` at `ids[head]`). */
+interface Rows {
+  firstNo: number;
+  ids: number[];
+  head: number;
 }
 
 interface Waiter {
@@ -180,6 +187,13 @@ export class DurableStore {
   readonly #db: DatabaseSync;
   readonly #idleMs: number;
   #pending = new Map<string, PendingStream>();
+  /** Committed rows to delete at the next commit. */
+  #deleteIds: number[] = [];
+  /** Every stream's kept rows: history rows lie in put order, so a commit writes the tail. */
+  #rows = new Map<string, Rows>();
+  #nextId = 1;
+  /** Rows from this id on are not committed yet. */
+  #firstPendingId = 1;
   #pendingWrites = 0;
   #waiters: Waiter[] = [];
   #timer: ReturnType<typeof setTimeout> | undefined;
@@ -191,8 +205,7 @@ export class DurableStore {
   #st: {
     upsert: StatementSync;
     delStream: StatementSync;
-    delHistory: StatementSync;
-    trim: StatementSync;
+    delRow: StatementSync;
     insert: StatementSync;
     setMeta: StatementSync;
   };
@@ -215,10 +228,9 @@ export class DurableStore {
           "header = excluded.header, trimmed_to = excluded.trimmed_to, lost = excluded.lost",
       ),
       delStream: db.prepare("DELETE FROM streams WHERE name = ?"),
-      delHistory: db.prepare("DELETE FROM history WHERE name = ?"),
-      trim: db.prepare("DELETE FROM history WHERE name = ? AND no < ?"),
+      delRow: db.prepare("DELETE FROM history WHERE id = ?"),
       insert: db.prepare(
-        "INSERT OR REPLACE INTO history(name, no, seq, kind, frame) VALUES (?, ?, ?, ?, ?)",
+        "INSERT OR REPLACE INTO history(id, name, no, seq, kind, frame) VALUES (?, ?, ?, ?, ?, ?)",
       ),
       setMeta: db.prepare(
         "INSERT INTO meta(key, value) VALUES (?, ?) " +
@@ -257,9 +269,9 @@ export class DurableStore {
           trimmed_to INTEGER NOT NULL, lost TEXT NOT NULL DEFAULT ''
         ) WITHOUT ROWID;
         CREATE TABLE IF NOT EXISTS history(
-          name TEXT NOT NULL, no INTEGER NOT NULL, seq INTEGER NOT NULL, kind INTEGER NOT NULL,
-          frame BLOB NOT NULL, PRIMARY KEY(name, no)
-        ) WITHOUT ROWID;
+          id INTEGER PRIMARY KEY, name TEXT NOT NULL, no INTEGER NOT NULL, seq INTEGER NOT NULL,
+          kind INTEGER NOT NULL, frame BLOB NOT NULL
+        );
       `);
       return new DurableStore(path, db, options);
     } catch (e) {
@@ -298,12 +310,18 @@ export class DurableStore {
         : 0;
       const byName = new Map<string, StoredEntry[]>();
       const rows = this.#db.prepare(
-        "SELECT name, no, seq, kind, frame FROM history ORDER BY name, no",
+        "SELECT id, name, no, seq, kind, frame FROM history ORDER BY id",
       ).all();
       for (const r of rows) {
         const name = r.name as string;
+        const id = r.id as number;
         let list = byName.get(name);
-        if (!list) byName.set(name, list = []);
+        if (!list) {
+          byName.set(name, list = []);
+          this.#rows.set(name, { firstNo: r.no as number, ids: [], head: 0 });
+        }
+        this.#rows.get(name)!.ids.push(id);
+        if (id >= this.#nextId) this.#nextId = id + 1;
         list.push({
           no: r.no as number,
           seq: r.seq as number,
@@ -343,6 +361,7 @@ export class DurableStore {
           history: byName.get(name) ?? [],
         });
       }
+      this.#firstPendingId = this.#nextId;
       this.#st.setMeta.run("clean", "0");
       this.#st.setMeta.run("fsync", this.fsync);
       this.#st.setMeta.run("max_pending", String(this.maxPendingWrites));
@@ -405,7 +424,11 @@ export class DurableStore {
    * @throws {StorageUnavailableError} When the store is unavailable or closed.
    */
   append(name: string, no: number, seq: number, header: boolean, frame: Uint8Array): void {
-    this.#entry(name).appends.push({ no, seq, header, frame });
+    const id = this.#nextId++;
+    this.#entry(name).appends.push({ id, entry: { no, seq, header, frame } });
+    let r = this.#rows.get(name);
+    if (!r) this.#rows.set(name, r = { firstNo: no, ids: [], head: 0 });
+    r.ids.push(id);
     this.#wrote();
   }
 
@@ -419,6 +442,18 @@ export class DurableStore {
   trim(name: string, firstNo: number): void {
     const p = this.#entry(name);
     if (firstNo > p.trimBelow) p.trimBelow = firstNo;
+    const r = this.#rows.get(name);
+    if (r) {
+      while (r.firstNo < firstNo && r.head < r.ids.length) {
+        const id = r.ids[r.head++]!;
+        if (id < this.#firstPendingId) this.#deleteIds.push(id);
+        r.firstNo++;
+      }
+      if (r.head > 1024 && r.head * 2 > r.ids.length) {
+        r.ids = r.ids.slice(r.head);
+        r.head = 0;
+      }
+    }
     this.#wrote();
   }
 
@@ -430,6 +465,14 @@ export class DurableStore {
    */
   delete(name: string): void {
     this.#check();
+    const r = this.#rows.get(name);
+    if (r) {
+      for (let i = r.head; i < r.ids.length; i++) {
+        const id = r.ids[i]!;
+        if (id < this.#firstPendingId) this.#deleteIds.push(id);
+      }
+      this.#rows.delete(name);
+    }
     this.#pending.set(name, { deleted: true, meta: undefined, trimBelow: 0, appends: [] });
     this.#wrote();
   }
@@ -470,15 +513,14 @@ export class DurableStore {
     let error: StorageUnavailableError | undefined;
     try {
       db.exec("BEGIN");
+      for (const id of this.#deleteIds) st.delRow.run(id);
       for (const [name, p] of this.#pending) {
-        if (p.deleted) {
-          st.delStream.run(name);
-          st.delHistory.run(name);
-        }
+        if (p.deleted) st.delStream.run(name);
         if (p.meta) st.upsert.run(name, ...p.meta);
-        if (p.trimBelow > 0) st.trim.run(name, p.trimBelow);
-        for (const e of p.appends) {
-          if (e.no >= p.trimBelow) st.insert.run(name, e.no, e.seq, e.header ? 1 : 0, e.frame);
+        for (const { id, entry: e } of p.appends) {
+          if (e.no >= p.trimBelow) {
+            st.insert.run(id, name, e.no, e.seq, e.header ? 1 : 0, e.frame);
+          }
         }
       }
       db.exec("COMMIT");
@@ -501,6 +543,8 @@ export class DurableStore {
     this.commits++;
     this.#error = undefined;
     this.#pending = new Map();
+    this.#deleteIds = [];
+    this.#firstPendingId = this.#nextId;
     this.#pendingWrites = 0;
     this.#waiters = [];
     this.#dirtySinceIdle = true;
