@@ -43,10 +43,12 @@
 
 import { concat } from "@std/bytes/concat";
 import type { Listener, MessageStream, Position, StreamEvent } from "./mod.ts";
-import { Auth, type ErrorCode, Metrics, Session, type Token, type Transport } from "./protocol.ts";
+import { type ErrorCode, Session, type Transport } from "./protocol.ts";
+import { Auth, forbidden, type Grant, type Right, type Token } from "./auth.ts";
+import { Metrics, prometheus } from "./metrics.ts";
 
-export { Metrics } from "./protocol.ts";
-export type { Token } from "./protocol.ts";
+export { Metrics } from "./metrics.ts";
+export type { Token } from "./auth.ts";
 
 /** Options for {@linkcode serveHttp} and {@linkcode handler}. */
 export interface HttpOptions {
@@ -158,7 +160,6 @@ export interface MessageHttpServer extends AsyncDisposable {
   shutdown(): Promise<void>;
 }
 
-type Grant = NonNullable<ReturnType<Auth["check"]>>;
 /** Error codes of the HTTP door beyond the wire protocol's. */
 type HttpErrorCode =
   | ErrorCode
@@ -379,8 +380,7 @@ class SseConnection implements Listener {
 
   #slow(): void {
     const door = this.#door;
-    door.metrics.slowConsumers++;
-    door.countError("slow_consumer");
+    door.metrics.slowConsumer();
     // What was queued is dropped: the client resumes from the last event it got.
     this.#chunks = [];
     this.#queued = 0;
@@ -425,9 +425,7 @@ class WsConnection implements Transport {
     const socket = this.#socket;
     if (this.#closing || socket.readyState !== WebSocket.OPEN) return;
     if (socket.bufferedAmount > this.#door.maxOutbound) {
-      const m = this.#door.metrics;
-      m.slowConsumers++;
-      m.error("slow_consumer");
+      this.#door.metrics.slowConsumer();
       this.session.drop();
       this.#closing = true;
       // The socket does not take what we have: no frame can get through. Cut it.
@@ -510,7 +508,7 @@ class HttpDoor {
   constructor(hub: MessageStream, options: HttpOptions) {
     this.hub = hub;
     this.metrics = options.metrics ?? new Metrics();
-    this.auth = options.tokens && options.tokens.length > 0 ? new Auth(options.tokens) : undefined;
+    this.auth = Auth.from(options.tokens);
     this.#heartbeat = checkInt("heartbeatInterval", options.heartbeatInterval, 15_000, 1);
     const retry = checkInt("retry", options.retry, 1000, 0);
     this.maxSseBuffer = checkInt("maxSseBufferBytes", options.maxSseBufferBytes, 8 << 20, 1);
@@ -545,14 +543,9 @@ class HttpDoor {
     return text;
   }
 
-  countError(code: HttpErrorCode): void {
-    const errors = this.metrics.errors as Record<string, number>;
-    errors[code] = (errors[code] ?? 0) + 1;
-  }
-
   removeSse(c: SseConnection): void {
     if (!this.#sse.delete(c)) return;
-    this.metrics.connections.sse = (this.metrics.connections.sse ?? 1) - 1;
+    this.metrics.closed("sse");
     if (this.#sse.size === 0) {
       if (this.#sweeper !== undefined) clearInterval(this.#sweeper);
       this.#sweeper = undefined;
@@ -562,7 +555,7 @@ class HttpDoor {
 
   removeWs(c: WsConnection): void {
     if (!this.#ws.delete(c)) return;
-    this.metrics.connections.websocket = (this.metrics.connections.websocket ?? 1) - 1;
+    this.metrics.closed("websocket");
   }
 
   #sweep(): void {
@@ -582,19 +575,19 @@ class HttpDoor {
       res = await this.#route(req);
     } catch (e) {
       if (e instanceof HttpError) {
-        this.countError(e.code);
+        this.metrics.error(e.code);
         res = new Response(JSON.stringify({ code: e.code, message: e.message }), {
           status: e.status,
           headers: { "content-type": JSON_TYPE, ...e.headers },
         });
       } else if (e instanceof Error && e.name === "EngineUnavailableError") {
-        this.countError("engine_unavailable");
+        this.metrics.error("engine_unavailable");
         res = new Response(
           JSON.stringify({ code: "engine_unavailable", message: e.message }),
           { status: 503, headers: { "content-type": JSON_TYPE } },
         );
       } else {
-        this.countError("internal");
+        this.metrics.error("internal");
         res = new Response(
           JSON.stringify({ code: "internal", message: `Cannot answer: ${(e as Error).message}` }),
           { status: 500, headers: { "content-type": JSON_TYPE } },
@@ -646,7 +639,7 @@ class HttpDoor {
     if (path === "/metrics") {
       allow(method, ["GET"]);
       this.#grant(req, url);
-      return new Response(this.#prometheus(), {
+      return new Response(prometheus(this.metrics, this.hub.stats()), {
         headers: { "content-type": "text/plain; version=0.0.4; charset=utf-8" },
       });
     }
@@ -711,16 +704,8 @@ class HttpDoor {
     return grant;
   }
 
-  #permit(grant: Grant | undefined, right: "publish" | "subscribe", name: string): void {
-    if (grant && !grant[right](name)) {
-      throw new HttpError(
-        403,
-        "forbidden",
-        `Cannot ${
-          right === "publish" ? "publish to" : "listen to"
-        } stream "${name}": not permitted`,
-      );
-    }
+  #permit(grant: Grant | undefined, right: Right, name: string): void {
+    if (grant && !grant[right](name)) throw new HttpError(403, "forbidden", forbidden(right, name));
   }
 
   #list(grant: Grant | undefined): Response {
@@ -864,8 +849,7 @@ class HttpDoor {
     }
     const conn = new SseConnection(this, this.#preamble);
     this.#sse.add(conn);
-    this.metrics.connections.sse = (this.metrics.connections.sse ?? 0) + 1;
-    this.metrics.accepted.sse = (this.metrics.accepted.sse ?? 0) + 1;
+    this.metrics.opened("sse");
     if (this.#sweeper === undefined) {
       this.#sweeper = setInterval(() => this.#sweep(), this.#heartbeat);
       Deno.unrefTimer(this.#sweeper);
@@ -910,63 +894,8 @@ class HttpDoor {
     const { socket, response } = Deno.upgradeWebSocket(req, { idleTimeout: 60 });
     const conn = new WsConnection(this, socket);
     this.#ws.add(conn);
-    this.metrics.connections.websocket = (this.metrics.connections.websocket ?? 0) + 1;
-    this.metrics.accepted.websocket = (this.metrics.accepted.websocket ?? 0) + 1;
+    this.metrics.opened("websocket");
     return response;
-  }
-
-  #prometheus(): string {
-    const m = this.metrics;
-    const s = this.hub.stats();
-    const lines: string[] = [];
-    const metric = (
-      name: string,
-      type: "gauge" | "counter",
-      help: string,
-      values: [string, number][],
-    ) => {
-      lines.push(`# HELP ${name} ${help}`, `# TYPE ${name} ${type}`);
-      for (const [labels, v] of values) lines.push(`${name}${labels} ${v}`);
-    };
-    const byDoor = (r: Record<string, number>): [string, number][] =>
-      Object.entries(r).map(([door, v]) => [`{door="${door}"}`, v]);
-    metric("msgstream_connections", "gauge", "Open connections, by door.", byDoor(m.connections));
-    metric(
-      "msgstream_connections_accepted_total",
-      "counter",
-      "Connections accepted, by door.",
-      byDoor(m.accepted),
-    );
-    metric("msgstream_streams", "gauge", "Streams the hub holds.", [["", s.streams]]);
-    metric("msgstream_listeners", "gauge", "Listener registrations over all streams.", [[
-      "",
-      s.listeners,
-    ]]);
-    metric("msgstream_messages_in_total", "counter", "Puts accepted.", [["", s.puts]]);
-    metric("msgstream_messages_out_total", "counter", "Events handed to listeners.", [[
-      "",
-      s.deliveries,
-    ]]);
-    metric("msgstream_frames_in_total", "counter", "Request frames received.", [["", m.framesIn]]);
-    metric("msgstream_bytes_in_total", "counter", "Bytes received.", [["", m.bytesIn]]);
-    metric("msgstream_bytes_out_total", "counter", "Bytes sent.", [["", m.bytesOut]]);
-    metric(
-      "msgstream_slow_consumer_disconnects_total",
-      "counter",
-      "Connections cut for not reading.",
-      [["", m.slowConsumers]],
-    );
-    metric(
-      "msgstream_errors_total",
-      "counter",
-      "Errors answered, by code.",
-      Object.entries(m.errors).map(([code, v]) => [`{code="${code}"}`, v as number]),
-    );
-    metric("msgstream_history_bytes", "gauge", "Bytes of history over all streams.", [[
-      "",
-      s.historyBytes,
-    ]]);
-    return lines.join("\n") + "\n";
   }
 
   close(): Promise<void> {

@@ -6,7 +6,7 @@
  * @module
  */
 
-import { timingSafeEqual } from "@std/crypto/timing-safe-equal";
+import { type Auth, forbidden, type Grant } from "./auth.ts";
 import type { Codec } from "./codec.ts";
 import {
   encodeFrame,
@@ -16,6 +16,7 @@ import {
   type Position,
   type StreamEvent,
 } from "./mod.ts";
+import type { Metrics } from "./metrics.ts";
 
 /** The stable codes of `error` frames. PROTOCOL.md says when each is sent. */
 export type ErrorCode =
@@ -58,155 +59,6 @@ export class ProtocolError extends Error {
   }
 }
 
-/** Publish and subscribe rights of one token. */
-export interface Permissions {
-  /** Stream-name patterns this token may `put`, `header` and `delete` on (`*` matches any run of characters). */
-  publish: string[];
-  /** Stream-name patterns this token may `listen` to. */
-  subscribe: string[];
-}
-
-/** One access token. */
-export interface Token extends Permissions {
-  /** A name for logs; never the secret. */
-  name: string;
-  /** The secret a client presents in `hello`. */
-  secret: string;
-}
-
-/** Compiles stream-name patterns (`*` matches any run of characters) into one test. */
-export function compilePatterns(patterns: string[]): (stream: string) => boolean {
-  if (patterns.includes("*")) return () => true;
-  if (patterns.length === 0) return () => false;
-  const source = patterns
-    .map((p) => p.split("*").map((part) => part.replace(/[.+?^${}()|[\]\\]/g, "\\$&")).join(".*"))
-    .join("|");
-  const re = new RegExp(`^(?:${source})$`, "s");
-  return (stream) => re.test(stream);
-}
-
-interface Grant {
-  name: string;
-  publish: (stream: string) => boolean;
-  subscribe: (stream: string) => boolean;
-}
-
-const encoder = new TextEncoder();
-
-/** A set of tokens; checks secrets in constant time. */
-export class Auth {
-  #tokens: { secret: Uint8Array; grant: Grant }[];
-
-  /**
-   * Creates the token set.
-   *
-   * @param tokens The tokens.
-   * @throws {TypeError} When a token has no name or secret.
-   */
-  constructor(tokens: Token[]) {
-    this.#tokens = tokens.map((t) => {
-      if (!t.name || !t.secret) throw new TypeError("Every token needs a name and a secret");
-      return {
-        secret: encoder.encode(t.secret),
-        grant: {
-          name: t.name,
-          publish: compilePatterns(t.publish),
-          subscribe: compilePatterns(t.subscribe),
-        },
-      };
-    });
-  }
-
-  /**
-   * Finds the grant of a presented secret, comparing against every token in constant time.
-   *
-   * @param secret What the client presented.
-   * @returns The grant, or undefined.
-   */
-  check(secret: string): Grant | undefined {
-    const given = encoder.encode(secret);
-    let found: Grant | undefined;
-    for (const t of this.#tokens) {
-      // Compare equal-length buffers only, but always do the work.
-      const same = given.byteLength === t.secret.byteLength
-        ? timingSafeEqual(given, t.secret)
-        : (timingSafeEqual(t.secret, t.secret), false);
-      if (same && !found) found = t.grant;
-    }
-    return found;
-  }
-}
-
-/**
- * Parses a token file: JSON `{"tokens": [{"name", "secret", "publish": [...], "subscribe": [...]}]}`.
- *
- * @param text The file's text.
- * @returns The tokens.
- * @throws {SyntaxError} When the text is not such a file.
- */
-export function parseTokenFile(text: string): Token[] {
-  const data = JSON.parse(text);
-  if (!data || !Array.isArray(data.tokens)) {
-    throw new SyntaxError('Token file must be a JSON object with a "tokens" array');
-  }
-  return data.tokens.map((t: Record<string, unknown>, i: number) => {
-    const list = (v: unknown, field: string): string[] => {
-      if (v === undefined) return ["*"];
-      if (!Array.isArray(v) || v.some((p) => typeof p !== "string")) {
-        throw new SyntaxError(`Token ${i}: "${field}" must be an array of strings`);
-      }
-      return v as string[];
-    };
-    if (typeof t.name !== "string" || typeof t.secret !== "string" || !t.name || !t.secret) {
-      throw new SyntaxError(`Token ${i}: "name" and "secret" must be non-empty strings`);
-    }
-    return {
-      name: t.name,
-      secret: t.secret,
-      publish: list(t.publish, "publish"),
-      subscribe: list(t.subscribe, "subscribe"),
-    };
-  });
-}
-
-/**
- * Parses `NAME:SECRET` (all rights) as given to `--token`.
- *
- * @param spec The option's value.
- * @returns The token.
- * @throws {TypeError} When there is no colon or either part is empty.
- */
-export function parseTokenSpec(spec: string): Token {
-  const i = spec.indexOf(":");
-  if (i <= 0 || i === spec.length - 1) {
-    throw new TypeError('A token must be given as "NAME:SECRET"');
-  }
-  return { name: spec.slice(0, i), secret: spec.slice(i + 1), publish: ["*"], subscribe: ["*"] };
-}
-
-/** Counters every door updates; `/metrics` reads them. */
-export class Metrics {
-  /** Open connections by door. */
-  readonly connections: Record<string, number> = { tcp: 0, websocket: 0, sse: 0 };
-  /** Connections accepted since start, by door. */
-  readonly accepted: Record<string, number> = { tcp: 0, websocket: 0, sse: 0 };
-  /** Request frames received. */
-  framesIn = 0;
-  /** Bytes received. */
-  bytesIn = 0;
-  /** Bytes sent. */
-  bytesOut = 0;
-  /** Connections cut for not reading. */
-  slowConsumers = 0;
-  /** Error frames sent, by code. */
-  readonly errors: Partial<Record<ErrorCode, number>> = {};
-
-  /** Counts one error frame. */
-  error(code: ErrorCode): void {
-    this.errors[code] = (this.errors[code] ?? 0) + 1;
-  }
-}
-
 /** What a session sends through. */
 export interface Transport {
   /** Queues one encoded frame (ending with a newline) for sending. */
@@ -223,7 +75,8 @@ export interface SessionOptions {
   metrics?: Metrics | undefined;
 }
 
-type Frame = Record<string, unknown>;
+/** A frame as an object, before encoding. */
+export type Frame = Record<string, unknown>;
 
 /**
  * One client connection's protocol state: it is the connection's listener on the hub, and it
@@ -289,8 +142,7 @@ export class Session implements Listener {
     const frame: Frame = { action: "error", code, message };
     if (id !== undefined) frame.id = id;
     if (typeof stream === "string") frame.stream = stream;
-    else if (!this.live) frame.stream = null; // see live
-    this.send(frame);
+    this.send(typeof stream === "string" ? frame : unprompted(frame, this.live));
   }
 
   /**
@@ -309,7 +161,7 @@ export class Session implements Listener {
   close(): void {
     if (this.#closed) return;
     this.#hub.endqueue(this);
-    this.send(this.live ? { action: "close" } : { action: "close", stream: null });
+    this.send(unprompted({ action: "close" }, this.live));
     this.#closed = true;
     this.#transport.close();
   }
@@ -520,16 +372,24 @@ export class Session implements Listener {
       );
     }
     if (right && this.#grant && !this.#grant[right](stream)) {
-      throw new ProtocolError(
-        "forbidden",
-        `Cannot ${
-          right === "publish" ? "publish to" : "listen to"
-        } stream "${stream}": not permitted`,
-        stream,
-      );
+      throw new ProtocolError("forbidden", forbidden(right, stream), stream);
     }
     return stream;
   }
+}
+
+/**
+ * A frame the server sends on its own (not an answer about a stream: `close`, `ping`, some
+ * `error`s), made safe for a peer that may be a client of the original protocol: such a peer
+ * (one that has not said `hello` or `ping`, see {@linkcode Session.live}) reads `stream` from
+ * every frame, so it gets `"stream": null`.
+ *
+ * @param frame The frame.
+ * @param live Whether the peer has said `hello` or `ping`.
+ * @returns The frame, with `"stream": null` for a peer that is not live.
+ */
+export function unprompted(frame: Frame, live: boolean): Frame {
+  return live ? frame : { ...frame, stream: null };
 }
 
 function isWrite(f: Frame): boolean {

@@ -22,22 +22,18 @@ import { concat } from "@std/bytes/concat";
 import { parseArgs } from "@std/cli/parse-args";
 import type { Codec } from "./codec.ts";
 import { MessageStream, type MessageStreamOptions } from "./mod.ts";
-import {
-  Auth,
-  Metrics,
-  parseTokenFile,
-  parseTokenSpec,
-  Session,
-  type Token,
-  type Transport,
-} from "./protocol.ts";
+import { Session, type Transport, unprompted } from "./protocol.ts";
+import { Auth, parseTokenFile, parseTokenSpec, type Token } from "./auth.ts";
+import { Metrics } from "./metrics.ts";
 import denoJson from "./deno.json" with { type: "json" };
 import { RedisEngine } from "./redis.ts";
 import { LineError, LineFramer } from "./framer.ts";
 import { type MessageHttpServer, serveHttp } from "./http.ts";
 
-export { Metrics, ProtocolError } from "./protocol.ts";
-export type { ErrorCode, Permissions, Token } from "./protocol.ts";
+export { ProtocolError } from "./protocol.ts";
+export type { ErrorCode } from "./protocol.ts";
+export { Metrics } from "./metrics.ts";
+export type { Permissions, Token } from "./auth.ts";
 
 /** Log levels, from most to least verbose. */
 export type LogLevel = "debug" | "info" | "warn" | "error" | "silent";
@@ -160,6 +156,10 @@ const READ_MIN = 1024;
 const READ_MAX = 64 * 1024;
 /** Queued chunks smaller than this are joined into one write. */
 const JOIN_BELOW = 4096;
+const encoder = new TextEncoder();
+/** The ping sent to a silent connection, live or maybe of the original protocol. */
+const PING = encoder.encode(JSON.stringify({ action: "ping" }) + "\n");
+const LEGACY_PING = encoder.encode(JSON.stringify(unprompted({ action: "ping" }, false)) + "\n");
 
 class Connection implements Transport {
   readonly conn: Deno.Conn;
@@ -258,9 +258,7 @@ class Connection implements Transport {
   }
 
   #slow(): void {
-    const m = this.#server.metrics;
-    m.slowConsumers++;
-    m.error("slow_consumer");
+    this.#server.metrics.slowConsumer();
     this.#server.log("info", `${this.#peer()}: slow consumer, closing`);
     this.session.drop();
     this.#drop();
@@ -269,14 +267,12 @@ class Connection implements Transport {
       // The socket does not take what we have: no frame can get through. Cut it.
       this.#end();
     } else {
-      const frame = new TextEncoder().encode(
-        JSON.stringify({
+      const frame = encoder.encode(
+        JSON.stringify(unprompted({
           action: "error",
           code: "slow_consumer",
           message: `More than ${this.#server.maxOutbound} bytes waiting: closing connection`,
-          // For a peer that may be a client of the original protocol: see Session.live.
-          ...(this.session.live ? {} : { stream: null }),
-        }) + "\n",
+        }, this.session.live)) + "\n",
       );
       this.#chunks.push(frame);
       this.#writing = true;
@@ -451,7 +447,7 @@ class ServerImpl implements MessageServer {
     this.#shutdownTimeout = checkInt("shutdownTimeout", options.shutdownTimeout, 5_000, 0);
     this.#logLevel = LEVELS.indexOf(options.logLevel ?? "warn");
     if (this.#logLevel === -1) throw new RangeError(`Unknown log level "${options.logLevel}"`);
-    this.auth = options.tokens && options.tokens.length > 0 ? new Auth(options.tokens) : undefined;
+    this.auth = Auth.from(options.tokens);
     const hostname = options.hostname ?? "127.0.0.1";
     const port = options.port ?? 51932;
     if ((options.cert === undefined) !== (options.key === undefined)) {
@@ -510,21 +506,17 @@ class ServerImpl implements MessageServer {
       }
       const c = new Connection(conn, this);
       this.#connections.add(c);
-      this.metrics.connections.tcp = (this.metrics.connections.tcp ?? 0) + 1;
-      this.metrics.accepted.tcp = (this.metrics.accepted.tcp ?? 0) + 1;
+      this.metrics.opened("tcp");
       if ("setNoDelay" in conn) (conn as Deno.TcpConn).setNoDelay(true);
       c.serve().finally(() => {
         this.#connections.delete(c);
-        this.metrics.connections.tcp = (this.metrics.connections.tcp ?? 1) - 1;
+        this.metrics.closed("tcp");
       });
     }
   }
 
   #sweep(): void {
     const now = Date.now();
-    const ping = new TextEncoder().encode('{"action":"ping"}\n');
-    // For a peer that may be a client of the original protocol: see Session.live.
-    const legacyPing = new TextEncoder().encode('{"action":"ping","stream":null}\n');
     for (const c of this.#connections) {
       const silent = now - c.lastHeard;
       if (c.session.live && this.#idleTimeout > 0 && silent > this.#idleTimeout) {
@@ -532,7 +524,7 @@ class ServerImpl implements MessageServer {
         c.session.error("idle_timeout", "No frame received within the idle timeout: closing");
         c.session.close();
       } else if (silent >= this.#pingInterval) {
-        c.send(c.session.live ? ping : legacyPing);
+        c.send(c.session.live ? PING : LEGACY_PING);
       }
     }
   }

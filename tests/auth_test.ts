@@ -3,11 +3,25 @@
  * the CLI's `--token` and `--token-file`.
  */
 
-import { assert, assertEquals, assertRejects, assertStringIncludes } from "@std/assert";
+import {
+  assert,
+  assertEquals,
+  assertRejects,
+  assertStringIncludes,
+  assertThrows,
+} from "@std/assert";
 import { TextLineStream } from "@std/streams/text-line-stream";
 import { RemoteStream } from "../client.ts";
 import { Inbox } from "../mod.ts";
-import { ProtocolError, type Token } from "../protocol.ts";
+import { ProtocolError } from "../protocol.ts";
+import {
+  Auth,
+  compilePatterns,
+  forbidden,
+  parseTokenFile,
+  parseTokenSpec,
+  type Token,
+} from "../auth.ts";
 import { serve } from "../server.ts";
 import { connectRaw, type Frame, type RawClient } from "./_raw_client.ts";
 import { collect } from "./_recorder.ts";
@@ -135,7 +149,7 @@ Deno.test("RemoteStream.connect() rejects a wrong token with ProtocolError unaut
     for (const s of SECRETS) assert(!err.message.includes(s));
   }
   await using ok = await RemoteStream.connect({ hostname, port, token: ALICE.secret });
-  assertEquals(await ok.put("jobs.1", "x"), 1);
+  assertEquals((await ok.put("jobs.1", "x")).seq, 1);
 });
 
 Deno.test("A token may publish only to streams matching its publish patterns", async (t) => {
@@ -187,7 +201,7 @@ Deno.test("A token may listen only to streams matching its subscribe patterns", 
     inbox.close();
   });
   await t.step("a stream it may publish to but not listen to: a*b", async () => {
-    assertEquals(await remote.put("ab", 1), 1);
+    assertEquals((await remote.put("ab", 1)).seq, 1);
     const err = await assertRejects(() => remote.listen("ab", new Inbox()), ProtocolError);
     assertEquals(err.code, "forbidden");
   });
@@ -302,7 +316,7 @@ Deno.test("The CLI --token requires hello with that secret and never logs it", a
   try {
     await exercise(cli.port, secret, "wrong-secret");
     await using remote = await RemoteStream.connect({ port: cli.port, token: "other-secret-Qp2" });
-    assertEquals(await remote.put("anything", 1), 1);
+    assertEquals((await remote.put("anything", 1)).seq, 1);
   } finally {
     const { code, stdout, stderr } = await cli.stop();
     assertEquals(code, 0);
@@ -344,7 +358,7 @@ Deno.test("The CLI --token-file grants each token its publish and subscribe patt
       });
       const inbox = new Inbox();
       await reader.listen("jobs.7", inbox);
-      assertEquals(await writer.put("jobs.7", "done"), 1);
+      assertEquals((await writer.put("jobs.7", "done")).seq, 1);
       assertEquals((await collect(inbox, 1))[0]?.message, "done");
       assertEquals(
         (await assertRejects(() => writer.put("other", 1), ProtocolError)).code,
@@ -405,4 +419,62 @@ Deno.test("The CLI refuses a malformed token file without showing its secrets", 
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
+});
+
+// ---------------------------------------------------------------------------------------------
+// auth.ts on its own
+
+Deno.test("Auth.check() finds a token's grant by its secret; Auth.from() of no tokens is none", () => {
+  const auth = new Auth([ALICE, { name: "all", secret: "x", publish: ["*"], subscribe: ["*"] }]);
+  const grant = auth.check(ALICE.secret);
+  assertEquals(grant?.name, "alice-publisher");
+  assertEquals(
+    ["jobs.1", "ab", "a.b", "jobs", "public", "x"].map((
+      s,
+    ) => [grant?.publish(s), grant?.subscribe(s)]),
+    [[true, true], [true, false], [true, false], [false, false], [false, true], [false, false]],
+  );
+  assertEquals(auth.check("x")?.name, "all");
+  assertEquals(auth.check(ALICE.secret + "!"), undefined);
+  assertEquals(auth.check(""), undefined);
+  assertEquals(Auth.from(undefined), undefined);
+  assertEquals(Auth.from([]), undefined);
+  assertEquals(Auth.from([ALICE])?.check(ALICE.secret)?.name, "alice-publisher");
+});
+
+Deno.test("compilePatterns() matches * as any run of characters and nothing else specially", () => {
+  const test = compilePatterns(["a.*", "(x)|y", "p*q*"]);
+  assertEquals(
+    ["a.", "a.b.c", "ab", "(x)|y", "x", "y", "pq", "p1q2", "p\nq"].map(test),
+    [true, true, false, true, false, false, true, true, true],
+  );
+  assertEquals(compilePatterns([])("a"), false);
+});
+
+Deno.test("forbidden() says the same thing on every door", () => {
+  assertEquals(forbidden("publish", "jobs.1"), 'Cannot publish to stream "jobs.1": not permitted');
+  assertEquals(forbidden("subscribe", "x"), 'Cannot listen to stream "x": not permitted');
+});
+
+Deno.test("parseTokenSpec() and parseTokenFile() refuse malformed input", () => {
+  assertEquals(parseTokenSpec("ci:s:e"), {
+    name: "ci",
+    secret: "s:e",
+    publish: ["*"],
+    subscribe: ["*"],
+  });
+  for (const bad of ["", "name", ":secret", "name:"]) {
+    assertThrows(() => parseTokenSpec(bad), TypeError, "NAME:SECRET");
+  }
+  assertEquals(parseTokenFile('{"tokens":[{"name":"a","secret":"b","subscribe":[]}]}'), [
+    { name: "a", secret: "b", publish: ["*"], subscribe: [] },
+  ]);
+  for (
+    const bad of [
+      "[]",
+      '{"tokens":{}}',
+      '{"tokens":[{"name":"a"}]}',
+      '{"tokens":[{"name":"a","secret":"b","publish":"*"}]}',
+    ]
+  ) assertThrows(() => parseTokenFile(bad), SyntaxError);
 });

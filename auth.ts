@@ -1,0 +1,184 @@
+/**
+ * Access tokens: who may publish to and listen to which streams. Every door checks the same
+ * {@linkcode Auth}: the TCP and WebSocket sessions at `hello`, the HTTP door per request. Token
+ * files and `--token NAME:SECRET` are parsed here too.
+ *
+ * @example Check a secret and a right
+ * ```ts
+ * import { Auth, parseTokenSpec } from "./auth.ts";
+ * import { assertEquals } from "@std/assert";
+ *
+ * const auth = new Auth([
+ *   parseTokenSpec("ops:s3cret"),
+ *   { name: "ci", secret: "ci-secret", publish: ["jobs.*"], subscribe: [] },
+ * ]);
+ * assertEquals(auth.check("ci-secret")?.publish("jobs.42"), true);
+ * assertEquals(auth.check("ci-secret")?.subscribe("jobs.42"), false);
+ * assertEquals(auth.check("wrong"), undefined);
+ * ```
+ *
+ * @module
+ */
+
+import { timingSafeEqual } from "@std/crypto/timing-safe-equal";
+
+/** Publish and subscribe rights of one token. */
+export interface Permissions {
+  /** Stream-name patterns this token may `put`, `header` and `delete` on (`*` matches any run of characters). */
+  publish: string[];
+  /** Stream-name patterns this token may `listen` to. */
+  subscribe: string[];
+}
+
+/** One access token. */
+export interface Token extends Permissions {
+  /** A name for logs; never the secret. */
+  name: string;
+  /** The secret a client presents in `hello`. */
+  secret: string;
+}
+
+/** A right a token grants on a stream. */
+export type Right = "publish" | "subscribe";
+
+/** What a presented secret grants: a test per right. */
+export interface Grant {
+  /** The token's name. */
+  readonly name: string;
+  /** Whether the token may publish to (put, header, delete) the stream. */
+  readonly publish: (stream: string) => boolean;
+  /** Whether the token may listen to the stream. */
+  readonly subscribe: (stream: string) => boolean;
+}
+
+/**
+ * Compiles stream-name patterns (`*` matches any run of characters) into one test.
+ *
+ * @param patterns The patterns.
+ * @returns Whether a stream name matches any of them.
+ */
+export function compilePatterns(patterns: string[]): (stream: string) => boolean {
+  if (patterns.includes("*")) return () => true;
+  if (patterns.length === 0) return () => false;
+  const source = patterns
+    .map((p) => p.split("*").map((part) => part.replace(/[.+?^${}()|[\]\\]/g, "\\$&")).join(".*"))
+    .join("|");
+  const re = new RegExp(`^(?:${source})$`, "s");
+  return (stream) => re.test(stream);
+}
+
+/**
+ * The message of a `forbidden` refusal, the same on every door.
+ *
+ * @param right The right the request needed.
+ * @param stream The stream.
+ * @returns The message.
+ */
+export function forbidden(right: Right, stream: string): string {
+  return `Cannot ${right === "publish" ? "publish to" : "listen to"} stream "${stream}": ` +
+    "not permitted";
+}
+
+const encoder = new TextEncoder();
+
+/** A set of tokens; checks secrets in constant time. */
+export class Auth {
+  #tokens: { secret: Uint8Array; grant: Grant }[];
+
+  /**
+   * Creates the token set.
+   *
+   * @param tokens The tokens.
+   * @throws {TypeError} When a token has no name or secret.
+   */
+  constructor(tokens: Token[]) {
+    this.#tokens = tokens.map((t) => {
+      if (!t.name || !t.secret) throw new TypeError("Every token needs a name and a secret");
+      return {
+        secret: encoder.encode(t.secret),
+        grant: {
+          name: t.name,
+          publish: compilePatterns(t.publish),
+          subscribe: compilePatterns(t.subscribe),
+        },
+      };
+    });
+  }
+
+  /**
+   * The token set a door enforces: none (everyone may do everything) when no token is given.
+   *
+   * @param tokens The tokens, if any.
+   * @returns The token set, or undefined for none.
+   * @throws {TypeError} When a token has no name or secret.
+   */
+  static from(tokens: Token[] | undefined): Auth | undefined {
+    return tokens && tokens.length > 0 ? new Auth(tokens) : undefined;
+  }
+
+  /**
+   * Finds the grant of a presented secret, comparing against every token in constant time.
+   *
+   * @param secret What the client presented.
+   * @returns The grant, or undefined.
+   */
+  check(secret: string): Grant | undefined {
+    const given = encoder.encode(secret);
+    let found: Grant | undefined;
+    for (const t of this.#tokens) {
+      // Compare equal-length buffers only, but always do the work.
+      const same = given.byteLength === t.secret.byteLength
+        ? timingSafeEqual(given, t.secret)
+        : (timingSafeEqual(t.secret, t.secret), false);
+      if (same && !found) found = t.grant;
+    }
+    return found;
+  }
+}
+
+/**
+ * Parses a token file: JSON `{"tokens": [{"name", "secret", "publish": [...], "subscribe": [...]}]}`.
+ *
+ * @param text The file's text.
+ * @returns The tokens.
+ * @throws {SyntaxError} When the text is not such a file.
+ */
+export function parseTokenFile(text: string): Token[] {
+  const data = JSON.parse(text);
+  if (!data || !Array.isArray(data.tokens)) {
+    throw new SyntaxError('Token file must be a JSON object with a "tokens" array');
+  }
+  return data.tokens.map((t: Record<string, unknown>, i: number) => {
+    const list = (v: unknown, field: string): string[] => {
+      if (v === undefined) return ["*"];
+      if (!Array.isArray(v) || v.some((p) => typeof p !== "string")) {
+        throw new SyntaxError(`Token ${i}: "${field}" must be an array of strings`);
+      }
+      return v as string[];
+    };
+    if (typeof t.name !== "string" || typeof t.secret !== "string" || !t.name || !t.secret) {
+      throw new SyntaxError(`Token ${i}: "name" and "secret" must be non-empty strings`);
+    }
+    return {
+      name: t.name,
+      secret: t.secret,
+      publish: list(t.publish, "publish"),
+      subscribe: list(t.subscribe, "subscribe"),
+    };
+  });
+}
+
+/**
+ * Parses `NAME:SECRET` (all rights) as given to `--token`.
+ *
+ * @param spec The option's value.
+ * @returns The token.
+ * @throws {TypeError} When there is no colon or either part is empty.
+ */
+export function parseTokenSpec(spec: string): Token {
+  const i = spec.indexOf(":");
+  if (i <= 0 || i === spec.length - 1) {
+    throw new TypeError('A token must be given as "NAME:SECRET"');
+  }
+  return { name: spec.slice(0, i), secret: spec.slice(i + 1), publish: ["*"], subscribe: ["*"] };
+}

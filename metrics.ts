@@ -1,0 +1,138 @@
+/**
+ * The counters every door updates (connections, frames, bytes, slow consumers, errors by code)
+ * and their Prometheus text, which the HTTP door serves at `GET /metrics`. One
+ * {@linkcode Metrics} is shared by every door of a server.
+ *
+ * @example Count a connection and print the text
+ * ```ts
+ * import { Metrics, prometheus } from "./metrics.ts";
+ * import { MessageStream } from "./mod.ts";
+ * import { assertStringIncludes } from "@std/assert";
+ *
+ * const metrics = new Metrics();
+ * metrics.opened("tcp");
+ * const text = prometheus(metrics, new MessageStream().stats());
+ * assertStringIncludes(text, 'msgstream_connections{door="tcp"} 1\n');
+ * ```
+ *
+ * @module
+ */
+
+import type { HubStats } from "./mod.ts";
+
+/** The doors whose connections are counted. */
+export type Door = "tcp" | "websocket" | "sse";
+
+/** Counters every door updates; `/metrics` reads them. */
+export class Metrics {
+  /** Open connections by door. */
+  readonly connections: Record<Door, number> = { tcp: 0, websocket: 0, sse: 0 };
+  /** Connections accepted since start, by door. */
+  readonly accepted: Record<Door, number> = { tcp: 0, websocket: 0, sse: 0 };
+  /** Request frames received. */
+  framesIn = 0;
+  /** Bytes received. */
+  bytesIn = 0;
+  /** Bytes sent. */
+  bytesOut = 0;
+  /** Connections cut for not reading. */
+  slowConsumers = 0;
+  /** Errors answered, by code (the wire protocol's and the HTTP door's). */
+  readonly errors: Record<string, number> = {};
+
+  /**
+   * Counts a connection accepted by a door: it is open until {@linkcode Metrics.closed}.
+   *
+   * @param door The door.
+   */
+  opened(door: Door): void {
+    this.connections[door]++;
+    this.accepted[door]++;
+  }
+
+  /**
+   * Counts an open connection of a door as closed.
+   *
+   * @param door The door.
+   */
+  closed(door: Door): void {
+    this.connections[door]--;
+  }
+
+  /** Counts a connection cut for not reading: a slow consumer, and its `slow_consumer` error. */
+  slowConsumer(): void {
+    this.slowConsumers++;
+    this.error("slow_consumer");
+  }
+
+  /**
+   * Counts one error answered.
+   *
+   * @param code The error's code.
+   */
+  error(code: string): void {
+    this.errors[code] = (this.errors[code] ?? 0) + 1;
+  }
+}
+
+/**
+ * The Prometheus text exposition (version 0.0.4) of the doors' counters and the hub's figures.
+ *
+ * @param metrics The doors' counters.
+ * @param stats The hub's figures (`hub.stats()`).
+ * @returns The text, one `# HELP`, `# TYPE` and sample lines per metric.
+ */
+export function prometheus(metrics: Metrics, stats: HubStats): string {
+  const lines: string[] = [];
+  const metric = (
+    name: string,
+    type: "gauge" | "counter",
+    help: string,
+    values: [string, number][],
+  ) => {
+    lines.push(`# HELP ${name} ${help}`, `# TYPE ${name} ${type}`);
+    for (const [labels, v] of values) lines.push(`${name}${labels} ${v}`);
+  };
+  const one = (v: number): [string, number][] => [["", v]];
+  const by = (label: string, r: Record<string, number>): [string, number][] =>
+    Object.entries(r).map(([key, v]) => [`{${label}="${key}"}`, v]);
+  const m = metrics;
+  metric("msgstream_connections", "gauge", "Open connections, by door.", by("door", m.connections));
+  metric(
+    "msgstream_connections_accepted_total",
+    "counter",
+    "Connections accepted, by door.",
+    by("door", m.accepted),
+  );
+  metric("msgstream_streams", "gauge", "Streams the hub holds.", one(stats.streams));
+  metric(
+    "msgstream_listeners",
+    "gauge",
+    "Listener registrations over all streams.",
+    one(stats.listeners),
+  );
+  metric("msgstream_messages_in_total", "counter", "Puts accepted.", one(stats.puts));
+  metric(
+    "msgstream_messages_out_total",
+    "counter",
+    "Events handed to listeners.",
+    one(stats.deliveries),
+  );
+  metric("msgstream_frames_in_total", "counter", "Request frames received.", one(m.framesIn));
+  metric("msgstream_bytes_in_total", "counter", "Bytes received.", one(m.bytesIn));
+  metric("msgstream_bytes_out_total", "counter", "Bytes sent.", one(m.bytesOut));
+  metric(
+    "msgstream_slow_consumer_disconnects_total",
+    "counter",
+    "Connections cut for not reading.",
+    one(m.slowConsumers),
+  );
+  metric("msgstream_errors_total", "counter", "Errors answered, by code.", by("code", m.errors));
+  metric(
+    "msgstream_history_bytes",
+    "gauge",
+    "Bytes of history over all streams.",
+    one(stats.historyBytes),
+  );
+  return lines.join("\n") + "\n";
+}
