@@ -374,8 +374,6 @@ _CONNECTION_HELP = """Connection options:
                        (default $MSGSTREAM_TOKEN)
   --tls                connect with TLS
   --ca FILE            trust this PEM CA certificate (implies --tls; see docs/tls.md)
-  --reconnect-wait SECONDS         pause between reconnect attempts (default 0.5)
-  --max-reconnect-attempts N       -1: never give up (default 20)
   -h, --help           show this help
 
 Options go before or after the command and its arguments, in any order. "--" makes the
@@ -407,6 +405,10 @@ Options:
   --since EPOCH:SEQ    resume after this position (one STREAM only)
   --count N            exit after N put events (over all streams)
   --timeout MS         exit after MS milliseconds
+  --reconnect-attempts N
+                       reconnect attempts after the connection drops before giving up
+                       (exit 2); -1 never gives up (default 10)
+  --reconnect-wait MS  milliseconds between reconnect attempts (default 2000)
 """,
     "put": """Usage: %s put [options] STREAM [MESSAGE]
 
@@ -417,6 +419,9 @@ with "-".
 
 Options:
   --raw                send MESSAGE, or each line, as a string without parsing it as JSON
+  --max-line-bytes N   longest stdin line, in bytes; a longer one stops the command with exit
+                       code 1 after the lines before it are sent (default 1048576, the
+                       server's default limit)
 """,
     "header": """Usage: %s header [options] STREAM [MESSAGE]
 
@@ -436,13 +441,13 @@ Deletes STREAM: its header and history go, and each listener gets an "end" event
 
 # Options every command takes: name -> whether it takes a value.
 _CONNECTION_OPTIONS = {
-    "server": True, "token": True, "tls": False, "ca": True,
-    "reconnect-wait": True, "max-reconnect-attempts": True, "help": False,
+    "server": True, "token": True, "tls": False, "ca": True, "help": False,
 }
 # command -> (its own options, fewest arguments after it, most arguments (None: any number)).
 _COMMANDS = {
-    "listen": ({"since": True, "count": True, "timeout": True}, 1, None),
-    "put": ({"raw": False}, 1, 2),
+    "listen": ({"since": True, "count": True, "timeout": True, "reconnect-attempts": True,
+                "reconnect-wait": True}, 1, None),
+    "put": ({"raw": False, "max-line-bytes": True}, 1, 2),
     "header": ({"clear": False, "raw": False}, 1, 2),
     "delete": ({}, 1, 1),
 }
@@ -586,6 +591,26 @@ def _error(message):
     print("msgstream_client: %s" % message, file=sys.stderr, flush=True)
 
 
+def _put_lines(client, stream, raw, max_line_bytes):
+    """Puts each line of stdin, in order, as lines arrive; stops at a line that is too long."""
+    n = 0
+    while True:
+        # The limit counts the bytes before "\n" (a "\r" too, as the server's does); a longer
+        # line is never held whole.
+        line = sys.stdin.buffer.readline(max_line_bytes + 1)
+        if not line:
+            return
+        n += 1
+        end = len(line) - 1 if line.endswith(b"\n") else len(line)
+        if end > max_line_bytes:
+            raise _UsageError("Line %d of stdin not sent: longer than %d bytes (see "
+                              "--max-line-bytes)" % (n, max_line_bytes))
+        if line[:end].endswith(b"\r"):
+            end -= 1
+        text = line[:end].decode("utf-8", "replace")
+        client.put(stream, _message(text, raw))
+
+
 def _connect(client, address):
     try:
         client.connect()
@@ -618,14 +643,9 @@ def _run(command, words, options):
             raise _UsageError("%s takes one MESSAGE (quote it), got %d" % (command, len(words) - 1))
         if command == "header" and options.get("clear") and len(words) == 2:
             raise _UsageError("header takes a MESSAGE or --clear, not both")
-    try:
-        wait = float(options.get("reconnect-wait", 0.5))
-        if wait < 0:
-            raise ValueError
-    except ValueError:
-        raise _UsageError('--reconnect-wait must be a number of seconds, got "%s"'
-                          % options["reconnect-wait"])
-    attempts = _int_option(options, "max-reconnect-attempts", -1)
+    attempts = _int_option(options, "reconnect-attempts", -1)
+    wait = _int_option(options, "reconnect-wait", 0)
+    max_line_bytes = _int_option(options, "max-line-bytes", 1)
     address = options.get("server")
     if address is None:
         address = os.environ.get("MSGSTREAM_SERVER") or DEFAULT_SERVER
@@ -640,8 +660,8 @@ def _run(command, words, options):
         _error("%s %s" % (kind, detail))
 
     client = Client(host, port, token=token, tls=bool(options.get("tls")), cafile=options.get("ca"),
-                    reconnect_wait=wait, max_reconnect_attempts=20 if attempts is None else attempts,
-                    on_status=status)
+                    reconnect_wait=2.0 if wait is None else wait / 1000.0,
+                    max_reconnect_attempts=10 if attempts is None else attempts, on_status=status)
     try:
         if command == "listen":
             puts = 0
@@ -668,11 +688,7 @@ def _run(command, words, options):
             if message is not None:
                 client.put(stream, _message(message, raw))
             else:
-                for line in sys.stdin.buffer:
-                    text = line.decode("utf-8", "replace")
-                    text = text[:-1] if text.endswith("\n") else text
-                    text = text[:-1] if text.endswith("\r") else text
-                    client.put(stream, _message(text, raw))
+                _put_lines(client, stream, raw, max_line_bytes or 1 << 20)
         elif command == "header":
             if options.get("clear"):
                 client.header(stream, None)
