@@ -136,34 +136,80 @@ export class Auth {
   }
 }
 
+const TOKEN_KEYS = new Set(["name", "secret", "publish", "subscribe"]);
+
 /**
  * Parses a token file: JSON `{"tokens": [{"name", "secret", "publish": [...], "subscribe": [...]}]}`.
+ * Fails closed: every token must give `name`, `secret`, `publish` and `subscribe` (an empty list
+ * grants nothing; `["*"]` grants every stream), and nothing else; names and secrets are unique.
  *
  * @param text The file's text.
+ * @param file The file's name, for error messages.
  * @returns The tokens.
- * @throws {SyntaxError} When the text is not such a file.
+ * @throws {SyntaxError} When the text is not such a file; the message names the file and token.
  */
-export function parseTokenFile(text: string): Token[] {
-  const data = JSON.parse(text);
-  if (!data || !Array.isArray(data.tokens)) {
-    throw new SyntaxError('Token file must be a JSON object with a "tokens" array');
+export function parseTokenFile(text: string, file = "(token file)"): Token[] {
+  const where = `Token file "${file}"`;
+  let data: unknown;
+  try {
+    data = JSON.parse(text);
+  } catch (e) {
+    throw new SyntaxError(`${where}: invalid JSON: ${(e as Error).message}`, { cause: e });
   }
-  return data.tokens.map((t: Record<string, unknown>, i: number) => {
-    const list = (v: unknown, field: string): string[] => {
-      if (v === undefined) return ["*"];
+  if (data === null || typeof data !== "object" || Array.isArray(data)) {
+    throw new SyntaxError(`${where}: must be a JSON object with a "tokens" array`);
+  }
+  for (const key of Object.keys(data)) {
+    if (key !== "tokens") throw new SyntaxError(`${where}: unknown key "${key}"`);
+  }
+  const list = (data as { tokens?: unknown }).tokens;
+  if (!Array.isArray(list)) {
+    throw new SyntaxError(`${where}: must be a JSON object with a "tokens" array`);
+  }
+  const names = new Set<string>();
+  const secrets = new Set<string>();
+  return list.map((t: unknown, i: number) => {
+    if (t === null || typeof t !== "object" || Array.isArray(t)) {
+      throw new SyntaxError(`${where}: token ${i} must be an object`);
+    }
+    const o = t as Record<string, unknown>;
+    const label = typeof o.name === "string" && o.name ? `token "${o.name}"` : `token ${i}`;
+    for (const key of Object.keys(o)) {
+      if (!TOKEN_KEYS.has(key)) {
+        throw new SyntaxError(
+          `${where}: ${label}: unknown key "${key}" (expected name, secret, publish, subscribe)`,
+        );
+      }
+    }
+    if (typeof o.name !== "string" || o.name === "") {
+      throw new SyntaxError(`${where}: ${label}: "name" must be a non-empty string`);
+    }
+    if (typeof o.secret !== "string" || o.secret === "") {
+      throw new SyntaxError(`${where}: ${label}: "secret" must be a non-empty string`);
+    }
+    if (names.has(o.name)) throw new SyntaxError(`${where}: ${label}: duplicate name`);
+    if (secrets.has(o.secret)) {
+      throw new SyntaxError(`${where}: ${label}: same secret as an earlier token`);
+    }
+    names.add(o.name);
+    secrets.add(o.secret);
+    const rights = (field: "publish" | "subscribe"): string[] => {
+      const v = o[field];
+      if (v === undefined) {
+        throw new SyntaxError(
+          `${where}: ${label}: missing "${field}" (give ["*"] for every stream, [] for none)`,
+        );
+      }
       if (!Array.isArray(v) || v.some((p) => typeof p !== "string")) {
-        throw new SyntaxError(`Token ${i}: "${field}" must be an array of strings`);
+        throw new SyntaxError(`${where}: ${label}: "${field}" must be an array of strings`);
       }
       return v as string[];
     };
-    if (typeof t.name !== "string" || typeof t.secret !== "string" || !t.name || !t.secret) {
-      throw new SyntaxError(`Token ${i}: "name" and "secret" must be non-empty strings`);
-    }
     return {
-      name: t.name,
-      secret: t.secret,
-      publish: list(t.publish, "publish"),
-      subscribe: list(t.subscribe, "subscribe"),
+      name: o.name,
+      secret: o.secret,
+      publish: rights("publish"),
+      subscribe: rights("subscribe"),
     };
   });
 }

@@ -356,8 +356,9 @@ export class Session implements Listener {
     if (this.#auth) {
       const token = f.token;
       const grant = typeof token === "string" ? this.#auth.check(token) : undefined;
-      if (!grant) throw new ProtocolError("unauthorized", "Invalid token");
+      // A failed hello drops any earlier grant: the connection is unauthorized again.
       this.#grant = grant;
+      if (!grant) throw new ProtocolError("unauthorized", "Invalid token");
     }
     if (id !== undefined) this.send({ action: "ok", id, version: PROTOCOL_VERSION });
   }

@@ -728,7 +728,7 @@ function parseServeArgs(argv: string[]): ServeOptions | "help" | "version" {
   try {
     for (const spec of specs) tokens.push(parseTokenSpec(spec));
     if (args["token-file"]) {
-      tokens.push(...parseTokenFile(Deno.readTextFileSync(args["token-file"])));
+      tokens.push(...parseTokenFile(Deno.readTextFileSync(args["token-file"]), args["token-file"]));
     }
   } catch (e) {
     throw new UsageError((e as Error).message);

@@ -227,16 +227,18 @@ Deno.test("Error frames of an authorized session never name other tokens or stre
     { action: "put", stream: 5, message: 1 },
     { action: "listen", stream: "jobs.1", since: "x" },
     { action: "listen", stream: "jobs.1", since: { epoch: "e", seq: -1 } },
-    { action: "hello", token: "guess" },
     { action: "frobnicate" },
+    { action: "hello", token: "guess" },
   ];
   for (const frame of bad) {
     const answer = await ask(raw, { ...frame, id: ++id });
     assertEquals(answer.action, "error", JSON.stringify(answer));
     assertDiscreet(answer);
   }
-  // A failed hello keeps the grant the session had.
-  assertEquals((await ask(raw, { action: "put", stream: "jobs.2", message: 1, id: ++id })).seq, 1);
+  // A failed hello drops the grant the session had (issue 11: fail closed).
+  const after = await ask(raw, { action: "put", stream: "jobs.2", message: 1, id: ++id });
+  assertEquals([after.action, after.code], ["error", "unauthorized"]);
+  assertDiscreet(after);
 });
 
 // ---- CLI ----
@@ -466,15 +468,18 @@ Deno.test("parseTokenSpec() and parseTokenFile() refuse malformed input", () => 
   for (const bad of ["", "name", ":secret", "name:"]) {
     assertThrows(() => parseTokenSpec(bad), TypeError, "NAME:SECRET");
   }
-  assertEquals(parseTokenFile('{"tokens":[{"name":"a","secret":"b","subscribe":[]}]}'), [
-    { name: "a", secret: "b", publish: ["*"], subscribe: [] },
-  ]);
+  assertEquals(
+    parseTokenFile('{"tokens":[{"name":"a","secret":"b","publish":["*"],"subscribe":[]}]}'),
+    [{ name: "a", secret: "b", publish: ["*"], subscribe: [] }],
+  );
   for (
     const bad of [
       "[]",
       '{"tokens":{}}',
       '{"tokens":[{"name":"a"}]}',
-      '{"tokens":[{"name":"a","secret":"b","publish":"*"}]}',
+      '{"tokens":[{"name":"a","secret":"b","publish":"*","subscribe":[]}]}',
+      // Fails closed: a missing right is an error, not every stream.
+      '{"tokens":[{"name":"a","secret":"b","subscribe":[]}]}',
     ]
   ) assertThrows(() => parseTokenFile(bad), SyntaxError);
 });
