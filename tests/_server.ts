@@ -220,7 +220,10 @@ export class ServerProcess implements AsyncDisposable {
     if (this.log.some((l) => match.test(l))) return Promise.resolve();
     return deadline(
       new Promise<void>((resolve) => this.#logWaiters.push({ match, resolve })),
-      () => `${typeof what === "function" ? what() : what} (last log lines: ${this.log.slice(-3)})`,
+      () =>
+        `${typeof what === "function" ? what() : what} (last log lines: ${
+          this.log.length > 0 ? this.log.slice(-3).join(" | ") : "none"
+        })`,
       ms,
     );
   }
@@ -231,7 +234,13 @@ export class ServerProcess implements AsyncDisposable {
    * @returns The size, or 0 when unknown.
    */
   rss(): number {
-    const status = Deno.readTextFileSync(`/proc/${this.child.pid}/status`);
+    if (!this.#child) return 0;
+    let status: string;
+    try {
+      status = Deno.readTextFileSync(`/proc/${this.#child.pid}/status`);
+    } catch {
+      return 0; // exited meanwhile
+    }
     const m = status.match(/^VmRSS:\s+(\d+)\s+kB/m);
     return m ? Number(m[1]) * 1024 : 0;
   }

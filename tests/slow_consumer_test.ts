@@ -133,6 +133,7 @@ Deno.test("A listener that stops reading is cut while healthy ones get every mes
   let peak = server.rss();
   const baseline = peak;
   const sampler = setInterval(() => peak = Math.max(peak, server.rss()), 20);
+  using _sampling = { [Symbol.dispose]: () => clearInterval(sampler) }; // on failure too
   // When the cut is logged, for the report only: the assertion below has its own deadline.
   let cutAtSeq = 0;
   server.logged(/slow consumer/, "the slow consumer log line", 10 * TIMEOUT)
