@@ -29,6 +29,7 @@
 
 import { concat } from "@std/bytes/concat";
 import { type Codec, defaultCodec } from "./codec.ts";
+import { buildEvent } from "./frame.ts";
 import {
   type EventKind,
   Inbox,
@@ -37,6 +38,7 @@ import {
   type Position,
   type Streamer,
   type StreamEvent,
+  type StreamStat,
 } from "./mod.ts";
 import { type ErrorCode, ProtocolError } from "./protocol.ts";
 import { readLines } from "./framer.ts";
@@ -419,13 +421,41 @@ export class RemoteStream implements Streamer, AsyncDisposable {
    *
    * @param stream The stream's name.
    * @param message The message.
-   * @returns The put's seq.
+   * @returns The put's position: the stream's epoch and the put's seq.
    * @throws {ProtocolError} When the server refuses or the connection is lost.
    */
-  async put(stream: string, message: unknown): Promise<number> {
+  async put(stream: string, message: unknown): Promise<Position> {
     if (message === undefined) throw new TypeError(`Cannot put on stream "${stream}": no message`);
     const ok = await this.#request({ action: "put", stream, message }, "reject");
-    return ok.seq as number;
+    return { epoch: ok.epoch as string, seq: ok.seq as number };
+  }
+
+  /**
+   * Reads a stream's state on the server (header, position, and how many listeners follow it
+   * there), without listening to it and without creating it.
+   *
+   * @param stream The stream's name.
+   * @returns The stream's state, or `undefined` when the server has no such stream.
+   * @throws {ProtocolError} When the server refuses (`forbidden`, `invalid_stream`, …) or the
+   * connection is lost.
+   *
+   * @example
+   * ```ts ignore
+   * const stat = await remote.stat("job42");
+   * if (stat) console.log(stat.seq, stat.header);
+   * ```
+   */
+  async stat(stream: string): Promise<StreamStat | undefined> {
+    const ok = await this.#request({ action: "stat", stream }, "retry");
+    const s = ok.stat as Omit<StreamStat, "stream"> | null | undefined;
+    if (!s) return undefined;
+    return {
+      stream,
+      header: s.header === undefined ? null : s.header,
+      seq: s.seq,
+      epoch: s.epoch,
+      listeners: s.listeners,
+    };
   }
 
   /**
@@ -766,11 +796,7 @@ export class RemoteStream implements Streamer, AsyncDisposable {
   }
 
   #event(stream: string, kind: EventKind, message: unknown, pos: Position): StreamEvent {
-    const action = kind === "end" ? "delete" : kind;
-    const frame = encoder.encode(
-      this.#opts.codec.encode({ action, stream, message, seq: pos.seq, epoch: pos.epoch }) + "\n",
-    );
-    return { stream, kind, message, seq: pos.seq, epoch: pos.epoch, frame };
+    return buildEvent(this.#opts.codec, kind, { name: stream }, message, pos.seq, pos.epoch, "own");
   }
 
   #deliver(q: Listener, ev: StreamEvent): void {

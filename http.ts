@@ -736,8 +736,8 @@ class HttpDoor {
     if (method === "POST") {
       this.#permit(grant, "publish", name);
       const message = await this.#body(req);
-      const seq = await this.hub.put(name, message);
-      return json(200, { seq, epoch: this.hub.info(name)?.epoch });
+      const { seq, epoch } = await this.hub.put(name, message);
+      return json(200, { seq, epoch });
     }
     if (method === "DELETE") {
       this.#permit(grant, "publish", name);

@@ -8,13 +8,15 @@
 
 import { type Auth, forbidden, type Grant } from "./auth.ts";
 import type { Codec } from "./codec.ts";
+import { type SyncHub, syncOf } from "./core.ts";
+import { encodeFrame } from "./frame.ts";
 import {
-  encodeFrame,
   EngineUnavailableError,
   type Listener,
   type MessageStream,
   type Position,
   type StreamEvent,
+  type StreamStat,
 } from "./mod.ts";
 import type { Metrics } from "./metrics.ts";
 
@@ -90,8 +92,13 @@ export class Session implements Listener {
   readonly #metrics: Metrics | undefined;
   #grant: Grant | undefined;
   #closed = false;
-  /** Whether the hub has an engine: requests are then async, kept in order (see #ordered). */
-  readonly #engine: boolean;
+  /** The hub calls of put, header, delete, listen and stat: picked once (see #hubActions). */
+  readonly #actions: HubActions;
+  /**
+   * Takes a decoded request: at once on a memory hub (#run), or kept in the connection's order
+   * behind requests in flight when the hub has an engine (#ordered). Picked once.
+   */
+  readonly #accept: (f: Frame, id: unknown) => void;
   #inflight = 0;
   #blocked = false;
   #waiting: [Frame, unknown][] = [];
@@ -118,7 +125,9 @@ export class Session implements Listener {
     this.#transport = transport;
     this.#auth = options.auth;
     this.#metrics = options.metrics;
-    this.#engine = hub.engine !== undefined;
+    const sync = syncOf(hub);
+    this.#actions = sync ? this.#syncActions(sync) : this.#promiseActions(hub);
+    this.#accept = sync ? (f, id) => this.#run(f, id) : (f, id) => this.#ordered(f, id);
   }
 
   /** Hub events go straight to the transport: the frame was encoded once by the hub. */
@@ -199,8 +208,7 @@ export class Session implements Listener {
       this.error("invalid_frame", 'Field "id" must be a string or a number');
       return;
     }
-    if (this.#engine) return this.#ordered(f, id);
-    this.#run(f, id);
+    this.#accept(f, id);
   }
 
   #run(f: Frame, id: unknown): void {
@@ -276,54 +284,22 @@ export class Session implements Listener {
         if (!("message" in f) || f.message === undefined) {
           throw new ProtocolError("missing_message", 'A "put" needs a "message"', stream);
         }
-        if (this.#engine) {
-          return this.#hub.put(stream, f.message).then((seq) => {
-            if (id !== undefined) this.send({ action: "ok", id, stream, seq });
-          });
-        }
-        const seq = this.#hub.putNow(stream, f.message);
-        if (id !== undefined) this.send({ action: "ok", id, stream, seq });
-        return;
+        return this.#actions.put(stream, f.message, id);
       }
-      case "header": {
-        const stream = this.#stream(f, "publish");
-        if (this.#engine) {
-          return this.#hub.header(stream, f.message ?? null).then(() => this.#ok(id, stream));
-        }
-        this.#hub.setHeader(stream, f.message ?? null);
-        return this.#ok(id, stream);
-      }
-      case "delete": {
-        const stream = this.#stream(f, "publish");
-        if (this.#engine) return this.#hub.delete(stream).then(() => this.#ok(id, stream));
-        this.#hub.deleteNow(stream);
-        return this.#ok(id, stream);
-      }
+      case "header":
+        return this.#actions.header(this.#stream(f, "publish"), f.message ?? null, id);
+      case "delete":
+        return this.#actions.delete(this.#stream(f, "publish"), id);
       case "listen": {
         const stream = this.#stream(f, "subscribe");
         const since = f.since === undefined || f.since === null
           ? undefined
           : parseSince(f.since, stream);
         // The reply follows the catch-up events (header or replay): its position is the join's.
-        if (this.#engine) {
-          return this.#hub.listen(stream, this, since ? { since } : {}).then((position) => {
-            if (id !== undefined) {
-              this.send({ action: "ok", id, stream, seq: position.seq, epoch: position.epoch });
-            }
-          });
-        }
-        const position = this.#hub.listenNow(stream, this, since);
-        if (id !== undefined) {
-          this.#transport.send(encodeFrame(this.#codec, {
-            action: "ok",
-            id,
-            stream,
-            seq: position.seq,
-            epoch: position.epoch,
-          }));
-        }
-        return;
+        return this.#actions.listen(stream, since, id);
       }
+      case "stat":
+        return this.#actions.stat(this.#stream(f, "subscribe"), id);
       case "hangup": {
         const stream = this.#stream(f, undefined);
         this.#hub.hangup(stream, this);
@@ -343,6 +319,63 @@ export class Session implements Listener {
             : 'Field "action" must be a string',
         );
     }
+  }
+
+  /** The hub calls of a memory hub: synchronous, answered at once. */
+  #syncActions(hub: SyncHub): HubActions {
+    return {
+      put: (stream, message, id) => {
+        const at = hub.putNow(stream, message);
+        if (id !== undefined) this.#position(id, stream, at);
+      },
+      header: (stream, message, id) => {
+        hub.setHeader(stream, message);
+        this.#ok(id, stream);
+      },
+      delete: (stream, id) => {
+        hub.deleteNow(stream);
+        this.#ok(id, stream);
+      },
+      listen: (stream, since, id) => {
+        const at = hub.listenNow(stream, this, since);
+        if (id !== undefined) {
+          const ok = { action: "ok", id, stream, seq: at.seq, epoch: at.epoch };
+          this.#transport.send(encodeFrame(this.#codec, ok));
+        }
+      },
+      stat: (stream, id) => this.#stat(id, stream, hub.statNow(stream)),
+    };
+  }
+
+  /** The hub calls of a hub with an engine: promises, answered when they settle. */
+  #promiseActions(hub: MessageStream): HubActions {
+    return {
+      put: (stream, message, id) =>
+        hub.put(stream, message).then((at) => {
+          if (id !== undefined) this.#position(id, stream, at);
+        }),
+      header: (stream, message, id) => hub.header(stream, message).then(() => this.#ok(id, stream)),
+      delete: (stream, id) => hub.delete(stream).then(() => this.#ok(id, stream)),
+      listen: (stream, since, id) =>
+        hub.listen(stream, this, since ? { since } : undefined).then((at) => {
+          if (id !== undefined) this.#position(id, stream, at);
+        }),
+      stat: (stream, id) => hub.stat(stream).then((stat) => this.#stat(id, stream, stat)),
+    };
+  }
+
+  /** Answers a put or a listen with a position. */
+  #position(id: unknown, stream: string, at: Position): void {
+    this.send({ action: "ok", id, stream, seq: at.seq, epoch: at.epoch });
+  }
+
+  /** Answers a stat: the stream's state, or `null` when there is no such stream. */
+  #stat(id: unknown, stream: string, stat: StreamStat | undefined): void {
+    if (id === undefined) return;
+    const found = stat === undefined
+      ? null
+      : { header: stat.header, seq: stat.seq, epoch: stat.epoch, listeners: stat.listeners };
+    this.send({ action: "ok", id, stream, stat: found });
   }
 
   #ok(id: unknown, stream?: string): void {
@@ -377,6 +410,18 @@ export class Session implements Listener {
     }
     return stream;
   }
+}
+
+/**
+ * The hub calls behind a session's put, header, delete, listen and stat. Each answers `ok` when
+ * `id` is given; a promise means the answer comes when it settles.
+ */
+interface HubActions {
+  put(stream: string, message: unknown, id: unknown): void | Promise<void>;
+  header(stream: string, message: unknown, id: unknown): void | Promise<void>;
+  delete(stream: string, id: unknown): void | Promise<void>;
+  listen(stream: string, since: Position | undefined, id: unknown): void | Promise<void>;
+  stat(stream: string, id: unknown): void | Promise<void>;
 }
 
 /**

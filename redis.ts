@@ -37,8 +37,10 @@ import {
   type EngineSink,
   type EngineSnapshot,
   EngineUnavailableError,
-  type Position,
-} from "./mod.ts";
+  type JoinProbe,
+  joinProbes,
+} from "./engine.ts";
+import type { Position, ResetReason } from "./types.ts";
 
 /** Options for {@linkcode RedisEngine}. */
 export interface RedisEngineOptions {
@@ -230,6 +232,7 @@ export class RedisEngine implements Engine {
   #cmdWasUp = false;
   #subWasUp = false;
   #closed = false;
+  #probe: JoinProbe | undefined;
   readonly #follows = new Map<string, Follow>();
   readonly #channels = new Map<string, Follow>();
 
@@ -239,29 +242,11 @@ export class RedisEngine implements Engine {
    * @param options Where Redis is, the key prefix and the history bound.
    * @throws {RangeError} When a bound is not a non-negative integer.
    */
-  constructor(options: RedisEngineOptions = {}) {
-    this.#url = options.url ?? "redis://127.0.0.1:6379";
-    this.#prefix = options.prefix ?? "msgstream:";
-    this.#historyMessages = nonNegative("historyMessages", options.historyMessages, 1000);
-    this.#connectTimeout = nonNegative("connectTimeout", options.connectTimeout, 10_000);
-  }
-
-  /**
-   * The Redis key of a stream's hash (epoch, seq, header).
-   *
-   * @param stream The stream's name.
-   * @returns The key.
-   *
-   * @example
-   * ```ts
-   * import { RedisEngine } from "@x/msgstream/redis";
-   * import { assertEquals } from "@std/assert";
-   *
-   * assertEquals(new RedisEngine({ prefix: "p:" }).keyOf("job"), "p:{job}:s");
-   * ```
-   */
-  keyOf(stream: string): string {
-    return `${this.#prefix}{${stream}}:s`;
+  constructor(options?: RedisEngineOptions) {
+    this.#url = options?.url ?? "redis://127.0.0.1:6379";
+    this.#prefix = options?.prefix ?? "msgstream:";
+    this.#historyMessages = nonNegative("historyMessages", options?.historyMessages, 1000);
+    this.#connectTimeout = nonNegative("connectTimeout", options?.connectTimeout, 10_000);
   }
 
   /**
@@ -275,6 +260,7 @@ export class RedisEngine implements Engine {
     if (this.#sink) throw new TypeError("Cannot bind a RedisEngine to a second hub");
     this.#sink = sink;
     this.#codec = codec;
+    this.#probe = joinProbes.get(this);
     this.#started = this.#start();
     this.#started.catch(() => {}); // reported by each request (#client)
   }
@@ -449,6 +435,33 @@ export class RedisEngine implements Engine {
   }
 
   /**
+   * Reads the stream's epoch, seq and header from its hash, without following the stream and
+   * without creating it.
+   *
+   * @param stream The stream's name.
+   * @returns The stream's state, or `undefined` when Redis holds no such stream.
+   * @throws {EngineUnavailableError} When Redis cannot be reached.
+   */
+  async stat(stream: string): Promise<EngineSnapshot | undefined> {
+    const cmd = await this.#client();
+    let reply: (string | null)[];
+    try {
+      reply = await cmd.hmget(this.#keys(stream)[0] as string, "epoch", "seq", "header");
+    } catch (e) {
+      throw unavailable(e);
+    }
+    const [epoch, seq, header] = reply;
+    if (epoch === null || epoch === undefined) return undefined;
+    return {
+      epoch,
+      seq: Number(seq),
+      header: header === null || header === undefined
+        ? undefined
+        : (this.#codec as Codec).decode(header),
+    };
+  }
+
+  /**
    * Subscribes to the stream (once per node), then takes a snapshot that publishes a marker;
    * calls `onSnapshot` where the marker falls among the stream's events.
    *
@@ -492,6 +505,7 @@ export class RedisEngine implements Engine {
       if (f.syncs.delete(token) && sync.marked) this.#release(f);
       throw unavailable(e);
     }
+    if (this.#probe?.snapshotReplied) await this.#probe.snapshotReplied(stream);
     if (f.syncs.get(token) !== sync) return done.promise; // the subscription dropped: rejected
     sync.snapshot = this.#snapshot(reply);
     if (sync.marked) this.#complete(f, token, sync);
@@ -504,7 +518,7 @@ export class RedisEngine implements Engine {
       string,
       number,
       string | null,
-      string | undefined,
+      ResetReason | "" | undefined,
       [string, string[]][] | undefined,
     ];
     const events: EngineEvent[] = [];
@@ -573,6 +587,9 @@ export class RedisEngine implements Engine {
   #message(channel: string, text: string): void {
     const f = this.#channels.get(channel);
     if (!f) return;
+    if (this.#probe?.arrived && text[0] !== "m") {
+      this.#probe.arrived(f.stream, Number(text.slice(1, text.indexOf(" "))));
+    }
     if (f.held) f.held.push(text);
     else this.#safely(f, text);
   }

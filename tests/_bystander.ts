@@ -66,5 +66,7 @@ export async function withBystander(
   // The server still serves new connections.
   await using fresh = await connectRaw(server.addr.port);
   await fresh.send({ action: "put", stream: "after", message: 1, id: "after" });
-  assertEquals(await fresh.next(), { action: "ok", id: "after", stream: "after", seq: 1 });
+  const ok = await fresh.next();
+  const epoch = (await server.hub.stat("after"))?.epoch;
+  assertEquals(ok, { action: "ok", id: "after", stream: "after", seq: 1, epoch });
 }

@@ -5,6 +5,7 @@
  * @module
  */
 
+import { syncOf } from "../core.ts";
 import type { MessageStream } from "../mod.ts";
 import { Recorder } from "./_recorder.ts";
 
@@ -97,14 +98,15 @@ export async function putFlood(
   stream: string,
   messages: unknown[],
 ): Promise<void> {
-  if (!hub.engine) {
-    for (const m of messages) hub.putNow(stream, m);
+  const sync = syncOf(hub);
+  if (sync) {
+    for (const m of messages) sync.putNow(stream, m);
     return;
   }
   const own = new Recorder("putFlood");
   await hub.listen(stream, own);
   try {
-    const last = (await Promise.all(messages.map((m) => hub.put(stream, m)))).at(-1);
+    const last = (await Promise.all(messages.map((m) => hub.put(stream, m)))).at(-1)?.seq;
     if (last !== undefined) await own.waitForEvent((e) => e.kind === "put" && e.seq >= last);
   } finally {
     hub.hangup(stream, own);

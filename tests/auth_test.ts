@@ -149,7 +149,7 @@ Deno.test("RemoteStream.connect() rejects a wrong token with ProtocolError unaut
     for (const s of SECRETS) assert(!err.message.includes(s));
   }
   await using ok = await RemoteStream.connect({ hostname, port, token: ALICE.secret });
-  assertEquals(await ok.put("jobs.1", "x"), 1);
+  assertEquals((await ok.put("jobs.1", "x")).seq, 1);
 });
 
 Deno.test("A token may publish only to streams matching its publish patterns", async (t) => {
@@ -201,7 +201,7 @@ Deno.test("A token may listen only to streams matching its subscribe patterns", 
     inbox.close();
   });
   await t.step("a stream it may publish to but not listen to: a*b", async () => {
-    assertEquals(await remote.put("ab", 1), 1);
+    assertEquals((await remote.put("ab", 1)).seq, 1);
     const err = await assertRejects(() => remote.listen("ab", new Inbox()), ProtocolError);
     assertEquals(err.code, "forbidden");
   });
@@ -318,7 +318,7 @@ Deno.test("The CLI --token requires hello with that secret and never logs it", a
   try {
     await exercise(cli.port, secret, "wrong-secret");
     await using remote = await RemoteStream.connect({ port: cli.port, token: "other-secret-Qp2" });
-    assertEquals(await remote.put("anything", 1), 1);
+    assertEquals((await remote.put("anything", 1)).seq, 1);
   } finally {
     const { code, stdout, stderr } = await cli.stop();
     assertEquals(code, 0);
@@ -360,7 +360,7 @@ Deno.test("The CLI --token-file grants each token its publish and subscribe patt
       });
       const inbox = new Inbox();
       await reader.listen("jobs.7", inbox);
-      assertEquals(await writer.put("jobs.7", "done"), 1);
+      assertEquals((await writer.put("jobs.7", "done")).seq, 1);
       assertEquals((await collect(inbox, 1))[0]?.message, "done");
       assertEquals(
         (await assertRejects(() => writer.put("other", 1), ProtocolError)).code,

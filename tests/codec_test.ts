@@ -150,7 +150,7 @@ Deno.test("A custom codec is used by the hub, the server and the client", async 
     codec: clientCodec,
   });
   const local = new Recorder("in-process");
-  server.hub.listenNow("job", local);
+  await server.hub.listen("job", local);
   const remote = new Recorder("remote");
   await listener.listen("job", remote);
   await publisher.header("job", { state: "running", "ünï": "😀" });

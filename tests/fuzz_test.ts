@@ -405,7 +405,7 @@ Deno.test("The server survives 20,000 fuzzed frames and keeps a bystander's stre
   // After every FRAMES / PUTS fuzz frames, one put: the puts are spread over the whole run.
   const tick = () => {
     if (++sent % (FRAMES / PUTS) === 0 && puts.length < PUTS) {
-      puts.push(publisher.put(stream, payload(puts.length + 1)));
+      puts.push(publisher.put(stream, payload(puts.length + 1)).then((at) => at.seq));
     }
   };
 

@@ -11,6 +11,7 @@
  */
 
 import { assert, assertEquals, assertInstanceOf, assertRejects } from "@std/assert";
+import { syncOf } from "../core.ts";
 import { Inbox, MessageStream, type StreamEvent } from "../mod.ts";
 import { type MessageServer, serve } from "../server.ts";
 import { ProtocolError, RemoteStream, type Status } from "../client.ts";
@@ -222,11 +223,11 @@ Deno.test("RemoteStream sends puts made while disconnected after the reconnect",
   try {
     await using remote = await RemoteStream.connect({ port, ...FAST, maxReconnectAttempts: -1 });
     const log = new StatusLog(remote);
-    assertEquals(await remote.put("job", 0), 1);
+    assertEquals((await remote.put("job", 0)).seq, 1);
     const disconnected = log.next("disconnected");
     await server.shutdown();
     await disconnected;
-    const puts = [1, 2, 3].map((i) => remote.put("job", i));
+    const puts = [1, 2, 3].map((i) => remote.put("job", i).then((at) => at.seq));
     const header = remote.header("job", "while down");
     assertEquals(hub.info("job")?.seq, 1, "nothing reached the hub yet");
     server = serve({ port, hub });
@@ -245,7 +246,7 @@ Deno.test("RemoteStream fails a put written but unanswered when the connection d
   await using proxy = new TcpProxy(server.addr.port);
   await using remote = await RemoteStream.connect({ port: proxy.port, ...FAST });
   const log = new StatusLog(remote);
-  assertEquals(await remote.put("job", "first"), 1);
+  assertEquals((await remote.put("job", "first")).seq, 1);
   proxy.swallow = true;
   const before = proxy.bytesUp;
   const lost = remote.put("job", "lost");
@@ -260,7 +261,7 @@ Deno.test("RemoteStream fails a put written but unanswered when the connection d
   await connected;
   assertEquals(server.hub.info("job")?.seq, 1, "the lost put was not resent");
   assertEquals(server.hub.info("job")?.hasHeader, true);
-  assertEquals(await remote.put("job", "after"), 2);
+  assertEquals((await remote.put("job", "after")).seq, 2);
   await remote.close();
   await log.done;
 });
@@ -376,12 +377,13 @@ Deno.test("RemoteStream.listen() right after a hangup gets no frame of the old s
   await remote.listen("job", old);
   await old.waitFor(1);
   // Frames of the old subscription are under way when it hangs up and listens again.
-  for (let i = 1; i <= 200; i++) hub.putNow("job", i);
+  const sync = syncOf(hub);
+  for (let i = 1; i <= 200; i++) sync?.putNow("job", i);
   remote.hangup("job", old);
   const fresh = new Recorder();
   const at = await remote.listen("job", fresh);
   assertEquals(at.seq, 200);
-  hub.putNow("job", 201);
+  sync?.putNow("job", 201);
   await fresh.waitForEvent((e) => e.message === 201);
   assertEquals(fresh.events.map((e) => [e.kind, e.message, e.seq]), [
     ["header", "h", 200],

@@ -4,7 +4,7 @@
  */
 
 import { assert, assertEquals, assertGreater } from "@std/assert";
-import type { StreamEvent } from "../mod.ts";
+import type { Position, StreamEvent } from "../mod.ts";
 import { RemoteStream } from "../client.ts";
 import { ProtocolError } from "../protocol.ts";
 import { Recorder } from "./_recorder.ts";
@@ -114,7 +114,10 @@ clusterTest(
     await onB.listen("job", recB);
     await onC.listen("job", recC);
     const puts = Array.from({ length: 500 }, (_, i) => pub.put("job", i));
-    assertEquals(await Promise.all(puts), Array.from({ length: 500 }, (_, i) => i + 1));
+    assertEquals(
+      (await Promise.all(puts)).map((at) => at.seq),
+      Array.from({ length: 500 }, (_, i) => i + 1),
+    );
     await recB.waitFor(501);
     await recC.waitFor(501);
     assertEquals(recB.events[0]?.kind, "header");
@@ -146,7 +149,7 @@ clusterTest(
       ),
     );
     assertEquals(
-      [...seqs].sort((x, y) => x - y),
+      seqs.map((at) => at.seq).sort((x, y) => x - y),
       Array.from({ length: n }, (_, i) => i + 1),
     );
     await recA.waitFor(n);
@@ -167,7 +170,7 @@ clusterTest(
     await using pub = await RemoteStream.connect(a.address);
     await pub.header("job", "h");
     const n = 3000;
-    const puts: Promise<number>[] = [];
+    const puts: Promise<Position>[] = [];
     for (let i = 0; i < n; i++) puts.push(pub.put("job", i));
     // Join on B while A's burst is under way.
     await puts[n / 3];
@@ -209,7 +212,7 @@ clusterTest(
     const recs = listeners.map((_, i) => new Recorder(`l${i}`));
     for (const [i, l] of listeners.entries()) await l.listen("count", recs[i] as Recorder);
     const n = 10_000;
-    const puts: Promise<number>[] = [];
+    const puts: Promise<Position>[] = [];
     let killed: Promise<void> | undefined;
     for (let i = 0; i < n; i++) {
       puts.push(pub.put("count", i));

@@ -6,6 +6,7 @@
  */
 
 import { assert, assertEquals, assertNotEquals } from "@std/assert";
+import { syncOf } from "../core.ts";
 import { MessageStream, type Position, type StreamEvent } from "../mod.ts";
 import { serve } from "../server.ts";
 import { connectRaw, type Frame } from "./_raw_client.ts";
@@ -19,18 +20,18 @@ function brief(events: StreamEvent[]): [string, unknown, number][] {
 /** Listens with `since` and returns what the listener got synchronously (the catch-up). */
 function resume(hub: MessageStream, stream: string, since: Position): Recorder {
   const rec = new Recorder();
-  hub.listenNow(stream, rec, since);
+  syncOf(hub)?.listenNow(stream, rec, since);
   return rec;
 }
 
 Deno.test("MessageStream.put() numbers puts from 1 and a header keeps the seq", async () => {
   const hub = new MessageStream();
-  assertEquals(await hub.put("s", "a"), 1);
-  assertEquals(await hub.put("s", "b"), 2);
+  assertEquals((await hub.put("s", "a")).seq, 1);
+  assertEquals((await hub.put("s", "b")).seq, 2);
   await hub.header("s", "h");
   assertEquals(hub.info("s")?.seq, 2);
-  assertEquals(await hub.put("s", "c"), 3);
-  assertEquals(await hub.put("other", "x"), 1, "seqs are per stream");
+  assertEquals((await hub.put("s", "c")).seq, 3);
+  assertEquals((await hub.put("other", "x")).seq, 1, "seqs are per stream");
 });
 
 Deno.test("MessageStream epoch changes after delete and differs per hub instance", async () => {
@@ -40,7 +41,7 @@ Deno.test("MessageStream epoch changes after delete and differs per hub instance
   await hub.put("s", 1);
   assertEquals(hub.info("s")?.epoch, first, "puts keep the epoch");
   await hub.delete("s");
-  assertEquals(await hub.put("s", 1), 1, "a recreated stream counts from 1 again");
+  assertEquals((await hub.put("s", 1)).seq, 1, "a recreated stream counts from 1 again");
   const second = hub.info("s")?.epoch;
   assert(first && second);
   assertNotEquals(second, first);

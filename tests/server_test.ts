@@ -53,7 +53,7 @@ Deno.test("RemoteStream publishers on one stream: each in its order, one total o
     const PER = 500;
     const seqs = await Promise.all(publishers.map(async (p, id) => {
       const puts: Promise<number>[] = [];
-      for (let k = 0; k < PER; k++) puts.push(p.put("race", [id, k]));
+      for (let k = 0; k < PER; k++) puts.push(p.put("race", [id, k]).then((at) => at.seq));
       return await Promise.all(puts);
     }));
     const total = PER * publishers.length;
@@ -110,7 +110,7 @@ Deno.test("Listeners joining during a burst of 5,000 puts get header, then no ga
     const joins: Promise<unknown>[] = [];
     // Joins start at different points of the burst, while its puts are in flight.
     for (let i = 0; i < N; i++) {
-      puts.push(publisher.put("burst", i));
+      puts.push(publisher.put("burst", i).then((at) => at.seq));
       if (i % 800 === 0 && i / 800 < joiners.length) {
         const j = i / 800;
         joins.push((joiners[j] as RemoteStream).listen("burst", recs[j] as Recorder));
@@ -164,7 +164,9 @@ Deno.test("RemoteStream serves 1,000 streams with several listener connections",
     );
     for (const s of names) assertEquals(server.hub.info(s)?.listeners, listeners.length);
     const puts: Promise<number>[] = [];
-    for (let k = 0; k < 2; k++) for (const s of names) puts.push(publisher.put(s, k));
+    for (let k = 0; k < 2; k++) {
+      for (const s of names) puts.push(publisher.put(s, k).then((at) => at.seq));
+    }
     await Promise.all(puts);
     for (const r of recs) {
       await r.waitFor(names.length * 2);
@@ -223,7 +225,7 @@ Deno.test("RemoteStream.delete() ends listeners; the name starts a new epoch fro
   const rec = new Recorder();
   await publisher.header("job", "h");
   const first = await listener.listen("job", rec);
-  assertEquals(await publisher.put("job", 1), 1);
+  assertEquals((await publisher.put("job", 1)).seq, 1);
   await publisher.delete("job");
   await rec.waitForEvent((e) => e.kind === "end");
   assertEquals(rec.events.map((e) => [e.kind, e.message]), [
@@ -232,7 +234,7 @@ Deno.test("RemoteStream.delete() ends listeners; the name starts a new epoch fro
     ["end", null],
   ]);
   assertEquals(await seqOf(server.hub, "job"), undefined);
-  assertEquals(await publisher.put("job", 2), 1);
+  assertEquals((await publisher.put("job", 2)).seq, 1);
   const again = new Recorder();
   const second = await listener.listen("job", again);
   assertNotEquals(second.epoch, first.epoch);

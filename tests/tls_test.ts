@@ -91,7 +91,7 @@ async function roundTrip(port: number, cert: string): Promise<void> {
   await remote.header(stream, { state: "running" });
   const inbox = new Inbox();
   await remote.listen(stream, inbox);
-  for (let i = 1; i <= 3; i++) assertEquals(await remote.put(stream, { i, s: "é✓" }), i);
+  for (let i = 1; i <= 3; i++) assertEquals((await remote.put(stream, { i, s: "é✓" })).seq, i);
   const got = await collect(inbox, 4);
   assertEquals(got.map((e) => [e.kind, e.message]), [
     ["header", { state: "running" }],
@@ -154,7 +154,7 @@ Deno.test({
       await plainClientRefused(server.addr.port, "GET / HTTP/1.1\r\nHost: localhost\r\n\r\n");
       assertEquals(server.hub.info("tls-job")?.seq ?? 0, 0);
       // The TLS client on the same server still works, and a new one can connect.
-      assertEquals(await remote.put("tls-job", "after"), 1);
+      assertEquals((await remote.put("tls-job", "after")).seq, 1);
       assertEquals((await collect(inbox, 1))[0]?.message, "after");
       await roundTrip(server.addr.port, pem.cert);
       remote.endqueue(inbox);

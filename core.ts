@@ -1,0 +1,567 @@
+/**
+ * The hub's cores, behind `MessageStream`: what both cores share (a stream's state, the listener
+ * registry, fanout and delivery; {@linkcode Streams}) and the in-memory core
+ * ({@linkcode MemoryCore}). The engine-backed core is `EngineCore` in `engine.ts`. A hub picks
+ * one core when it is constructed and delegates every call to it.
+ *
+ * The memory core also has synchronous fast paths ({@linkcode SyncHub}) for the doors: they are
+ * internal, reached through {@linkcode syncOf}, and not part of the public API.
+ *
+ * @example The sync fast path of a memory hub
+ * ```ts
+ * import { MessageStream } from "./mod.ts";
+ * import { syncOf } from "./core.ts";
+ * import { assertEquals } from "@std/assert";
+ *
+ * const hub = new MessageStream();
+ * const sync = syncOf(hub);
+ * assertEquals(sync?.putNow("job", 1).seq, 1);
+ * ```
+ *
+ * @module
+ */
+
+import type { Codec } from "./codec.ts";
+import { buildEvent } from "./frame.ts";
+import { type History, HistoryBudget, type HistoryLimits, type HistoryOwner } from "./history.ts";
+import type {
+  Detachable,
+  EventKind,
+  HubStats,
+  Listener,
+  Position,
+  StreamEvent,
+  StreamInfo,
+  StreamStat,
+} from "./types.ts";
+
+/** One stream's state, as both cores keep it. */
+export class StreamState {
+  /** The stream's name. */
+  readonly name: string;
+  /** The stream's epoch. */
+  epoch: string;
+  /** The seq of its last put. */
+  seq = 0;
+  /** The current header's message, or undefined when none is set. */
+  header: unknown = undefined;
+  /** The join event for the current header at the current seq, built on demand. */
+  joinEvent: StreamEvent | undefined = undefined;
+  /** Its listeners. */
+  readonly listeners: Set<Listener> = new Set();
+  /** The name as JSON text, made on the first event (see frame.ts). */
+  jsonName: string | undefined = undefined;
+  /** Nesting depth of fanouts in progress on this stream. */
+  fanning = 0;
+  /** Listeners that joined during a fanout: they got the header as of it, not the event. */
+  joinedDuringFanout: Set<Listener> | undefined = undefined;
+
+  /**
+   * Creates the state of a stream.
+   *
+   * @param name The stream's name.
+   * @param epoch Its epoch.
+   */
+  constructor(name: string, epoch: string) {
+    this.name = name;
+    this.epoch = epoch;
+  }
+}
+
+/** What a hub delegates to: the memory core or the engine core. */
+export interface Core {
+  /** Sets or clears a header. */
+  header(stream: string, message: unknown): Promise<void>;
+  /** Puts a message. */
+  put(stream: string, message: unknown): Promise<Position>;
+  /** Deletes a stream. */
+  delete(stream: string): Promise<void>;
+  /** Starts listening. */
+  listen(stream: string, queue: Listener, since: Position | undefined): Promise<Position>;
+  /** Stops listening to one stream. */
+  hangup(stream: string, queue: Listener): void;
+  /** Stops listening to every stream. */
+  endqueue(queue: Listener): void;
+  /** A stream's state, without creating it. */
+  stat(stream: string): Promise<StreamStat | undefined>;
+  /** What the hub holds of a stream. */
+  info(stream: string): StreamInfo | undefined;
+  /** Every stream the hub holds. */
+  list(): StreamInfo[];
+  /** Totals. */
+  stats(): HubStats;
+  /** Releases the core's resources. */
+  close(): Promise<void>;
+}
+
+/**
+ * What both cores share: the streams by name, who follows what, fanout and delivery. Delivery is
+ * synchronous; a listener that throws is removed from every stream.
+ */
+export abstract class Streams<S extends StreamState> implements Core {
+  /** The codec of every frame. */
+  readonly codec: Codec;
+  /** The longest stream name accepted. */
+  readonly maxName: number;
+  /** The streams held, by name. */
+  protected readonly streams: Map<string, S> = new Map();
+  /** The streams each listener follows. */
+  protected readonly following: WeakMap<Listener, Set<S>> = new WeakMap();
+  /** Listener registrations over all streams. */
+  protected listenerCount = 0;
+  /** Events handed to listeners. */
+  protected deliveries = 0;
+  /** Puts accepted. */
+  protected puts = 0;
+  /** What listeners are told they follow (`attached`): the hub. */
+  readonly #source: Detachable;
+
+  /**
+   * Creates an empty core.
+   *
+   * @param codec The codec of every frame.
+   * @param maxName The longest stream name accepted.
+   * @param source The hub, handed to each listener's `attached`.
+   */
+  constructor(codec: Codec, maxName: number, source: Detachable) {
+    this.codec = codec;
+    this.maxName = maxName;
+    this.#source = source;
+  }
+
+  abstract header(stream: string, message: unknown): Promise<void>;
+  abstract put(stream: string, message: unknown): Promise<Position>;
+  abstract delete(stream: string): Promise<void>;
+  abstract listen(stream: string, queue: Listener, since: Position | undefined): Promise<Position>;
+  abstract stat(stream: string): Promise<StreamStat | undefined>;
+  abstract close(): Promise<void>;
+  /** Forgets a stream that holds nothing the core must keep. */
+  protected abstract collect(state: S): void;
+
+  /** The history a stream keeps here (none by default). */
+  protected historyOf(_state: S): History | undefined {
+    return undefined;
+  }
+
+  /** Removes a queue that waits to join (none by default); returns whether it waited. */
+  protected unpend(_state: S, _queue: Listener): boolean {
+    return false;
+  }
+
+  /** Bytes of history held here. */
+  protected historyBytes(): number {
+    return 0;
+  }
+
+  /** Checks a stream name. */
+  protected checkName(stream: unknown): asserts stream is string {
+    if (typeof stream !== "string") {
+      throw new TypeError(
+        `Stream name must be a string, got ${stream === null ? "null" : typeof stream}`,
+      );
+    }
+    if (stream.length === 0) throw new TypeError("Stream name must not be empty");
+    if (stream.length > this.maxName) {
+      throw new RangeError(
+        `Stream name is ${stream.length} characters long: the limit is ${this.maxName}`,
+      );
+    }
+  }
+
+  /** Checks a put's message. */
+  protected checkMessage(stream: string, message: unknown): void {
+    if (message === undefined) throw new TypeError(`Cannot put on stream "${stream}": no message`);
+  }
+
+  /** Checks a listener. */
+  protected checkQueue(stream: string, queue: Listener): void {
+    if (!queue || typeof queue.put !== "function") {
+      throw new TypeError(`Cannot listen to stream "${stream}": the queue has no put method`);
+    }
+  }
+
+  /** Builds an event of the stream at its current seq, its frame in the shared slab. */
+  protected event(state: S, kind: EventKind, message: unknown): StreamEvent {
+    return buildEvent(this.codec, kind, state, message, state.seq, state.epoch, "slab");
+  }
+
+  /** Hands an event to every listener of the stream. */
+  protected fanout(state: S, ev: StreamEvent): void {
+    // A listener may join from inside another's put (a Set iterates what is added meanwhile):
+    // it got the header as of this event, so it must not get the event too.
+    state.fanning++;
+    try {
+      for (const l of state.listeners) {
+        if (state.joinedDuringFanout?.has(l)) continue;
+        this.deliver(l, ev);
+      }
+    } finally {
+      if (--state.fanning === 0) state.joinedDuringFanout = undefined;
+    }
+  }
+
+  /** Hands the header to a joining listener, as of the stream's current seq. */
+  protected deliverHeader(l: Listener, state: S): boolean {
+    if (state.header === undefined) return true;
+    let ev = state.joinEvent;
+    if (!ev || ev.seq !== state.seq) {
+      ev = buildEvent(this.codec, "header", state, state.header, state.seq, state.epoch, "join");
+      state.joinEvent = ev;
+    }
+    return this.deliver(l, ev);
+  }
+
+  /** Hands one event to one listener; a listener that throws is removed everywhere. */
+  protected deliver(l: Listener, ev: StreamEvent): boolean {
+    try {
+      l.put(ev);
+      this.deliveries++;
+      return true;
+    } catch {
+      // A listener that throws is broken: it must not cost the others anything.
+      this.endqueue(l);
+      return false;
+    }
+  }
+
+  /** The set of streams a listener follows. */
+  protected followed(queue: Listener): Set<S> {
+    let following = this.following.get(queue);
+    if (!following) this.following.set(queue, following = new Set());
+    return following;
+  }
+
+  /** Makes a queue that got its catch-up events a listener of the stream. */
+  protected register(state: S, queue: Listener): void {
+    state.listeners.add(queue);
+    if (state.fanning > 0) (state.joinedDuringFanout ??= new Set()).add(queue);
+    this.listenerCount++;
+    this.followed(queue).add(state);
+    queue.attached?.(this.#source);
+  }
+
+  /** Takes every listener off the stream and hands each the `end` event. */
+  protected endListeners(state: S, end: StreamEvent): void {
+    const listeners = [...state.listeners];
+    state.listeners.clear();
+    this.listenerCount -= listeners.length;
+    for (const l of listeners) {
+      this.following.get(l)?.delete(state);
+      this.deliver(l, end);
+    }
+  }
+
+  hangup(stream: string, queue: Listener): void {
+    const state = this.streams.get(stream);
+    if (!state) return;
+    if (state.listeners.delete(queue)) this.listenerCount--;
+    else if (!this.unpend(state, queue)) return;
+    this.following.get(queue)?.delete(state);
+    this.collect(state);
+  }
+
+  endqueue(queue: Listener): void {
+    const states = this.following.get(queue);
+    if (!states) return;
+    this.following.delete(queue);
+    for (const state of states) {
+      if (state.listeners.delete(queue)) this.listenerCount--;
+      else this.unpend(state, queue);
+      this.collect(state);
+    }
+  }
+
+  info(stream: string): StreamInfo | undefined {
+    const s = this.streams.get(stream);
+    return s && this.#info(s);
+  }
+
+  list(): StreamInfo[] {
+    return Array.from(this.streams.values(), (s) => this.#info(s));
+  }
+
+  stats(): HubStats {
+    return {
+      streams: this.streams.size,
+      listeners: this.listenerCount,
+      historyBytes: this.historyBytes(),
+      puts: this.puts,
+      deliveries: this.deliveries,
+    };
+  }
+
+  #info(s: S): StreamInfo {
+    const h = this.historyOf(s);
+    return {
+      stream: s.name,
+      epoch: s.epoch,
+      seq: s.seq,
+      listeners: s.listeners.size,
+      hasHeader: s.header !== undefined,
+      historyLength: h?.count ?? 0,
+      historyBytes: h?.bytes ?? 0,
+    };
+  }
+}
+
+/**
+ * The synchronous fast paths of a memory hub, for the doors (the TCP door's Session): the same
+ * as the hub's promise methods, without a promise. Internal: reach it with {@linkcode syncOf}.
+ */
+export interface SyncHub {
+  /**
+   * Sets or clears a header. See `MessageStream.header`.
+   *
+   * @param stream The stream's name.
+   * @param message The header, or `null`/`undefined` to clear it.
+   */
+  setHeader(stream: string, message: unknown): void;
+  /**
+   * Puts a message. See `MessageStream.put`.
+   *
+   * @param stream The stream's name.
+   * @param message The message.
+   * @returns The put's position (read `epoch` and `seq` only: it is the put's event).
+   */
+  putNow(stream: string, message: unknown): Position;
+  /**
+   * Deletes a stream. See `MessageStream.delete`.
+   *
+   * @param stream The stream's name.
+   */
+  deleteNow(stream: string): void;
+  /**
+   * Starts listening. See `MessageStream.listen`.
+   *
+   * @param stream The stream's name.
+   * @param queue The listener.
+   * @param since Where to resume.
+   * @returns The stream's position when the listener joined.
+   */
+  listenNow(stream: string, queue: Listener, since?: Position): Position;
+  /**
+   * Reads a stream's state without creating it. See `MessageStream.stat`.
+   *
+   * @param stream The stream's name.
+   * @returns The stream's state, or `undefined` when there is no such stream.
+   */
+  statNow(stream: string): StreamStat | undefined;
+}
+
+const syncHubs = new WeakMap<object, SyncHub>();
+
+/**
+ * The sync fast paths of a hub, when it has them (a hub without an engine).
+ *
+ * @param hub The hub.
+ * @returns Its fast paths, or `undefined` for a hub with an engine.
+ */
+export function syncOf(hub: object): SyncHub | undefined {
+  return syncHubs.get(hub);
+}
+
+/**
+ * Makes a core's fast paths reachable through {@linkcode syncOf}; the hub's constructor calls it.
+ *
+ * @param hub The hub.
+ * @param sync Its fast paths.
+ */
+export function registerSync(hub: object, sync: SyncHub): void {
+  syncHubs.set(hub, sync);
+}
+
+let epochCounter = 0;
+const epochBase = (() => {
+  const b = new Uint8Array(5);
+  crypto.getRandomValues(b);
+  return Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
+})();
+
+/** A new epoch, unique to this process. */
+function newEpoch(): string {
+  return epochBase + (epochCounter++).toString(36);
+}
+
+/** A stream of the memory core: the shared state plus its history. */
+class MemoryStream extends StreamState implements HistoryOwner {
+  history: History | undefined = undefined;
+  nextNo = 0;
+  trimmedTo = 0;
+}
+
+/**
+ * The in-memory core: streams live in this process; history is kept within the bounds of a
+ * {@linkcode HistoryBudget}. A stream that holds nothing (no listener, header or history) is
+ * forgotten, and its name starts a new epoch when used again.
+ */
+export class MemoryCore extends Streams<MemoryStream> implements SyncHub {
+  /** The history bounds every stream shares. */
+  protected readonly budget: HistoryBudget;
+
+  /**
+   * Creates an empty core.
+   *
+   * @param codec The codec of every frame.
+   * @param maxName The longest stream name accepted.
+   * @param source The hub, handed to each listener's `attached`.
+   * @param limits The history bounds.
+   */
+  constructor(codec: Codec, maxName: number, source: Detachable, limits: HistoryLimits) {
+    super(codec, maxName, source);
+    this.budget = new HistoryBudget(limits, (owner) => this.collect(owner as MemoryStream));
+  }
+
+  header(stream: string, message: unknown): Promise<void> {
+    try {
+      this.setHeader(stream, message);
+      return Promise.resolve();
+    } catch (e) {
+      return Promise.reject(e);
+    }
+  }
+
+  put(stream: string, message: unknown): Promise<Position> {
+    try {
+      const at = this.putNow(stream, message);
+      return Promise.resolve({ epoch: at.epoch, seq: at.seq });
+    } catch (e) {
+      return Promise.reject(e);
+    }
+  }
+
+  delete(stream: string): Promise<void> {
+    try {
+      this.deleteNow(stream);
+      return Promise.resolve();
+    } catch (e) {
+      return Promise.reject(e);
+    }
+  }
+
+  listen(stream: string, queue: Listener, since: Position | undefined): Promise<Position> {
+    try {
+      return Promise.resolve(this.listenNow(stream, queue, since));
+    } catch (e) {
+      return Promise.reject(e);
+    }
+  }
+
+  stat(stream: string): Promise<StreamStat | undefined> {
+    try {
+      return Promise.resolve(this.statNow(stream));
+    } catch (e) {
+      return Promise.reject(e);
+    }
+  }
+
+  close(): Promise<void> {
+    return Promise.resolve();
+  }
+
+  setHeader(stream: string, message: unknown): void {
+    this.checkName(stream);
+    if (message === undefined) message = null;
+    let state = this.streams.get(stream);
+    if (message === null) {
+      if (!state || state.header === undefined) return;
+    } else if (!state) {
+      state = this.create(stream);
+    }
+    const change = this.event(state, "header", message);
+    state.header = message === null ? undefined : message;
+    state.joinEvent = undefined;
+    this.budget.record(state, change);
+    this.fanout(state, change);
+    this.collect(state);
+  }
+
+  putNow(stream: string, message: unknown): Position {
+    this.checkName(stream);
+    this.checkMessage(stream, message);
+    const state = this.streams.get(stream) ?? this.create(stream);
+    state.seq++;
+    let ev: StreamEvent;
+    try {
+      ev = this.event(state, "put", message);
+    } catch (e) {
+      state.seq--;
+      this.collect(state);
+      throw e;
+    }
+    this.puts++;
+    this.budget.record(state, ev);
+    this.fanout(state, ev);
+    this.collect(state);
+    return ev;
+  }
+
+  deleteNow(stream: string): void {
+    this.checkName(stream);
+    const state = this.streams.get(stream);
+    if (!state) return;
+    const end = this.event(state, "end", null);
+    this.streams.delete(stream);
+    this.budget.drop(state);
+    this.endListeners(state, end);
+  }
+
+  listenNow(stream: string, queue: Listener, since?: Position): Position {
+    this.checkName(stream);
+    this.checkQueue(stream, queue);
+    const state = this.streams.get(stream) ?? this.create(stream);
+    const position = { epoch: state.epoch, seq: state.seq };
+    if (state.listeners.has(queue)) return position;
+    let ok: boolean;
+    if (since === undefined) {
+      ok = this.deliverHeader(queue, state);
+    } else {
+      const reason = this.budget.uncovered(state, since);
+      ok = reason
+        ? this.deliver(queue, this.event(state, "reset", { reason })) &&
+          this.deliverHeader(queue, state)
+        : this.budget.replay(state, since, this.codec, (ev) => this.deliver(queue, ev));
+    }
+    if (!ok) {
+      // The listener threw during catch-up: it is broken, so it is not registered.
+      this.collect(state);
+      return position;
+    }
+    this.register(state, queue);
+    return position;
+  }
+
+  statNow(stream: string): StreamStat | undefined {
+    this.checkName(stream);
+    const s = this.streams.get(stream);
+    if (!s) return undefined;
+    const header = s.header === undefined ? null : s.header;
+    return { stream, header, seq: s.seq, epoch: s.epoch, listeners: s.listeners.size };
+  }
+
+  protected override historyOf(state: MemoryStream): History | undefined {
+    return state.history;
+  }
+
+  protected override historyBytes(): number {
+    return this.budget.bytes;
+  }
+
+  /** Creates a stream (with a new epoch unless given one). */
+  protected create(name: string, epoch: string = newEpoch()): MemoryStream {
+    const state = new MemoryStream(name, epoch);
+    this.streams.set(name, state);
+    return state;
+  }
+
+  /** Forgets a stream that holds nothing: no listeners, no header, no history. */
+  protected collect(state: MemoryStream): void {
+    if (
+      state.listeners.size === 0 && state.header === undefined &&
+      (!state.history || state.history.count === 0) &&
+      this.streams.get(state.name) === state
+    ) {
+      this.streams.delete(state.name);
+      this.budget.drop(state);
+    }
+  }
+}

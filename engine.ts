@@ -1,0 +1,424 @@
+/**
+ * The engine seam: what a hub needs from a back end that keeps streams' state (header, seq,
+ * epoch, history) outside the process and carries events between nodes ({@linkcode Engine};
+ * `RedisEngine` in `redis.ts` implements it), and {@linkcode EngineCore}, the one class that
+ * joins listeners and resyncs them for any engine.
+ *
+ * A join is gapless when the engine keeps its promise: {@linkcode Engine.sync} follows the
+ * stream first, then calls back with a snapshot exactly where it falls among the stream's
+ * events. `EngineCore` brings its copy of the stream in step from the snapshot, hands the
+ * joining listener the header (or, resuming, the events it missed), and then every later event.
+ * When the engine reports an event out of step, or that it may have missed events, every
+ * listener of the stream is caught up again from where it was.
+ *
+ * @example A hub with an engine
+ * ```ts ignore
+ * import { MessageStream } from "@x/msgstream";
+ * import { RedisEngine } from "@x/msgstream/redis";
+ *
+ * const hub = new MessageStream({ engine: new RedisEngine() });
+ * await hub.put("job", 1);
+ * await hub.close();
+ * ```
+ *
+ * @module
+ */
+
+import type { Codec } from "./codec.ts";
+import { Streams, StreamState } from "./core.ts";
+import { buildEvent } from "./frame.ts";
+import type {
+  Detachable,
+  Listener,
+  Position,
+  ResetReason,
+  StreamEvent,
+  StreamStat,
+} from "./types.ts";
+
+/**
+ * Thrown (and sent on the wire as code `engine_unavailable`) when the hub's engine cannot be
+ * reached, e.g. Redis is down. The request was not applied, or, when the connection dropped
+ * while it was in flight, may or may not have been.
+ */
+export class EngineUnavailableError extends Error {
+  /**
+   * Creates the error.
+   *
+   * @param message What failed.
+   * @param options Standard error options (`cause`: the engine's own error).
+   */
+  constructor(message: string, options?: ErrorOptions) {
+    super(message, options);
+    this.name = "EngineUnavailableError";
+  }
+}
+
+/** One put or header change an engine replays for a resuming listener. */
+export interface EngineEvent {
+  /** `put` or `header` (a `null` message clears the header). */
+  readonly kind: "put" | "header";
+  /** The message. */
+  readonly message: unknown;
+  /** The put's seq, or the seq a header change follows. */
+  readonly seq: number;
+}
+
+/** A stream's state as an engine read it, at one point of the stream's event order. */
+export interface EngineSnapshot extends Position {
+  /** The header, or `undefined` when none is set. */
+  readonly header: unknown;
+  /** With `since`: why history does not cover it, or `undefined` when it does. */
+  readonly reset?: ResetReason | undefined;
+  /** With `since` and covered: the events after it, oldest first. */
+  readonly events?: readonly EngineEvent[] | undefined;
+}
+
+/** What an engine reports to its hub. Calls for one stream come in that stream's order. */
+export interface EngineSink {
+  /**
+   * An event of a stream this node follows, from any node.
+   *
+   * @param stream The stream's name.
+   * @param kind `put`, `header` (a `null` message clears it) or `end` (deleted).
+   * @param message The message (`null` for `end`).
+   * @param seq The put's seq, or the seq a header change or end follows.
+   * @param epoch The stream's epoch.
+   */
+  event(
+    stream: string,
+    kind: "put" | "header" | "end",
+    message: unknown,
+    seq: number,
+    epoch: string,
+  ): void;
+  /** The engine may have missed events (its subscription dropped and is back): sync again. */
+  lost(): void;
+}
+
+/**
+ * The hub's back end for state shared between nodes (see `MessageStreamOptions.engine`).
+ * The memory engine is built into the hub; `RedisEngine` implements this for many nodes.
+ */
+export interface Engine {
+  /**
+   * Binds the engine to its hub; called once by the hub's constructor.
+   *
+   * @param sink Where events go.
+   * @param codec The hub's codec, for messages.
+   */
+  bind(sink: EngineSink, codec: Codec): void;
+  /**
+   * Assigns the put its seq and sends it to every node.
+   *
+   * @param stream The stream's name.
+   * @param message The message.
+   * @returns The put's position.
+   * @throws {EngineUnavailableError} When the engine cannot be reached.
+   */
+  put(stream: string, message: unknown): Promise<Position>;
+  /**
+   * Sets (or, with `null`, clears) the header and tells every node.
+   *
+   * @param stream The stream's name.
+   * @param message The header or `null`.
+   * @throws {EngineUnavailableError} When the engine cannot be reached.
+   */
+  header(stream: string, message: unknown): Promise<void>;
+  /**
+   * Deletes the stream and tells every node (as an `end` event).
+   *
+   * @param stream The stream's name.
+   * @throws {EngineUnavailableError} When the engine cannot be reached.
+   */
+  delete(stream: string): Promise<void>;
+  /**
+   * Follows the stream on this node (from now on its events reach the sink), then takes a
+   * snapshot and calls `onSnapshot` with it exactly where it falls in the stream's event order:
+   * events before it reached the sink already, events after it follow.
+   *
+   * @param stream The stream's name.
+   * @param since With a position: the snapshot also holds the events after it, or why not.
+   * @param onSnapshot Called once, in order with the sink's events.
+   * @throws {EngineUnavailableError} When the engine cannot be reached.
+   */
+  sync(
+    stream: string,
+    since: Position | undefined,
+    onSnapshot: (snapshot: EngineSnapshot) => void,
+  ): Promise<void>;
+  /**
+   * Reads a stream's state without following it, and without creating it.
+   *
+   * @param stream The stream's name.
+   * @returns Its epoch, seq and header, or `undefined` when the stream does not exist.
+   * @throws {EngineUnavailableError} When the engine cannot be reached.
+   */
+  stat(stream: string): Promise<EngineSnapshot | undefined>;
+  /**
+   * Stops following the stream on this node.
+   *
+   * @param stream The stream's name.
+   */
+  unfollow(stream: string): void;
+  /** Releases the engine's connections. */
+  close(): Promise<void>;
+}
+
+/**
+ * Test seams of an engine's join, so that a test can make a race window deterministic. An
+ * engine looks its probe up once, when a hub binds it; without one it costs nothing.
+ */
+export interface JoinProbe {
+  /**
+   * The engine has the reply to a snapshot request and is about to place it among the
+   * stream's events; it waits for the returned promise first.
+   *
+   * @param stream The stream's name.
+   */
+  snapshotReplied?(stream: string): Promise<void>;
+  /**
+   * An event of a followed stream arrived from the engine's transport, before the engine
+   * orders it against snapshots (it may be held back, behind a snapshot).
+   *
+   * @param stream The stream's name.
+   * @param seq The event's seq.
+   */
+  arrived?(stream: string, seq: number): void;
+}
+
+/**
+ * The probes of engines under test, set before the engine is bound to a hub (internal: tests
+ * only).
+ */
+export const joinProbes: WeakMap<Engine, JoinProbe> = new WeakMap();
+
+/** A stream as the engine core keeps it: a copy, in step with the engine or waiting to be. */
+class EngineStream extends StreamState {
+  /**
+   * Whether this node's copy (epoch, seq, header) is in step with the engine's event order;
+   * until then events are ignored and joins wait for a snapshot.
+   */
+  live = false;
+  /** Queues waiting for a snapshot to join (or rejoin). */
+  pending: Set<Listener> | undefined = undefined;
+  /** Listeners being caught up after events were missed (a subset of pending). */
+  rejoin: Set<Listener> | undefined = undefined;
+  /** Where the listeners in `rejoin` are. */
+  resumeFrom: Position | undefined = undefined;
+}
+
+/**
+ * The core of a hub with an engine: the one place that joins listeners from the engine's
+ * snapshots and resyncs them when events were missed, for any {@linkcode Engine}. This node
+ * keeps a copy (epoch, seq, header) of each stream it has listeners for, and forgets it when
+ * the last one goes; header and history live in the engine.
+ */
+export class EngineCore extends Streams<EngineStream> {
+  readonly #engine: Engine;
+
+  /**
+   * Creates the core and binds the engine to it.
+   *
+   * @param codec The codec of every frame.
+   * @param maxName The longest stream name accepted.
+   * @param source The hub, handed to each listener's `attached`.
+   * @param engine The engine.
+   */
+  constructor(codec: Codec, maxName: number, source: Detachable, engine: Engine) {
+    super(codec, maxName, source);
+    this.#engine = engine;
+    engine.bind({
+      event: (stream, kind, message, seq, epoch) => this.#event(stream, kind, message, seq, epoch),
+      lost: () => this.#lost(),
+    }, codec);
+  }
+
+  async put(stream: string, message: unknown): Promise<Position> {
+    this.checkName(stream);
+    this.checkMessage(stream, message);
+    const at = await this.#engine.put(stream, message);
+    this.puts++;
+    return { epoch: at.epoch, seq: at.seq };
+  }
+
+  async header(stream: string, message: unknown): Promise<void> {
+    this.checkName(stream);
+    await this.#engine.header(stream, message ?? null);
+  }
+
+  async delete(stream: string): Promise<void> {
+    this.checkName(stream);
+    await this.#engine.delete(stream);
+  }
+
+  async stat(stream: string): Promise<StreamStat | undefined> {
+    this.checkName(stream);
+    const snap = await this.#engine.stat(stream);
+    if (!snap) return undefined;
+    return {
+      stream,
+      header: snap.header === undefined ? null : snap.header,
+      seq: snap.seq,
+      epoch: snap.epoch,
+      listeners: this.streams.get(stream)?.listeners.size ?? 0,
+    };
+  }
+
+  close(): Promise<void> {
+    return this.#engine.close();
+  }
+
+  async listen(stream: string, queue: Listener, since: Position | undefined): Promise<Position> {
+    this.checkName(stream);
+    this.checkQueue(stream, queue);
+    let state = this.streams.get(stream);
+    if (!state) this.streams.set(stream, state = new EngineStream(stream, ""));
+    if (state.listeners.has(queue) || state.pending?.has(queue)) {
+      return { epoch: state.epoch, seq: state.seq };
+    }
+    if (state.live && since === undefined) {
+      // This node is in step with the stream: join from the local copy, as in memory.
+      const position = { epoch: state.epoch, seq: state.seq };
+      if (this.deliverHeader(queue, state)) this.register(state, queue);
+      else this.collect(state);
+      return position;
+    }
+    (state.pending ??= new Set()).add(queue);
+    this.followed(queue).add(state);
+    let position: Position | undefined;
+    const joining = state;
+    try {
+      await this.#engine.sync(stream, since, (snap) => {
+        position = this.#joined(joining, snap, [queue], since);
+      });
+    } catch (e) {
+      if (joining.pending?.delete(queue)) {
+        this.following.get(queue)?.delete(joining);
+        this.collect(joining);
+      }
+      throw e;
+    }
+    return position ?? { epoch: joining.epoch, seq: joining.seq };
+  }
+
+  protected override unpend(state: EngineStream, queue: Listener): boolean {
+    return state.pending?.delete(queue) ?? false;
+  }
+
+  /** Forgets a stream nobody here follows (header and history live in the engine). */
+  protected collect(state: EngineStream): void {
+    if (
+      state.listeners.size === 0 && !state.pending?.size &&
+      this.streams.get(state.name) === state
+    ) {
+      this.streams.delete(state.name);
+      this.#engine.unfollow(state.name);
+    }
+  }
+
+  /** A snapshot arrived, in order: brings the local copy in step and joins the queues. */
+  #joined(
+    state: EngineStream,
+    snap: EngineSnapshot,
+    queues: Iterable<Listener>,
+    since: Position | undefined,
+  ): Position {
+    if (!state.live) {
+      state.epoch = snap.epoch;
+      state.seq = snap.seq;
+      state.header = snap.header;
+      state.joinEvent = undefined;
+      state.live = true;
+    }
+    const position = { epoch: state.epoch, seq: state.seq };
+    let reset: StreamEvent | undefined;
+    let replay: StreamEvent[] = [];
+    if (since !== undefined) {
+      if (snap.reset !== undefined) {
+        reset = this.event(state, "reset", { reason: snap.reset });
+      } else {
+        replay = (snap.events ?? []).map((e) =>
+          buildEvent(this.codec, e.kind, state, e.message, e.seq, state.epoch, "own")
+        );
+      }
+    }
+    for (const q of queues) {
+      if (!state.pending?.delete(q)) continue; // hung up meanwhile
+      let ok = true;
+      if (since === undefined) ok = this.deliverHeader(q, state);
+      else if (reset) ok = this.deliver(q, reset) && this.deliverHeader(q, state);
+      else for (let i = 0; ok && i < replay.length; i++) ok = this.deliver(q, replay[i]!);
+      if (ok) this.register(state, q);
+    }
+    this.collect(state);
+    return position;
+  }
+
+  /** An event from the engine (the sink's `event`). */
+  #event(
+    stream: string,
+    kind: "put" | "header" | "end",
+    message: unknown,
+    seq: number,
+    epoch: string,
+  ): void {
+    const state = this.streams.get(stream);
+    if (!state || !state.live) return;
+    if (epoch !== state.epoch || seq !== (kind === "put" ? state.seq + 1 : state.seq)) {
+      // Out of step: events were missed. Catch every listener up from where it is.
+      this.#resync(state);
+      return;
+    }
+    if (kind === "end") return this.#ended(state);
+    state.seq = seq;
+    if (kind === "header") {
+      state.header = message === null ? undefined : message;
+      state.joinEvent = undefined;
+    }
+    this.fanout(state, this.event(state, kind, message));
+  }
+
+  /** The stream was deleted: its listeners get `end`; the copy waits for a new snapshot. */
+  #ended(state: EngineStream): void {
+    const end = this.event(state, "end", null);
+    state.live = false;
+    state.epoch = "";
+    state.seq = 0;
+    state.header = undefined;
+    state.joinEvent = undefined;
+    this.endListeners(state, end);
+    this.collect(state);
+  }
+
+  /** The engine may have missed events (the sink's `lost`): resync every stream. */
+  #lost(): void {
+    for (const state of [...this.streams.values()]) this.#resync(state);
+  }
+
+  /** Takes every listener of the stream off, and joins them again from where they were. */
+  #resync(state: EngineStream): void {
+    if (state.live) {
+      state.live = false;
+      state.resumeFrom = state.epoch ? { epoch: state.epoch, seq: state.seq } : undefined;
+      const rejoin = state.rejoin ??= new Set();
+      const pending = state.pending ??= new Set();
+      for (const l of state.listeners) {
+        rejoin.add(l);
+        pending.add(l);
+      }
+      this.listenerCount -= state.listeners.size;
+      state.listeners.clear();
+    }
+    const group = state.rejoin;
+    if (!group || group.size === 0) return;
+    state.rejoin = undefined;
+    const since = state.resumeFrom;
+    this.#engine.sync(state.name, since, (snap) => {
+      this.#joined(state, snap, group, since);
+    }).catch(() => {
+      // Still unreachable: the engine calls lost() again when it is back.
+      for (const q of group) if (state.pending?.has(q)) (state.rejoin ??= new Set()).add(q);
+    });
+  }
+}

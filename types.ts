@@ -1,0 +1,255 @@
+/**
+ * The types every part of msgstream shares: positions, events, listeners, and the
+ * {@linkcode Streamer} interface that the in-process hub and the remote client both implement.
+ * Applications import them from `@x/msgstream`; this module only holds them, so that the hub's
+ * own modules can use them without importing the hub.
+ *
+ * @example Typing a job's events
+ * ```ts
+ * import type { StreamEvent } from "@x/msgstream";
+ * import { assertEquals } from "@std/assert";
+ *
+ * type Status = { state: string };
+ * type Progress = { done: number };
+ *
+ * function describe(ev: StreamEvent<Status, Progress>): string {
+ *   switch (ev.kind) {
+ *     case "header":
+ *       return ev.message === null ? "no status" : ev.message.state;
+ *     case "put":
+ *       return `done ${ev.message.done}`;
+ *     case "reset":
+ *       return `reset: ${ev.message.reason}`;
+ *     case "end":
+ *       return "ended";
+ *   }
+ * }
+ * const at = { stream: "job", seq: 1, epoch: "e", frame: new Uint8Array() };
+ * assertEquals(describe({ ...at, kind: "put", message: { done: 3 } }), "done 3");
+ * ```
+ *
+ * @module
+ */
+
+/** What an event says happened on a stream. */
+export type EventKind = "header" | "put" | "end" | "reset";
+
+/**
+ * Why a listener could not be caught up from the position it gave: its epoch is not the
+ * stream's (the stream was created anew), it is ahead of the stream, or history no longer
+ * reaches back to it.
+ */
+export type ResetReason = "epoch_changed" | "ahead_of_stream" | "history_trimmed";
+
+/** A position in a stream: its epoch and the seq of the last put seen. */
+export interface Position {
+  /** Changes whenever the stream is created anew (first use, after `delete`, after a restart). */
+  readonly epoch: string;
+  /** The number of the last put (puts count from 1; 0 means none yet). */
+  readonly seq: number;
+}
+
+/** What every event carries, whatever its kind. */
+export interface EventBase extends Position {
+  /** The stream's name. */
+  readonly stream: string;
+  /**
+   * The event's frame on the wire, encoded once by the hub's codec and shared by every
+   * connection (UTF-8, ending with a newline). See `frame.ts` for how long it stays valid.
+   */
+  readonly frame: Uint8Array;
+}
+
+/** A message put on the stream. */
+export interface PutEvent<M = unknown> extends EventBase {
+  /** A put. */
+  readonly kind: "put";
+  /** The message. */
+  readonly message: M;
+}
+
+/**
+ * The stream's header: first when a listener joins (if one is set), then whenever it changes.
+ */
+export interface HeaderEvent<H = unknown> extends EventBase {
+  /** A header. */
+  readonly kind: "header";
+  /** The header, or `null` when it was cleared. */
+  readonly message: H | null;
+}
+
+/**
+ * The listener could not be caught up from the position it gave: it may have missed events.
+ * The current header follows.
+ */
+export interface ResetEvent extends EventBase {
+  /** A reset. */
+  readonly kind: "reset";
+  /** Why. */
+  readonly message: { readonly reason: ResetReason };
+}
+
+/** The stream was deleted: no more events follow from it. */
+export interface EndEvent extends EventBase {
+  /** An end. */
+  readonly kind: "end";
+  /** Always `null`. */
+  readonly message: null;
+}
+
+/**
+ * One event on one stream, as every listener receives it: switch on `kind` to get the
+ * message's type (`H` for headers, `M` for puts). Events are shared between listeners: treat
+ * them as read-only.
+ *
+ * @typeParam H The type of the stream's headers.
+ * @typeParam M The type of the stream's put messages.
+ */
+export type StreamEvent<H = unknown, M = unknown> =
+  | PutEvent<M>
+  | HeaderEvent<H>
+  | ResetEvent
+  | EndEvent;
+
+/**
+ * Anything that can receive events: the original's duck type, an object with `put`.
+ *
+ * @typeParam H The type of the headers it expects.
+ * @typeParam M The type of the put messages it expects.
+ */
+export interface Listener<H = unknown, M = unknown> {
+  /**
+   * Receives one event. Called synchronously by the hub; must not block. A listener that
+   * throws is removed from every stream of the hub that called it.
+   *
+   * @param event The event.
+   */
+  put(event: StreamEvent<H, M>): void;
+  /**
+   * Called when the listener starts following a stream of `source`, so that the listener can
+   * later detach itself with `source.endqueue(listener)`.
+   *
+   * @param source The hub or remote stream.
+   */
+  attached?(source: Detachable): void;
+}
+
+/** What a listener can detach itself from. */
+export interface Detachable {
+  /**
+   * Removes the listener from every stream.
+   *
+   * @param queue The listener.
+   */
+  endqueue(queue: Listener): void;
+}
+
+/** Options for {@linkcode Streamer.listen}. */
+export interface ListenOptions {
+  /**
+   * Resume after this position: the listener gets exactly the puts after it (and header
+   * changes since), then live ones. When history no longer covers it, the listener gets a
+   * `reset` event, then the header, then live puts.
+   */
+  since?: Position;
+}
+
+/** A stream's state, from {@linkcode Streamer.stat}. */
+export interface StreamStat<H = unknown> extends Position {
+  /** The stream's name. */
+  readonly stream: string;
+  /** The stream's header, or `null` when none is set. */
+  readonly header: H | null;
+  /**
+   * How many listeners follow the stream here: on this hub (with an engine: on this node), or,
+   * from a remote stream, on the server the client is connected to.
+   */
+  readonly listeners: number;
+}
+
+/**
+ * The interface shared by the in-process hub (`MessageStream`) and the remote client
+ * (`RemoteStream`): code moves between them by changing one constructor.
+ */
+export interface Streamer extends Detachable {
+  /**
+   * Sets the stream's header (the status snapshot a joining listener gets first), or clears it
+   * with `null`/`undefined`. Current listeners get a `header` event.
+   *
+   * @param stream The stream's name.
+   * @param message The new header, or `null`/`undefined` to clear it.
+   */
+  header(stream: string, message: unknown): Promise<void>;
+  /**
+   * Puts a message on the stream: every current listener gets it.
+   *
+   * @param stream The stream's name.
+   * @param message The message; anything the codec encodes, but not `undefined`.
+   * @returns The put's position: the stream's epoch and the put's seq.
+   */
+  put(stream: string, message: unknown): Promise<Position>;
+  /**
+   * Deletes the stream: its header, history and listeners go, and each listener gets an `end`
+   * event.
+   *
+   * @param stream The stream's name.
+   */
+  delete(stream: string): Promise<void>;
+  /**
+   * Starts delivering the stream's events to `queue`: the header first (if one is set), then
+   * every later put. Listening again with a queue that already listens does nothing.
+   *
+   * @param stream The stream's name.
+   * @param queue The listener.
+   * @param options Where to resume.
+   * @returns The stream's position when the listener joined.
+   */
+  listen<H = unknown, M = unknown>(
+    stream: string,
+    queue: Listener<H, M>,
+    options?: ListenOptions,
+  ): Promise<Position>;
+  /**
+   * Stops delivering the stream's events to `queue`.
+   *
+   * @param stream The stream's name.
+   * @param queue The listener.
+   */
+  hangup(stream: string, queue: Listener): void;
+  /**
+   * Reads a stream's state (header, position, listeners) without listening to it, and without
+   * creating it when it does not exist.
+   *
+   * @param stream The stream's name.
+   * @returns The stream's state, or `undefined` when there is no such stream.
+   */
+  stat(stream: string): Promise<StreamStat | undefined>;
+}
+
+/** What the hub knows about one stream, from `MessageStream.info`. */
+export interface StreamInfo extends Position {
+  /** The stream's name. */
+  readonly stream: string;
+  /** How many listeners follow it. */
+  readonly listeners: number;
+  /** Whether a header is set. */
+  readonly hasHeader: boolean;
+  /** How many events its history holds. */
+  readonly historyLength: number;
+  /** How many bytes its history holds. */
+  readonly historyBytes: number;
+}
+
+/** Totals, from `MessageStream.stats`. */
+export interface HubStats {
+  /** Streams the hub holds. */
+  readonly streams: number;
+  /** Listener registrations over all streams. */
+  readonly listeners: number;
+  /** Bytes of history over all streams. */
+  readonly historyBytes: number;
+  /** Puts accepted since the hub was created. */
+  readonly puts: number;
+  /** Events handed to listeners since the hub was created. */
+  readonly deliveries: number;
+}
