@@ -28,8 +28,8 @@ function putsIntoStore(
   streams: number,
   keep: number,
   batch: number,
+  seqs: number[] = new Array<number>(streams).fill(0),
 ): void {
-  const seqs = new Array<number>(streams).fill(0);
   for (let i = 0; i < puts; i++) {
     const k = i % streams;
     const name = `job-${k}`;
@@ -155,9 +155,10 @@ async function measure(): Promise<void> {
             `${p.pages} pages, ${p.freePages} free`,
         );
       };
-      putsIntoStore(store, puts, 1000, 100, 1000);
+      const seqs = new Array<number>(1000).fill(0);
+      putsIntoStore(store, puts, 1000, 100, 1000, seqs);
       report(`after ${puts} puts, 100 kept per stream`);
-      putsIntoStore(store, puts, 1000, 100, 1000);
+      putsIntoStore(store, puts, 1000, 100, 1000, seqs);
       report(`after ${puts} more puts (same streams)`);
       store.compact();
       report("after idle checkpoint (TRUNCATE) + incremental_vacuum");
