@@ -40,6 +40,7 @@
 import { type Codec, defaultCodec } from "./codec.ts";
 import { type Core, MemoryCore, registerSync } from "./core.ts";
 import { type Engine, EngineCore } from "./engine.ts";
+import type { DurableStore } from "./store.ts";
 import type {
   HubStats,
   Listener,
@@ -117,6 +118,13 @@ export interface MessageStreamOptions {
    * engine; the history bounds then apply in the engine.
    */
   engine?: Engine;
+  /**
+   * Keeps every stream's epoch, seq, header and history on disk (`DurableStore.open(path)` from
+   * `@x/msgstream/store`) and restores them here; ignored with an `engine`. The hub owns it from
+   * then on: {@linkcode MessageStream.close} closes it. Under `fsync: "always"`, `put`, `header`
+   * and `delete` resolve once durable.
+   */
+  store?: DurableStore;
 }
 
 function positiveInt(name: string, value: number | undefined, fallback: number, min = 0): number {
@@ -176,6 +184,11 @@ export class MessageStream implements Streamer {
     this.#engine = options?.engine;
     if (this.#engine) {
       this.#core = new EngineCore(this.codec, this.#maxName, this, this.#engine);
+    } else if (options?.store) {
+      const core = options.store.core(this.codec, this.#maxName, this, limits);
+      // Under "always" a put is answered once durable: the doors take the async path.
+      if (options.store.fsync !== "always") registerSync(this, core);
+      this.#core = core;
     } else {
       const core = new MemoryCore(this.codec, this.#maxName, this, limits);
       registerSync(this, core);

@@ -39,6 +39,10 @@
  */
 
 import { DatabaseSync, type StatementSync } from "node:sqlite";
+import type { Codec } from "./codec.ts";
+import { MemoryCore, type StreamState } from "./core.ts";
+import type { HistoryLimits, HistoryOwner } from "./history.ts";
+import type { Detachable, Listener, Position, StreamEvent } from "./types.ts";
 
 /**
  * When a write is durable, like Redis' `appendfsync`:
@@ -286,8 +290,8 @@ export class DurableStore {
   /**
    * Reads every stream back, in one pass, and marks the file as in use until {@linkcode close}.
    *
-   * When the previous run did not close cleanly and was not under `always`, the last writes may
-   * be lost although listeners saw them. So that no seq is ever used twice for different
+   * When the previous run did not close cleanly, its last writes may be lost although listeners
+   * saw them (under `always` too: a put reaches listeners before its commit; only its ack waits). So that no seq is ever used twice for different
    * messages, each stream's seq then jumps past every seq the crash could have lost (the
    * previous run's `maxPendingWrites` + 1), and that range is recorded in `lost`: a client
    * resuming from inside it gets a reset (`ahead_of_stream`), one resuming from below it
@@ -305,9 +309,8 @@ export class DurableStore {
         meta.set(r.key as string, r.value as string);
       }
       this.unclean = meta.get("clean") === "0";
-      const jump = this.unclean && meta.get("fsync") !== "always"
-        ? Number(meta.get("max_pending") ?? "0") + 1
-        : 0;
+      // Listeners see a put before its commit under every policy, so any unclean stop jumps.
+      const jump = this.unclean ? Number(meta.get("max_pending") ?? "0") + 1 : 0;
       const byName = new Map<string, StoredEntry[]>();
       const rows = this.#db.prepare(
         "SELECT id, name, no, seq, kind, frame FROM history ORDER BY id",
@@ -561,8 +564,9 @@ export class DurableStore {
    */
   compact(): { pages: number; freePages: number } {
     try {
+      // Each row of the pragma frees one page: step through all of them.
+      this.#db.prepare("PRAGMA incremental_vacuum").all();
       this.#db.exec("PRAGMA wal_checkpoint(TRUNCATE)");
-      this.#db.exec("PRAGMA incremental_vacuum");
     } catch {
       // Best effort: a checkpoint that cannot run now runs on the next idle turn.
     }
@@ -587,6 +591,21 @@ export class DurableStore {
    */
   limitPages(pages: number): void {
     this.#db.exec(`PRAGMA max_page_count=${pages > 0 ? Math.floor(pages) : 4294967294}`);
+  }
+
+  /**
+   * Makes the hub's core that keeps its streams in this store: called once by the hub's
+   * constructor (`new MessageStream({ store })`), which restores every stream from the file.
+   *
+   * @param codec The hub's codec.
+   * @param maxName The longest stream name.
+   * @param source The hub.
+   * @param limits The hub's history bounds.
+   * @returns The core.
+   * @throws {StorageUnavailableError} When the file cannot be read.
+   */
+  core(codec: Codec, maxName: number, source: Detachable, limits: HistoryLimits): MemoryCore {
+    return new DurableCore(this, codec, maxName, source, limits);
   }
 
   /**
@@ -696,5 +715,160 @@ function parseLost(text: string): LostRange[] {
       : [];
   } catch {
     return [];
+  }
+}
+
+/** A stream of the durable core: the memory stream plus what the store knows of it. */
+interface DurableState extends HistoryOwner, StreamState {
+  /** History entries below this number were handed to the store already. */
+  storedNo?: number | undefined;
+  /** The header as codec text, made once per header change. */
+  headerText?: string | undefined;
+  /** Seq ranges lost in crashes: a resume from inside one gets a reset. */
+  lost?: readonly LostRange[];
+}
+
+/**
+ * The memory core, written through to a {@linkcode DurableStore}: every change to a stream's
+ * epoch, seq, header or history is queued in the store (which commits it by its policy), and the
+ * streams the store holds are restored at construction. Under `always`, `put`, `header` and
+ * `delete` resolve once their commit is durable. Made by {@linkcode DurableStore.core}.
+ */
+class DurableCore extends MemoryCore {
+  readonly #store: DurableStore;
+  readonly #always: boolean;
+  #restoring = false;
+
+  constructor(
+    store: DurableStore,
+    codec: Codec,
+    maxName: number,
+    source: Detachable,
+    limits: HistoryLimits,
+  ) {
+    super(codec, maxName, source, limits);
+    this.#store = store;
+    this.#always = store.fsync === "always";
+    this.#restoring = true;
+    try {
+      for (const s of store.load()) this.#restore(s);
+    } finally {
+      this.#restoring = false;
+    }
+  }
+
+  #restore(s: StoredStream): void {
+    const state = this.create(s.name, s.epoch) as DurableState;
+    state.nextNo = s.history[0]?.no ?? 0;
+    for (const e of s.history) {
+      state.seq = e.seq;
+      this.budget.record(state, {
+        stream: s.name,
+        kind: e.header ? "header" : "put",
+        message: null,
+        seq: e.seq,
+        epoch: s.epoch,
+        frame: e.frame,
+      } as StreamEvent);
+    }
+    state.seq = s.seq;
+    state.trimmedTo = Math.max(state.trimmedTo, s.trimmedTo);
+    state.header = s.header === undefined ? undefined : this.codec.decode(s.header);
+    state.headerText = s.header;
+    state.lost = s.lost;
+    state.storedNo = state.nextNo;
+    this.collect(state);
+    // A stream that holds nothing is forgotten, as in memory: its next use is a new epoch.
+    if (this.streams.get(s.name) !== state) this.#store.delete(s.name);
+  }
+
+  override header(stream: string, message: unknown): Promise<void> {
+    const done = super.header(stream, message);
+    return this.#always ? done.then(() => this.#store.durable()) : done;
+  }
+
+  override put(stream: string, message: unknown): Promise<Position> {
+    const done = super.put(stream, message);
+    return this.#always ? done.then((at) => this.#store.durable().then(() => at)) : done;
+  }
+
+  override delete(stream: string): Promise<void> {
+    const done = super.delete(stream);
+    return this.#always ? done.then(() => this.#store.durable()) : done;
+  }
+
+  override close(): Promise<void> {
+    try {
+      this.#store.close();
+      return Promise.resolve();
+    } catch (e) {
+      return Promise.reject(e);
+    }
+  }
+
+  override setHeader(stream: string, message: unknown): void {
+    this.#available();
+    const state = this.streams.get(stream) as DurableState | undefined;
+    if (state) state.headerText = undefined;
+    super.setHeader(stream, message);
+  }
+
+  override putNow(stream: string, message: unknown): Position {
+    this.#available();
+    return super.putNow(stream, message);
+  }
+
+  override deleteNow(stream: string): void {
+    this.#available();
+    const had = this.streams.has(stream);
+    super.deleteNow(stream);
+    if (had) this.#store.delete(stream);
+  }
+
+  override listenNow(stream: string, queue: Listener, since?: Position): Position {
+    const state = this.streams.get(stream) as DurableState | undefined;
+    const at = since?.seq ?? 0;
+    if (
+      since !== undefined && state?.lost && since.epoch === state.epoch &&
+      state.lost.some(([after, upTo]) => at > after && at <= upTo)
+    ) {
+      // The listener saw puts a crash lost: it is ahead of what survived.
+      since = { epoch: since.epoch, seq: Number.MAX_SAFE_INTEGER };
+    }
+    return super.listenNow(stream, queue, since);
+  }
+
+  /** After any change to a stream (and when the global bound trimmed it): write it through. */
+  protected override collect(state: StreamState & HistoryOwner): void {
+    super.collect(state);
+    const s = state as DurableState;
+    const store = this.#store;
+    if (this.#restoring || !store.available) return; // nothing changes in memory while the store refuses writes
+    if (this.streams.get(s.name) !== s) {
+      if (s.storedNo !== undefined) store.delete(s.name);
+      s.storedNo = undefined;
+      return;
+    }
+    const h = s.history;
+    const stored = s.storedNo ?? 0;
+    if (h && s.nextNo > stored) {
+      for (let no = Math.max(stored, h.firstNo); no < s.nextNo; no++) {
+        const i = no - h.firstNo;
+        store.append(s.name, no, h.seqAt(i), h.isHeaderAt(i), h.frameAt(i).slice());
+      }
+    }
+    s.storedNo = s.nextNo;
+    store.trim(s.name, h ? h.firstNo : s.nextNo);
+    if (s.header !== undefined && s.headerText === undefined) {
+      s.headerText = this.codec.encode(s.header);
+    }
+    store.setStream(s.name, s.epoch, s.seq, s.headerText, s.trimmedTo, s.lost);
+  }
+
+  #available(): void {
+    const error = this.#store.error;
+    if (error) {
+      throw new StorageUnavailableError(`Storage unavailable: ${error.message}`, { cause: error });
+    }
   }
 }

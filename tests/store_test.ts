@@ -190,17 +190,18 @@ Deno.test("DurableStore.load() after an unclean stop raises each seq past what m
   }
 });
 
-Deno.test("DurableStore.load() after an unclean stop under always keeps every seq", async () => {
+Deno.test("DurableStore.load() after an unclean stop under always raises seqs too", async () => {
   const { dir, path } = await tempPath();
   try {
-    const store = DurableStore.open(path, { fsync: "always" });
+    const store = DurableStore.open(path, { fsync: "always", maxPendingWrites: 9 });
     store.load();
     store.setStream("s", "e", 5, undefined, 0);
     store.close();
     markUnclean(path);
     const again = DurableStore.open(path);
     const [s] = again.load();
-    assertEquals([again.unclean, s?.seq, s?.lost], [true, 5, []]);
+    // Listeners may have seen a put whose commit the stop cut off.
+    assertEquals([again.unclean, s?.seq, s?.lost], [true, 15, [[5, 15]]]);
     again.close();
   } finally {
     await Deno.remove(dir, { recursive: true });

@@ -1,0 +1,183 @@
+import { assertEquals, assertRejects } from "@std/assert";
+import { DatabaseSync } from "node:sqlite";
+import { MessageStream, type StreamEvent } from "../mod.ts";
+import { DurableStore, type DurableStoreOptions, StorageUnavailableError } from "../store.ts";
+
+async function tempPath(): Promise<{ dir: string; path: string }> {
+  const dir = await Deno.makeTempDir({ prefix: "msgstream-durable-" });
+  return { dir, path: `${dir}/msgstream.db` };
+}
+
+function hubAt(
+  path: string,
+  options: DurableStoreOptions = {},
+  bounds: { historyMessages?: number } = {},
+): MessageStream {
+  return new MessageStream({ store: DurableStore.open(path, options), ...bounds });
+}
+
+function recorder(): { put(ev: StreamEvent): void; got: [string, unknown, number][] } {
+  const got: [string, unknown, number][] = [];
+  return { got, put: (ev) => got.push([ev.kind, ev.message, ev.seq]) };
+}
+
+/** Marks the file as not cleanly closed, as a killed process leaves it. */
+function markUnclean(path: string): void {
+  const db = new DatabaseSync(path);
+  db.exec("UPDATE meta SET value = '0' WHERE key = 'clean'");
+  db.close();
+}
+
+Deno.test("A durable hub restores epoch, seq, header and history after a restart", async () => {
+  const { dir, path } = await tempPath();
+  try {
+    const hub = hubAt(path);
+    const at = await hub.listen("job", { put() {} });
+    await hub.header("job", { state: "running" });
+    await hub.put("job", "a");
+    await hub.put("job", "b");
+    const before = hub.info("job");
+    await hub.close();
+
+    const again = hubAt(path);
+    assertEquals(again.info("job")?.epoch, before?.epoch);
+    assertEquals(again.info("job")?.seq, 2);
+    // A new listener gets the last header.
+    const fresh = recorder();
+    assertEquals(await again.listen("job", fresh), { epoch: at.epoch, seq: 2 });
+    assertEquals(fresh.got, [["header", { state: "running" }, 2]]);
+    // A resuming listener gets exactly what it missed, without a reset.
+    const resumed = recorder();
+    await again.listen("job", resumed, { since: at });
+    assertEquals(resumed.got, [["header", { state: "running" }, 0], ["put", "a", 1], [
+      "put",
+      "b",
+      2,
+    ]]);
+    await again.put("job", "c");
+    assertEquals(resumed.got.at(-1), ["put", "c", 3]);
+    await again.close();
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("A durable hub keeps history on disk within the same bounds as memory", async () => {
+  const { dir, path } = await tempPath();
+  try {
+    const hub = hubAt(path, {}, { historyMessages: 3 });
+    const at = await hub.listen("job", { put() {} });
+    for (let i = 1; i <= 10; i++) await hub.put("job", i);
+    await hub.close();
+    const store = DurableStore.open(path);
+    const [job] = store.load();
+    assertEquals(job?.history.map((e) => e.seq), [8, 9, 10]);
+    store.close();
+
+    const again = hubAt(path, {}, { historyMessages: 3 });
+    const old = recorder();
+    await again.listen("job", old, { since: at });
+    assertEquals(old.got[0], ["reset", { reason: "history_trimmed" }, 10]);
+    const recent = recorder();
+    await again.listen("job", recent, { since: { epoch: at.epoch, seq: 7 } });
+    assertEquals(recent.got, [["put", 8, 8], ["put", 9, 9], ["put", 10, 10]]);
+    await again.close();
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("A durable hub forgets a stream that holds nothing, on disk too", async () => {
+  const { dir, path } = await tempPath();
+  try {
+    const hub = hubAt(path, {}, { historyMessages: 0 });
+    await hub.header("job", 1);
+    await hub.header("job", null);
+    await hub.header("kept", 2);
+    await hub.delete("kept");
+    await hub.header("other", 3);
+    await hub.close();
+    const again = hubAt(path);
+    assertEquals(again.list().map((s) => s.stream), ["other"]);
+    await again.close();
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("A durable hub under always resolves a put once it is on disk", async () => {
+  const { dir, path } = await tempPath();
+  try {
+    const store = DurableStore.open(path, { fsync: "always" });
+    const hub = new MessageStream({ store });
+    const at = await hub.put("job", "a");
+    assertEquals([at.seq, store.pendingWrites, store.commits > 0], [1, 0, true]);
+    await hub.close();
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("After an unclean stop under batch, a client ahead of what survived is reset and no seq is reused", async () => {
+  const { dir, path } = await tempPath();
+  try {
+    const hub = hubAt(path, { maxPendingWrites: 50 });
+    const start = await hub.listen("job", { put() {} });
+    await hub.put("job", "a");
+    await hub.put("job", "b");
+    await hub.close();
+    // The kill: the file says the run did not stop cleanly; puts 3 and 4 never reached it.
+    markUnclean(path);
+
+    const again = hubAt(path, { maxPendingWrites: 50 });
+    const epoch = start.epoch;
+    assertEquals(again.info("job")?.seq, 2 + 51);
+    const ahead = recorder();
+    await again.listen("job", ahead, { since: { epoch, seq: 4 } });
+    assertEquals(ahead.got, [["reset", { reason: "ahead_of_stream" }, 53]]);
+    const behind = recorder();
+    await again.listen("job", behind, { since: { epoch, seq: 1 } });
+    assertEquals(behind.got, [["put", "b", 2]]);
+    const next = await again.put("job", "c");
+    assertEquals(next.seq, 54);
+    assertEquals(behind.got.at(-1), ["put", "c", 54]);
+    // Still reset after the put: seq 4 was lost, never given to "c".
+    const stillAhead = recorder();
+    await again.listen("job", stillAhead, { since: { epoch, seq: 4 } });
+    assertEquals(stillAhead.got[0], ["reset", { reason: "ahead_of_stream" }, 54]);
+    await again.close();
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("A durable hub refuses writes with StorageUnavailableError while the disk is full", async () => {
+  const { dir, path } = await tempPath();
+  try {
+    const store = DurableStore.open(path, { fsync: "always", intervalMs: 10 });
+    const hub = new MessageStream({ store });
+    await hub.put("job", "kept");
+    store.limitPages(store.pages().pages);
+    const failed = await assertRejects(
+      () => hub.put("job", "x".repeat(64 * 1024)),
+      StorageUnavailableError,
+    );
+    assertEquals(failed.code, "storage_unavailable");
+    await assertRejects(() => hub.put("job", "refused"), StorageUnavailableError);
+    store.limitPages(0);
+    await store.durable();
+    assertEquals((await hub.put("job", "after")).seq, 3);
+    await hub.close();
+    const again = hubAt(path);
+    const got = recorder();
+    await again.listen("job", got, { since: { epoch: again.info("job")!.epoch, seq: 0 } });
+    assertEquals(got.got.map(([, m]) => typeof m === "string" ? m.slice(0, 5) : m), [
+      "kept",
+      "xxxxx",
+      "after",
+    ]);
+    await again.close();
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
