@@ -1,0 +1,348 @@
+/**
+ * Server-Sent Events, the HTTP door's way to follow one stream (`GET /streams/{name}` with
+ * `Accept: text/event-stream`): each response is a hub listener whose body is a bounded,
+ * pull-based byte stream. The header comes first (`event: header`), then puts (`event: put`),
+ * `event: end` on delete and `event: reset` when a resume position is not covered by history.
+ * Every event has `id: <epoch>:<seq>`, so `EventSource` resumes through `Last-Event-ID`; of the
+ * header changes at the resume position only the newest is sent again. Comment heartbeats
+ * (`: hb`) keep proxies from closing idle responses; `event: close` says why the server ended
+ * one (`shutdown`, `slow_consumer`).
+ *
+ * @example Follow a stream
+ * ```ts
+ * import { SseDoor } from "./sse.ts";
+ * import { Metrics } from "./metrics.ts";
+ * import { MessageStream } from "./mod.ts";
+ * import { assertEquals } from "@std/assert";
+ *
+ * const hub = new MessageStream();
+ * const door = new SseDoor(hub, new Metrics(), {
+ *   heartbeatInterval: 15_000,
+ *   retry: 1000,
+ *   maxBufferBytes: 1 << 20,
+ * });
+ * const res = await door.open("job", undefined);
+ * await hub.put("job", { done: 1 });
+ * const reader = res.body!.pipeThrough(new TextDecoderStream()).getReader();
+ * let text = "";
+ * while (!text.includes("event: put")) text += (await reader.read()).value;
+ * assertEquals(text.startsWith("retry: 1000\n\n"), true);
+ * await reader.cancel();
+ * ```
+ *
+ * @module
+ */
+
+import { concat } from "@std/bytes/concat";
+import type { Metrics } from "./metrics.ts";
+import type { Listener, MessageStream, Position, StreamEvent } from "./mod.ts";
+
+const encoder = new TextEncoder();
+const HEARTBEAT = encoder.encode(": hb\n\n");
+
+/** The limits of one door's SSE responses (the HTTP door's options, checked). */
+export interface SseLimits {
+  /** Milliseconds between comment heartbeats on an idle response. */
+  heartbeatInterval: number;
+  /** The reconnection delay, in milliseconds, asked of `EventSource`. */
+  retry: number;
+  /** Most bytes waiting to be sent on one response before it is cut (`slow_consumer`). */
+  maxBufferBytes: number;
+}
+
+/** Every SSE response of one HTTP door: their shared event text, heartbeats and shutdown. */
+export class SseDoor {
+  /** The hub the responses follow. */
+  readonly hub: MessageStream;
+  /** The shared counters. */
+  readonly metrics: Metrics;
+  /** Most bytes waiting on one response. */
+  readonly maxBuffer: number;
+  /** Heartbeat sweeps so far: a response still closing two sweeps on is stuck and cut. */
+  sweeps = 0;
+  readonly #heartbeat: number;
+  readonly #preamble: Uint8Array;
+  readonly #conns = new Set<SseConnection>();
+  readonly #text = new WeakMap<StreamEvent, Uint8Array>();
+  #sweeper: ReturnType<typeof setInterval> | undefined;
+  #gone: PromiseWithResolvers<void> | undefined;
+
+  /**
+   * Creates the door's SSE side.
+   *
+   * @param hub The hub.
+   * @param metrics The shared counters.
+   * @param limits Heartbeat, retry and buffer limits.
+   */
+  constructor(hub: MessageStream, metrics: Metrics, limits: SseLimits) {
+    this.hub = hub;
+    this.metrics = metrics;
+    this.maxBuffer = limits.maxBufferBytes;
+    this.#heartbeat = limits.heartbeatInterval;
+    this.#preamble = encoder.encode(`retry: ${limits.retry}\n\n`);
+  }
+
+  /**
+   * Opens a response that follows `stream`: from its header, or from after `since`.
+   *
+   * @param stream The stream.
+   * @param since Where the client is (its `Last-Event-ID`), if it resumes.
+   * @returns The `text/event-stream` response, once the hub has joined it.
+   * @throws {Error} What the hub's `listen` throws (e.g. `EngineUnavailableError`).
+   */
+  async open(stream: string, since: Position | undefined): Promise<Response> {
+    const conn = new SseConnection(this, this.#preamble);
+    this.#conns.add(conn);
+    this.metrics.opened("sse");
+    if (this.#sweeper === undefined) {
+      this.#sweeper = setInterval(() => this.#sweep(), this.#heartbeat);
+      Deno.unrefTimer(this.#sweeper);
+    }
+    if (since) conn.resuming(since.seq);
+    try {
+      await this.hub.listen(stream, conn, since ? { since } : {});
+    } catch (e) {
+      conn.cut();
+      throw e;
+    }
+    conn.resumed();
+    // The client may have gone while the hub joined it.
+    if (conn.done) this.hub.endqueue(conn);
+    return new Response(conn.body, {
+      headers: {
+        "content-type": "text/event-stream; charset=utf-8",
+        "cache-control": "no-cache",
+        "x-accel-buffering": "no",
+      },
+    });
+  }
+
+  /**
+   * The SSE text of an event, built once and shared by every response.
+   *
+   * @param ev The hub's event.
+   * @returns The event block's bytes.
+   */
+  frame(ev: StreamEvent): Uint8Array {
+    let bytes = this.#text.get(ev);
+    if (!bytes) {
+      let data = this.hub.codec.encode(ev.message);
+      if (/[\r\n]/.test(data)) data = data.split(/\r\n|\r|\n/).join("\ndata: ");
+      bytes = encoder.encode(`id: ${ev.epoch}:${ev.seq}\nevent: ${ev.kind}\ndata: ${data}\n\n`);
+      this.#text.set(ev, bytes);
+    }
+    return bytes;
+  }
+
+  /**
+   * Forgets a response that ended.
+   *
+   * @param c The response.
+   */
+  remove(c: SseConnection): void {
+    if (!this.#conns.delete(c)) return;
+    this.metrics.closed("sse");
+    if (this.#conns.size === 0) {
+      if (this.#sweeper !== undefined) clearInterval(this.#sweeper);
+      this.#sweeper = undefined;
+      this.#gone?.resolve();
+    }
+  }
+
+  /**
+   * Ends every response: `event: close` with code `shutdown` after what is queued.
+   *
+   * @returns When every response has ended (see {@linkcode SseDoor.cut} for those that do not).
+   */
+  end(): Promise<void> {
+    const bye = closeFrame("shutdown", "Server shutting down");
+    for (const c of [...this.#conns]) c.end(bye);
+    if (this.#conns.size === 0) return Promise.resolve();
+    this.#gone = Promise.withResolvers();
+    return this.#gone.promise;
+  }
+
+  /** Cuts every response left at once, and stops the heartbeat. */
+  cut(): void {
+    for (const c of [...this.#conns]) c.cut();
+    if (this.#sweeper !== undefined) clearInterval(this.#sweeper);
+    this.#sweeper = undefined;
+  }
+
+  #sweep(): void {
+    this.sweeps++;
+    for (const c of this.#conns) {
+      if (c.closingSweep >= 0) {
+        // Closing since before the previous sweep and still not drained: the client is stuck.
+        if (c.closingSweep < this.sweeps - 1) c.cut();
+      } else if (!c.active) c.heartbeat();
+      c.active = false;
+    }
+  }
+}
+
+/** One SSE response: a hub listener whose body is a bounded, pull-based byte stream. */
+class SseConnection implements Listener {
+  readonly body: ReadableStream<Uint8Array>;
+  /** Whether anything was sent since the last heartbeat sweep. */
+  active = true;
+  /** The sweep count when closing began. */
+  closingSweep = -1;
+  readonly #door: SseDoor;
+  #controller: ReadableStreamDefaultController<Uint8Array> | undefined;
+  #chunks: Uint8Array[] = [];
+  #queued = 0;
+  #waiting = false;
+  #closing = false;
+  #done = false;
+  #resumeAt = -1;
+  #heldHeader: StreamEvent | undefined;
+
+  constructor(door: SseDoor, preamble: Uint8Array) {
+    this.#door = door;
+    this.body = new ReadableStream<Uint8Array>({
+      start: (controller) => {
+        this.#controller = controller;
+      },
+      pull: () => this.#pull(),
+      cancel: () => this.#cancelled(),
+    }, { highWaterMark: 0 });
+    this.#push(preamble);
+  }
+
+  get done(): boolean {
+    return this.#done;
+  }
+
+  put(event: StreamEvent): void {
+    if (this.#closing) return;
+    if (this.#resumeAt >= 0) {
+      // Header changes replayed at the resume position may include the one the client saw
+      // last: send only the newest, so the client never goes back to a stale header.
+      if (event.kind === "header" && event.seq === this.#resumeAt) {
+        this.#heldHeader = event;
+        return;
+      }
+      this.resumed();
+    }
+    this.#push(this.#door.frame(event));
+    if (event.kind === "end") this.end();
+  }
+
+  /** Starts holding back header changes replayed at `seq` (see `put`). */
+  resuming(seq: number): void {
+    this.#resumeAt = seq;
+  }
+
+  /** Stops holding back; sends the newest header change held. */
+  resumed(): void {
+    this.#resumeAt = -1;
+    const held = this.#heldHeader;
+    this.#heldHeader = undefined;
+    if (held && !this.#closing) this.#push(this.#door.frame(held));
+  }
+
+  heartbeat(): void {
+    if (!this.#closing) this.#push(HEARTBEAT);
+  }
+
+  /** Stops listening; sends `frame` (if any) after what is queued, then ends the response. */
+  end(frame?: Uint8Array): void {
+    if (this.#closing) return;
+    this.#closing = true;
+    this.closingSweep = this.#door.sweeps;
+    this.#door.hub.endqueue(this);
+    if (frame) this.#push(frame);
+    else if (this.#waiting) this.#finish();
+  }
+
+  /** Ends the response at once, dropping what is queued. */
+  cut(): void {
+    if (this.#done) return;
+    this.#closing = true;
+    this.#done = true;
+    this.#chunks = [];
+    this.#queued = 0;
+    this.#door.hub.endqueue(this);
+    try {
+      this.#controller?.error(new Error("SSE response cut"));
+    } catch {
+      // already closed
+    }
+    this.#door.remove(this);
+  }
+
+  #push(bytes: Uint8Array): void {
+    this.active = true;
+    if (this.#waiting) {
+      this.#waiting = false;
+      this.#emit(bytes);
+      return;
+    }
+    this.#chunks.push(bytes);
+    this.#queued += bytes.byteLength;
+    if (this.#queued > this.#door.maxBuffer && !this.#closing) this.#slow();
+  }
+
+  #emit(bytes: Uint8Array): void {
+    this.#door.metrics.bytesOut += bytes.byteLength;
+    this.#controller?.enqueue(bytes);
+  }
+
+  #pull(): void {
+    if (this.#done) return;
+    if (this.#chunks.length > 0) {
+      const buf = this.#chunks.length === 1 ? this.#chunks[0] as Uint8Array : concat(this.#chunks);
+      this.#chunks = [];
+      this.#queued = 0;
+      this.#emit(buf);
+      return;
+    }
+    if (this.#closing) return this.#finish();
+    this.#waiting = true;
+  }
+
+  #finish(): void {
+    if (this.#done) return;
+    this.#done = true;
+    this.#waiting = false;
+    try {
+      this.#controller?.close();
+    } catch {
+      // already closed
+    }
+    this.#door.remove(this);
+  }
+
+  #cancelled(): void {
+    this.#done = true;
+    this.#closing = true;
+    this.#chunks = [];
+    this.#queued = 0;
+    this.#door.hub.endqueue(this);
+    this.#door.remove(this);
+  }
+
+  #slow(): void {
+    const door = this.#door;
+    door.metrics.slowConsumer();
+    // What was queued is dropped: the client resumes from the last event it got.
+    this.#chunks = [];
+    this.#queued = 0;
+    this.end(closeFrame(
+      "slow_consumer",
+      `More than ${door.maxBuffer} bytes waiting: closing response`,
+    ));
+  }
+}
+
+/**
+ * An `event: close` block: why the server ends a response (`shutdown`, `slow_consumer`).
+ *
+ * @param code The reason's code.
+ * @param message The reason, for people.
+ * @returns The block's bytes.
+ */
+export function closeFrame(code: string, message: string): Uint8Array {
+  return encoder.encode(`event: close\ndata: ${JSON.stringify({ code, message })}\n\n`);
+}
