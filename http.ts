@@ -131,6 +131,15 @@ export interface HttpOptions {
    * @default {5000}
    */
   shutdownTimeout?: number;
+  /**
+   * Most requests, SSE responses and WebSockets open at once ({@linkcode serveHttp} only);
+   * beyond it a request gets 503 with code `limit_exceeded`. When the process runs out of
+   * descriptors anyway, the listener is restarted (after 100 ms, doubling to 1 s) instead of
+   * ending the process.
+   *
+   * @default {15000}
+   */
+  maxConnections?: number;
   /** Aborting it shuts the server down ({@linkcode serveHttp} only). */
   signal?: AbortSignal;
 }
@@ -645,21 +654,81 @@ export function handler(hub: MessageStream, options: HttpOptions = {}): HttpHand
 export function serveHttp(hub: MessageStream, options: HttpOptions = {}): MessageHttpServer {
   const door = new HttpDoor(hub, options);
   const port = intOption("port", options.port, DEFAULT_HTTP_PORT, 0, 65535);
-  const server = Deno.serve({
-    hostname: options.hostname ?? "127.0.0.1",
-    port,
-    onListen() {},
-  }, (req) => door.handle(req));
+  const hostname = options.hostname ?? "127.0.0.1";
+  const maxConnections = intOption("maxConnections", options.maxConnections, 15_000, 1);
+  const metrics = door.metrics;
+  let inflight = 0;
+  const handle = async (req: Request): Promise<Response> => {
+    const open = inflight + metrics.connections.sse + metrics.connections.websocket;
+    if (open >= maxConnections) {
+      metrics.error("limit_exceeded");
+      const message = `More than ${maxConnections} connections: try again later`;
+      return new Response(
+        JSON.stringify({ code: "limit_exceeded", limit: "max_connections", message }),
+        { status: 503, headers: { "content-type": JSON_TYPE, "retry-after": "1" } },
+      );
+    }
+    inflight++;
+    try {
+      return await door.handle(req);
+    } finally {
+      inflight--;
+    }
+  };
+  // Deno.serve's accept loop ends (its `finished` rejects) when the process runs out of
+  // descriptors: serve again on the same port, backing off, so that the process lives on.
+  const servers = new Set<Deno.HttpServer>();
+  const finished = Promise.withResolvers<void>();
   let shutdown: Promise<void> | undefined;
+  let pause = 0;
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const listen = (p: number): Deno.NetAddr => {
+    const server = Deno.serve({ hostname, port: p, onListen() {} }, handle);
+    servers.add(server);
+    server.finished.then(() => {
+      servers.delete(server);
+      if (shutdown && servers.size === 0) finished.resolve();
+    }, (e: Error) => {
+      servers.delete(server);
+      if (shutdown) {
+        if (servers.size === 0) finished.resolve();
+        return;
+      }
+      metrics.error("descriptors_exhausted");
+      // deno-lint-ignore no-console
+      console.error(`${new Date().toISOString()} warn http accept failed: ${e.message}; retrying`);
+      retry();
+    });
+    return server.addr;
+  };
+  const retry = (): void => {
+    pause = pause === 0 ? 100 : Math.min(1000, pause * 2);
+    timer = setTimeout(() => {
+      timer = undefined;
+      if (shutdown) return finished.resolve();
+      try {
+        listen(addr.port);
+        pause = 0;
+        // deno-lint-ignore no-console
+        console.error(`${new Date().toISOString()} warn http accepting connections again`);
+      } catch {
+        retry();
+      }
+    }, pause);
+  };
+  const addr = listen(port);
   const result: MessageHttpServer = {
-    addr: server.addr,
+    addr,
     hub,
-    metrics: door.metrics,
-    finished: server.finished,
+    metrics,
+    finished: finished.promise,
     shutdown() {
       shutdown ??= (async () => {
+        clearTimeout(timer);
         await door.close();
-        await server.shutdown();
+        await Promise.all([...servers].map((s) => s.shutdown()));
+        if (servers.size === 0) finished.resolve();
+        await finished.promise;
       })();
       return shutdown;
     },

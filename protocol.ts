@@ -140,6 +140,11 @@ export class Session implements Listener {
     return this.#closed;
   }
 
+  /** Whether requests are allowed: no tokens are required, or a `hello` gave a grant. */
+  get authorized(): boolean {
+    return this.#auth === undefined || this.#grant !== undefined;
+  }
+
   /** Sends one frame built here (a reply), encoded with the hub's codec. */
   send(frame: Frame): void {
     if (!this.#closed) this.#transport.send(encodeFrame(this.#codec, frame));

@@ -87,6 +87,24 @@ export interface ServeOptions extends MessageStreamOptions {
   idleTimeout?: number;
   /** Tokens; when given, each connection must send `hello` with one first. */
   tokens?: Token[];
+  /**
+   * With tokens, milliseconds a connection has to complete `hello` before it is closed with
+   * `unauthorized`. Until then it may hold at most {@linkcode UNAUTHENTICATED_LINE_BYTES} of an
+   * unfinished line.
+   *
+   * @default {10000}
+   */
+  authTimeout?: number;
+  /**
+   * Most connections open at once on each door (TCP: beyond it a new connection gets an `error`
+   * frame with code `limit_exceeded` and is closed; HTTP: 503). Size it under the process's
+   * descriptor limit (`ulimit -n`) with headroom for files, Redis and the HTTP door: about
+   * `ulimit -n` minus 10%. When the door runs out of descriptors anyway, it pauses accepting
+   * (100 ms, doubling to 1 s) and resumes by itself.
+   *
+   * @default {15000, or less under a lower readable descriptor limit}
+   */
+  maxConnections?: number;
   /** TLS certificate chain (PEM); with `key`, the server speaks TLS. */
   cert?: string;
   /** TLS private key (PEM). */
@@ -154,6 +172,10 @@ export interface MessageServer extends AsyncDisposable {
 /** The smallest and largest read buffer of one connection (it grows on full reads, shrinks when idle). */
 const READ_MIN = 1024;
 const READ_MAX = 64 * 1024;
+const NEWLINE = 0x0a;
+
+/** Most bytes of an unfinished line a connection may hold before its `hello` succeeds. */
+export const UNAUTHENTICATED_LINE_BYTES = 64 * 1024;
 /** Queued chunks smaller than this are joined into one write. */
 const JOIN_BELOW = 4096;
 const encoder = new TextEncoder();
@@ -177,12 +199,26 @@ class Connection implements Transport {
   #closed = false;
   readonly #server: ServerImpl;
   #flushed: PromiseWithResolvers<void> | undefined = undefined;
+  #authTimer: ReturnType<typeof setTimeout> | undefined;
 
   constructor(conn: Deno.Conn, server: ServerImpl) {
     this.conn = conn;
     this.#server = server;
     this.session = new Session(server.hub, this, { auth: server.auth, metrics: server.metrics });
+    if (server.auth) this.#authTimer = setTimeout(this.#authExpired, server.authTimeout);
   }
+
+  /** The authentication deadline passed: a connection without a grant goes. */
+  #authExpired = (): void => {
+    this.#authTimer = undefined;
+    if (this.#closing || this.session.authorized) return;
+    this.#server.log("info", `${this.#peer()}: no hello within the auth timeout, closing`);
+    this.session.error(
+      "unauthorized",
+      `No valid "hello" within ${this.#server.authTimeout} ms: closing connection`,
+    );
+    this.session.close();
+  };
 
   /**
    * Queues one frame. Frames that lie back to back in one buffer (the hub encodes consecutive
@@ -313,6 +349,7 @@ class Connection implements Transport {
   #end(): void {
     if (this.#closed) return;
     this.#closed = true;
+    clearTimeout(this.#authTimer);
     this.session.drop();
     try {
       this.conn.close();
@@ -357,12 +394,23 @@ class Connection implements Transport {
     const session = this.session;
     let buf = new Uint8Array(READ_MIN);
     let quiet = 0; // consecutive small reads
+    let unauthenticated = 0; // bytes of the unfinished line while no hello has succeeded
     try {
       while (!session.closed) {
         const n = await this.conn.read(buf);
         if (n === null) break;
         if (n === 0) continue;
         metrics.bytesIn += n;
+        if (!session.authorized) {
+          const last = buf.subarray(0, n).lastIndexOf(NEWLINE);
+          unauthenticated = last === -1 ? unauthenticated + n : n - last - 1;
+          if (unauthenticated > UNAUTHENTICATED_LINE_BYTES) {
+            throw new LineError(
+              "line_too_long",
+              `More than ${UNAUTHENTICATED_LINE_BYTES} bytes of a line before "hello"`,
+            );
+          }
+        }
         const lines = framer.push(buf.subarray(0, n));
         if (lines.length > 0 || framer.error) this.lastHeard = Date.now();
         for (let i = 0; i < lines.length && !session.closed; i++) session.handle(lines[i]!);
@@ -417,6 +465,8 @@ class ServerImpl implements MessageServer {
   readonly #listener: Deno.Listener;
   readonly tls: boolean;
   readonly handshakeTimeout: number;
+  readonly authTimeout: number;
+  readonly maxConnections: number;
   readonly #connections = new Set<Connection>();
   readonly #logLevel: number;
   readonly #pingInterval: number;
@@ -458,6 +508,13 @@ class ServerImpl implements MessageServer {
       : Deno.listen({ hostname, port });
     this.tls = options.cert !== undefined;
     this.handshakeTimeout = checkInt("handshakeTimeout", options.handshakeTimeout, 10_000, 1);
+    this.authTimeout = checkInt("authTimeout", options.authTimeout, 10_000, 1);
+    this.maxConnections = checkInt(
+      "maxConnections",
+      options.maxConnections,
+      defaultMaxConnections(),
+      1,
+    );
     this.addr = this.#listener.addr as Deno.NetAddr;
     try {
       this.http = options.http && serveHttp(this.hub, {
@@ -468,6 +525,7 @@ class ServerImpl implements MessageServer {
         maxBodyBytes: this.maxLineBytes,
         maxOutboundBytes: this.maxOutbound,
         shutdownTimeout: this.#shutdownTimeout,
+        maxConnections: this.maxConnections,
       });
     } catch (e) {
       this.#listener.close();
@@ -490,19 +548,39 @@ class ServerImpl implements MessageServer {
   }
 
   async #acceptLoop(): Promise<void> {
+    let pause = 0; // the back-off while descriptors are exhausted; 0 when accepting normally
+    let failures = 0;
     while (!this.#shutdown) {
       let conn: Deno.Conn;
       try {
         conn = await this.#listener.accept();
       } catch (e) {
         if (this.#shutdown || e instanceof Deno.errors.BadResource) break;
-        // One client's failure (reset before accept, handshake error) must not stop the server.
-        this.log("debug", `accept failed: ${(e as Error).message}`);
+        // One client's failure (reset before accept, handshake error) must not stop the server;
+        // running out of descriptors must not spin: back off, 100 ms doubling to 1 s.
+        const message = (e as Error).message;
+        if (!EXHAUSTED.test(message) && ++failures < 3) {
+          this.log("debug", `accept failed: ${message}`);
+          continue;
+        }
+        if (pause === 0) {
+          this.metrics.error("descriptors_exhausted");
+          this.log("warn", `accept failed: ${message}; pausing accepts until it clears`);
+        }
+        pause = pause === 0 ? 100 : Math.min(1000, pause * 2);
+        await new Promise((resolve) => setTimeout(resolve, pause));
         continue;
       }
+      if (pause > 0) this.log("warn", "accepting connections again");
+      pause = 0;
+      failures = 0;
       if (this.#shutdown) {
         conn.close();
         break;
+      }
+      if (this.#connections.size >= this.maxConnections) {
+        this.#refuse(conn);
+        continue;
       }
       const c = new Connection(conn, this);
       this.#connections.add(c);
@@ -513,6 +591,26 @@ class ServerImpl implements MessageServer {
         this.metrics.closed("tcp");
       });
     }
+  }
+
+  /** Tells a connection over `maxConnections` why, then closes it; never waits for it. */
+  #refuse(conn: Deno.Conn): void {
+    this.metrics.error("limit_exceeded");
+    this.log("info", `more than ${this.maxConnections} connections: refusing one`);
+    const frame = JSON.stringify({
+      action: "error",
+      code: "limit_exceeded",
+      limit: "max_connections",
+      message: `More than ${this.maxConnections} connections: closing connection`,
+      stream: null,
+    });
+    conn.write(new TextEncoder().encode(frame + "\n")).catch(() => {}).finally(() => {
+      try {
+        conn.close();
+      } catch {
+        // already closed
+      }
+    });
   }
 
   #sweep(): void {
@@ -560,6 +658,27 @@ class ServerImpl implements MessageServer {
 
   [Symbol.asyncDispose](): Promise<void> {
     return this.shutdown();
+  }
+}
+
+/** Accept errors that mean the process is out of descriptors (or buffers): back off. */
+const EXHAUSTED = /os error (23|24|105|12)\b|too many open files/i;
+
+/**
+ * The default `maxConnections`: 15,000, or the descriptor limit minus a tenth (at least 64 kept
+ * free) when that is lower and `/proc/self/limits` may be read.
+ */
+function defaultMaxConnections(): number {
+  const fallback = 15_000;
+  try {
+    const path = "/proc/self/limits";
+    if (Deno.permissions.querySync({ name: "read", path }).state !== "granted") return fallback;
+    const m = /Max open files\s+(\d+)/.exec(Deno.readTextFileSync(path));
+    if (!m) return fallback;
+    const soft = Number(m[1]);
+    return Math.max(1, Math.min(fallback, soft - Math.max(64, Math.ceil(soft / 10))));
+  } catch {
+    return fallback;
   }
 }
 
@@ -615,6 +734,10 @@ Options:
   --history-bytes N         bytes kept per stream for resume (default 1048576)
   --max-history-bytes N     bytes kept for all streams together (default 67108864)
   --ping-interval MS        ping silent connections this often (default 30000)
+  --auth-timeout MS         with tokens, close connections without hello this long
+                            (default 10000)
+  --max-connections N       open connections per door; size it under ulimit -n
+                            (default 15000, or ulimit -n minus 10% when lower)
   --idle-timeout MS         close pinging clients silent this long; 0 never (default 90000)
   --token NAME:SECRET       require hello with this token (repeatable; all rights)
   --token-file FILE         tokens with permissions, JSON (needs --allow-read)
@@ -670,6 +793,8 @@ function parseServeArgs(argv: string[]): ServeOptions | "help" | "version" {
     "max-history-bytes",
     "ping-interval",
     "idle-timeout",
+    "auth-timeout",
+    "max-connections",
     "http-port",
   ];
   const args = parseArgs(argv, {
@@ -714,6 +839,8 @@ function parseServeArgs(argv: string[]): ServeOptions | "help" | "version" {
   set("max-history-bytes", "maxHistoryBytes");
   set("ping-interval", "pingInterval");
   set("idle-timeout", "idleTimeout");
+  set("auth-timeout", "authTimeout");
+  set("max-connections", "maxConnections");
   const httpPort = intFlag(args, "http-port");
   if (httpPort !== undefined) {
     if (httpPort > 65535) {
