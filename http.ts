@@ -485,16 +485,18 @@ class HttpDoor {
   }
 
   async #body(req: Request): Promise<unknown> {
+    // A JSON type is required, never assumed: a cross-site page can send a body without one
+    // (a Blob in a no-cors fetch) but cannot send application/json without a CORS preflight.
     const type = req.headers.get("content-type");
-    if (type !== null) {
-      const mime = (type.split(";")[0] as string).trim().toLowerCase();
-      if (mime !== "application/json" && !mime.endsWith("+json")) {
-        throw new HttpError(
-          415,
-          "unsupported_media_type",
-          `Content-Type must be application/json, got "${type.slice(0, 100)}"`,
-        );
-      }
+    const mime = type === null ? "" : (type.split(";")[0] as string).trim().toLowerCase();
+    if (mime !== "application/json" && !mime.endsWith("+json")) {
+      throw new HttpError(
+        415,
+        "unsupported_media_type",
+        type === null
+          ? "Content-Type must be application/json, got none"
+          : `Content-Type must be application/json, got "${type.slice(0, 100)}"`,
+      );
     }
     const max = this.maxBody;
     const tooLarge = () => new HttpError(413, "payload_too_large", `Body larger than ${max} bytes`);

@@ -19,10 +19,11 @@
 
 /**
  * The page's Content-Security-Policy: its own inline script and style only, and nothing from
- * another origin.
+ * another origin; no other page may frame it.
  */
 export const STATUS_PAGE_CSP =
-  "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data:";
+  "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data:; " +
+  "frame-ancestors 'none'";
 
 /**
  * The status page as a response, with its content type, `no-cache` and its CSP.
@@ -35,6 +36,8 @@ export function statusPage(): Response {
       "content-type": "text/html; charset=utf-8",
       "cache-control": "no-cache",
       "content-security-policy": STATUS_PAGE_CSP,
+      // No other site may frame the page (older browsers ignore frame-ancestors).
+      "x-frame-options": "DENY",
     },
   });
 }
