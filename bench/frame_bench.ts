@@ -1,14 +1,14 @@
 /**
  * Frame building: what the hub does once per event. Encoding the whole frame object with the
- * codec versus splicing the message's text into a template (what `MessageStream` does with a
- * `JsonCodec`), and allocating a buffer per frame versus encoding into a shared slab.
+ * codec versus splicing the message's text into a template (what `buildEvent` in frame.ts does
+ * with a `JsonCodec`), and allocating a buffer per frame versus encoding into a shared slab.
  * `deno bench bench/frame_bench.ts`
  *
  * @module
  */
 
 import { defaultCodec } from "../codec.ts";
-import { encodeFrame } from "../mod.ts";
+import { buildEvent, encodeFrame } from "../frame.ts";
 
 const message = "x".repeat(100);
 const epoch = "a1b2c3d4e50";
@@ -33,6 +33,14 @@ Deno.bench({
       },"seq":${++seq},` +
         `"epoch":${JSON.stringify(epoch)}}\n`,
     );
+  },
+});
+const stream = { name: "job-42" };
+Deno.bench({
+  name: "buildEvent into the shared slab (what the hub does per put)",
+  group: "frame",
+  fn: () => {
+    buildEvent(defaultCodec, "put", stream, message, ++seq, epoch, "slab");
   },
 });
 const slab = new Uint8Array(64 * 1024);

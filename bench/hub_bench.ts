@@ -6,7 +6,15 @@
  * @module
  */
 
+import { type SyncHub, syncOf } from "../core.ts";
 import { MessageStream, type StreamEvent } from "../mod.ts";
+
+/** The hub's internal sync fast paths (what the TCP door's Session calls). */
+function fast(hub: MessageStream): SyncHub {
+  const sync = syncOf(hub);
+  if (!sync) throw new TypeError("A memory hub has sync fast paths");
+  return sync;
+}
 
 const MESSAGE = "x".repeat(100);
 
@@ -22,53 +30,57 @@ class Sink {
 
 for (const n of [1, 100, 1000]) {
   const hub = new MessageStream();
-  for (let i = 0; i < n; i++) hub.listenNow("s", new Sink());
+  const sync = fast(hub);
+  for (let i = 0; i < n; i++) sync.listenNow("s", new Sink());
   Deno.bench({
     name: `putNow to 1 stream with ${n} listeners`,
     group: "fanout",
     baseline: n === 100,
     fn() {
-      hub.putNow("s", MESSAGE);
+      sync.putNow("s", MESSAGE);
     },
   });
 }
 
 {
   const hub = new MessageStream({ historyMessages: 0 });
-  hub.listenNow("s", new Sink());
+  const sync = fast(hub);
+  sync.listenNow("s", new Sink());
   Deno.bench({
     name: "putNow to 1 listener, history off",
     group: "fanout",
     fn() {
-      hub.putNow("s", MESSAGE);
+      sync.putNow("s", MESSAGE);
     },
   });
 }
 
 {
   const hub = new MessageStream();
+  const sync = fast(hub);
   const names = Array.from({ length: 1000 }, (_, i) => `job-${i}`);
-  for (const s of names) hub.listenNow(s, new Sink());
+  for (const s of names) sync.listenNow(s, new Sink());
   let i = 0;
   Deno.bench({
     name: "putNow round-robin over 1000 streams x 1 listener",
     group: "streams",
     fn() {
-      hub.putNow(names[i++ % 1000] as string, MESSAGE);
+      sync.putNow(names[i++ % 1000] as string, MESSAGE);
     },
   });
 }
 
 {
   const hub = new MessageStream();
-  hub.setHeader("s", { state: "running", done: 42, total: 100 });
-  hub.putNow("s", MESSAGE);
+  const sync = fast(hub);
+  sync.setHeader("s", { state: "running", done: 42, total: 100 });
+  sync.putNow("s", MESSAGE);
   Deno.bench({
     name: "listenNow + hangup on a stream with a header (join)",
     group: "join",
     fn() {
       const sink = new Sink();
-      hub.listenNow("s", sink);
+      sync.listenNow("s", sink);
       hub.hangup("s", sink);
     },
   });

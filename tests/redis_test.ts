@@ -16,11 +16,13 @@ import {
   type MessageStreamOptions,
   type StreamEvent,
 } from "../mod.ts";
+import { type JoinProbe, joinProbes } from "../engine.ts";
 import { RedisEngine } from "../redis.ts";
 import { serve } from "../server.ts";
 import { connectRaw } from "./_raw_client.ts";
 import { Recorder } from "./_recorder.ts";
 import { hasRedis, RedisProcess } from "./_redis.ts";
+import { deadline, Signal } from "./_wait.ts";
 
 const view = (evs: StreamEvent[]) => evs.map((e) => [e.kind, e.message, e.seq]);
 
@@ -40,19 +42,20 @@ class Env implements AsyncDisposable {
     return new Env(kind, kind === "redis" ? await RedisProcess.start() : undefined);
   }
 
-  hub(options: MessageStreamOptions = {}): MessageStream {
-    const hub = this.redis
-      ? new MessageStream({
-        ...options,
-        engine: new RedisEngine({
-          url: this.redis.url,
-          prefix: this.prefix,
-          ...(options.historyMessages !== undefined
-            ? { historyMessages: options.historyMessages }
-            : {}),
-        }),
-      })
-      : new MessageStream(options);
+  /** A hub of this kind; for Redis, `probe` watches its engine's joins (see engine.ts). */
+  hub(options: MessageStreamOptions = {}, probe?: JoinProbe): MessageStream {
+    let engine: RedisEngine | undefined;
+    if (this.redis) {
+      engine = new RedisEngine({
+        url: this.redis.url,
+        prefix: this.prefix,
+        ...(options.historyMessages !== undefined
+          ? { historyMessages: options.historyMessages }
+          : {}),
+      });
+      if (probe) joinProbes.set(engine, probe);
+    }
+    const hub = new MessageStream(engine ? { ...options, engine } : options);
     this.#hubs.push(hub);
     return hub;
   }
@@ -186,6 +189,35 @@ test("MessageStream.listen() with since replays what was missed, or resets", asy
   ]]);
 });
 
+test("MessageStream.stat() reads a stream's state without listening or creating it", async (env) => {
+  const hub = env.hub();
+  assertEquals(await hub.stat("job"), undefined);
+  assertEquals(await hub.stat("job"), undefined, "asking did not create it");
+  await hub.header("job", { state: "running" });
+  const rec = new Recorder();
+  await hub.listen("job", rec);
+  const at = await hub.put("job", 1);
+  assertEquals(await hub.stat("job"), {
+    stream: "job",
+    header: { state: "running" },
+    seq: 1,
+    epoch: at.epoch,
+    listeners: 1,
+  });
+  hub.hangup("job", rec);
+  await hub.delete("job");
+  assertEquals(await hub.stat("job"), undefined, "a deleted stream");
+  assertEquals(
+    await hub.stat("job"),
+    undefined,
+    "asking about a deleted stream did not recreate it",
+  );
+  const again = await hub.put("job", 2);
+  assertEquals(again.seq, 1, "the next put starts the stream anew");
+  assertNotEquals(again.epoch, at.epoch);
+  await assertRejects(() => hub.stat(""), TypeError, "must not be empty");
+});
+
 test("MessageStream drops a listener that throws; the others still get events", async (env) => {
   const hub = env.hub();
   const good = new Recorder();
@@ -293,3 +325,46 @@ redisTest("Server sends engine_unavailable to a publisher while Redis is down", 
   const error = await raw.next();
   assertEquals([error.action, error.code, error.id], ["error", "engine_unavailable", 2]);
 });
+
+redisTest(
+  "RedisEngine: a join with since on a node that follows the stream, during another node's burst, loses nothing",
+  async (env) => {
+    // The window: B already follows "job" (a live listener), and a second listener joins on B
+    // with a position. B's snapshot request publishes a join marker; A's burst is published
+    // after it. The probe holds B's snapshot reply until the whole burst has reached B's
+    // subscription: an engine that ignored the marker would deliver the burst to B's first
+    // listener, then join the second from the older snapshot, and the second would miss it.
+    const arrived = new Signal();
+    let lastArrived = 0;
+    let hold: (() => Promise<void>) | undefined;
+    const b = env.hub({}, {
+      arrived(stream, seq) {
+        if (stream === "job") lastArrived = Math.max(lastArrived, seq);
+        arrived.notify();
+      },
+      snapshotReplied: () => hold?.() ?? Promise.resolve(),
+    });
+    const a = env.hub();
+    await a.header("job", "h");
+    const first = new Recorder("first");
+    const at = await b.listen("job", first);
+    await a.put("job", 1);
+    await first.waitForEvent((e) => e.seq === 1);
+    const burst = 50;
+    hold = async () => {
+      hold = undefined;
+      const puts = Array.from({ length: burst }, (_, i) => a.put("job", i + 2));
+      const last = (await deadline(Promise.all(puts), "A's burst")).at(-1)?.seq;
+      assertEquals(last, burst + 1);
+      await arrived.until(() => lastArrived === last, "A's burst to reach B's subscription");
+    };
+    const resumed = new Recorder("resumed");
+    const joined = await b.listen("job", resumed, { since: at });
+    assertEquals(hold, undefined, "the probe held the snapshot");
+    await first.waitForEvent((e) => e.seq === burst + 1);
+    const puts = Array.from({ length: burst + 1 }, (_, i) => ["put", i + 1, i + 1]);
+    assertEquals(view(first.events), [["header", "h", 0], ...puts]);
+    assertEquals(view(resumed.events), [["header", "h", 0], ...puts], "the resumed listener");
+    assertEquals(joined, { epoch: at.epoch, seq: 1 }, "joined where the snapshot was taken");
+  },
+);
