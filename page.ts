@@ -21,7 +21,7 @@
  * The page's Content-Security-Policy: its own inline script and style only, and nothing from
  * another origin; no other page may frame it.
  */
-export const STATUS_PAGE_CSP =
+export const STATUS_PAGE_CSP: string =
   "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data:; " +
   "frame-ancestors 'none'";
 
