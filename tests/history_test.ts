@@ -1,10 +1,14 @@
 /**
- * History under random load, against a model: whatever the hub still keeps, a resume it serves
- * must give exactly the events after the position (same messages, same frames as the live
- * listener got), and every bound must hold after every put.
+ * History (history.ts): the byte ring per stream and the global budget, on their own and under
+ * random load against a model: whatever the hub still keeps, a resume it serves must give
+ * exactly the events after the position (same messages, same frames as the live listener got),
+ * and every bound must hold after every put.
  */
 
 import { assert, assertEquals, assertLessOrEqual } from "@std/assert";
+import { defaultCodec } from "../codec.ts";
+import { buildEvent } from "../frame.ts";
+import { History, HistoryBudget, type HistoryOwner } from "../history.ts";
 import { MessageStream, type Position, type StreamEvent } from "../mod.ts";
 import { prng } from "./_prng.ts";
 
@@ -110,4 +114,83 @@ Deno.test("History serves every covered resume exactly and keeps every bound, un
       if (config.historyMessages < 1000) assert(resets > 0, "no resume hit trimmed history");
     });
   }
+});
+
+/** A stream as history sees it, with a put helper. */
+function owner(
+  name: string,
+): HistoryOwner & { put(budget: HistoryBudget, message: unknown): void } {
+  return {
+    name,
+    epoch: "e",
+    seq: 0,
+    history: undefined,
+    nextNo: 0,
+    trimmedTo: 0,
+    put(budget, message) {
+      this.seq++;
+      budget.record(this, buildEvent(defaultCodec, "put", this, message, this.seq, "e", "slab"));
+    },
+  };
+}
+
+Deno.test("HistoryBudget trims the oldest entry of any stream first when over the global bound", () => {
+  const frame = buildEvent(defaultCodec, "put", { name: "a" }, "x", 1, "e", "own").frame;
+  const trimmed: string[] = [];
+  const budget = new HistoryBudget(
+    { historyMessages: 100, historyBytes: 1 << 20, maxHistoryBytes: 3 * frame.byteLength },
+    (o) => trimmed.push(`${o.name}:${o.history?.count}`),
+  );
+  const a = owner("a");
+  const b = owner("b");
+  a.put(budget, "x");
+  b.put(budget, "x");
+  a.put(budget, "x");
+  assertEquals(budget.bytes, 3 * frame.byteLength);
+  b.put(budget, "x"); // over: a's first entry goes
+  assertEquals(trimmed, ["a:1"]);
+  assertEquals([a.history?.count, b.history?.count], [1, 2]);
+  assertEquals(budget.uncovered(a, { epoch: "e", seq: 0 }), "history_trimmed");
+  assertEquals(budget.uncovered(a, { epoch: "e", seq: 1 }), undefined);
+  assertEquals(budget.bytes, 3 * frame.byteLength);
+  budget.drop(b);
+  assertEquals([b.history, budget.bytes], [undefined, frame.byteLength]);
+});
+
+Deno.test("HistoryBudget.replay() gives the puts after a position and the header changes at it", () => {
+  const budget = new HistoryBudget(
+    { historyMessages: 10, historyBytes: 1 << 20, maxHistoryBytes: 1 << 20 },
+    () => {},
+  );
+  const s = owner("s");
+  s.put(budget, 1);
+  budget.record(s, buildEvent(defaultCodec, "header", s, "h", 1, "e", "slab"));
+  s.put(budget, 2);
+  const got: unknown[] = [];
+  const collectAll = (ev: StreamEvent) => {
+    got.push([ev.kind, ev.message, ev.seq]);
+    return true;
+  };
+  assert(budget.replay(s, { epoch: "e", seq: 1 }, defaultCodec, collectAll));
+  assertEquals(got, [["header", "h", 1], ["put", 2, 2]]);
+  assertEquals(budget.uncovered(s, { epoch: "x", seq: 1 }), "epoch_changed");
+  assertEquals(budget.uncovered(s, { epoch: "e", seq: 3 }), "ahead_of_stream");
+  assertEquals(budget.replay(s, { epoch: "e", seq: 0 }, defaultCodec, () => false), false);
+});
+
+Deno.test("History ring keeps frames intact across wrap-around and growth", () => {
+  const h = new History(0, 16);
+  const frames: Uint8Array[] = [];
+  for (let i = 0; i < 500; i++) {
+    const f = new TextEncoder().encode(`frame ${i} ${"z".repeat(i % 37)}\n`);
+    frames.push(f);
+    h.push(f, i, i % 5 === 0);
+    while (h.count > 7 || h.bytes > 200) h.shift();
+    for (let k = 0; k < h.count; k++) {
+      const seq = h.seqAt(k);
+      assertEquals(h.frameAt(k), frames[seq]);
+      assertEquals(h.isHeaderAt(k), seq % 5 === 0);
+    }
+  }
+  assertLessOrEqual(h.bytes, 200);
 });

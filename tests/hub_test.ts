@@ -1,16 +1,15 @@
-/** The in-process hub, `MessageStream`, and its `Inbox` listener. */
+/** The in-process hub, `MessageStream` (mod.ts and its memory core, core.ts). */
 
 import {
   assert,
   assertEquals,
-  assertInstanceOf,
   assertNotEquals,
   assertRejects,
   assertStringIncludes,
 } from "@std/assert";
 import { syncOf } from "../core.ts";
-import { Inbox, MessageStream, SlowConsumerError, type StreamEvent } from "../mod.ts";
-import { collect, Recorder } from "./_recorder.ts";
+import { MessageStream, type StreamEvent } from "../mod.ts";
+import { Recorder } from "./_recorder.ts";
 
 const view = (evs: StreamEvent[]) => evs.map((e) => [e.kind, e.message, e.seq]);
 
@@ -265,54 +264,6 @@ Deno.test("MessageStream serves 1,000 streams with several listeners each", asyn
   }
   assertEquals(hub.stats().listeners, 3000);
   for (const r of recs) hub.endqueue(r);
-  assertEquals(hub.stats().listeners, 0);
-});
-
-Deno.test("Inbox delivers events from many streams in arrival order", async () => {
-  const hub = new MessageStream();
-  const inbox = new Inbox();
-  await hub.listen("a", inbox);
-  await hub.listen("b", inbox);
-  await hub.put("a", 1);
-  await hub.put("b", 2);
-  await hub.put("a", 3);
-  const got = await collect(inbox, 3);
-  assertEquals(got.map((e) => `${e.stream}:${e.message}`), ["a:1", "b:2", "a:3"]);
-  inbox.close();
-  assertEquals(await Array.fromAsync(inbox), []);
-  assertEquals(hub.stats().listeners, 0);
-});
-
-Deno.test("Inbox overflow reports SlowConsumerError after the buffered events", async () => {
-  const hub = new MessageStream();
-  const inbox = new Inbox({ maxEvents: 3 });
-  await hub.listen("a", inbox);
-  for (let i = 1; i <= 10; i++) await hub.put("a", i);
-  assertEquals(hub.stats().listeners, 0);
-  const reader = inbox.getReader();
-  const got: unknown[] = [];
-  const e = await assertRejects(async () => {
-    while (true) {
-      const r = await reader.read();
-      if (r.done) break;
-      got.push(r.value.message);
-    }
-  });
-  assertInstanceOf(e, SlowConsumerError);
-  assertEquals(e.limit, "events");
-  assertEquals(got, [1, 2, 3]);
-});
-
-Deno.test("Inbox cancel stops listening everywhere", async () => {
-  const hub = new MessageStream();
-  const inbox = new Inbox();
-  await hub.listen("a", inbox);
-  await hub.listen("b", inbox);
-  await hub.put("a", 1);
-  for await (const ev of inbox) {
-    assertEquals(ev.message, 1);
-    break;
-  }
   assertEquals(hub.stats().listeners, 0);
 });
 
