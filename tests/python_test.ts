@@ -236,6 +236,21 @@ Deno.test({
 });
 
 Deno.test({
+  name: "Python client stat() does not create the stream it asks about",
+  ignore: !HAS_PYTHON,
+  async fn() {
+    await using server = serve({ port: 0, logLevel: "silent" });
+    const at = `127.0.0.1:${server.addr.port}`;
+    const r = await runPython(["--server", at, "header", "nosuch"]);
+    assertEquals(r.code, 0, r.stderr);
+    assertEquals(lines(r.stdout), [
+      { stream: "nosuch", kind: "header", seq: 0, epoch: "", message: null },
+    ]);
+    assertEquals(server.hub.info("nosuch"), undefined);
+  },
+});
+
+Deno.test({
   name: "Python client takes options before or after the command, and -- before any argument",
   ignore: !HAS_PYTHON,
   async fn() {

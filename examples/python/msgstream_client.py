@@ -157,31 +157,14 @@ class Client:
     def stat(self, stream):
         """Returns a stream's position and header: {"stream", "epoch", "seq", "header"}.
 
-        "header" is None when none is set. It is learnt by listening and hanging up at once, so
-        it cannot be used on a stream this client is listening to (ValueError).
+        "header" is None when none is set; the result is None when the stream does not exist
+        (asking does not create it).
         """
-        if stream in self._positions:
-            raise ValueError('stat(): this client listens to "%s" already' % stream)
-        frame = {"action": "listen", "stream": stream, "id": self._next_id}
-        self._next_id += 1
-        self._send(frame)
-        header = None
-        while True:
-            f = self._read_frame(self.timeout)
-            action = f.get("action")
-            if f.get("id") == frame["id"] and action in ("ok", "error"):
-                if action == "error":
-                    raise MsgStreamError(f.get("code"), f.get("message"), f.get("stream"))
-                break
-            # The server sends the header before it answers the listen.
-            if f.get("stream") == stream and (action == "header" or
-                                              (action == "put" and f.get("header") is True)):
-                header = f.get("message")
-            else:
-                self._keep(f)
-        self._request({"action": "hangup", "stream": stream})
-        return {"stream": stream, "epoch": f.get("epoch", ""), "seq": f.get("seq", 0),
-                "header": header}
+        st = self._request({"action": "stat", "stream": stream}).get("stat")
+        if st is None:
+            return None
+        return {"stream": stream, "epoch": st.get("epoch", ""), "seq": st.get("seq", 0),
+                "header": st.get("header")}
 
     def _send(self, frame):
         data = (json.dumps(frame, separators=(",", ":")) + "\n").encode("utf-8")
@@ -695,7 +678,8 @@ def _run(command, words, options):
             elif message is not None:
                 client.header(stream, _message(message, raw))
             else:
-                st = client.stat(stream)
+                # A stream that does not exist has no header, at position 0.
+                st = client.stat(stream) or {"seq": 0, "epoch": "", "header": None}
                 _print_json({"stream": stream, "kind": "header", "seq": st["seq"],
                              "epoch": st["epoch"], "message": st["header"]})
         elif command == "delete":
