@@ -1,0 +1,96 @@
+/**
+ * Reading a stream's state without listening: the wire action `stat` (the Session) and
+ * `RemoteStream.stat()`, on a memory server and on the Redis engine. `MessageStream.stat()` on its
+ * own is covered in hub_test.ts and redis_test.ts.
+ */
+
+import { assertEquals, assertRejects } from "@std/assert";
+import { RemoteStream } from "../client.ts";
+import { ProtocolError } from "../protocol.ts";
+import { serve, type ServeOptions } from "../server.ts";
+import { connectRaw, type Frame, type RawClient } from "./_raw_client.ts";
+import { Recorder } from "./_recorder.ts";
+import { hasRedis, RedisProcess } from "./_redis.ts";
+
+/** Sends a request with an id and returns the answer with that id. */
+async function ask(raw: RawClient, frame: Frame): Promise<Frame> {
+  await raw.send(frame);
+  const got = await raw.until((f) => f.id === frame.id);
+  return got[got.length - 1] as Frame;
+}
+
+/** Runs `fn` against a memory server, and against one on a fresh Redis when there is one. */
+function both(name: string, fn: (options: ServeOptions) => Promise<void>): void {
+  Deno.test(`[memory] ${name}`, () => fn({}));
+  Deno.test({
+    name: `[redis] ${name}`,
+    ignore: !hasRedis,
+    async fn() {
+      await using redis = await RedisProcess.start();
+      await fn({ redis: redis.url, redisPrefix: `t${crypto.randomUUID().slice(0, 8)}:` });
+    },
+  });
+}
+
+both("stat answers the stream's state, or null, and never creates the stream", async (options) => {
+  await using server = serve({ port: 0, logLevel: "silent", ...options });
+  await using raw = await connectRaw(server.addr.port);
+  assertEquals(await ask(raw, { action: "stat", stream: "job", id: 1 }), {
+    action: "ok",
+    id: 1,
+    stream: "job",
+    stat: null,
+  });
+  assertEquals(await server.hub.stat("job"), undefined, "asking did not create it");
+  await ask(raw, { action: "header", stream: "job", message: { state: "running" }, id: 2 });
+  await ask(raw, { action: "listen", stream: "job", id: 3 });
+  const put = await ask(raw, { action: "put", stream: "job", message: 1, id: 4 });
+  assertEquals(await ask(raw, { action: "stat", stream: "job", id: 5 }), {
+    action: "ok",
+    id: 5,
+    stream: "job",
+    stat: { header: { state: "running" }, seq: 1, epoch: put.epoch, listeners: 1 },
+  });
+  await ask(raw, { action: "delete", stream: "job", id: 6 });
+  assertEquals((await ask(raw, { action: "stat", stream: "job", id: 7 })).stat, null);
+  assertEquals((await ask(raw, { action: "stat", stream: "job", id: 8 })).stat, null);
+  assertEquals(await server.hub.stat("job"), undefined, "a deleted stream stays deleted");
+});
+
+both("RemoteStream.stat() reads the server's state without listening", async (options) => {
+  await using server = serve({ port: 0, logLevel: "silent", ...options });
+  await using remote = await RemoteStream.connect(`127.0.0.1:${server.addr.port}`);
+  assertEquals(await remote.stat("job"), undefined);
+  await remote.header("job", ["h", 1]);
+  const at = await remote.put("job", "x");
+  const rec = new Recorder();
+  await server.hub.listen("job", rec);
+  assertEquals(await remote.stat("job"), {
+    stream: "job",
+    header: ["h", 1],
+    seq: 1,
+    epoch: at.epoch,
+    listeners: 1,
+  });
+  server.hub.hangup("job", rec);
+  await remote.delete("job");
+  assertEquals(await remote.stat("job"), undefined);
+  assertEquals(
+    await remote.stat("job"),
+    undefined,
+    "asking about a deleted stream did not recreate it",
+  );
+  const e = await assertRejects(() => remote.stat(""), ProtocolError);
+  assertEquals(e.code, "invalid_stream");
+});
+
+Deno.test("stat needs the subscribe right on a server with tokens", async () => {
+  const tokens = [{ name: "w", secret: "w-s3cret", publish: ["*"], subscribe: ["public"] }];
+  await using server = serve({ port: 0, logLevel: "silent", tokens });
+  await using raw = await connectRaw(server.addr.port);
+  await ask(raw, { action: "hello", token: "w-s3cret", id: 1 });
+  await ask(raw, { action: "put", stream: "private", message: 1, id: 2 });
+  const refused = await ask(raw, { action: "stat", stream: "private", id: 3 });
+  assertEquals([refused.action, refused.code, refused.stream], ["error", "forbidden", "private"]);
+  assertEquals((await ask(raw, { action: "stat", stream: "public", id: 4 })).stat, null);
+});
