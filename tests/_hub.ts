@@ -10,10 +10,8 @@ import type { MessageStream } from "../mod.ts";
 import { Recorder } from "./_recorder.ts";
 
 /**
- * A stream's seq as any engine shows it, for checks that something was (or was not) put. On
- * the memory engine this is exactly `hub.info(stream)?.seq` (`undefined`: the hub holds no such
- * stream). With an engine the hub only knows streams it follows, so this listens once with a
- * throwaway queue: `undefined` when the stream has neither a put nor a header.
+ * A stream's seq as any engine shows it, for checks that something was (or was not) put: the
+ * hub's `stat()`, which reads it without listening and without creating the stream.
  *
  * @param hub The hub (e.g. `server.hub`).
  * @param stream The stream's name.
@@ -32,14 +30,7 @@ import { Recorder } from "./_recorder.ts";
  * ```
  */
 export async function seqOf(hub: MessageStream, stream: string): Promise<number | undefined> {
-  if (!hub.engine) return hub.info(stream)?.seq;
-  const probe = new Recorder("seqOf");
-  try {
-    const at = await hub.listen(stream, probe);
-    return at.seq === 0 && !probe.events.some((e) => e.kind === "header") ? undefined : at.seq;
-  } finally {
-    hub.hangup(stream, probe);
-  }
+  return (await hub.stat(stream))?.seq;
 }
 
 /**
