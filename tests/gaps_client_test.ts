@@ -9,7 +9,7 @@ import { assertEquals, assertRejects } from "@std/assert";
 import { Inbox } from "../mod.ts";
 import { RemoteStream } from "../client.ts";
 import { serve } from "../server.ts";
-import { collect } from "./_helpers.ts";
+import { collect } from "./_recorder.ts";
 
 /** Rejects with a message when `p` does not settle within `ms`. */
 function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
