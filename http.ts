@@ -44,7 +44,7 @@
  */
 
 import { concat } from "@std/bytes/concat";
-import type { Listener, MessageStream, Position } from "./mod.ts";
+import type { MessageStream, Position } from "./mod.ts";
 import type { ErrorCode } from "./protocol.ts";
 import { Auth, forbidden, type Grant, type Right, type Token } from "./auth.ts";
 import { Metrics, prometheus } from "./metrics.ts";
@@ -440,14 +440,14 @@ class HttpDoor {
     if ((req.headers.get("accept") ?? "").includes("text/event-stream")) {
       return this.#serveSse(req, url, name);
     }
-    const info = this.hub.info(name);
-    if (!info) throw new HttpError(404, "not_found", `No stream "${name}"`);
+    const stat = await this.hub.stat(name);
+    if (!stat) throw new HttpError(404, "not_found", `No stream "${name}"`);
     return json(200, {
       name,
-      listeners: info.listeners,
-      seq: info.seq,
-      epoch: info.epoch,
-      hasHeader: info.hasHeader,
+      listeners: stat.listeners,
+      seq: stat.seq,
+      epoch: stat.epoch,
+      hasHeader: stat.header !== null,
     });
   }
 
@@ -466,18 +466,7 @@ class HttpDoor {
       return new Response(null, { status: 204 });
     }
     this.#permit(grant, "subscribe", name);
-    // The hub hands the header to a joining listener: join and leave at once.
-    let header: unknown = null;
-    const probe: Listener = {
-      put(ev) {
-        if (ev.kind === "header") header = ev.message;
-      },
-    };
-    try {
-      await this.hub.listen(name, probe);
-    } finally {
-      this.hub.hangup(name, probe);
-    }
+    const header = (await this.hub.stat(name))?.header ?? null;
     if (header === null) throw new HttpError(404, "not_found", `Stream "${name}" has no header`);
     return new Response(this.hub.codec.encode(header), {
       headers: { "content-type": JSON_TYPE },

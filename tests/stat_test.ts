@@ -11,6 +11,7 @@ import { serve, type ServeOptions } from "../server.ts";
 import { connectRaw, type Frame, type RawClient } from "./_raw_client.ts";
 import { Recorder } from "./_recorder.ts";
 import { hasRedis, RedisProcess } from "./_redis.ts";
+import { request, startHttp } from "./_http.ts";
 
 /** Sends a request with an id and returns the answer with that id. */
 async function ask(raw: RawClient, frame: Frame): Promise<Frame> {
@@ -94,3 +95,29 @@ Deno.test("stat needs the subscribe right on a server with tokens", async () => 
   assertEquals([refused.action, refused.code, refused.stream], ["error", "forbidden", "private"]);
   assertEquals((await ask(raw, { action: "stat", stream: "public", id: 4 })).stat, null);
 });
+
+both(
+  "REST GET /streams/{name} and its header read the state; a deleted stream stays deleted",
+  async (options) => {
+    await using server = serve({ port: 0, logLevel: "silent", ...options });
+    const [http, base] = startHttp(server.hub);
+    await using _http = http;
+    await server.hub.header("job", { s: 1 });
+    const at = await server.hub.put("job", 1);
+    const res = await request(`${base}/streams/job`);
+    assertEquals(await res.json(), {
+      name: "job",
+      listeners: 0,
+      seq: 1,
+      epoch: at.epoch,
+      hasHeader: true,
+    });
+    assertEquals(await (await request(`${base}/streams/job/header`)).json(), { s: 1 });
+    await server.hub.delete("job");
+    for (const path of ["/streams/job", "/streams/job/header", "/streams/job"]) {
+      const gone = await request(base + path);
+      assertEquals([gone.status, (await gone.json()).code], [404, "not_found"], path);
+    }
+    assertEquals(await server.hub.stat("job"), undefined, "asking did not recreate it");
+  },
+);
