@@ -25,6 +25,7 @@ import {
 import { serve } from "../server.ts";
 import { connectRaw, type Frame, type RawClient } from "./_raw_client.ts";
 import { collect } from "./_recorder.ts";
+import { deadline } from "./_wait.ts";
 
 const ALICE: Token = {
   name: "alice-publisher",
@@ -263,22 +264,32 @@ async function startCli(args: string[]): Promise<Cli> {
   ).getReader();
   const out: string[] = [];
   let port = 0;
-  while (!port) {
-    const r = await lines.read();
-    if (r.done) {
-      const status = await child.status;
-      throw new Error(`Server exited with ${status.code}: ${out.join("\n")}\n${await stderr}`);
-    }
-    out.push(r.value);
-    const m = r.value.match(/listening on tcp:\/\/[^\s]+:(\d+)/);
-    if (m) port = Number(m[1]);
-  }
+  await deadline(
+    (async () => {
+      while (!port) {
+        const r = await lines.read();
+        if (r.done) {
+          const status = await child.status;
+          throw new Error(`Server exited with ${status.code}: ${out.join("\n")}\n${await stderr}`);
+        }
+        out.push(r.value);
+        const m = r.value.match(/listening on tcp:\/\/[^\s]+:(\d+)/);
+        if (m) port = Number(m[1]);
+      }
+    })(),
+    () => `the CLI server's "listening on" line (stdout: ${out.join(" | ")})`,
+  );
   return {
     port,
     async stop() {
       child.kill("SIGTERM");
-      for (let r = await lines.read(); !r.done; r = await lines.read()) out.push(r.value);
-      const status = await child.status;
+      await deadline(
+        (async () => {
+          for (let r = await lines.read(); !r.done; r = await lines.read()) out.push(r.value);
+        })(),
+        "the CLI server to exit after SIGTERM",
+      );
+      const status = await deadline(child.status, "the CLI server's exit status");
       return { code: status.code, stdout: out.join("\n"), stderr: await stderr };
     },
   };
