@@ -19,6 +19,7 @@ import { RemoteStream } from "../client.ts";
 import { putFlood, seqOf } from "./_hub.ts";
 import { connectRaw, type Frame } from "./_raw_client.ts";
 import { Recorder } from "./_recorder.ts";
+import { deadline } from "./_wait.ts";
 import { addressOf, engineOptions } from "./_server.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname;
@@ -420,12 +421,15 @@ function spawnServer(args: string[]): Spawned {
 async function runServer(
   args: string[],
 ): Promise<{ code: number; stdout: string; stderr: string }> {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-N", "server.ts", ...args],
-    cwd: ROOT,
-    env: { NO_COLOR: "1" },
-    stdin: "null",
-  }).output();
+  const out = await deadline(
+    new Deno.Command(Deno.execPath(), {
+      args: ["run", "-N", "server.ts", ...args],
+      cwd: ROOT,
+      env: { NO_COLOR: "1" },
+      stdin: "null",
+    }).output(),
+    `server.ts ${args.join(" ")} to exit`,
+  );
   const text = new TextDecoder();
   return { code: out.code, stdout: text.decode(out.stdout), stderr: text.decode(out.stderr) };
 }
@@ -434,7 +438,7 @@ Deno.test("server.ts prints its address, serves with -N alone, and exits 0 on SI
   const { child, lines, stderr } = spawnServer(["--port", "0", "--log-level", "warn"]);
   let raw: Awaited<ReturnType<typeof connectRaw>> | undefined;
   try {
-    const first = await lines.read();
+    const first = await deadline(lines.read(), "the server's first stdout line");
     assertMatch(first.value ?? "", /^msgstream listening on tcp:\/\/127\.0\.0\.1:\d+$/);
     const port = Number((first.value ?? "").split(":").at(-1));
     raw = await connectRaw(port);
@@ -445,9 +449,9 @@ Deno.test("server.ts prints its address, serves with -N alone, and exits 0 on SI
     assertEquals((await raw.next()).action, "ok");
     child.kill("SIGTERM");
     assertEquals(await raw.rest(), [{ action: "close", stream: null }]);
-    const status = await child.status;
+    const status = await deadline(child.status, "the server to exit after SIGTERM");
     assertEquals(status.code, 0);
-    assertEquals((await lines.read()).done, true);
+    assertEquals((await deadline(lines.read(), "the end of the server's stdout")).done, true);
     assertEquals(await stderr, "");
   } finally {
     await raw?.close();
