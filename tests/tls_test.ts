@@ -10,6 +10,7 @@ import { ProtocolError, RemoteStream } from "../client.ts";
 import { Inbox } from "../mod.ts";
 import { serve } from "../server.ts";
 import { connectRaw } from "./_raw_client.ts";
+import { deadline } from "./_wait.ts";
 import { collect } from "./_recorder.ts";
 
 function hasOpenssl(): boolean {
@@ -238,7 +239,7 @@ Deno.test({
         new TextLineStream(),
       ).getReader();
       try {
-        const first = await lines.read();
+        const first = await deadline(lines.read(), "the TLS server's first stdout line");
         const m = first.value?.match(/listening on tls:\/\/[^\s]+:(\d+)/);
         assert(m, `unexpected first line: ${first.value}`);
         const port = Number(m[1]);
@@ -247,8 +248,13 @@ Deno.test({
         await roundTrip(port, pem.cert);
       } finally {
         child.kill("SIGTERM");
-        while (!(await lines.read()).done) { /* drain */ }
-        const status = await child.status;
+        await deadline(
+          (async () => {
+            while (!(await lines.read()).done) { /* drain */ }
+          })(),
+          "the TLS server to exit after SIGTERM",
+        );
+        const status = await deadline(child.status, "the TLS server's exit status");
         const err = await stderr;
         assertEquals(status.code, 0, err);
         assert(!err.includes("PRIVATE KEY"), "the server logged its key");
