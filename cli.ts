@@ -105,7 +105,8 @@ ${COMMON}`,
 
 Sets STREAM's header (the status snapshot each listener gets first) to MESSAGE, parsed as JSON
 like put's (text that is not JSON is sent as a string). With --clear, clears it. With neither,
-prints the current header as one JSON line ("message" is null when none is set).
+prints the current header as one JSON line ("message" is null when none is set, "epoch" null
+when there is no such stream; asking never creates it).
 
 Options:
   --clear              clear the header
@@ -122,8 +123,8 @@ ${COMMON}`,
 The wire protocol carries no server-wide counters (the server's HTTP door has them, at
 GET /metrics), so this prints what a client can learn:
 one JSON line about the connection ({"server","tls","token","version","connectMs"}), then one per
-STREAM with its position and header ({"stream","epoch","seq","header"}), learnt by listening
-and hanging up at once.
+STREAM with its position and header ({"stream","epoch","seq","header"}), read without listening
+and without creating the stream ("epoch" is null when there is no such stream).
 
 ${COMMON}`,
 };
@@ -447,21 +448,16 @@ async function header(argv: string[]): Promise<number> {
   }
 }
 
-/** Learns a stream's position and header by listening and hanging up at once. */
+/**
+ * Reads a stream's position and header with `stat`: nothing is joined or created. A stream that
+ * does not exist reads as seq 0, epoch `null`, no header.
+ */
 async function peek(
   remote: RemoteStream,
   stream: string,
-): Promise<{ position: Position; header: unknown }> {
-  let header: unknown;
-  const queue = {
-    put(ev: StreamEvent) {
-      if (ev.kind === "header") header = ev.message;
-    },
-  };
-  // The server sends the header before it answers the listen.
-  const position = await remote.listen(stream, queue);
-  remote.hangup(stream, queue);
-  return { position, header };
+): Promise<{ position: { epoch: string | null; seq: number }; header: unknown }> {
+  const stat = await remote.stat(stream);
+  return { position: { epoch: stat?.epoch ?? null, seq: stat?.seq ?? 0 }, header: stat?.header };
 }
 
 async function del(argv: string[]): Promise<number> {

@@ -121,3 +121,36 @@ both(
     assertEquals(await server.hub.stat("job"), undefined, "asking did not recreate it");
   },
 );
+
+/** Runs the command line against a server; returns its JSON output lines. */
+async function cli(port: number, ...args: string[]): Promise<Record<string, unknown>[]> {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-N", "cli.ts", ...args, "--server", `127.0.0.1:${port}`],
+    cwd: new URL("..", import.meta.url).pathname,
+    env: { NO_COLOR: "1" },
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const text = new TextDecoder().decode(out.stdout);
+  assertEquals(out.code, 0, new TextDecoder().decode(out.stderr));
+  return text.trim().split("\n").map((l) => JSON.parse(l));
+}
+
+both("msgstream header and stats read a deleted stream without recreating it", async (options) => {
+  await using server = serve({ port: 0, logLevel: "silent", ...options });
+  const port = server.addr.port;
+  await server.hub.header("job", "h");
+  const at = await server.hub.put("job", 1);
+  assertEquals(await cli(port, "header", "job"), [
+    { stream: "job", kind: "header", seq: 1, epoch: at.epoch, message: "h" },
+  ]);
+  await server.hub.delete("job");
+  assertEquals(await cli(port, "header", "job"), [
+    { stream: "job", kind: "header", seq: 0, epoch: null, message: null },
+  ]);
+  assertEquals((await cli(port, "stats", "job")).slice(1), [
+    { stream: "job", epoch: null, seq: 0, header: null },
+  ]);
+  assertEquals(await server.hub.stat("job"), undefined, "asking did not recreate it");
+});
