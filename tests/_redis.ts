@@ -5,6 +5,8 @@
  * @module
  */
 
+import { deadline } from "./_wait.ts";
+
 /** Whether `redis-server` can be run here; tests that need it are ignored (loudly) without. */
 export const hasRedis: boolean = (() => {
   try {
@@ -95,7 +97,12 @@ export class RedisProcess implements AsyncDisposable {
       }
       if (!done) ready.reject(new Error(`redis-server did not start:\n${text}`));
     })();
-    await ready.promise;
+    try {
+      await deadline(ready.promise, `redis-server on port ${this.port} to accept connections`);
+    } catch (e) {
+      await this.stop();
+      throw e;
+    }
   }
 
   /**

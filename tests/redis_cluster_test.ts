@@ -10,6 +10,7 @@ import { ProtocolError } from "../protocol.ts";
 import { Recorder } from "./_recorder.ts";
 import { TcpProxy } from "./_proxy.ts";
 import { hasRedis, RedisProcess } from "./_redis.ts";
+import { deadline } from "./_wait.ts";
 
 const serverPath = new URL("../server.ts", import.meta.url).pathname;
 
@@ -61,7 +62,16 @@ class Node implements AsyncDisposable {
       }
       if (!found) listening.reject(new Error(`Node did not start:\n${text}`));
     })();
-    return new Node(child, await listening.promise, output);
+    let port: number;
+    try {
+      port = await deadline(listening.promise, "a cluster node's listening line");
+    } catch (e) {
+      child.kill("SIGKILL");
+      await child.status;
+      await output;
+      throw e;
+    }
+    return new Node(child, port, output);
   }
 
   get address(): string {
@@ -81,8 +91,9 @@ class Node implements AsyncDisposable {
     try {
       this.child.kill("SIGTERM");
     } catch { /* exited */ }
-    await this.child.status;
-    await this.#output;
+    // A node stuck in its shutdown is killed: the test reports its own failure, not a hang.
+    await deadline(this.child.status, "a cluster node to exit after SIGTERM").catch(() => {});
+    await this.kill();
   }
 }
 
