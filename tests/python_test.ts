@@ -378,57 +378,63 @@ Deno.test({
     await using server = serve({ port: 0, logLevel: "silent" });
     const hub = server.hub;
     const env = { MSGSTREAM_SERVER: `127.0.0.1:${server.addr.port}` };
-    let n = 0;
-    for (const c of CASES) {
-      await t.step(c.args.join(" ") || "(no arguments)", async () => {
-        n++;
-        const streams = { cli: `cli-${n}`, py: `py-${n}` };
-        const recorders = { cli: new Recorder(streams.cli), py: new Recorder(streams.py) };
-        for (const who of ["cli", "py"] as const) {
-          await hub.listen(streams[who], recorders[who]);
-          await c.setup?.(hub, streams[who]);
-        }
-        const argsOf = (stream: string) => {
-          const epoch = hub.info(stream)?.epoch ?? "";
-          return c.args.map((a) => a === "S" ? stream : a.replace(/^E:/, `${epoch}:`));
-        };
-        const [byCli, byPy] = await Promise.all([
-          runCli(argsOf(streams.cli), env, c.stdin),
-          runPython(argsOf(streams.py), env, c.stdin),
-        ]);
-        // Every put the clients made is delivered before the test's own last one.
-        const seen = async (who: "cli" | "py") => {
-          await hub.put(streams[who], MARK);
-          const rec = recorders[who];
-          await rec.until(() => rec.events.some((e) => e.message === MARK || e.kind === "end"));
-          return rec.events.filter((e) => e.message !== MARK).map((
-            e,
-          ) => [e.kind, e.seq, e.message]);
-        };
-        const outcome = async (who: "cli" | "py", ran: Ran) => {
-          const stream = streams[who];
-          const epoch = hub.info(stream)?.epoch;
-          const printed = ran.stdout.startsWith("{")
-            ? lines(ran.stdout).map((l) => {
-              const o = l as Record<string, unknown>;
-              return {
-                ...o,
-                stream: o.stream === stream ? "S" : o.stream,
-                epoch: o.epoch === epoch ? "E" : o.epoch,
-              };
-            })
-            : ran.stdout === ""
-            ? []
-            : ["<not JSON lines>"];
-          return { code: ran.code, printed, events: await seen(who) };
-        };
-        const cliOutcome = await outcome("cli", byCli);
-        const pyOutcome = await outcome("py", byPy);
-        assertEquals(
-          pyOutcome,
-          cliOutcome,
-          `cli stderr: ${byCli.stderr}\npython stderr: ${byPy.stderr}`,
-        );
+    // Each case uses its own two streams, so cases run a few at a time; each is a step.
+    const compare = async (c: Case, n: number) => {
+      const streams = { cli: `cli-${n}`, py: `py-${n}` };
+      const recorders = { cli: new Recorder(streams.cli), py: new Recorder(streams.py) };
+      for (const who of ["cli", "py"] as const) {
+        await hub.listen(streams[who], recorders[who]);
+        await c.setup?.(hub, streams[who]);
+      }
+      const argsOf = (stream: string) => {
+        const epoch = hub.info(stream)?.epoch ?? "";
+        return c.args.map((a) => a === "S" ? stream : a.replace(/^E:/, `${epoch}:`));
+      };
+      const [byCli, byPy] = await Promise.all([
+        runCli(argsOf(streams.cli), env, c.stdin),
+        runPython(argsOf(streams.py), env, c.stdin),
+      ]);
+      // Every put the clients made is delivered before the test's own last one.
+      const seen = async (who: "cli" | "py") => {
+        await hub.put(streams[who], MARK);
+        const rec = recorders[who];
+        await rec.until(() => rec.events.some((e) => e.message === MARK || e.kind === "end"));
+        return rec.events.filter((e) => e.message !== MARK).map((e) => [e.kind, e.seq, e.message]);
+      };
+      const outcome = async (who: "cli" | "py", ran: Ran) => {
+        const stream = streams[who];
+        const epoch = hub.info(stream)?.epoch;
+        const printed = ran.stdout.startsWith("{")
+          ? lines(ran.stdout).map((l) => {
+            const o = l as Record<string, unknown>;
+            return {
+              ...o,
+              stream: o.stream === stream ? "S" : o.stream,
+              epoch: o.epoch === epoch ? "E" : o.epoch,
+            };
+          })
+          : ran.stdout === ""
+          ? []
+          : ["<not JSON lines>"];
+        return { code: ran.code, printed, events: await seen(who) };
+      };
+      return {
+        cli: await outcome("cli", byCli),
+        py: await outcome("py", byPy),
+        stderr: `cli stderr: ${byCli.stderr}\npython stderr: ${byPy.stderr}`,
+      };
+    };
+    const results: Awaited<ReturnType<typeof compare>>[] = [];
+    const BATCH = 3;
+    for (let i = 0; i < CASES.length; i += BATCH) {
+      results.push(
+        ...await Promise.all(CASES.slice(i, i + BATCH).map((c, j) => compare(c, i + j))),
+      );
+    }
+    for (const [i, c] of CASES.entries()) {
+      await t.step(c.args.join(" ") || "(no arguments)", () => {
+        const r = results[i]!;
+        assertEquals(r.py, r.cli, r.stderr);
       });
     }
   },
