@@ -14,6 +14,7 @@ import { RemoteStream, type Status } from "../client.ts";
 import { ProtocolError } from "../protocol.ts";
 import { serve } from "../server.ts";
 import { connectRaw, type Frame } from "./_raw_client.ts";
+import { deadline } from "./_wait.ts";
 
 Deno.test("A ping is answered with a pong echoing its id", async (t) => {
   await using server = serve({ port: 0 });
@@ -211,10 +212,15 @@ Deno.test("RemoteStream reconnects when a connected server stops answering pings
       reconnectJitter: 0,
     });
     const seen: Status[] = [];
-    for await (const s of remote.status()) {
-      seen.push(s);
-      if (s.type === "connected") break;
-    }
+    await deadline(
+      (async () => {
+        for await (const s of remote.status()) {
+          seen.push(s);
+          if (s.type === "connected") break;
+        }
+      })(),
+      () => `status "connected" after the stall (seen: ${seen.map((s) => s.type)})`,
+    );
     assertEquals(seen.map((s) => s.type), [
       "disconnected",
       "reconnecting",
@@ -225,7 +231,7 @@ Deno.test("RemoteStream reconnects when a connected server stops answering pings
     assertInstanceOf(error, ProtocolError);
     assertEquals(error.code, "not_connected");
     await remote.close();
-    assertEquals(await remote.closed(), undefined);
+    assertEquals(await deadline(remote.closed(), "the client to close"), undefined);
   } finally {
     await stalling.close();
   }
