@@ -22,6 +22,7 @@
  */
 
 import { ownEvent } from "./frame.ts";
+import { intOption } from "./options.ts";
 import type { Detachable, Listener, StreamEvent } from "./types.ts";
 
 /**
@@ -119,8 +120,8 @@ export class Inbox<H = unknown, M = unknown> extends ReadableStream<StreamEvent<
     const state: InboxState<H, M> = {
       buffer: new Deque<StreamEvent<H, M>>(),
       bytes: 0,
-      maxEvents: positiveInt("maxEvents", options?.maxEvents, 10_000, 1),
-      maxBytes: positiveInt("maxBytes", options?.maxBytes, 16 << 20, 1),
+      maxEvents: intOption("maxEvents", options?.maxEvents, 10_000, 1),
+      maxBytes: intOption("maxBytes", options?.maxBytes, 16 << 20, 1),
       controller: undefined,
       waiting: false,
       closed: false,
@@ -279,17 +280,4 @@ class Deque<T> {
     this.#items = [];
     this.#head = 0;
   }
-}
-
-function positiveInt(
-  name: string,
-  value: number | undefined,
-  fallback: number,
-  min: number,
-): number {
-  const v = value ?? fallback;
-  if (!Number.isSafeInteger(v) || v < min) {
-    throw new RangeError(`Option "${name}" must be an integer of at least ${min}, got ${v}`);
-  }
-  return v;
 }

@@ -40,6 +40,7 @@
 import { type Codec, defaultCodec } from "./codec.ts";
 import { type Core, MemoryCore, registerSync } from "./core.ts";
 import { type Engine, EngineCore } from "./engine.ts";
+import { intOption } from "./options.ts";
 import type { DurableStore } from "./store.ts";
 import type {
   HubStats,
@@ -127,14 +128,6 @@ export interface MessageStreamOptions {
   store?: DurableStore;
 }
 
-function positiveInt(name: string, value: number | undefined, fallback: number, min = 0): number {
-  const v = value ?? fallback;
-  if (!Number.isSafeInteger(v) || v < min) {
-    throw new RangeError(`Option "${name}" must be an integer of at least ${min}, got ${v}`);
-  }
-  return v;
-}
-
 /**
  * The in-process hub: streams keyed by name, each with a header, a bounded history and its
  * listeners. Delivery is synchronous: when `put` returns, every listener's `put` has been
@@ -176,11 +169,11 @@ export class MessageStream implements Streamer {
   constructor(options?: MessageStreamOptions) {
     this.codec = options?.codec ?? defaultCodec;
     const limits = {
-      historyMessages: positiveInt("historyMessages", options?.historyMessages, 1000),
-      historyBytes: positiveInt("historyBytes", options?.historyBytes, 1 << 20),
-      maxHistoryBytes: positiveInt("maxHistoryBytes", options?.maxHistoryBytes, 64 << 20),
+      historyMessages: intOption("historyMessages", options?.historyMessages, 1000, 0),
+      historyBytes: intOption("historyBytes", options?.historyBytes, 1 << 20, 0),
+      maxHistoryBytes: intOption("maxHistoryBytes", options?.maxHistoryBytes, 64 << 20, 0),
     };
-    this.#maxName = positiveInt("maxStreamNameLength", options?.maxStreamNameLength, 256, 1);
+    this.#maxName = intOption("maxStreamNameLength", options?.maxStreamNameLength, 256, 1);
     this.#engine = options?.engine;
     if (this.#engine) {
       this.#core = new EngineCore(this.codec, this.#maxName, this, this.#engine);

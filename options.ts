@@ -16,7 +16,7 @@
  * @module
  */
 
-import type { Position } from "./mod.ts";
+import type { Position } from "./types.ts";
 
 /** The TCP port a server listens on, and a client connects to, unless told otherwise. */
 export const DEFAULT_PORT = 51932;

@@ -40,6 +40,7 @@ import {
   type JoinProbe,
   joinProbes,
 } from "./engine.ts";
+import { intOption } from "./options.ts";
 import type { Position, ResetReason } from "./types.ts";
 
 /** Options for {@linkcode RedisEngine}. */
@@ -186,14 +187,6 @@ function unavailable(e: unknown): EngineUnavailableError {
   return new EngineUnavailableError(`Cannot reach Redis: ${message}`, { cause: e });
 }
 
-function nonNegative(name: string, value: number | undefined, fallback: number): number {
-  const v = value ?? fallback;
-  if (!Number.isSafeInteger(v) || v < 0) {
-    throw new RangeError(`Option "${name}" must be a non-negative integer, got ${v}`);
-  }
-  return v;
-}
-
 /**
  * The Redis engine: give it to a hub (`new MessageStream({ engine })`) or start a server with
  * `serve({ redis: url })` / `--redis URL`, and every node sharing the Redis (and prefix) serves
@@ -245,8 +238,8 @@ export class RedisEngine implements Engine {
   constructor(options?: RedisEngineOptions) {
     this.#url = options?.url ?? "redis://127.0.0.1:6379";
     this.#prefix = options?.prefix ?? "msgstream:";
-    this.#historyMessages = nonNegative("historyMessages", options?.historyMessages, 1000);
-    this.#connectTimeout = nonNegative("connectTimeout", options?.connectTimeout, 10_000);
+    this.#historyMessages = intOption("historyMessages", options?.historyMessages, 1000, 0);
+    this.#connectTimeout = intOption("connectTimeout", options?.connectTimeout, 10_000, 0);
   }
 
   /**
