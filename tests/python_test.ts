@@ -244,7 +244,7 @@ Deno.test({
     const r = await runPython(["--server", at, "header", "nosuch"]);
     assertEquals(r.code, 0, r.stderr);
     assertEquals(lines(r.stdout), [
-      { stream: "nosuch", kind: "header", seq: 0, epoch: "", message: null },
+      { stream: "nosuch", kind: "header", seq: 0, epoch: null, message: null },
     ]);
     assertEquals(server.hub.info("nosuch"), undefined);
   },
@@ -330,6 +330,7 @@ const CASES: Case[] = [
   { args: ["header", "S"], setup: setHeader },
   { args: ["header", "S"] },
   { args: ["header", "S", "--clear"], setup: setHeader },
+  { args: ["header", "never-used"] },
   { args: ["delete", "S"], setup: setHeader },
   { args: ["listen", "S", "--since", "E:1", "--count", "2"], setup: putThree },
   { args: ["listen", "S", "--since", "E:0", "--timeout", "300"], setup: putThree },

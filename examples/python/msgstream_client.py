@@ -678,8 +678,8 @@ def _run(command, words, options):
             elif message is not None:
                 client.header(stream, _message(message, raw))
             else:
-                # A stream that does not exist has no header, at position 0.
-                st = client.stat(stream) or {"seq": 0, "epoch": "", "header": None}
+                # A stream that does not exist: seq 0, epoch null, no header.
+                st = client.stat(stream) or {"seq": 0, "epoch": None, "header": None}
                 _print_json({"stream": stream, "kind": "header", "seq": st["seq"],
                              "epoch": st["epoch"], "message": st["header"]})
         elif command == "delete":
