@@ -1,4 +1,5 @@
 #!/usr/bin/env -S deno run -N
+// deno-lint-ignore-file no-console -- the command line's output is its interface
 /**
  * The `msgstream` command line: `serve` runs the server (the same options as `server.ts`), and
  * `listen`, `put`, `header`, `delete` and `stats` talk to a running server through
@@ -27,12 +28,15 @@
  */
 
 import { parseArgs } from "@std/cli/parse-args";
+import { parseTokenSpec } from "./auth.ts";
 import { LineError, readLines } from "./framer.ts";
 import { ProtocolError, RemoteStream, type RemoteStreamOptions } from "./client.ts";
 import { Inbox, type Position, type StreamEvent } from "./mod.ts";
+import { DEFAULT_PORT, env, intFlag, parseHostPort, parsePosition, UsageError } from "./options.ts";
+import { main as serve } from "./server.ts";
 import denoJson from "./deno.json" with { type: "json" };
 
-const DEFAULT_SERVER = "127.0.0.1:51932";
+const DEFAULT_SERVER = `127.0.0.1:${DEFAULT_PORT}`;
 /** Puts sent but not yet confirmed when streaming stdin; bounds memory, keeps the pipe full. */
 const MAX_IN_FLIGHT = 1000;
 
@@ -129,31 +133,15 @@ and without creating the stream ("epoch" is null when there is no such stream).
 ${COMMON}`,
 };
 
-class UsageError extends Error {}
-
 /** A failure to reach or be accepted by the server: exit code 2. */
 class ConnectionError extends Error {}
 
 function print(line: string): void {
-  // deno-lint-ignore no-console
   console.log(line);
 }
 
 function printError(message: string): void {
-  // deno-lint-ignore no-console
   console.error(`msgstream: ${message.replace(/\s*\n\s*/g, " ")}`);
-}
-
-/** Reads an environment variable only where permission was granted; never prompts. */
-function env(name: string): string | undefined {
-  try {
-    if (Deno.permissions.querySync({ name: "env", variable: name }).state !== "granted") {
-      return undefined;
-    }
-    return Deno.env.get(name) || undefined;
-  } catch {
-    return undefined;
-  }
 }
 
 /** Parses a message given on the command line or stdin: JSON, else the text as a string. */
@@ -166,28 +154,21 @@ function parseMessage(text: string, raw: boolean): unknown {
   }
 }
 
-function intFlag(value: unknown, name: string, min: number): number | undefined {
-  if (value === undefined) return undefined;
-  const n = Number(value);
-  if (typeof value !== "string" || value.trim() === "" || !Number.isSafeInteger(n) || n < min) {
-    throw new UsageError(`--${name} must be an integer of at least ${min}, got "${value}"`);
-  }
-  return n;
-}
-
 function parseSince(value: string): Position {
-  const i = value.lastIndexOf(":");
-  const seq = Number(value.slice(i + 1));
-  if (i <= 0 || value.slice(i + 1) === "" || !Number.isSafeInteger(seq) || seq < 0) {
+  const since = parsePosition(value);
+  if (!since) {
     throw new UsageError(`--since must be EPOCH:SEQ (e.g. "a1b2c3d4e50:17"), got "${value}"`);
   }
-  return { epoch: value.slice(0, i), seq };
+  return since;
 }
 
 /** The token's secret: `NAME:SECRET` (the server's `--token` form) sends SECRET. */
 function secretOf(token: string): string {
-  const i = token.indexOf(":");
-  return i > 0 && i < token.length - 1 ? token.slice(i + 1) : token;
+  try {
+    return parseTokenSpec(token).secret;
+  } catch {
+    return token;
+  }
 }
 
 type Args = ReturnType<typeof parseArgs>;
@@ -225,15 +206,10 @@ async function connect(
   budget: ReconnectBudget = ONE_SHOT,
 ): Promise<{ remote: RemoteStream; address: string }> {
   const address: string = args.server ?? env("MSGSTREAM_SERVER") ?? DEFAULT_SERVER;
-  const i = address.lastIndexOf(":");
-  const port = Number(address.slice(i + 1));
-  const hostname = address.slice(0, i).replace(/^\[(.*)\]$/, "$1");
-  if (i <= 0 || !hostname || !Number.isInteger(port) || port < 1 || port > 65535) {
-    throw new UsageError(`--server must be HOST:PORT, got "${address}"`);
-  }
+  const at = parseHostPort(address);
+  if (!at) throw new UsageError(`--server must be HOST:PORT, got "${address}"`);
   const options: RemoteStreamOptions = {
-    hostname,
-    port,
+    ...at,
     // A refused first connection exits at once; a lost one is retried within the budget.
     maxReconnectAttempts: budget.attempts,
     reconnectTimeWait: budget.wait,
@@ -541,15 +517,13 @@ function codeOf(e: ProtocolError): number {
  */
 export async function main(argv: string[] = Deno.args): Promise<number> {
   const [command, ...rest] = argv;
-  if (command === "serve") {
-    const server = await import("./server.ts");
-    return await server.main(rest);
-  }
+  if (command === "serve") return await serve(rest);
   if (command === "-V" || command === "--version") {
     print(`msgstream ${denoJson.version}`);
     return 0;
   }
   if (command === "-h" || command === "--help" || command === "help") {
+    if (rest[0] === "serve") return await serve(["--help"]);
     print(rest[0] && HELP[rest[0]] ? HELP[rest[0]] as string : USAGE);
     return 0;
   }
@@ -558,7 +532,6 @@ export async function main(argv: string[] = Deno.args): Promise<number> {
     printError(
       command === undefined ? "no command given" : `unknown command "${command}"`,
     );
-    // deno-lint-ignore no-console
     console.error(`\n${USAGE}`);
     return 1;
   }
@@ -567,7 +540,6 @@ export async function main(argv: string[] = Deno.args): Promise<number> {
   } catch (e) {
     if (e instanceof UsageError) {
       printError(e.message);
-      // deno-lint-ignore no-console
       console.error(`Run "msgstream ${command} --help" for usage.`);
       return 1;
     }

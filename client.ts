@@ -642,12 +642,6 @@ export class RemoteStream implements Streamer, AsyncDisposable {
     return promise;
   }
 
-  /** Sends a frame that needs no answer. */
-  #fire(frame: Record<string, unknown>): void {
-    if (!this.#conn) return; // on reconnect, only followed streams are listened to again
-    this.#send(encoder.encode(this.#opts.codec.encode(frame) + "\n"));
-  }
-
   #send(bytes: Uint8Array): void {
     this.#outbox.push(bytes);
     this.#outboxBytes += bytes.byteLength;
@@ -886,9 +880,3 @@ export class RemoteStream implements Streamer, AsyncDisposable {
 
 /** A connection-bound request ended with its connection; the reconnect redoes it. */
 class LostConnection extends Error {}
-
-if (import.meta.main) {
-  // `deno run -N client.ts listen job42`: the client commands of the `msgstream` command line.
-  // No top-level await here: cli.ts imports this module, which must finish evaluating first.
-  import("./cli.ts").then(({ main }) => main(Deno.args)).then((code) => Deno.exit(code));
-}

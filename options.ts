@@ -1,7 +1,7 @@
 /**
  * What the doors and the command line read from their users, checked one way everywhere:
  * integer options and flags, `epoch:seq` positions, `host:port` addresses, the default ports,
- * environment variables, and the wait bounded by `shutdownTimeout`.
+ * log levels, environment variables, and the wait bounded by `shutdownTimeout`.
  *
  * @example Check an option and parse a position
  * ```ts
@@ -23,6 +23,32 @@ export const DEFAULT_PORT = 51932;
 
 /** The HTTP door's port when served on its own (`serveHttp`) and not told otherwise. */
 export const DEFAULT_HTTP_PORT = 51933;
+
+/** Log levels, from most to least verbose. */
+export type LogLevel = "debug" | "info" | "warn" | "error" | "silent";
+
+/** Every log level, from most to least verbose. */
+export const LOG_LEVELS: readonly LogLevel[] = ["debug", "info", "warn", "error", "silent"];
+
+/**
+ * The default most connections open at once per door: 15,000, or the descriptor limit minus a
+ * tenth (at least 64 kept free) when that is lower and `/proc/self/limits` may be read.
+ *
+ * @returns The default `maxConnections`.
+ */
+export function defaultMaxConnections(): number {
+  const fallback = 15_000;
+  try {
+    const path = "/proc/self/limits";
+    if (Deno.permissions.querySync({ name: "read", path }).state !== "granted") return fallback;
+    const m = /Max open files\s+(\d+)/.exec(Deno.readTextFileSync(path));
+    if (!m) return fallback;
+    const soft = Number(m[1]);
+    return Math.max(1, Math.min(fallback, soft - Math.max(64, Math.ceil(soft / 10))));
+  } catch {
+    return fallback;
+  }
+}
 
 /**
  * Checks an integer option of an API call, or takes its default.

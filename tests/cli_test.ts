@@ -1,5 +1,6 @@
-// The msgstream command line (cli.ts, and client.ts run as a program), through real processes
-// against a real server in this test.
+// The msgstream command line (cli.ts), through real processes against a real server in this
+// test. (client.ts no longer runs the client commands as a program: it imports no CLI, see
+// layout_test.ts.)
 import { assert, assertEquals, assertMatch, assertStringIncludes } from "@std/assert";
 import { TextLineStream } from "@std/streams/text-line-stream";
 import { Inbox, type Listener, type StreamEvent } from "../mod.ts";
@@ -13,8 +14,6 @@ interface RunOptions {
   env?: Record<string, string>;
   /** Permission flags beyond -N. */
   perms?: string[];
-  /** The program; cli.ts by default. */
-  program?: string;
 }
 
 interface Result {
@@ -25,7 +24,7 @@ interface Result {
 
 function command(args: string[], o: RunOptions = {}): Deno.Command {
   return new Deno.Command(Deno.execPath(), {
-    args: ["run", "-N", ...(o.perms ?? []), o.program ?? "cli.ts", ...args],
+    args: ["run", "-N", ...(o.perms ?? []), "cli.ts", ...args],
     cwd: ROOT,
     env: { NO_COLOR: "1", ...o.env },
     stdin: o.stdin === undefined ? "null" : "piped",
@@ -397,7 +396,7 @@ Deno.test("msgstream exits 1 with the reason for usage errors", async (t) => {
     [["frobnicate"], /unknown command "frobnicate"/],
     [["listen"], /listen needs at least one STREAM/],
     [["listen", "a", "--count", "0"], /--count must be an integer of at least 1, got "0"/],
-    [["listen", "a", "--timeout", "soon"], /--timeout must be an integer/],
+    [["listen", "a", "--timeout", "soon"], /--timeout must be a non-negative integer/],
     [["listen", "a", "--since", "nocolon"], /--since must be EPOCH:SEQ/],
     [["listen", "a", "b", "--since", "e:1"], /--since takes exactly one STREAM/],
     [["listen", "a", "--bogus"], /Unknown option "--bogus" for listen/],
@@ -476,20 +475,6 @@ Deno.test("msgstream serve usage errors exit 1", async () => {
   const r = await run(["serve", "--port", "nope"]);
   assertEquals(r.code, 1);
   assertStringIncludes(r.stderr, "--port must be a non-negative integer");
-});
-
-Deno.test("client.ts run as a program offers the client commands", async () => {
-  await using server = serve({ port: 0, logLevel: "silent" });
-  const at = `127.0.0.1:${server.addr.port}`;
-  const q = collector();
-  await server.hub.listen("c", q);
-  const r = await run(["put", "c", '{"via":"client.ts"}', "--server", at], {
-    program: "client.ts",
-  });
-  assertEquals(r.code, 0, r.stderr);
-  assertEquals(q.events.map((e) => e.message), [{ via: "client.ts" }]);
-  const bad = await run(["put"], { program: "client.ts" });
-  assertEquals(bad.code, 1);
 });
 
 async function tlsFiles(dir: string): Promise<boolean> {

@@ -9,8 +9,6 @@ import { BINARY_PERMISSIONS } from "./permissions.ts";
 const args = [
   "compile",
   ...BINARY_PERMISSIONS, // tools/permissions.ts says why each
-  "--include",
-  "server.ts", // `msgstream serve` imports it on demand
   "--output",
   "dist/msgstream",
   ...Deno.args,

@@ -1,0 +1,578 @@
+/**
+ * The TCP (and TLS) door: newline-delimited JSON frames, one {@linkcode Session} per
+ * connection. It accepts (one client's failure never stops it), reads each connection with a
+ * plain read loop through the {@linkcode LineFramer}, writes each connection's frames through a
+ * byte-bounded outbound queue (a connection over it is cut with `slow_consumer`), pings silent
+ * connections and closes dead ones. `server.ts` composes it with the hub, the HTTP door and the
+ * engine; it is not an entry of its own.
+ *
+ * @example Serve a hub over TCP
+ * ```ts
+ * import { TcpDoor } from "./tcp.ts";
+ * import { Metrics } from "./metrics.ts";
+ * import { MessageStream } from "./mod.ts";
+ * import { assertEquals } from "@std/assert";
+ *
+ * const door = new TcpDoor(new MessageStream(), { hostname: "127.0.0.1", port: 0, metrics: new Metrics() });
+ * assertEquals(door.addr.hostname, "127.0.0.1");
+ * await door.shutdown();
+ * ```
+ *
+ * @module
+ */
+
+import { concat } from "@std/bytes/concat";
+import type { Auth } from "./auth.ts";
+import { LineError, LineFramer } from "./framer.ts";
+import type { Metrics } from "./metrics.ts";
+import type { MessageStream } from "./mod.ts";
+import { defaultMaxConnections, intOption, type LogLevel, waitAtMost } from "./options.ts";
+import { Session, type Transport, unprompted } from "./protocol.ts";
+
+/** Writes one log line; the server decides what is shown. */
+export type Log = (level: LogLevel, message: string) => void;
+
+/** Options of a {@linkcode TcpDoor}. */
+export interface TcpOptions {
+  /** The address to listen on. */
+  hostname: string;
+  /** The port to listen on; 0 picks a free one (read it from `door.addr.port`). */
+  port: number;
+  /** The counters of every door. */
+  metrics: Metrics;
+  /** Required tokens; without, every client may do everything. */
+  auth?: Auth | undefined;
+  /** TLS certificate chain (PEM); with `key`, the door speaks TLS. */
+  cert?: string | undefined;
+  /** TLS private key (PEM). */
+  key?: string | undefined;
+  /**
+   * Longest request line in bytes, newline excluded.
+   *
+   * @default {1048576}
+   */
+  maxLineBytes?: number | undefined;
+  /**
+   * Most bytes waiting to be sent to one connection.
+   *
+   * @default {8388608}
+   */
+  maxOutboundBytes?: number | undefined;
+  /**
+   * How often, in milliseconds, a silent connection is sent a `ping` (0: never).
+   *
+   * @default {30000}
+   */
+  pingInterval?: number | undefined;
+  /**
+   * Milliseconds after which a connection that said `hello` or `ping` and then nothing is
+   * closed (0: never).
+   *
+   * @default {90000}
+   */
+  idleTimeout?: number | undefined;
+  /**
+   * Milliseconds a TLS client has to complete its handshake.
+   *
+   * @default {10000}
+   */
+  handshakeTimeout?: number | undefined;
+  /**
+   * With `auth`, milliseconds a connection has to complete `hello` before it is closed with
+   * `unauthorized`. Until then it may hold at most {@linkcode UNAUTHENTICATED_LINE_BYTES} of an
+   * unfinished line.
+   *
+   * @default {10000}
+   */
+  authTimeout?: number | undefined;
+  /**
+   * Most connections open at once; beyond it a new connection gets an `error` frame with code
+   * `limit_exceeded` and is closed.
+   *
+   * @default {defaultMaxConnections()}
+   */
+  maxConnections?: number | undefined;
+  /**
+   * Milliseconds `shutdown()` waits for connections to flush before cutting them.
+   *
+   * @default {5000}
+   */
+  shutdownTimeout?: number | undefined;
+  /**
+   * Where log lines go.
+   *
+   * @default {nothing is logged}
+   */
+  log?: Log | undefined;
+}
+
+/** The smallest and largest read buffer of one connection (it grows on full reads, shrinks when idle). */
+const READ_MIN = 1024;
+const READ_MAX = 64 * 1024;
+const NEWLINE = 0x0a;
+/** Queued chunks smaller than this are joined into one write. */
+const JOIN_BELOW = 4096;
+
+/** Most bytes of an unfinished line a connection may hold before its `hello` succeeds. */
+export const UNAUTHENTICATED_LINE_BYTES = 64 * 1024;
+
+/** Accept errors that mean the process is out of descriptors (or buffers): back off. */
+const EXHAUSTED = /os error (23|24|105|12)\b|too many open files/i;
+const encoder = new TextEncoder();
+/** The ping sent to a silent connection, live or maybe of the original protocol. */
+const PING = encoder.encode(JSON.stringify({ action: "ping" }) + "\n");
+const LEGACY_PING = encoder.encode(JSON.stringify(unprompted({ action: "ping" }, false)) + "\n");
+
+/** The TCP (or TLS) door of one hub: its listener, its connections, their liveness. */
+export class TcpDoor {
+  /** The bound address. */
+  readonly addr: Deno.NetAddr;
+  /** The hub every connection uses. */
+  readonly hub: MessageStream;
+  /** The counters of every door. */
+  readonly metrics: Metrics;
+  /** Required tokens, if any. */
+  readonly auth: Auth | undefined;
+  /** Whether the door speaks TLS. */
+  readonly tls: boolean;
+  /** Longest request line in bytes. */
+  readonly maxLineBytes: number;
+  /** Most bytes waiting to be sent to one connection. */
+  readonly maxOutbound: number;
+  /** Milliseconds a TLS client has to complete its handshake. */
+  readonly handshakeTimeout: number;
+  /** With auth, milliseconds a connection has to complete `hello`. */
+  readonly authTimeout: number;
+  /** Most connections open at once. */
+  readonly maxConnections: number;
+  /** Writes a log line. */
+  readonly log: Log;
+  /** Resolves when the door has stopped accepting (its listener closed). */
+  readonly accepting: Promise<void>;
+  readonly #listener: Deno.Listener;
+  readonly #connections = new Set<Connection>();
+  readonly #pingInterval: number;
+  readonly #idleTimeout: number;
+  readonly #shutdownTimeout: number;
+  #sweeper: ReturnType<typeof setInterval> | undefined;
+  #shutdown: Promise<void> | undefined;
+
+  /**
+   * Listens and starts accepting.
+   *
+   * @param hub The hub.
+   * @param options Address, TLS, limits, timers, auth, counters and log.
+   * @throws {RangeError} When an option is out of range.
+   * @throws {TypeError} When only one of `cert` and `key` is given.
+   * @throws {Deno.errors.AddrInUse} When the port is taken.
+   */
+  constructor(hub: MessageStream, options: TcpOptions) {
+    this.hub = hub;
+    this.metrics = options.metrics;
+    this.auth = options.auth;
+    this.log = options.log ?? (() => {});
+    this.maxLineBytes = intOption("maxLineBytes", options.maxLineBytes, 1 << 20, 1);
+    this.maxOutbound = intOption("maxOutboundBytes", options.maxOutboundBytes, 8 << 20, 1);
+    this.#pingInterval = intOption("pingInterval", options.pingInterval, 30_000, 0);
+    this.#idleTimeout = intOption("idleTimeout", options.idleTimeout, 90_000, 0);
+    this.#shutdownTimeout = intOption("shutdownTimeout", options.shutdownTimeout, 5_000, 0);
+    this.handshakeTimeout = intOption("handshakeTimeout", options.handshakeTimeout, 10_000, 1);
+    this.authTimeout = intOption("authTimeout", options.authTimeout, 10_000, 1);
+    this.maxConnections = intOption(
+      "maxConnections",
+      options.maxConnections,
+      defaultMaxConnections(),
+      1,
+    );
+    const { hostname, port, cert, key } = options;
+    if ((cert === undefined) !== (key === undefined)) {
+      throw new TypeError("Cannot serve TLS: give both cert and key");
+    }
+    this.tls = cert !== undefined;
+    this.#listener = cert !== undefined && key !== undefined
+      ? Deno.listenTls({ hostname, port, cert, key })
+      : Deno.listen({ hostname, port });
+    this.addr = this.#listener.addr as Deno.NetAddr;
+    this.accepting = this.#acceptLoop();
+    if (this.#pingInterval > 0) {
+      this.#sweeper = setInterval(() => this.#sweep(), Math.max(10, this.#pingInterval / 2));
+      Deno.unrefTimer(this.#sweeper);
+    }
+  }
+
+  async #acceptLoop(): Promise<void> {
+    let pause = 0; // the back-off while descriptors are exhausted; 0 when accepting normally
+    let failures = 0;
+    while (!this.#shutdown) {
+      let conn: Deno.Conn;
+      try {
+        conn = await this.#listener.accept();
+      } catch (e) {
+        if (this.#shutdown || e instanceof Deno.errors.BadResource) break;
+        // One client's failure (reset before accept, handshake error) must not stop the server;
+        // running out of descriptors must not spin: back off, 100 ms doubling to 1 s.
+        const message = (e as Error).message;
+        if (!EXHAUSTED.test(message) && ++failures < 3) {
+          this.log("debug", `accept failed: ${message}`);
+          continue;
+        }
+        if (pause === 0) {
+          this.metrics.error("descriptors_exhausted");
+          this.log("warn", `accept failed: ${message}; pausing accepts until it clears`);
+        }
+        pause = pause === 0 ? 100 : Math.min(1000, pause * 2);
+        await new Promise((resolve) => setTimeout(resolve, pause));
+        continue;
+      }
+      if (pause > 0) this.log("warn", "accepting connections again");
+      pause = 0;
+      failures = 0;
+      if (this.#shutdown) {
+        conn.close();
+        break;
+      }
+      if (this.#connections.size >= this.maxConnections) {
+        this.#refuse(conn);
+        continue;
+      }
+      const c = new Connection(conn, this);
+      this.#connections.add(c);
+      this.metrics.opened("tcp");
+      if ("setNoDelay" in conn) (conn as Deno.TcpConn).setNoDelay(true);
+      c.serve().finally(() => {
+        this.#connections.delete(c);
+        this.metrics.closed("tcp");
+      });
+    }
+  }
+
+  /** Tells a connection over `maxConnections` why, then closes it; never waits for it. */
+  #refuse(conn: Deno.Conn): void {
+    this.metrics.error("limit_exceeded");
+    this.log("info", `more than ${this.maxConnections} connections: refusing one`);
+    const frame = JSON.stringify(unprompted({
+      action: "error",
+      code: "limit_exceeded",
+      limit: "max_connections",
+      message: `More than ${this.maxConnections} connections: closing connection`,
+    }, false));
+    conn.write(encoder.encode(frame + "\n")).catch(() => {}).finally(() => {
+      try {
+        conn.close();
+      } catch {
+        // already closed
+      }
+    });
+  }
+
+  #sweep(): void {
+    const now = Date.now();
+    for (const c of this.#connections) {
+      const silent = now - c.lastHeard;
+      if (c.session.live && this.#idleTimeout > 0 && silent > this.#idleTimeout) {
+        this.log("info", "closing idle connection");
+        c.session.error("idle_timeout", "No frame received within the idle timeout: closing");
+        c.session.close();
+      } else if (silent >= this.#pingInterval) {
+        c.send(c.session.live ? PING : LEGACY_PING);
+      }
+    }
+  }
+
+  /**
+   * Stops accepting, tells every session `close`, waits up to `shutdownTimeout` for the
+   * connections to flush, then cuts what is left. Safe to call more than once.
+   *
+   * @returns When every connection has ended.
+   */
+  shutdown(): Promise<void> {
+    this.#shutdown ??= this.#doShutdown();
+    return this.#shutdown;
+  }
+
+  async #doShutdown(): Promise<void> {
+    if (this.#sweeper !== undefined) clearInterval(this.#sweeper);
+    try {
+      this.#listener.close();
+    } catch {
+      // already closed
+    }
+    await this.accepting;
+    const connections = [...this.#connections];
+    for (const c of connections) c.session.close();
+    await waitAtMost(Promise.all(connections.map((c) => c.flushed)), this.#shutdownTimeout);
+    for (const c of connections) c.abort();
+    // Let each connection's reader see its end.
+    await Promise.allSettled(connections.map((c) => c.flushed));
+  }
+}
+
+/** One TCP (or TLS) connection: its read loop, its Session, and its byte-bounded outbound queue. */
+class Connection implements Transport {
+  readonly conn: Deno.Conn;
+  readonly session: Session;
+  lastHeard = Date.now();
+  /** Queued chunks, ending with the open run [#runStart, #runEnd) of #runBuf, if any. */
+  #chunks: Uint8Array[] = [];
+  #runBuf: ArrayBufferLike | undefined = undefined;
+  #runFrame: Uint8Array | undefined = undefined;
+  #runStart = 0;
+  #runEnd = 0;
+  #queued = 0;
+  #writing = false;
+  #closing = false;
+  #closed = false;
+  readonly #door: TcpDoor;
+  #flushed: PromiseWithResolvers<void> | undefined = undefined;
+  #authTimer: ReturnType<typeof setTimeout> | undefined;
+
+  constructor(conn: Deno.Conn, door: TcpDoor) {
+    this.conn = conn;
+    this.#door = door;
+    this.session = new Session(door.hub, this, { auth: door.auth, metrics: door.metrics });
+    if (door.auth) this.#authTimer = setTimeout(this.#authExpired, door.authTimeout);
+  }
+
+  /** The authentication deadline passed: a connection without a grant goes. */
+  #authExpired = (): void => {
+    this.#authTimer = undefined;
+    if (this.#closing || this.session.authorized) return;
+    this.#door.log("info", `${this.#peer()}: no hello within the auth timeout, closing`);
+    this.session.error(
+      "unauthorized",
+      `No valid "hello" within ${this.#door.authTimeout} ms: closing connection`,
+    );
+    this.session.close();
+  };
+
+  /**
+   * Queues one frame. Frames that lie back to back in one buffer (the hub encodes consecutive
+   * events into a shared slab) join one run: a connection that gets a burst of events writes
+   * one view of the slab, without copying.
+   */
+  send(frame: Uint8Array): void {
+    if (this.#closing) return;
+    const len = frame.byteLength;
+    this.#queued += len;
+    if (this.#queued > this.#door.maxOutbound) return this.#slow();
+    if (frame.buffer === this.#runBuf && frame.byteOffset === this.#runEnd) {
+      this.#runEnd += len;
+    } else {
+      if (this.#runFrame) this.#chunks.push(this.#closeRun());
+      this.#runBuf = frame.buffer;
+      this.#runFrame = frame;
+      this.#runStart = frame.byteOffset;
+      this.#runEnd = frame.byteOffset + len;
+    }
+    if (!this.#writing) {
+      this.#writing = true;
+      queueMicrotask(this.#flush);
+    }
+  }
+
+  #closeRun(): Uint8Array {
+    const frame = this.#runFrame as Uint8Array;
+    const len = this.#runEnd - this.#runStart;
+    const run = len === frame.byteLength
+      ? frame
+      : new Uint8Array(this.#runBuf as ArrayBuffer, this.#runStart, len);
+    this.#runFrame = undefined;
+    this.#runBuf = undefined;
+    return run;
+  }
+
+  /** Takes everything queued, or undefined when nothing is. */
+  #take(): Uint8Array[] | undefined {
+    if (this.#runFrame) this.#chunks.push(this.#closeRun());
+    if (this.#chunks.length === 0) return undefined;
+    const chunks = this.#chunks;
+    this.#chunks = [];
+    this.#queued = 0;
+    return chunks;
+  }
+
+  #drop(): void {
+    this.#chunks = [];
+    this.#runFrame = undefined;
+    this.#runBuf = undefined;
+    this.#queued = 0;
+  }
+
+  /** Flushes what is queued, then closes. */
+  close(): void {
+    if (this.#closing) return;
+    this.#closing = true;
+    if (!this.#writing) this.#end();
+  }
+
+  /** Closes now, dropping what is queued. */
+  abort(): void {
+    this.#closing = true;
+    this.#drop();
+    this.#end();
+  }
+
+  get flushed(): Promise<void> {
+    this.#flushed ??= Promise.withResolvers();
+    if (this.#closed) this.#flushed.resolve();
+    return this.#flushed.promise;
+  }
+
+  #slow(): void {
+    this.#door.metrics.slowConsumer();
+    this.#door.log("info", `${this.#peer()}: slow consumer, closing`);
+    this.session.drop();
+    this.#drop();
+    this.#closing = true;
+    if (this.#writing) {
+      // The socket does not take what we have: no frame can get through. Cut it.
+      this.#end();
+    } else {
+      const frame = encoder.encode(
+        JSON.stringify(unprompted({
+          action: "error",
+          code: "slow_consumer",
+          message: `More than ${this.#door.maxOutbound} bytes waiting: closing connection`,
+        }, this.session.live)) + "\n",
+      );
+      this.#chunks.push(frame);
+      this.#writing = true;
+      queueMicrotask(this.#flush);
+    }
+  }
+
+  #flush = async (): Promise<void> => {
+    try {
+      let chunks: Uint8Array[] | undefined;
+      while (!this.#closed && (chunks = this.#take()) !== undefined) {
+        // Small chunks are joined into one write; large ones (slab runs) are written as they
+        // are: copying them would cost more than the extra write.
+        for (let i = 0; i < chunks.length && !this.#closed;) {
+          let j = i + 1;
+          let size = (chunks[i] as Uint8Array).byteLength;
+          if (size < JOIN_BELOW) {
+            while (j < chunks.length && (chunks[j] as Uint8Array).byteLength < JOIN_BELOW) {
+              size += (chunks[j++] as Uint8Array).byteLength;
+            }
+          }
+          const buf = j === i + 1 ? chunks[i] as Uint8Array : concat(chunks.slice(i, j));
+          i = j;
+          let off = 0;
+          while (off < buf.byteLength) off += await this.conn.write(buf.subarray(off));
+          this.#door.metrics.bytesOut += buf.byteLength;
+        }
+      }
+    } catch {
+      // The peer is gone: stop listening; the reader sees the end too.
+      this.session.drop();
+      this.#closing = true;
+    }
+    this.#writing = false;
+    if (this.#closing) this.#end();
+  };
+
+  #end(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    clearTimeout(this.#authTimer);
+    this.session.drop();
+    try {
+      this.conn.close();
+    } catch {
+      // already closed
+    }
+    this.#flushed?.resolve();
+  }
+
+  #peer(): string {
+    const a = this.conn.remoteAddr as Deno.NetAddr;
+    return `${a.hostname}:${a.port}`;
+  }
+
+  /** Completes the TLS handshake within the door's handshake timeout; false when cut. */
+  async #handshake(): Promise<boolean> {
+    const timer = setTimeout(() => this.abort(), this.#door.handshakeTimeout);
+    try {
+      await (this.conn as Deno.TlsConn).handshake();
+      return true;
+    } catch {
+      this.session.drop();
+      this.abort();
+      return false;
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  /**
+   * Reads request lines and hands each to the session. A plain read loop over a small buffer
+   * that grows with the traffic: each chunk goes through the connection's {@linkcode LineFramer}
+   * (limit-checked as bytes, complete lines decoded with one call), and its lines are handled
+   * synchronously, so replies and deliveries caused by one chunk go out in one write per
+   * connection (see BENCHMARKS.md for the profiles behind it).
+   */
+  async serve(): Promise<void> {
+    if (this.#door.tls && !(await this.#handshake())) return;
+    const metrics = this.#door.metrics;
+    const framer = new LineFramer({ maxLineBytes: this.#door.maxLineBytes });
+    const session = this.session;
+    let buf = new Uint8Array(READ_MIN);
+    let quiet = 0; // consecutive small reads
+    let unauthenticated = 0; // bytes of the unfinished line while no hello has succeeded
+    try {
+      while (!session.closed) {
+        const n = await this.conn.read(buf);
+        if (n === null) break;
+        if (n === 0) continue;
+        metrics.bytesIn += n;
+        if (!session.authorized) {
+          const last = buf.subarray(0, n).lastIndexOf(NEWLINE);
+          unauthenticated = last === -1 ? unauthenticated + n : n - last - 1;
+          if (unauthenticated > UNAUTHENTICATED_LINE_BYTES) {
+            throw new LineError(
+              "line_too_long",
+              `More than ${UNAUTHENTICATED_LINE_BYTES} bytes of a line before "hello"`,
+            );
+          }
+        }
+        const lines = framer.push(buf.subarray(0, n));
+        if (lines.length > 0 || framer.error) this.lastHeard = Date.now();
+        for (let i = 0; i < lines.length && !session.closed; i++) session.handle(lines[i]!);
+        // A bad line: the good lines before it were served; now refuse.
+        if (framer.error) throw framer.error;
+        if (n === buf.byteLength && n < READ_MAX) {
+          buf = new Uint8Array(n * 2);
+          quiet = 0;
+        } else if (buf.byteLength > READ_MIN && n * 8 < buf.byteLength && ++quiet >= 16) {
+          buf = new Uint8Array(buf.byteLength / 2);
+          quiet = 0;
+        }
+      }
+      if (!session.closed) {
+        // The peer finished with an unterminated line: it counts, as a TextLineStream has it.
+        for (const line of framer.end()) {
+          this.lastHeard = Date.now();
+          session.handle(line);
+        }
+        if (framer.error) throw framer.error;
+      }
+    } catch (e) {
+      if (e instanceof LineError && !this.#closed) {
+        // With an engine, the good lines before the bad one may still be in flight: answer
+        // them first.
+        const settling = session.settled();
+        if (settling) await settling;
+        session.error(e.code, `${e.message}: closing connection`);
+        session.close();
+      }
+      // Otherwise the connection failed or was closed: nothing to tell.
+    }
+    // The peer finished sending: flush what is owed (with an engine, answers still to come
+    // too), then close.
+    const settling = session.closed ? undefined : session.settled();
+    if (settling) await settling;
+    session.drop();
+    this.close();
+    await this.flushed;
+  }
+}
