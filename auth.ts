@@ -20,6 +20,7 @@
  * @module
  */
 
+/// <reference types="./std_types.d.ts" />
 import { timingSafeEqual } from "@std/crypto/timing-safe-equal";
 
 /** Publish and subscribe rights of one token. */

@@ -27,6 +27,7 @@
  * @module
  */
 
+/// <reference types="./std_types.d.ts" />
 import { parseArgs } from "@std/cli/parse-args";
 import { parseTokenSpec } from "./auth.ts";
 import { LineError, readLines } from "./framer.ts";

@@ -27,6 +27,7 @@
  * @module
  */
 
+/// <reference types="./std_types.d.ts" />
 import { concat } from "@std/bytes/concat";
 import { type Codec, defaultCodec } from "./codec.ts";
 import { buildEvent } from "./frame.ts";

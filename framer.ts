@@ -27,6 +27,7 @@
  * @module
  */
 
+/// <reference types="./std_types.d.ts" />
 import { concat } from "@std/bytes/concat";
 import { intOption } from "./options.ts";
 

@@ -43,6 +43,7 @@
  * @module
  */
 
+/// <reference types="./std_types.d.ts" />
 import { concat } from "@std/bytes/concat";
 import type { MessageStream, Position } from "./mod.ts";
 import type { ErrorCode } from "./protocol.ts";

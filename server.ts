@@ -20,6 +20,7 @@
  * @module
  */
 
+/// <reference types="./std_types.d.ts" />
 import { parseArgs } from "@std/cli/parse-args";
 import type { Codec } from "./codec.ts";
 import { MessageStream, type MessageStreamOptions } from "./mod.ts";

@@ -33,6 +33,7 @@
  * @module
  */
 
+/// <reference types="./std_types.d.ts" />
 import { concat } from "@std/bytes/concat";
 import type { Metrics } from "./metrics.ts";
 import type { Listener, MessageStream, Position, StreamEvent } from "./mod.ts";
