@@ -21,6 +21,7 @@
  * @module
  */
 
+/// <reference types="./std_types.d.ts" />
 import { concat } from "@std/bytes/concat";
 import type { Auth } from "./auth.ts";
 import { LineError, LineFramer } from "./framer.ts";
