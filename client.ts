@@ -474,13 +474,19 @@ export class RemoteStream implements Streamer, AsyncDisposable {
    * connection listens upstream once per stream, however many local queues follow it; a
    * second local queue gets the header this client last saw, then the same live events.
    *
+   * @typeParam H The type of the stream's headers, as the listener expects them.
+   * @typeParam M The type of the stream's put messages, as the listener expects them.
    * @param stream The stream's name.
    * @param queue The listener.
    * @param options Where to resume; applies when this client does not follow the stream yet.
    * @returns The stream's position when the queue joined.
    * @throws {ProtocolError} When the server refuses (`forbidden`, `invalid_stream`, …).
    */
-  async listen(stream: string, queue: Listener, options: ListenOptions = {}): Promise<Position> {
+  async listen<H = unknown, M = unknown>(
+    stream: string,
+    queue: Listener<H, M>,
+    options?: ListenOptions,
+  ): Promise<Position> {
     if (!queue || typeof queue.put !== "function") {
       throw new TypeError(`Cannot listen to stream "${stream}": the queue has no put method`);
     }
@@ -509,13 +515,13 @@ export class RemoteStream implements Streamer, AsyncDisposable {
     const f: Followed = {
       queues: new Set([queue]),
       header: undefined,
-      position: options.since,
+      position: options?.since,
       waiters: [Promise.withResolvers()],
     };
     this.#streams.set(stream, f);
     queue.attached?.(this);
     const waiter = f.waiters[0] as PromiseWithResolvers<Position>;
-    this.#relisten(stream, f, options.since);
+    this.#relisten(stream, f, options?.since);
     return await waiter.promise;
   }
 

@@ -328,7 +328,7 @@ export class MessageStream implements Streamer {
     queue: Listener<H, M>,
     options?: ListenOptions,
   ): Promise<Position> {
-    return this.#core.listen(stream, queue as Listener, options?.since);
+    return this.#core.listen(stream, queue, options?.since);
   }
 
   /**
