@@ -183,12 +183,13 @@ export class SseDoor {
 }
 
 /** One SSE response: a hub listener whose body is a bounded, pull-based byte stream. */
-class SseConnection implements Listener {
+export class SseConnection implements Listener {
+  /** The response's body. */
   readonly body: ReadableStream<Uint8Array>;
   /** Whether anything was sent since the last heartbeat sweep. */
-  active = true;
-  /** The sweep count when closing began. */
-  closingSweep = -1;
+  active: boolean = true;
+  /** The sweep count when closing began (-1 while open). */
+  closingSweep: number = -1;
   readonly #door: SseDoor;
   #controller: ReadableStreamDefaultController<Uint8Array> | undefined;
   #chunks: Uint8Array[] = [];
@@ -199,6 +200,12 @@ class SseConnection implements Listener {
   #resumeAt = -1;
   #heldHeader: StreamEvent | undefined;
 
+  /**
+   * Creates a response; `preamble` (the `retry:` block) is its first bytes.
+   *
+   * @param door The door's SSE side.
+   * @param preamble The first bytes.
+   */
   constructor(door: SseDoor, preamble: Uint8Array) {
     this.#door = door;
     this.body = new ReadableStream<Uint8Array>({
@@ -211,10 +218,16 @@ class SseConnection implements Listener {
     this.#push(preamble);
   }
 
+  /** Whether the response has ended (finished, cut or cancelled by the client). */
   get done(): boolean {
     return this.#done;
   }
 
+  /**
+   * Takes a hub event: queues its SSE block (an `end` event ends the response).
+   *
+   * @param event The event.
+   */
   put(event: StreamEvent): void {
     if (this.#closing) return;
     if (this.#resumeAt >= 0) {
@@ -230,7 +243,11 @@ class SseConnection implements Listener {
     if (event.kind === "end") this.end();
   }
 
-  /** Starts holding back header changes replayed at `seq` (see `put`). */
+  /**
+   * Starts holding back header changes replayed at `seq` (see `put`).
+   *
+   * @param seq The resume position's seq.
+   */
   resuming(seq: number): void {
     this.#resumeAt = seq;
   }
@@ -243,11 +260,16 @@ class SseConnection implements Listener {
     if (held && !this.#closing) this.#push(this.#door.frame(held));
   }
 
+  /** Queues a comment heartbeat (`: hb`). */
   heartbeat(): void {
     if (!this.#closing) this.#push(HEARTBEAT);
   }
 
-  /** Stops listening; sends `frame` (if any) after what is queued, then ends the response. */
+  /**
+   * Stops listening; sends `frame` (if any) after what is queued, then ends the response.
+   *
+   * @param frame A last block (`event: close`).
+   */
   end(frame?: Uint8Array): void {
     if (this.#closing) return;
     this.#closing = true;

@@ -120,14 +120,22 @@ export class WsDoor {
 }
 
 /** One WebSocket: a {@linkcode Session} whose frames travel as text messages. */
-class WsConnection implements Transport {
+export class WsConnection implements Transport {
+  /** The socket's protocol session. */
   readonly session: Session;
   readonly #socket: WebSocket;
   readonly #door: WsDoor;
   #closing = false;
   #closeCode = 1000;
+  /** Resolved when the socket has closed. */
   readonly closed: PromiseWithResolvers<void> = Promise.withResolvers();
 
+  /**
+   * Serves an upgraded socket.
+   *
+   * @param door The door's WebSocket side.
+   * @param socket The socket.
+   */
   constructor(door: WsDoor, socket: WebSocket) {
     this.#door = door;
     this.#socket = socket;

@@ -540,7 +540,10 @@ const HAS_OPENSSL = (() => {
     return false;
   }
 })();
-if (!HAS_OPENSSL) console.error("SKIPPED: msgstream --tls/--ca tests: openssl not installed");
+if (!HAS_OPENSSL) {
+  // deno-lint-ignore no-console
+  console.error("SKIPPED: msgstream --tls/--ca tests: openssl not installed");
+}
 
 Deno.test({
   name: "msgstream --ca connects over TLS; --tls alone refuses an untrusted certificate",
