@@ -6,6 +6,7 @@ import { TextLineStream } from "@std/streams/text-line-stream";
 import { Inbox, type Listener, type StreamEvent } from "../mod.ts";
 import { serve } from "../server.ts";
 import { RemoteStream } from "../client.ts";
+import { deadline } from "./_wait.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname;
 
@@ -41,7 +42,16 @@ async function run(args: string[], o: RunOptions = {}): Promise<Result> {
     await w.write(new TextEncoder().encode(o.stdin));
     await w.close();
   }
-  const out = await child.output();
+  let out: Deno.CommandOutput;
+  try {
+    out = await deadline(child.output(), `msgstream ${args.join(" ")} to exit`);
+  } catch (e) {
+    try {
+      child.kill("SIGKILL");
+    } catch { /* exited */ }
+    await child.status;
+    throw e;
+  }
   const dec = new TextDecoder();
   return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
 }
@@ -57,15 +67,23 @@ function start(args: string[], o: RunOptions = {}) {
   return {
     /** The next stdout line parsed as JSON. */
     async next(): Promise<Record<string, unknown>> {
-      const { value, done } = await reader.read();
+      const { value, done } = await deadline(
+        reader.read(),
+        `the next stdout line of msgstream ${args.join(" ")}`,
+      );
       if (done) throw new Error(`stdout ended early; stderr: ${await stderr}`);
       return JSON.parse(value);
     },
     /** Waits for the exit; returns the code and the rest of stdout. */
     async finish(): Promise<{ code: number; rest: string[]; stderr: string }> {
       const rest: string[] = [];
-      for (let r = await reader.read(); !r.done; r = await reader.read()) rest.push(r.value);
-      const { code } = await child.status;
+      await deadline(
+        (async () => {
+          for (let r = await reader.read(); !r.done; r = await reader.read()) rest.push(r.value);
+        })(),
+        () => `msgstream ${args.join(" ")} to finish (stdout after: ${rest.join(" | ")})`,
+      );
+      const { code } = await deadline(child.status, `msgstream ${args.join(" ")} to exit`);
       return { code, rest, stderr: await stderr };
     },
   };
@@ -453,7 +471,7 @@ Deno.test("msgstream serve runs the server until SIGTERM", async () => {
   const child = command(["serve", "--port", "0", "--log-level", "silent"]).spawn();
   const out = child.stdout.pipeThrough(new TextDecoderStream()).pipeThrough(new TextLineStream())
     .getReader();
-  const first = (await out.read()).value ?? "";
+  const first = (await deadline(out.read(), "msgstream serve's first line")).value ?? "";
   const m = first.match(/^msgstream listening on tcp:\/\/127\.0\.0\.1:(\d+)$/);
   assert(m, first);
   {
@@ -462,11 +480,11 @@ Deno.test("msgstream serve runs the server until SIGTERM", async () => {
     const inbox = new Inbox();
     await remote.listen("s", inbox);
     const reader = inbox.getReader();
-    assertEquals((await reader.read()).value?.message, "up");
+    assertEquals((await deadline(reader.read(), "the header")).value?.message, "up");
     reader.releaseLock();
   }
   child.kill("SIGTERM");
-  assertEquals((await child.status).code, 0);
+  assertEquals((await deadline(child.status, "msgstream serve to exit on SIGTERM")).code, 0);
   await out.cancel();
   await child.stderr.cancel();
 });
