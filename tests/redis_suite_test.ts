@@ -10,6 +10,7 @@
 
 import { assert } from "@std/assert";
 import { hasRedis, RedisProcess } from "./_redis.ts";
+import { deadline, TIMEOUT } from "./_wait.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname;
 const FILES = ["tests/server_test.ts", "tests/bad_input_test.ts", "tests/legacy_client_test.ts"];
@@ -19,14 +20,25 @@ Deno.test({
   ignore: !hasRedis, // _redis.ts prints the SKIPPED line
   async fn() {
     await using redis = await RedisProcess.start();
-    const out = await new Deno.Command(Deno.execPath(), {
+    const child = new Deno.Command(Deno.execPath(), {
       args: ["test", "-A", ...FILES],
       cwd: ROOT,
       env: { MSGSTREAM_TEST_REDIS: redis.url, NO_COLOR: "1" },
       stdin: "null",
       stdout: "piped",
       stderr: "piped",
-    }).output();
+    }).spawn();
+    let out: Deno.CommandOutput;
+    try {
+      // Every wait in those files has its own deadline; this one only keeps a stuck run finite.
+      out = await deadline(child.output(), "the Redis engine suite to finish", 10 * TIMEOUT);
+    } catch (e) {
+      try {
+        child.kill("SIGKILL");
+      } catch { /* exited */ }
+      await child.status;
+      throw e;
+    }
     const text = new TextDecoder();
     const stdout = text.decode(out.stdout);
     const summary = stdout.split("\n").findLast((l) => /^(ok|FAILED) \|/.test(l)) ?? "(no summary)";
