@@ -98,6 +98,11 @@ export class LineFramer {
     this.#decoder = new TextDecoder("utf-8", { fatal: options.fatal ?? true, ignoreBOM: true });
   }
 
+  /** Bytes of the unfinished line held so far (those after the last `\n`). */
+  get pending(): number {
+    return this.#run;
+  }
+
   /** The refused line's error, once one was refused. */
   get error(): LineError | undefined {
     return this.#error;

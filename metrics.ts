@@ -18,7 +18,7 @@
  * @module
  */
 
-import type { HubStats } from "./mod.ts";
+import type { HubStats } from "./types.ts";
 
 /** The doors whose connections are counted. */
 export type Door = "tcp" | "websocket" | "sse";

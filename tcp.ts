@@ -110,7 +110,6 @@ export interface TcpOptions {
 /** The smallest and largest read buffer of one connection (it grows on full reads, shrinks when idle). */
 const READ_MIN = 1024;
 const READ_MAX = 64 * 1024;
-const NEWLINE = 0x0a;
 /** Queued chunks smaller than this are joined into one write. */
 const JOIN_BELOW = 4096;
 
@@ -519,28 +518,24 @@ class Connection implements Transport {
     const session = this.session;
     let buf = new Uint8Array(READ_MIN);
     let quiet = 0; // consecutive small reads
-    let unauthenticated = 0; // bytes of the unfinished line while no hello has succeeded
     try {
       while (!session.closed) {
         const n = await this.conn.read(buf);
         if (n === null) break;
         if (n === 0) continue;
         metrics.bytesIn += n;
-        if (!session.authorized) {
-          const last = buf.subarray(0, n).lastIndexOf(NEWLINE);
-          unauthenticated = last === -1 ? unauthenticated + n : n - last - 1;
-          if (unauthenticated > UNAUTHENTICATED_LINE_BYTES) {
-            throw new LineError(
-              "line_too_long",
-              `More than ${UNAUTHENTICATED_LINE_BYTES} bytes of a line before "hello"`,
-            );
-          }
-        }
         const lines = framer.push(buf.subarray(0, n));
         if (lines.length > 0 || framer.error) this.lastHeard = Date.now();
         for (let i = 0; i < lines.length && !session.closed; i++) session.handle(lines[i]!);
         // A bad line: the good lines before it were served; now refuse.
         if (framer.error) throw framer.error;
+        // Until its hello succeeds, a connection may hold a small unfinished line only.
+        if (!session.authorized && framer.pending > UNAUTHENTICATED_LINE_BYTES) {
+          throw new LineError(
+            "line_too_long",
+            `More than ${UNAUTHENTICATED_LINE_BYTES} bytes of a line before "hello"`,
+          );
+        }
         if (n === buf.byteLength && n < READ_MAX) {
           buf = new Uint8Array(n * 2);
           quiet = 0;

@@ -163,3 +163,14 @@ Deno.test("new LineFramer() refuses a maxLineBytes below 1", () => {
     assertEquals(error instanceof RangeError, true, String(maxLineBytes));
   }
 });
+
+Deno.test("LineFramer.pending counts the bytes of the unfinished line", () => {
+  const framer = new LineFramer({ maxLineBytes: 100 });
+  assertEquals(framer.pending, 0);
+  framer.push(enc.encode("abc"));
+  assertEquals(framer.pending, 3);
+  framer.push(enc.encode("de\nfg"));
+  assertEquals(framer.pending, 2);
+  framer.push(enc.encode("\n"));
+  assertEquals(framer.pending, 0);
+});
