@@ -32,6 +32,9 @@ import { concat } from "@std/bytes/concat";
 import { intOption } from "./options.ts";
 
 const NEWLINE = 0x0a;
+/** Whole-line decoders (no streaming state), shared by every framer. */
+const FATAL = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
+const LENIENT = new TextDecoder("utf-8", { ignoreBOM: true });
 
 /** Why a line was refused: the codes are the wire protocol's. */
 export type LineErrorCode = "line_too_long" | "invalid_utf8";
@@ -95,7 +98,7 @@ export class LineFramer {
    */
   constructor(options: LineFramerOptions = {}) {
     this.maxLineBytes = intOption("maxLineBytes", options.maxLineBytes, 1 << 20, 1);
-    this.#decoder = new TextDecoder("utf-8", { fatal: options.fatal ?? true, ignoreBOM: true });
+    this.#decoder = (options.fatal ?? true) ? FATAL : LENIENT;
   }
 
   /** Bytes of the unfinished line held so far (those after the last `\n`). */
