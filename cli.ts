@@ -516,8 +516,8 @@ function codeOf(e: ProtocolError): number {
  * assertEquals(await main(["--version"]), 0);
  * ```
  */
-export async function main(argv: string[] = Deno.args): Promise<number> {
-  const [command, ...rest] = argv;
+export async function main(argv?: string[]): Promise<number> {
+  const [command, ...rest] = argv ?? Deno.args;
   if (command === "serve") return await serve(rest);
   if (command === "-V" || command === "--version") {
     print(`msgstream ${denoJson.version}`);

@@ -246,8 +246,8 @@ export class RemoteStream implements Streamer, AsyncDisposable {
    * await remote.close();
    * ```
    */
-  static async connect(target: string | RemoteStreamOptions = {}): Promise<RemoteStream> {
-    const options = typeof target === "string" ? parseHostPort(target, DEFAULT_PORT) : target;
+  static async connect(target?: string | RemoteStreamOptions): Promise<RemoteStream> {
+    const options = typeof target === "string" ? parseHostPort(target, DEFAULT_PORT) : target ?? {};
     if (!options) throw new TypeError(`Cannot connect: "${target}" is not "host:port"`);
     const remote = new RemoteStream(options);
     await remote.#connect();

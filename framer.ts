@@ -96,9 +96,9 @@ export class LineFramer {
    * @param options The line limit and the UTF-8 policy.
    * @throws {RangeError} When `maxLineBytes` is not a positive integer.
    */
-  constructor(options: LineFramerOptions = {}) {
-    this.maxLineBytes = intOption("maxLineBytes", options.maxLineBytes, 1 << 20, 1);
-    this.#decoder = (options.fatal ?? true) ? FATAL : LENIENT;
+  constructor(options?: LineFramerOptions) {
+    this.maxLineBytes = intOption("maxLineBytes", options?.maxLineBytes, 1 << 20, 1);
+    this.#decoder = (options?.fatal ?? true) ? FATAL : LENIENT;
   }
 
   /** Bytes of the unfinished line held so far (those after the last `\n`). */
@@ -284,7 +284,7 @@ function splitLines(text: string, lines: string[]): void {
  */
 export async function* readLines(
   source: AsyncIterable<Uint8Array>,
-  options: LineFramerOptions = {},
+  options?: LineFramerOptions,
 ): AsyncGenerator<string, void, undefined> {
   const framer = new LineFramer(options);
   for await (const chunk of source) {

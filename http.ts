@@ -608,8 +608,8 @@ function json(status: number, body: unknown): Response {
  * await handle.close();
  * ```
  */
-export function handler(hub: MessageStream, options: HttpOptions = {}): HttpHandler {
-  const door = new HttpDoor(hub, options);
+export function handler(hub: MessageStream, options?: HttpOptions): HttpHandler {
+  const door = new HttpDoor(hub, options ?? {});
   const fn = (request: Request): Promise<Response> => door.handle(request);
   return Object.assign(fn, { close: () => door.close(), metrics: door.metrics });
 }
@@ -643,7 +643,8 @@ export function handler(hub: MessageStream, options: HttpOptions = {}): HttpHand
  * await reader.cancel();
  * ```
  */
-export function serveHttp(hub: MessageStream, options: HttpOptions = {}): MessageHttpServer {
+export function serveHttp(hub: MessageStream, options?: HttpOptions): MessageHttpServer {
+  options ??= {};
   const door = new HttpDoor(hub, options);
   const port = intOption("port", options.port, DEFAULT_HTTP_PORT, 0, 65535);
   const hostname = options.hostname ?? "127.0.0.1";

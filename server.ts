@@ -314,8 +314,8 @@ class ServerImpl implements MessageServer {
  * reader.releaseLock();
  * ```
  */
-export function serve(options: ServeOptions = {}): MessageServer {
-  return new ServerImpl(options);
+export function serve(options?: ServeOptions): MessageServer {
+  return new ServerImpl(options ?? {});
 }
 
 const USAGE = `Usage: msgstream serve [options]    (or: deno run -N server.ts [options])
@@ -452,10 +452,10 @@ function parseServeArgs(argv: string[]): ServeOptions | "help" | "version" {
  * @param argv Command-line arguments.
  * @returns The process exit code.
  */
-export async function main(argv: string[] = Deno.args): Promise<number> {
+export async function main(argv?: string[]): Promise<number> {
   let options: ServeOptions | "help" | "version";
   try {
-    options = parseServeArgs(argv);
+    options = parseServeArgs(argv ?? Deno.args);
   } catch (e) {
     if (!(e instanceof UsageError) && !(e instanceof Deno.errors.NotFound)) throw e;
     // deno-lint-ignore no-console
