@@ -383,9 +383,12 @@ function newEpoch(): string {
 }
 
 /** A stream of the memory core: the shared state plus its history. */
-class MemoryStream extends StreamState implements HistoryOwner {
+export class MemoryStream extends StreamState implements HistoryOwner {
+  /** Its history ring, or `undefined` while it keeps none. */
   history: History | undefined = undefined;
+  /** The number its next history entry gets. */
   nextNo = 0;
+  /** Resuming from a seq below this is not covered by its history. */
   trimmedTo = 0;
 }
 
@@ -411,6 +414,7 @@ export class MemoryCore extends Streams<MemoryStream> implements SyncHub {
     this.budget = new HistoryBudget(limits, (owner) => this.collect(owner as MemoryStream));
   }
 
+  /** Sets or clears a header (see `setHeader`). */
   header(stream: string, message: unknown): Promise<void> {
     try {
       this.setHeader(stream, message);
@@ -420,6 +424,7 @@ export class MemoryCore extends Streams<MemoryStream> implements SyncHub {
     }
   }
 
+  /** Puts a message (see `putNow`); resolves to a fresh position. */
   put(stream: string, message: unknown): Promise<Position> {
     try {
       const at = this.putNow(stream, message);
@@ -429,6 +434,7 @@ export class MemoryCore extends Streams<MemoryStream> implements SyncHub {
     }
   }
 
+  /** Deletes a stream (see `deleteNow`). */
   delete(stream: string): Promise<void> {
     try {
       this.deleteNow(stream);
@@ -438,6 +444,7 @@ export class MemoryCore extends Streams<MemoryStream> implements SyncHub {
     }
   }
 
+  /** Starts listening (see `listenNow`). */
   listen(stream: string, queue: Listener, since: Position | undefined): Promise<Position> {
     try {
       return Promise.resolve(this.listenNow(stream, queue, since));
@@ -446,6 +453,7 @@ export class MemoryCore extends Streams<MemoryStream> implements SyncHub {
     }
   }
 
+  /** Reads a stream's state (see `statNow`). */
   stat(stream: string): Promise<StreamStat | undefined> {
     try {
       return Promise.resolve(this.statNow(stream));
@@ -454,6 +462,7 @@ export class MemoryCore extends Streams<MemoryStream> implements SyncHub {
     }
   }
 
+  /** Nothing to release in memory. */
   close(): Promise<void> {
     return Promise.resolve();
   }
@@ -538,10 +547,12 @@ export class MemoryCore extends Streams<MemoryStream> implements SyncHub {
     return { stream, header, seq: s.seq, epoch: s.epoch, listeners: s.listeners.size };
   }
 
+  /** The stream's history ring. */
   protected override historyOf(state: MemoryStream): History | undefined {
     return state.history;
   }
 
+  /** Bytes of history over all streams. */
   protected override historyBytes(): number {
     return this.budget.bytes;
   }

@@ -194,7 +194,7 @@ export interface JoinProbe {
 export const joinProbes: WeakMap<Engine, JoinProbe> = new WeakMap();
 
 /** A stream as the engine core keeps it: a copy, in step with the engine or waiting to be. */
-class EngineStream extends StreamState {
+export class EngineStream extends StreamState {
   /**
    * Whether this node's copy (epoch, seq, header) is in step with the engine's event order;
    * until then events are ignored and joins wait for a snapshot.
@@ -234,6 +234,7 @@ export class EngineCore extends Streams<EngineStream> {
     }, codec);
   }
 
+  /** Puts through the engine; resolves once this node's listeners have the put. */
   async put(stream: string, message: unknown): Promise<Position> {
     this.checkName(stream);
     this.checkMessage(stream, message);
@@ -242,16 +243,19 @@ export class EngineCore extends Streams<EngineStream> {
     return { epoch: at.epoch, seq: at.seq };
   }
 
+  /** Sets or clears the header through the engine. */
   async header(stream: string, message: unknown): Promise<void> {
     this.checkName(stream);
     await this.#engine.header(stream, message ?? null);
   }
 
+  /** Deletes the stream through the engine. */
   async delete(stream: string): Promise<void> {
     this.checkName(stream);
     await this.#engine.delete(stream);
   }
 
+  /** Reads the stream from the engine; `listeners` counts this node's. */
   async stat(stream: string): Promise<StreamStat | undefined> {
     this.checkName(stream);
     const snap = await this.#engine.stat(stream);
@@ -265,10 +269,12 @@ export class EngineCore extends Streams<EngineStream> {
     };
   }
 
+  /** Closes the engine. */
   close(): Promise<void> {
     return this.#engine.close();
   }
 
+  /** Joins from the local copy when it is in step (and no `since`), else from a snapshot. */
   async listen(stream: string, queue: Listener, since: Position | undefined): Promise<Position> {
     this.checkName(stream);
     this.checkQueue(stream, queue);
@@ -302,6 +308,7 @@ export class EngineCore extends Streams<EngineStream> {
     return position ?? { epoch: joining.epoch, seq: joining.seq };
   }
 
+  /** Removes a queue that waits for its snapshot. */
   protected override unpend(state: EngineStream, queue: Listener): boolean {
     return state.pending?.delete(queue) ?? false;
   }
