@@ -73,18 +73,50 @@ export interface RedisEngineOptions {
 
 // Each script: KEYS[1] the stream's hash {epoch, seq, hc (header changes since the last put),
 // header}, KEYS[2] its history (a Redis stream; entry ids are "<seq>-<hc>", so a position maps
-// to an id), KEYS[3] the epoch counter. Published text: "<kind><seq> <epoch> <tag> <message>",
-// kind p (put), h (header; empty message: cleared), e (end); or "m<token>" (a snapshot marker).
+// to an id), KEYS[3] the epoch counter, KEYS[4] the dataset generation. Published text:
+// "<kind><seq> <epoch> <tag> <message>", kind p (put), h (header; empty message: cleared),
+// e (end); or "m<token>" (a snapshot marker).
+//
+// Generations: a Redis that restarts from an older snapshot, or a replica promoted while behind,
+// holds the streams as they were some time ago: their seqs would be handed out again with other
+// content. So every epoch is minted within a generation ("<gen>.<id>"), and the generation
+// changes whenever a node finds that Redis is not the server instance that set it (VERIFY, run
+// by every node after each connect, before any other script). A stream whose epoch belongs to an
+// older generation gets a new epoch on its next use (its seq goes on): positions from before are
+// answered with a reset (reason "state_lost"), never with reused seqs. A restart that lost
+// nothing costs a false reset; a silent gap would cost more.
 const EPOCH = `
-local function epoch_of(meta, counter)
-  local e = redis.call('HGET', meta, 'epoch')
-  if not e then
-    local t = redis.call('TIME')
-    e = string.format('%x%05x%x', tonumber(t[1]), tonumber(t[2]), redis.call('INCR', counter))
-    redis.call('HSET', meta, 'epoch', e, 'seq', 0, 'hc', 0)
-  end
-  return e
+local function gen_of_epoch(e)
+  local i = string.find(e, '.', 1, true)
+  if not i then return '' end
+  return string.sub(e, 1, i - 1)
 end
+local function epoch_of(meta, counter)
+  local g = redis.call('GET', KEYS[4]) or ''
+  local e = redis.call('HGET', meta, 'epoch')
+  if e and gen_of_epoch(e) == g then return e end
+  local t = redis.call('TIME')
+  local n = g .. '.' .. string.format('%x%05x%x', tonumber(t[1]), tonumber(t[2]),
+    redis.call('INCR', counter))
+  if e then
+    redis.call('HSET', meta, 'epoch', n)
+  else
+    redis.call('HSET', meta, 'epoch', n, 'seq', 0, 'hc', 0)
+  end
+  return n
+end
+`;
+
+// KEYS[1] the run key (the Redis instance that set the generation), KEYS[2] the generation,
+// KEYS[3] the epoch counter; ARGV[1] this Redis instance's run_id. Returns the generation.
+const VERIFY = `
+local g = redis.call('GET', KEYS[2])
+if g and redis.call('GET', KEYS[1]) == ARGV[1] then return g end
+local t = redis.call('TIME')
+g = string.format('%x%05x%x', tonumber(t[1]), tonumber(t[2]), redis.call('INCR', KEYS[3]))
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('SET', KEYS[2], g)
+return g
 `;
 
 const PUT = EPOCH + `
@@ -104,7 +136,7 @@ local e
 if ARGV[5] == '1' then
   if redis.call('HEXISTS', KEYS[1], 'header') == 0 then return 0 end
   redis.call('HDEL', KEYS[1], 'header')
-  e = redis.call('HGET', KEYS[1], 'epoch')
+  e = epoch_of(KEYS[1], KEYS[3])
 else
   e = epoch_of(KEYS[1], KEYS[3])
   redis.call('HSET', KEYS[1], 'header', ARGV[1])
@@ -136,7 +168,11 @@ local seq, hc = tonumber(state[1]), tonumber(state[2])
 redis.call('PUBLISH', ARGV[2], 'm' .. ARGV[1])
 if ARGV[3] == '' then return {e, seq, state[3]} end
 local since = tonumber(ARGV[4])
-if ARGV[3] ~= e then return {e, seq, state[3], 'epoch_changed'} end
+if ARGV[3] ~= e then
+  local g = gen_of_epoch(ARGV[3])
+  if g ~= '' and g ~= gen_of_epoch(e) then return {e, seq, state[3], 'state_lost'} end
+  return {e, seq, state[3], 'epoch_changed'}
+end
 if since > seq then return {e, seq, state[3], 'ahead_of_stream'} end
 local first = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)[1]
 if not first then
@@ -156,6 +192,7 @@ interface Scripts {
   msgstreamHeader(...args: (string | number)[]): Promise<number>;
   msgstreamDelete(...args: (string | number)[]): Promise<number>;
   msgstreamSync(...args: (string | number)[]): Promise<unknown[]>;
+  msgstreamVerify(...args: (string | number)[]): Promise<string>;
 }
 
 type Client = Redis & Scripts;
@@ -202,6 +239,13 @@ function unavailable(e: unknown): EngineUnavailableError {
  * followed here is caught up from Redis history (or its listeners get a `reset` when the
  * history does not cover what they missed, e.g. after Redis lost its data).
  *
+ * Redis restarted from an older snapshot, or a replica promoted while behind, would hand out
+ * seqs again with other content. So epochs are minted within a generation that changes whenever
+ * a node finds Redis is not the server instance (`run_id`) that set it; after that, positions
+ * from before get a `reset` with reason `state_lost`, never a reused seq. The price: any Redis
+ * restart or failover, even one that lost nothing, resets every stream's listeners once (a false
+ * reset is preferred to a silent gap). Keys `<prefix>gen` and `<prefix>run` hold it.
+ *
  * @example Serving with Redis
  * ```ts ignore
  * import { serve } from "@x/msgstream/server";
@@ -225,6 +269,11 @@ export class RedisEngine implements Engine {
   #cmdWasUp = false;
   #subWasUp = false;
   #closed = false;
+  /** Connections of the command client so far (its "ready" events). */
+  #connects = 0;
+  /** The connection (by #connects) on which the generation was last verified. */
+  #verifiedOn = 0;
+  #verifying: Promise<void> | undefined;
   #probe: JoinProbe | undefined;
   readonly #follows = new Map<string, Follow>();
   readonly #channels = new Map<string, Follow>();
@@ -271,16 +320,20 @@ export class RedisEngine implements Engine {
     // Auto-pipelining batches the scripts of one tick into one write; order is kept.
     const cmd = new Redis(this.#url, { ...common, enableAutoPipelining: true }) as Client;
     const sub = new Redis(this.#url, { ...common, autoResubscribe: false });
-    cmd.defineCommand("msgstreamPut", { numberOfKeys: 3, lua: PUT });
-    cmd.defineCommand("msgstreamHeader", { numberOfKeys: 3, lua: HEADER });
-    cmd.defineCommand("msgstreamDelete", { numberOfKeys: 3, lua: DELETE });
-    cmd.defineCommand("msgstreamSync", { numberOfKeys: 3, lua: SYNC });
+    cmd.defineCommand("msgstreamPut", { numberOfKeys: 4, lua: PUT });
+    cmd.defineCommand("msgstreamHeader", { numberOfKeys: 4, lua: HEADER });
+    cmd.defineCommand("msgstreamDelete", { numberOfKeys: 4, lua: DELETE });
+    cmd.defineCommand("msgstreamSync", { numberOfKeys: 4, lua: SYNC });
+    cmd.defineCommand("msgstreamVerify", { numberOfKeys: 3, lua: VERIFY });
     this.#cmd = cmd;
     this.#sub = sub;
     // Errors are answered per request (engine_unavailable); the client reconnects by itself.
     cmd.on("error", () => {});
     sub.on("error", () => {});
     cmd.on("ready", () => {
+      // Maybe another Redis, or the same one restarted from older data: the generation is
+      // verified before any other script runs on this connection (#client).
+      this.#connects++;
       if (this.#cmdWasUp) this.#sink?.lost();
       this.#cmdWasUp = true;
     });
@@ -336,12 +389,37 @@ export class RedisEngine implements Engine {
         cause: e,
       });
     }
-    return this.#cmd as Client;
+    const cmd = this.#cmd as Client;
+    while (this.#verifiedOn !== this.#connects) {
+      this.#verifying ??= this.#verify(cmd).finally(() => this.#verifying = undefined);
+      await this.#verifying;
+    }
+    return cmd;
+  }
+
+  /** Renews the generation when Redis is not the instance that set it (see VERIFY). */
+  async #verify(cmd: Client): Promise<void> {
+    const on = this.#connects;
+    try {
+      const info = await cmd.info("server");
+      const runId = /^run_id:(\S+)/m.exec(info)?.[1];
+      if (!runId) throw new Error("INFO server has no run_id");
+      await cmd.msgstreamVerify(
+        `${this.#prefix}run`,
+        `${this.#prefix}gen`,
+        `${this.#prefix}epochs`,
+        runId,
+      );
+    } catch (e) {
+      throw unavailable(e);
+    }
+    // A reconnect meanwhile bumped #connects: #client verifies again.
+    this.#verifiedOn = on;
   }
 
   #keys(stream: string): string[] {
     const base = `${this.#prefix}{${stream}}`;
-    return [`${base}:s`, `${base}:h`, `${this.#prefix}epochs`];
+    return [`${base}:s`, `${base}:h`, `${this.#prefix}epochs`, `${this.#prefix}gen`];
   }
 
   #channel(stream: string): string {

@@ -36,10 +36,15 @@ export type EventKind = "header" | "put" | "end" | "reset";
 
 /**
  * Why a listener could not be caught up from the position it gave: its epoch is not the
- * stream's (the stream was created anew), it is ahead of the stream, or history no longer
- * reaches back to it.
+ * stream's (`epoch_changed`: the stream was deleted or created anew), the server lost the state
+ * the position belongs to (`state_lost`: a restart without durable storage, or Redis back with
+ * older data), it is ahead of the stream, or history no longer reaches back to it.
  */
-export type ResetReason = "epoch_changed" | "ahead_of_stream" | "history_trimmed";
+export type ResetReason =
+  | "epoch_changed"
+  | "state_lost"
+  | "ahead_of_stream"
+  | "history_trimmed";
 
 /** A position in a stream: its epoch and the seq of the last put seen. */
 export interface Position {

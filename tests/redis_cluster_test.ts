@@ -277,8 +277,9 @@ clusterTest(
     // During the outage: a clear error, nothing silently dropped.
     for (let i = 100; i < 110; i++) assert(!(await put(i)));
     await redis.restart();
+    // Redis came back empty: state lost, not a stream deleted (issue 12).
     const reset = await rec.waitForEvent((e) => e.kind === "reset");
-    assertEquals(reset.at(-1)?.message, { reason: "epoch_changed" });
+    assertEquals(reset.at(-1)?.message, { reason: "state_lost" });
     // Publishers retry on engine_unavailable until the node's connection is back.
     let i = 110;
     for (let attempt = 0; !(await put(i)); attempt++) {

@@ -293,9 +293,10 @@ redisTest(
     assertInstanceOf(e, EngineUnavailableError);
     await assertRejects(() => hub.listen("other", new Recorder()), EngineUnavailableError);
     await redis.restart();
-    // Redis came back empty: the listener is told (reset, new epoch), then gets new puts.
+    // Redis came back empty: the listener is told (reset, new epoch), then gets new puts. The
+    // reason says the state was lost, not that the stream was deleted (issue 12).
     const reset = await rec.waitForEvent((ev) => ev.kind === "reset");
-    assertEquals(reset.at(-1)?.message, { reason: "epoch_changed" });
+    assertEquals(reset.at(-1)?.message, { reason: "state_lost" });
     // The command connection may come back a moment after the subscription: retry as a
     // publisher would on engine_unavailable (bounded).
     for (let attempt = 0;; attempt++) {
