@@ -51,7 +51,7 @@ import { Auth, forbidden, type Grant, type Right, type Token } from "./auth.ts";
 import { Metrics, prometheus } from "./metrics.ts";
 import { DEFAULT_HTTP_PORT, intOption, parsePosition, waitAtMost } from "./options.ts";
 import { statusPage } from "./page.ts";
-import { SseDoor } from "./sse.ts";
+import { isEndId, SseDoor } from "./sse.ts";
 import { WsDoor } from "./ws.ts";
 
 export { Metrics } from "./metrics.ts";
@@ -280,10 +280,16 @@ class HttpDoor {
           status: e.status,
           headers: { "content-type": JSON_TYPE, ...e.headers },
         });
-      } else if (e instanceof Error && e.name === "EngineUnavailableError") {
-        this.metrics.error("engine_unavailable");
+      } else if (
+        e instanceof Error &&
+        (e.name === "EngineUnavailableError" || e.name === "StorageUnavailableError")
+      ) {
+        const code = e.name === "EngineUnavailableError"
+          ? "engine_unavailable"
+          : "storage_unavailable";
+        this.metrics.error(code);
         res = new Response(
-          JSON.stringify({ code: "engine_unavailable", message: e.message }),
+          JSON.stringify({ code, message: e.message }),
           { status: 503, headers: { "content-type": JSON_TYPE } },
         );
       } else {
@@ -524,6 +530,8 @@ class HttpDoor {
 
   #serveSse(req: Request, url: URL, name: string): Promise<Response> {
     const given = req.headers.get("last-event-id") || url.searchParams.get("since");
+    // The client saw the stream end: 204 stops EventSource instead of listening anew.
+    if (given && isEndId(given)) return Promise.resolve(new Response(null, { status: 204 }));
     let since: Position | undefined;
     if (given) {
       since = parsePosition(given);

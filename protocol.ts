@@ -35,6 +35,7 @@ export type ErrorCode =
   | "slow_consumer"
   | "idle_timeout"
   | "engine_unavailable"
+  | "storage_unavailable"
   | "not_connected"
   | "internal";
 
@@ -243,6 +244,8 @@ export class Session implements Listener {
     if (e instanceof ProtocolError) this.error(e.code, e.message, id, e.stream ?? stream);
     else if (e instanceof EngineUnavailableError) {
       this.error("engine_unavailable", e.message, id, stream);
+    } else if (e instanceof Error && e.name === "StorageUnavailableError") {
+      this.error("storage_unavailable", e.message, id, stream);
     } else this.error("internal", `Cannot handle frame: ${(e as Error).message}`, id, stream);
   }
 

@@ -28,6 +28,7 @@ import { Auth, parseTokenFile, parseTokenSpec, type Token } from "./auth.ts";
 import { Metrics } from "./metrics.ts";
 import denoJson from "./deno.json" with { type: "json" };
 import { RedisEngine } from "./redis.ts";
+import { DurableStore, FSYNC_POLICIES, type FsyncPolicy } from "./store.ts";
 import { type MessageHttpServer, serveHttp } from "./http.ts";
 import {
   DEFAULT_PORT,
@@ -158,6 +159,18 @@ export interface ServeOptions extends MessageStreamOptions {
    * @default {"msgstream:"}
    */
   redisPrefix?: string;
+  /**
+   * Keep every stream's epoch, seq, header and history in this SQLite file and restore them at
+   * start (see docs/durability.md); needs read and write permission on it and its `-wal` and
+   * `-shm` side files. Ignored when `hub` or `redis` is given. Off (memory only) unless given.
+   */
+  data?: string;
+  /**
+   * With `data`: when a write is durable (`always`, `batch` or `never`; see `store.ts`).
+   *
+   * @default {"batch"}
+   */
+  fsync?: FsyncPolicy;
 }
 
 /** A running server; shaped like `Deno.HttpServer`. */
@@ -211,6 +224,15 @@ class ServerImpl implements MessageServer {
           : {}),
       });
       this.hub = new MessageStream({ ...options, engine });
+      this.#ownsEngine = true;
+    } else if (options.data !== undefined) {
+      const store = DurableStore.open(options.data, options.fsync ? { fsync: options.fsync } : {});
+      try {
+        this.hub = new MessageStream({ ...options, store });
+      } catch (e) {
+        store.close();
+        throw e;
+      }
       this.#ownsEngine = true;
     } else this.hub = new MessageStream(options);
     const hostname = options.hostname ?? "127.0.0.1";
@@ -343,11 +365,17 @@ Options:
   --redis URL               share streams with other nodes through this Redis, e.g.
                             redis://127.0.0.1:6379 (needs --allow-env)
   --redis-prefix PREFIX     prefix of Redis keys and channels (default msgstream:)
+  --data PATH               keep headers, epochs, seqs and history in this SQLite file and
+                            restore them at start (needs --allow-read and --allow-write on
+                            PATH, PATH-wal and PATH-shm; default: memory only)
+  --fsync POLICY            with --data: always (answer a put once on disk), batch (commit
+                            every 50 ms) or never (let the OS flush) (default batch)
   -h, --help                show this help
   -V, --version             show the version
 
 Environment (read only when permitted, e.g. --allow-env):
-  MSGSTREAM_PORT, MSGSTREAM_HOSTNAME, MSGSTREAM_TOKEN (NAME:SECRET), MSGSTREAM_REDIS_URL`;
+  MSGSTREAM_PORT, MSGSTREAM_HOSTNAME, MSGSTREAM_TOKEN (NAME:SECRET), MSGSTREAM_REDIS_URL,
+  MSGSTREAM_DATA, MSGSTREAM_FSYNC`;
 
 /**
  * Builds server options from command-line arguments.
@@ -379,6 +407,8 @@ function parseServeArgs(argv: string[]): ServeOptions | "help" | "version" {
       "token",
       "redis",
       "redis-prefix",
+      "data",
+      "fsync",
       ...numeric,
     ],
     boolean: ["help", "version"],
@@ -435,6 +465,18 @@ function parseServeArgs(argv: string[]): ServeOptions | "help" | "version" {
     options.redis = redis;
   }
   if (args["redis-prefix"] !== undefined) options.redisPrefix = args["redis-prefix"];
+  const data = args.data ?? env("MSGSTREAM_DATA");
+  if (data !== undefined) {
+    if (data === "") throw new UsageError("--data needs a file path");
+    options.data = data;
+  }
+  const fsync = args.fsync ?? env("MSGSTREAM_FSYNC");
+  if (fsync !== undefined) {
+    if (!FSYNC_POLICIES.includes(fsync as FsyncPolicy)) {
+      throw new UsageError(`--fsync must be always, batch or never, got "${fsync}"`);
+    }
+    options.fsync = fsync as FsyncPolicy;
+  }
   if ((args.cert === undefined) !== (args.key === undefined)) {
     throw new UsageError("--cert and --key go together");
   }

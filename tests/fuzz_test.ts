@@ -30,6 +30,7 @@ const CODES: Record<ErrorCode, true> = {
   slow_consumer: true,
   idle_timeout: true,
   engine_unavailable: true,
+  storage_unavailable: true,
   not_connected: true,
   internal: true,
 };
