@@ -9,7 +9,8 @@
  *   no seq ever comes back with another message.
  */
 import { assert, assertEquals } from "@std/assert";
-import { connectRaw, type Frame, listeningPort, type RawClient } from "./_helpers.ts";
+import { connectRaw, type Frame, type RawClient } from "./_raw_client.ts";
+import { listeningPort } from "./_server.ts";
 
 const serverPath = new URL("../server.ts", import.meta.url).pathname;
 const ROUNDS = Number(Deno.env.get("CRASH_ROUNDS") ?? 3);
