@@ -4,9 +4,15 @@
  * pull-based byte stream. The header comes first (`event: header`), then puts (`event: put`),
  * `event: end` on delete and `event: reset` when a resume position is not covered by history.
  * Every event has `id: <epoch>:<seq>`, so `EventSource` resumes through `Last-Event-ID`; of the
- * header changes at the resume position only the newest is sent again. Comment heartbeats
- * (`: hb`) keep proxies from closing idle responses; `event: close` says why the server ended
- * one (`shutdown`, `slow_consumer`).
+ * header changes at the resume position only the newest is sent again. Every join gives the
+ * client a position at once: when it has no event to send (no header, nothing to replay), an
+ * `event: joined` block (`id: <epoch>:<seq>`, `data: {"epoch","seq"}`), so a client that drops
+ * before the first put still resumes without a gap. (It carries data because some SSE clients
+ * ignore the id of a block without data.) `retry:` comes in the first block. The `end` event's id is `<epoch>:<seq>:end`: a
+ * reconnect with it is answered 204, which stops `EventSource`. Comment heartbeats (`: hb`)
+ * keep proxies from closing idle responses: nothing is ever silent for longer than the
+ * heartbeat interval. `event: close` says why the server ended a response (`shutdown`,
+ * `slow_consumer`).
  *
  * @example Follow a stream
  * ```ts
@@ -26,7 +32,7 @@
  * const reader = res.body!.pipeThrough(new TextDecoderStream()).getReader();
  * let text = "";
  * while (!text.includes("event: put")) text += (await reader.read()).value;
- * assertEquals(text.startsWith("retry: 1000\n\n"), true);
+ * assertEquals(text.startsWith("retry: 1000\nid: "), true);
  * await reader.cancel();
  * ```
  *
@@ -40,6 +46,28 @@ import type { Listener, MessageStream, Position, StreamEvent } from "./mod.ts";
 
 const encoder = new TextEncoder();
 const HEARTBEAT = encoder.encode(": hb\n\n");
+/** The suffix of an `end` event's id. */
+const END_ID = /:end$/;
+
+/**
+ * Whether a `Last-Event-ID` is that of an `end` event: the client saw its stream deleted, and
+ * is answered 204 (`EventSource` then stops reconnecting).
+ *
+ * @param id The client's `Last-Event-ID`.
+ * @returns Whether it names an `end` event.
+ *
+ * @example
+ * ```ts
+ * import { isEndId } from "./sse.ts";
+ * import { assertEquals } from "@std/assert";
+ *
+ * assertEquals(isEndId("a1b2:7:end"), true);
+ * assertEquals(isEndId("a1b2:7"), false);
+ * ```
+ */
+export function isEndId(id: string): boolean {
+  return END_ID.test(id);
+}
 
 /** The limits of one door's SSE responses (the HTTP door's options, checked). */
 export interface SseLimits {
@@ -61,6 +89,11 @@ export class SseDoor {
   readonly maxBuffer: number;
   /** Heartbeat sweeps so far: a response still closing two sweeps on is stuck and cut. */
   sweeps = 0;
+  /**
+   * Milliseconds between sweeps: half the heartbeat interval. A response silent through a whole
+   * sweep period gets a heartbeat at the next sweep, so no gap exceeds the interval.
+   */
+  readonly sweepPeriod: number;
   readonly #heartbeat: number;
   readonly #preamble: Uint8Array;
   readonly #conns = new Set<SseConnection>();
@@ -80,7 +113,8 @@ export class SseDoor {
     this.metrics = metrics;
     this.maxBuffer = limits.maxBufferBytes;
     this.#heartbeat = limits.heartbeatInterval;
-    this.#preamble = encoder.encode(`retry: ${limits.retry}\n\n`);
+    this.sweepPeriod = Math.max(1, Math.floor(limits.heartbeatInterval / 2));
+    this.#preamble = encoder.encode(`retry: ${limits.retry}\n`);
   }
 
   /**
@@ -96,17 +130,22 @@ export class SseDoor {
     this.#conns.add(conn);
     this.metrics.opened("sse");
     if (this.#sweeper === undefined) {
-      this.#sweeper = setInterval(() => this.#sweep(), this.#heartbeat);
+      this.#sweeper = setInterval(() => this.#sweep(), this.sweepPeriod);
       Deno.unrefTimer(this.#sweeper);
     }
     if (since) conn.resuming(since.seq);
+    let at: Position;
     try {
-      await this.hub.listen(stream, conn, since ? { since } : {});
+      at = await this.hub.listen(stream, conn, since ? { since } : {});
     } catch (e) {
       conn.cut();
       throw e;
     }
     conn.resumed();
+    // Nothing with an id went out (no header, nothing to replay): a `joined` block gives the
+    // client its position, so that a reconnect resumes from it. Events pushed since the join
+    // carry ids of their own (and later ones), so this is only ever at the join.
+    conn.position(at);
     // The client may have gone while the hub joined it.
     if (conn.done) this.hub.endqueue(conn);
     return new Response(conn.body, {
@@ -129,7 +168,8 @@ export class SseDoor {
     if (!bytes) {
       let data = this.hub.codec.encode(ev.message);
       if (/[\r\n]/.test(data)) data = data.split(/\r\n|\r|\n/).join("\ndata: ");
-      bytes = encoder.encode(`id: ${ev.epoch}:${ev.seq}\nevent: ${ev.kind}\ndata: ${data}\n\n`);
+      const id = `${ev.epoch}:${ev.seq}${ev.kind === "end" ? ":end" : ""}`;
+      bytes = encoder.encode(`id: ${id}\nevent: ${ev.kind}\ndata: ${data}\n\n`);
       this.#text.set(ev, bytes);
     }
     return bytes;
@@ -199,12 +239,16 @@ export class SseConnection implements Listener {
   #done = false;
   #resumeAt = -1;
   #heldHeader: StreamEvent | undefined;
+  /** The `retry:` line, until it goes out with the first block. */
+  #retry: Uint8Array | undefined;
+  /** Whether a block with an id went out. */
+  #sentId = false;
 
   /**
-   * Creates a response; `preamble` (the `retry:` block) is its first bytes.
+   * Creates a response; `preamble` (the `retry:` line) goes out with its first block.
    *
    * @param door The door's SSE side.
-   * @param preamble The first bytes.
+   * @param preamble The `retry:` line.
    */
   constructor(door: SseDoor, preamble: Uint8Array) {
     this.#door = door;
@@ -215,7 +259,7 @@ export class SseConnection implements Listener {
       pull: () => this.#pull(),
       cancel: () => this.#cancelled(),
     }, { highWaterMark: 0 });
-    this.#push(preamble);
+    this.#retry = preamble;
   }
 
   /** Whether the response has ended (finished, cut or cancelled by the client). */
@@ -239,8 +283,31 @@ export class SseConnection implements Listener {
       }
       this.resumed();
     }
-    this.#push(this.#door.frame(event));
+    this.#block(this.#door.frame(event));
     if (event.kind === "end") this.end();
+  }
+
+  /**
+   * Sends an `event: joined` block with the join position, unless a block with an id went out
+   * already.
+   *
+   * @param at The position at the join.
+   */
+  position(at: Position): void {
+    if (this.#sentId || this.#closing) return;
+    const data = JSON.stringify({ epoch: at.epoch, seq: at.seq });
+    this.#block(encoder.encode(`id: ${at.epoch}:${at.seq}\nevent: joined\ndata: ${data}\n\n`));
+  }
+
+  /** Queues a block with an id; the first one carries the `retry:` line. */
+  #block(bytes: Uint8Array): void {
+    this.#sentId = true;
+    const retry = this.#retry;
+    if (retry) {
+      this.#retry = undefined;
+      bytes = concat([retry, bytes]);
+    }
+    this.#push(bytes);
   }
 
   /**
@@ -257,7 +324,7 @@ export class SseConnection implements Listener {
     this.#resumeAt = -1;
     const held = this.#heldHeader;
     this.#heldHeader = undefined;
-    if (held && !this.#closing) this.#push(this.#door.frame(held));
+    if (held && !this.#closing) this.#block(this.#door.frame(held));
   }
 
   /** Queues a comment heartbeat (`: hb`). */

@@ -98,7 +98,8 @@ export class SseReader {
   }
 
   /**
-   * The next event block (comments and `retry` are skipped).
+   * The next event block (comments, `retry` and the join's `joined` position block are
+   * skipped; read them with {@linkcode SseReader.block}).
    *
    * @param ms The deadline in milliseconds.
    * @returns The block.
@@ -113,7 +114,7 @@ export class SseReader {
           if (!b) {
             throw new Error(`The SSE response ended before the next event (${this.#state()})`);
           }
-          if (b.event !== undefined) return b;
+          if (b.event !== undefined && b.event !== "joined") return b;
         }
       })(),
       () => `the next SSE event (${this.#state()})`,
