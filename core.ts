@@ -161,6 +161,11 @@ export abstract class Streams<S extends StreamState> implements Core {
       );
     }
     if (stream.length === 0) throw new TypeError("Stream name must not be empty");
+    if (!stream.isWellFormed()) {
+      // A lone surrogate has no UTF-8 form: on the wire and in an engine's keys it would
+      // become U+FFFD and share a stream with another name.
+      throw new TypeError("Stream name must be well-formed Unicode: it has a lone surrogate");
+    }
     if (stream.length > this.maxName) {
       throw new RangeError(
         `Stream name is ${stream.length} characters long: the limit is ${this.maxName}`,

@@ -377,6 +377,9 @@ class HttpDoor {
         `Stream name must be a non-empty string of at most ${max} characters`,
       );
     }
+    if (!name.isWellFormed()) {
+      throw new HttpError(400, "invalid_stream", "Stream name must be well-formed Unicode");
+    }
     return name;
   }
 

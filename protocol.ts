@@ -413,6 +413,12 @@ export class Session implements Listener {
         `Field "stream" must be a non-empty string of at most ${max} characters`,
       );
     }
+    if (!stream.isWellFormed()) {
+      throw new ProtocolError(
+        "invalid_stream",
+        'Field "stream" must be well-formed Unicode: it has a lone surrogate',
+      );
+    }
     if (right && this.#grant && !this.#grant[right](stream)) {
       throw new ProtocolError("forbidden", forbidden(right, stream), stream);
     }
