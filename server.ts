@@ -33,8 +33,6 @@ import { type MessageHttpServer, serveHttp } from "./http.ts";
 import {
   DEFAULT_PORT,
   defaultMaxConnections,
-  env,
-  intFlag,
   intOption,
   LOG_LEVELS,
   type LogLevel,
@@ -340,151 +338,487 @@ export function serve(options?: ServeOptions): MessageServer {
   return new ServerImpl(options ?? {});
 }
 
-const USAGE = `Usage: msgstream serve [options]    (or: deno run -N server.ts [options])
+/** How an option's value is read from a flag, a variable or the config file. */
+type OptionKind = "int" | "string" | "strings" | "enum" | "bool";
 
-Options:
-  --hostname HOST           address to listen on (default 127.0.0.1)
-  --port PORT               TCP port; 0 picks a free one (default 51932)
-  --http-port PORT          also serve HTTP (SSE, WebSocket, REST, /metrics, status page)
-                            on this port, same hub; 0 picks a free one (default: off)
-  --max-line-bytes N        longest request line (default 1048576)
-  --max-outbound-bytes N    unsent bytes per connection before slow_consumer (default 8388608)
-  --history-messages N      events kept per stream for resume (default 1000)
-  --history-bytes N         bytes kept per stream for resume (default 1048576)
-  --max-history-bytes N     bytes kept for all streams together (default 67108864)
-  --ping-interval MS        ping silent connections this often (default 30000)
-  --auth-timeout MS         with tokens, close connections without hello this long
-                            (default 10000)
-  --max-connections N       open connections per door; size it under ulimit -n
-                            (default 15000, or ulimit -n minus 10% when lower)
-  --idle-timeout MS         close pinging clients silent this long; 0 never (default 90000)
-  --token NAME:SECRET       require hello with this token (repeatable; all rights)
-  --token-file FILE         tokens with permissions, JSON (needs --allow-read)
-  --cert FILE --key FILE    serve TLS with these PEM files (needs --allow-read)
-  --log-level LEVEL         debug, info, warn, error or silent (default info)
-  --redis URL               share streams with other nodes through this Redis, e.g.
-                            redis://127.0.0.1:6379 (needs --allow-env)
-  --redis-prefix PREFIX     prefix of Redis keys and channels (default msgstream:)
-  --data PATH               keep headers, epochs, seqs and history in this SQLite file and
-                            restore them at start (needs --allow-read and --allow-write on
-                            PATH, PATH-wal and PATH-shm; default: memory only)
-  --fsync POLICY            with --data: always (answer a put once on disk), batch (commit
-                            every 50 ms) or never (let the OS flush) (default batch)
-  -h, --help                show this help
-  -V, --version             show the version
-
-Environment (read only when permitted, e.g. --allow-env):
-  MSGSTREAM_PORT, MSGSTREAM_HOSTNAME, MSGSTREAM_TOKEN (NAME:SECRET), MSGSTREAM_REDIS_URL,
-  MSGSTREAM_DATA, MSGSTREAM_FSYNC`;
+/** A checked option value. */
+type OptionValue = number | string | string[] | boolean;
 
 /**
- * Builds server options from command-line arguments.
+ * One server option, the same under three names: the flag `--NAME`, the environment variable
+ * (`MSGSTREAM_` + NAME in capitals unless `env` says otherwise) and the key `NAME` of the
+ * `--config` file.
+ */
+interface OptionSpec {
+  /** The flag's name without dashes; also the config file's key. */
+  name: string;
+  /** How the value is read. */
+  kind: OptionKind;
+  /** What the flag takes, for the usage ("N", "MS", "FILE"); empty for a bool. */
+  arg: string;
+  /** The usage text; a "\n" starts a continuation line. */
+  help: string;
+  /** The smallest integer allowed. */
+  min?: number;
+  /** The largest integer allowed. */
+  max?: number;
+  /** The values an enum takes. */
+  values?: readonly string[];
+  /** The environment variable, or null for none; by default `MSGSTREAM_` + NAME in capitals. */
+  env?: string | null;
+  /** The {@linkcode ServeOptions} field it sets, when it maps one to one. */
+  key?: keyof ServeOptions;
+  /** Or how it sets the options; `label` names the value's source for messages. */
+  apply?: (options: ServeOptions, value: OptionValue, label: string) => void;
+}
+
+/**
+ * Every option of the server's command line, its environment and its config file. Add a flag
+ * here: the usage, the `MSGSTREAM_*` variable, the config key and `deno task start`'s
+ * `--allow-env` list (tests/config_test.ts compares them) follow from this one entry.
+ */
+const SERVE_OPTIONS: readonly OptionSpec[] = [
+  {
+    name: "config",
+    kind: "string",
+    arg: "FILE",
+    help: "read options from this JSON file, keyed by flag name\n(needs --allow-read)",
+  },
+  {
+    name: "hostname",
+    kind: "string",
+    arg: "HOST",
+    help: "address to listen on (default 127.0.0.1)",
+    key: "hostname",
+  },
+  {
+    name: "port",
+    kind: "int",
+    arg: "PORT",
+    help: "TCP port; 0 picks a free one (default 51932)",
+    max: 65535,
+    key: "port",
+  },
+  {
+    name: "http-port",
+    kind: "int",
+    arg: "PORT",
+    help: "also serve HTTP (SSE, WebSocket, REST, /metrics, status page)\n" +
+      "on this port, same hub; 0 picks a free one (default: off)",
+    max: 65535,
+    apply: (o, v) => {
+      o.http = { ...o.http, port: v as number };
+    },
+  },
+  {
+    name: "max-line-bytes",
+    kind: "int",
+    arg: "N",
+    help: "longest request line (default 1048576)",
+    key: "maxLineBytes",
+  },
+  {
+    name: "max-outbound-bytes",
+    kind: "int",
+    arg: "N",
+    help: "unsent bytes per connection before slow_consumer (default 8388608)",
+    key: "maxOutboundBytes",
+  },
+  {
+    name: "history-messages",
+    kind: "int",
+    arg: "N",
+    help: "events kept per stream for resume (default 1000)",
+    key: "historyMessages",
+  },
+  {
+    name: "history-bytes",
+    kind: "int",
+    arg: "N",
+    help: "bytes kept per stream for resume (default 1048576)",
+    key: "historyBytes",
+  },
+  {
+    name: "max-history-bytes",
+    kind: "int",
+    arg: "N",
+    help: "bytes kept for all streams together (default 67108864)",
+    key: "maxHistoryBytes",
+  },
+  {
+    name: "ping-interval",
+    kind: "int",
+    arg: "MS",
+    help: "ping silent connections this often (default 30000)",
+    key: "pingInterval",
+  },
+  {
+    name: "auth-timeout",
+    kind: "int",
+    arg: "MS",
+    help: "with tokens, close connections without hello this long\n(default 10000)",
+    key: "authTimeout",
+  },
+  {
+    name: "max-connections",
+    kind: "int",
+    arg: "N",
+    help: "open connections per door; size it under ulimit -n\n" +
+      "(default 15000, or ulimit -n minus 10% when lower)",
+    key: "maxConnections",
+  },
+  {
+    name: "idle-timeout",
+    kind: "int",
+    arg: "MS",
+    help: "close pinging clients silent this long; 0 never (default 90000)",
+    key: "idleTimeout",
+  },
+  {
+    name: "token",
+    kind: "strings",
+    arg: "NAME:SECRET",
+    help: "require hello with this token (repeatable; all rights)",
+    apply: (o, v, label) => {
+      for (const spec of v as string[]) {
+        try {
+          (o.tokens ??= []).push(parseTokenSpec(spec));
+        } catch (e) {
+          throw new UsageError(`${label}: ${(e as Error).message}`);
+        }
+      }
+    },
+  },
+  {
+    name: "token-file",
+    kind: "string",
+    arg: "FILE",
+    help: "tokens with permissions, JSON (needs --allow-read)",
+    apply: (o, v, label) => {
+      const file = v as string;
+      try {
+        (o.tokens ??= []).push(...parseTokenFile(readFile(file, label), file));
+      } catch (e) {
+        if (e instanceof UsageError) throw e;
+        throw new UsageError((e as Error).message);
+      }
+    },
+  },
+  {
+    name: "cert",
+    kind: "string",
+    arg: "FILE",
+    help: "serve TLS on every door with this PEM certificate chain\nand --key (needs --allow-read)",
+    apply: (o, v, label) => {
+      o.cert = readFile(v as string, label);
+    },
+  },
+  {
+    name: "key",
+    kind: "string",
+    arg: "FILE",
+    help: "the PEM private key of --cert",
+    apply: (o, v, label) => {
+      o.key = readFile(v as string, label);
+    },
+  },
+  {
+    name: "log-level",
+    kind: "enum",
+    arg: "LEVEL",
+    help: "debug, info, warn, error or silent (default info)",
+    values: LOG_LEVELS,
+    key: "logLevel",
+  },
+  {
+    name: "redis",
+    kind: "string",
+    arg: "URL",
+    help: "share streams with other nodes through this Redis, e.g.\n" +
+      "redis://127.0.0.1:6379 (needs --allow-env)",
+    env: "MSGSTREAM_REDIS_URL",
+    apply: (o, v, label) => {
+      const url = v as string;
+      if (!/^rediss?:\/\//.test(url)) {
+        throw new UsageError(`${label} must be a redis:// or rediss:// URL, got "${url}"`);
+      }
+      if (Deno.permissions.querySync({ name: "env" }).state !== "granted") {
+        throw new UsageError(`${label} needs --allow-env: the Redis client reads the environment`);
+      }
+      o.redis = url;
+    },
+  },
+  {
+    name: "redis-prefix",
+    kind: "string",
+    arg: "PREFIX",
+    help: "prefix of Redis keys and channels (default msgstream:)",
+    key: "redisPrefix",
+  },
+  {
+    name: "data",
+    kind: "string",
+    arg: "PATH",
+    help: "keep headers, epochs, seqs and history in this SQLite file and\n" +
+      "restore them at start (needs --allow-read and --allow-write on\n" +
+      "PATH, PATH-wal and PATH-shm; default: memory only)",
+    apply: (o, v, label) => {
+      if (v === "") throw new UsageError(`${label} needs a file path`);
+      o.data = v as string;
+    },
+  },
+  {
+    name: "fsync",
+    kind: "enum",
+    arg: "POLICY",
+    help: "with --data: always (answer a put once on disk), batch (commit\n" +
+      "every 50 ms) or never (let the OS flush) (default batch)",
+    values: FSYNC_POLICIES,
+    key: "fsync",
+  },
+];
+
+/** The environment variable of an option, or undefined when it has none. */
+function envName(spec: OptionSpec): string | undefined {
+  if (spec.env === null) return undefined;
+  return spec.env ?? `MSGSTREAM_${spec.name.toUpperCase().replaceAll("-", "_")}`;
+}
+
+/** Every `MSGSTREAM_*` variable the server reads, in table order. */
+function envNames(): string[] {
+  return SERVE_OPTIONS.map(envName).filter((n): n is string => n !== undefined);
+}
+
+/** Reads a file an option names; a missing permission or file is a one-line usage error. */
+function readFile(path: string, label: string): string {
+  try {
+    return Deno.readTextFileSync(path);
+  } catch (e) {
+    if (e instanceof Deno.errors.NotCapable || e instanceof Deno.errors.PermissionDenied) {
+      throw new UsageError(
+        `Cannot read ${label} "${path}": run with --allow-read (or --allow-read=${path}) for ${label}`,
+      );
+    }
+    if (e instanceof Deno.errors.NotFound) {
+      throw new UsageError(`Cannot read ${label} "${path}": no such file`);
+    }
+    throw new UsageError(`Cannot read ${label} "${path}": ${(e as Error).message}`);
+  }
+}
+
+function usage(): string {
+  const lines = [
+    "Usage: msgstream serve [options]    (or: deno run -N server.ts [options])",
+    "",
+    "Options:",
+  ];
+  for (const spec of SERVE_OPTIONS) {
+    const flag = `  --${spec.name}${spec.arg ? ` ${spec.arg}` : ""}`;
+    const [first, ...more] = spec.help.split("\n");
+    if (flag.length < 28) lines.push(`${flag.padEnd(28)}${first}`);
+    else lines.push(flag, `${" ".repeat(28)}${first}`);
+    for (const line of more) lines.push(`${" ".repeat(28)}${line}`);
+  }
+  lines.push(
+    `${"  -h, --help".padEnd(28)}show this help`,
+    `${"  -V, --version".padEnd(28)}show the version`,
+    "",
+    "Every option is also an environment variable and a --config key. Precedence: flag, then",
+    "environment, then config file. The variables (read only where --allow-env grants them;",
+    "`deno task start` grants exactly these):",
+  );
+  let line = " ";
+  for (const name of envNames()) {
+    if (line.length + name.length + 2 > 96) {
+      lines.push(line);
+      line = " ";
+    }
+    line += ` ${name}`;
+  }
+  lines.push(
+    line,
+    "",
+    "The config file is a JSON object keyed by flag name, e.g.",
+    '  {"port": 51932, "token": ["app:s3cret"], "http-port": 8080}',
+  );
+  return lines.join("\n");
+}
+
+/** Something to say once the log is up (the environment that could not be read). */
+interface Note {
+  level: LogLevel;
+  message: string;
+}
+
+/** What the server's command line asked for. */
+interface ParsedArgs {
+  options: ServeOptions;
+  /** Log lines about the configuration itself. */
+  notes: Note[];
+}
+
+/** Reads the `MSGSTREAM_*` variables that are granted; notes those that are not. */
+function readEnvironment(notes: Note[]): Map<string, string> {
+  const values = new Map<string, string>();
+  const unread: string[] = [];
+  for (const name of envNames()) {
+    let state: Deno.PermissionState;
+    try {
+      state = Deno.permissions.querySync({ name: "env", variable: name }).state;
+    } catch {
+      state = "denied";
+    }
+    if (state !== "granted") {
+      unread.push(name);
+      continue;
+    }
+    const value = Deno.env.get(name);
+    if (value) values.set(name, value);
+  }
+  if (unread.length === 0) return values;
+  // Deno shows nothing of a variable without permission (not even whether it is set; reading
+  // /proc/self/environ needs --allow-all), so what was not read is said once at start.
+  if (unread.length === envNames().length) {
+    notes.push({
+      level: "info",
+      message: "MSGSTREAM_* variables not read: no --allow-env " +
+        "(deno task start grants them; see --help)",
+    });
+  } else {
+    notes.push({
+      level: "info",
+      message: `not read (not granted by --allow-env): ${unread.join(", ")}`,
+    });
+  }
+  return values;
+}
+
+/** Checks one option's value as the flag, variable or config file gave it. */
+function checkValue(spec: OptionSpec, raw: unknown, label: string, json: boolean): OptionValue {
+  switch (spec.kind) {
+    case "int": {
+      const min = spec.min ?? 0;
+      const max = spec.max ?? Number.MAX_SAFE_INTEGER;
+      const n = json ? raw : typeof raw === "string" && raw.trim() !== "" ? Number(raw) : NaN;
+      if (typeof n !== "number" || !Number.isSafeInteger(n) || n < min) {
+        const what = min === 0 ? "a non-negative integer" : `an integer of at least ${min}`;
+        throw new UsageError(`${label} must be ${what}, got ${JSON.stringify(raw)}`);
+      }
+      if (n > max) throw new UsageError(`${label} must be at most ${max}, got ${n}`);
+      return n;
+    }
+    case "strings": {
+      const list = typeof raw === "string" ? [raw] : raw;
+      if (!Array.isArray(list) || !list.every((s) => typeof s === "string")) {
+        throw new UsageError(`${label} must be a string or an array of strings`);
+      }
+      return list as string[];
+    }
+    case "bool": {
+      if (typeof raw === "boolean") return raw;
+      if (!json && (raw === "true" || raw === "1")) return true;
+      if (!json && (raw === "false" || raw === "0")) return false;
+      throw new UsageError(`${label} must be true or false, got ${JSON.stringify(raw)}`);
+    }
+    case "string":
+    case "enum": {
+      if (typeof raw !== "string") {
+        throw new UsageError(`${label} must be a string, got ${JSON.stringify(raw)}`);
+      }
+      if (spec.values && !spec.values.includes(raw)) {
+        throw new UsageError(`Unknown ${label} "${raw}" (one of ${spec.values.join(", ")})`);
+      }
+      return raw;
+    }
+  }
+}
+
+/** Reads the `--config` file: a JSON object whose keys are flag names. */
+function readConfig(path: string, label: string): Record<string, unknown> {
+  const where = `Config file "${path}"`;
+  let data: unknown;
+  try {
+    data = JSON.parse(readFile(path, label));
+  } catch (e) {
+    if (e instanceof UsageError) throw e;
+    throw new UsageError(`${where}: invalid JSON: ${(e as Error).message}`);
+  }
+  if (data === null || typeof data !== "object" || Array.isArray(data)) {
+    throw new UsageError(`${where}: must be a JSON object keyed by flag name`);
+  }
+  for (const key of Object.keys(data)) {
+    if (key === "config" || !SERVE_OPTIONS.some((s) => s.name === key)) {
+      throw new UsageError(`${where}: unknown key "${key}"`);
+    }
+  }
+  return data as Record<string, unknown>;
+}
+
+/**
+ * Builds server options from command-line arguments, the `MSGSTREAM_*` environment and the
+ * `--config` file, in that order of precedence.
  *
  * @param argv The arguments.
  * @returns The options, or `help`/`version` when asked.
  */
-function parseServeArgs(argv: string[]): ServeOptions | "help" | "version" {
-  const numeric = [
-    "port",
-    "max-line-bytes",
-    "max-outbound-bytes",
-    "history-messages",
-    "history-bytes",
-    "max-history-bytes",
-    "ping-interval",
-    "idle-timeout",
-    "auth-timeout",
-    "max-connections",
-    "http-port",
-  ];
+function parseServeArgs(argv: string[]): ParsedArgs | "help" | "version" {
   const args = parseArgs(argv, {
-    string: [
-      "hostname",
-      "token-file",
-      "cert",
-      "key",
-      "log-level",
-      "token",
-      "redis",
-      "redis-prefix",
-      "data",
-      "fsync",
-      ...numeric,
+    string: SERVE_OPTIONS.filter((s) => s.kind !== "bool").map((s) => s.name),
+    boolean: [
+      "help",
+      "version",
+      ...SERVE_OPTIONS.filter((s) => s.kind === "bool").map((s) => s.name),
     ],
-    boolean: ["help", "version"],
-    collect: ["token"],
+    collect: SERVE_OPTIONS.filter((s) => s.kind === "strings").map((s) => s.name),
     alias: { h: "help", V: "version" },
     unknown: (arg: string) => {
       throw new UsageError(`Unknown argument "${arg}"`);
     },
-  });
+  }) as Record<string, unknown>;
   if (args.help) return "help";
   if (args.version) return "version";
-  const logLevel = (args["log-level"] ?? "info") as LogLevel;
-  if (!LOG_LEVELS.includes(logLevel)) throw new UsageError(`Unknown --log-level "${logLevel}"`);
-  const options: ServeOptions = { logLevel };
-  options.hostname = args.hostname ?? env("MSGSTREAM_HOSTNAME") ?? "127.0.0.1";
-  const port = intFlag(args.port ?? env("MSGSTREAM_PORT"), "port", 0, 65535);
-  if (port !== undefined) options.port = port;
-  const set = (flag: string, key: keyof ServeOptions) => {
-    const v = intFlag(args[flag], flag);
-    if (v !== undefined) (options as Record<string, unknown>)[key] = v;
+  const notes: Note[] = [];
+  const environment = readEnvironment(notes);
+  const given = (spec: OptionSpec): boolean => {
+    const v = args[spec.name];
+    if (spec.kind === "bool") return v === true;
+    if (spec.kind === "strings") return Array.isArray(v) && v.length > 0;
+    return v !== undefined;
   };
-  set("max-line-bytes", "maxLineBytes");
-  set("max-outbound-bytes", "maxOutboundBytes");
-  set("history-messages", "historyMessages");
-  set("history-bytes", "historyBytes");
-  set("max-history-bytes", "maxHistoryBytes");
-  set("ping-interval", "pingInterval");
-  set("idle-timeout", "idleTimeout");
-  set("auth-timeout", "authTimeout");
-  set("max-connections", "maxConnections");
-  const httpPort = intFlag(args["http-port"], "http-port", 0, 65535);
-  if (httpPort !== undefined) options.http = { port: httpPort };
-  const tokens: Token[] = [];
-  const specs: string[] = args.token ?? [];
-  const envToken = env("MSGSTREAM_TOKEN");
-  if (envToken) specs.push(envToken);
-  try {
-    for (const spec of specs) tokens.push(parseTokenSpec(spec));
-    if (args["token-file"]) {
-      tokens.push(...parseTokenFile(Deno.readTextFileSync(args["token-file"]), args["token-file"]));
-    }
-  } catch (e) {
-    throw new UsageError((e as Error).message);
+  let file: Record<string, unknown> = {};
+  let fileName = "";
+  const configSpec = SERVE_OPTIONS[0] as OptionSpec;
+  const configPath = given(configSpec)
+    ? args.config as string
+    : environment.get(envName(configSpec) as string);
+  if (configPath !== undefined) {
+    const label = given(configSpec) ? "--config" : envName(configSpec) as string;
+    file = readConfig(configPath, label);
+    fileName = configPath;
   }
-  if (tokens.length > 0) options.tokens = tokens;
-  const redis = args.redis ?? env("MSGSTREAM_REDIS_URL");
-  if (redis !== undefined) {
-    if (!/^rediss?:\/\//.test(redis)) {
-      throw new UsageError(`--redis must be a redis:// or rediss:// URL, got "${redis}"`);
-    }
-    if (Deno.permissions.querySync({ name: "env" }).state !== "granted") {
-      throw new UsageError("--redis needs --allow-env: the Redis client reads the environment");
-    }
-    options.redis = redis;
+  const options: ServeOptions = { logLevel: "info" };
+  for (const spec of SERVE_OPTIONS) {
+    if (spec === configSpec) continue;
+    const variable = envName(spec);
+    let value: OptionValue;
+    let label: string;
+    if (given(spec)) {
+      label = `--${spec.name}`;
+      value = checkValue(spec, args[spec.name], label, false);
+    } else if (variable !== undefined && environment.has(variable)) {
+      label = variable;
+      value = checkValue(spec, environment.get(variable), label, false);
+    } else if (Object.hasOwn(file, spec.name)) {
+      label = `"${spec.name}" in config file "${fileName}"`;
+      value = checkValue(spec, file[spec.name], label, true);
+    } else continue;
+    if (spec.apply) spec.apply(options, value, label);
+    else if (spec.key) (options as Record<string, unknown>)[spec.key] = value;
   }
-  if (args["redis-prefix"] !== undefined) options.redisPrefix = args["redis-prefix"];
-  const data = args.data ?? env("MSGSTREAM_DATA");
-  if (data !== undefined) {
-    if (data === "") throw new UsageError("--data needs a file path");
-    options.data = data;
-  }
-  const fsync = args.fsync ?? env("MSGSTREAM_FSYNC");
-  if (fsync !== undefined) {
-    if (!FSYNC_POLICIES.includes(fsync as FsyncPolicy)) {
-      throw new UsageError(`--fsync must be always, batch or never, got "${fsync}"`);
-    }
-    options.fsync = fsync as FsyncPolicy;
-  }
-  if ((args.cert === undefined) !== (args.key === undefined)) {
+  if ((options.cert === undefined) !== (options.key === undefined)) {
     throw new UsageError("--cert and --key go together");
   }
-  if (args.cert !== undefined && args.key !== undefined) {
-    options.cert = Deno.readTextFileSync(args.cert);
-    options.key = Deno.readTextFileSync(args.key);
-  }
-  return options;
+  return { options, notes };
 }
 
 /**
@@ -495,24 +829,32 @@ function parseServeArgs(argv: string[]): ServeOptions | "help" | "version" {
  * @returns The process exit code.
  */
 export async function main(argv?: string[]): Promise<number> {
-  let options: ServeOptions | "help" | "version";
+  let parsed: ParsedArgs | "help" | "version";
   try {
-    options = parseServeArgs(argv ?? Deno.args);
+    parsed = parseServeArgs(argv ?? Deno.args);
   } catch (e) {
-    if (!(e instanceof UsageError) && !(e instanceof Deno.errors.NotFound)) throw e;
+    if (!(e instanceof UsageError)) throw e;
     // deno-lint-ignore no-console
-    console.error(`msgstream: ${(e as Error).message}\n\n${USAGE}`);
+    console.error(`msgstream: ${e.message} (see --help)`);
     return 1;
   }
-  if (options === "help") {
+  if (parsed === "help") {
     // deno-lint-ignore no-console
-    console.log(USAGE);
+    console.log(usage());
     return 0;
   }
-  if (options === "version") {
+  if (parsed === "version") {
     // deno-lint-ignore no-console
     console.log(`msgstream ${denoJson.version}`);
     return 0;
+  }
+  const { options, notes } = parsed;
+  const level = LOG_LEVELS.indexOf(options.logLevel ?? "info");
+  for (const note of notes) {
+    if (LOG_LEVELS.indexOf(note.level) >= level) {
+      // deno-lint-ignore no-console
+      console.error(`${new Date().toISOString()} ${note.level} ${note.message}`);
+    }
   }
   let server: MessageServer;
   try {
@@ -522,6 +864,10 @@ export async function main(argv?: string[]): Promise<number> {
     console.error(`msgstream: cannot listen: ${(e as Error).message}`);
     return 2;
   }
+  // Signals are handled before the address is printed: whoever reads it may stop us at once.
+  const stop = () => server.shutdown();
+  const signals: Deno.Signal[] = Deno.build.os === "windows" ? ["SIGINT"] : ["SIGINT", "SIGTERM"];
+  for (const s of signals) Deno.addSignalListener(s, stop);
   const scheme = options.cert ? "tls" : "tcp";
   // deno-lint-ignore no-console
   console.log(`msgstream listening on ${scheme}://${server.addr.hostname}:${server.addr.port}`);
@@ -529,9 +875,6 @@ export async function main(argv?: string[]): Promise<number> {
     // deno-lint-ignore no-console
     console.log(`msgstream http on http://${server.http.addr.hostname}:${server.http.addr.port}`);
   }
-  const stop = () => server.shutdown();
-  const signals: Deno.Signal[] = Deno.build.os === "windows" ? ["SIGINT"] : ["SIGINT", "SIGTERM"];
-  for (const s of signals) Deno.addSignalListener(s, stop);
   await server.finished;
   for (const s of signals) Deno.removeSignalListener(s, stop);
   return 0;
