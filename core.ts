@@ -70,6 +70,8 @@ export class StreamState {
 
 /** What a hub delegates to: the memory core or the engine core. */
 export interface Core {
+  /** Most bytes of a put's or header's message as encoded. */
+  maxMessage: number;
   /** Sets or clears a header. */
   header(stream: string, message: unknown): Promise<void>;
   /** Puts a message. */
@@ -95,6 +97,47 @@ export interface Core {
 }
 
 /**
+ * The default bound on a put's or header's message, as its codec encodes it: 1 MiB less 4 KiB.
+ * The 4 KiB hold the event's envelope (action, stream name, seq, epoch), so every event frame
+ * stays within 1 MiB: a WebSocket client's default frame limit, the TCP door's default line limit
+ * and the HTTP door's default body limit.
+ */
+export const DEFAULT_MAX_MESSAGE_BYTES: number = (1 << 20) - 4096;
+
+const utf8 = new TextEncoder();
+
+/**
+ * Thrown (and answered with code `message_too_large` on every door) when a put's or header's
+ * message, as the codec encodes it, is larger than the hub's `maxMessageBytes`.
+ */
+export class MessageTooLargeError extends Error {
+  /** The stream the message was for. */
+  readonly stream: string;
+  /** The message's size in bytes, as encoded. */
+  readonly size: number;
+  /** The limit in bytes. */
+  readonly limit: number;
+
+  /**
+   * Creates the error.
+   *
+   * @param stream The stream the message was for.
+   * @param size The message's encoded size in bytes.
+   * @param limit The limit in bytes.
+   */
+  constructor(stream: string, size: number, limit: number) {
+    super(
+      `Cannot put on stream "${stream.slice(0, 100)}": the message is ${size} bytes, ` +
+        `the limit is ${limit}`,
+    );
+    this.name = "MessageTooLargeError";
+    this.stream = stream;
+    this.size = size;
+    this.limit = limit;
+  }
+}
+
+/**
  * What both cores share: the streams by name, who follows what, fanout and delivery. Delivery is
  * synchronous; a listener that throws is removed from every stream.
  */
@@ -103,6 +146,8 @@ export abstract class Streams<S extends StreamState> implements Core {
   readonly codec: Codec;
   /** The longest stream name accepted. */
   readonly maxName: number;
+  /** Most bytes of a put's or header's message as encoded (set by the hub). */
+  maxMessage: number = DEFAULT_MAX_MESSAGE_BYTES;
   /** The streams held, by name. */
   protected readonly streams: Map<string, S> = new Map();
   /** The streams each listener follows. */
@@ -176,6 +221,21 @@ export abstract class Streams<S extends StreamState> implements Core {
   /** Checks a put's message. */
   protected checkMessage(stream: string, message: unknown): void {
     if (message === undefined) throw new TypeError(`Cannot put on stream "${stream}": no message`);
+  }
+
+  /**
+   * Refuses a message larger than {@linkcode Streams.maxMessage} once encoded.
+   *
+   * @param stream The stream's name.
+   * @param message The message.
+   * @param bound An upper bound on its size when known (its event frame's): a frame within the
+   * limit spares encoding the message again.
+   * @throws {MessageTooLargeError} When it is larger.
+   */
+  protected checkSize(stream: string, message: unknown, bound?: number): void {
+    if (bound !== undefined && bound <= this.maxMessage) return;
+    const size = utf8.encode(this.codec.encode(message)).byteLength;
+    if (size > this.maxMessage) throw new MessageTooLargeError(stream, size, this.maxMessage);
   }
 
   /** Checks a listener. */
@@ -482,6 +542,14 @@ export class MemoryCore extends Streams<MemoryStream> implements SyncHub {
       state = this.create(stream);
     }
     const change = this.event(state, "header", message);
+    if (message !== null) {
+      try {
+        this.checkSize(stream, message, change.frame.byteLength);
+      } catch (e) {
+        this.collect(state);
+        throw e;
+      }
+    }
     state.header = message === null ? undefined : message;
     state.joinEvent = undefined;
     this.budget.record(state, change);
@@ -497,6 +565,7 @@ export class MemoryCore extends Streams<MemoryStream> implements SyncHub {
     let ev: StreamEvent;
     try {
       ev = this.event(state, "put", message);
+      this.checkSize(stream, message, ev.frame.byteLength);
     } catch (e) {
       state.seq--;
       this.collect(state);

@@ -238,6 +238,7 @@ export class EngineCore extends Streams<EngineStream> {
   async put(stream: string, message: unknown): Promise<Position> {
     this.checkName(stream);
     this.checkMessage(stream, message);
+    this.checkSize(stream, message);
     const at = await this.#engine.put(stream, message);
     this.puts++;
     return { epoch: at.epoch, seq: at.seq };
@@ -246,6 +247,7 @@ export class EngineCore extends Streams<EngineStream> {
   /** Sets or clears the header through the engine. */
   async header(stream: string, message: unknown): Promise<void> {
     this.checkName(stream);
+    if (message !== null && message !== undefined) this.checkSize(stream, message);
     await this.#engine.header(stream, message ?? null);
   }
 
