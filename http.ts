@@ -292,6 +292,12 @@ class HttpDoor {
           JSON.stringify({ code, message: e.message }),
           { status: 503, headers: { "content-type": JSON_TYPE } },
         );
+      } else if (e instanceof Error && e.name === "MessageTooLargeError") {
+        this.metrics.error("message_too_large");
+        res = new Response(
+          JSON.stringify({ code: "message_too_large", message: e.message }),
+          { status: 413, headers: { "content-type": JSON_TYPE } },
+        );
       } else {
         this.metrics.error("internal");
         res = new Response(

@@ -38,7 +38,13 @@
  */
 
 import { type Codec, defaultCodec } from "./codec.ts";
-import { type Core, MemoryCore, registerSync } from "./core.ts";
+import {
+  type Core,
+  DEFAULT_MAX_MESSAGE_BYTES,
+  MemoryCore,
+  MessageTooLargeError,
+  registerSync,
+} from "./core.ts";
 import { type Engine, EngineCore } from "./engine.ts";
 import { intOption } from "./options.ts";
 import type { DurableStore } from "./store.ts";
@@ -78,6 +84,7 @@ export {
   EngineUnavailableError,
 } from "./engine.ts";
 export { Inbox, type InboxOptions, SlowConsumerError } from "./inbox.ts";
+export { MessageTooLargeError };
 
 /** Options for {@linkcode MessageStream}. */
 export interface MessageStreamOptions {
@@ -112,6 +119,16 @@ export interface MessageStreamOptions {
    * @default {256}
    */
   maxStreamNameLength?: number;
+  /**
+   * Most bytes of a put's or header's message, as the codec encodes it; a larger one is
+   * refused with {@linkcode MessageTooLargeError} (code `message_too_large` on the wire). The
+   * default leaves 4 KiB of a 1 MiB frame for the event's envelope, so that every accepted
+   * message reaches every door's clients within their default limits (a WebSocket client's
+   * 1 MiB frame, the TCP door's 1 MiB line).
+   *
+   * @default {1044480}
+   */
+  maxMessageBytes?: number;
   /**
    * Where streams' header, seq, epoch and history live and how puts reach other nodes. Without
    * one, the hub keeps everything in memory (one process). With one (e.g. `RedisEngine` from
@@ -187,6 +204,12 @@ export class MessageStream implements Streamer {
       registerSync(this, core);
       this.#core = core;
     }
+    this.#core.maxMessage = intOption(
+      "maxMessageBytes",
+      options?.maxMessageBytes,
+      DEFAULT_MAX_MESSAGE_BYTES,
+      1,
+    );
   }
 
   /** The longest stream name accepted, in UTF-16 code units. */

@@ -36,6 +36,7 @@ export type ErrorCode =
   | "idle_timeout"
   | "engine_unavailable"
   | "storage_unavailable"
+  | "message_too_large"
   | "not_connected"
   | "internal";
 
@@ -246,6 +247,8 @@ export class Session implements Listener {
       this.error("engine_unavailable", e.message, id, stream);
     } else if (e instanceof Error && e.name === "StorageUnavailableError") {
       this.error("storage_unavailable", e.message, id, stream);
+    } else if (e instanceof Error && e.name === "MessageTooLargeError") {
+      this.error("message_too_large", e.message, id, stream);
     } else this.error("internal", `Cannot handle frame: ${(e as Error).message}`, id, stream);
   }
 
