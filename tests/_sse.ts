@@ -123,7 +123,8 @@ export class SseReader {
   }
 
   /**
-   * Reads events until one matches, and returns all of them (the match last).
+   * Reads events until one matches, and returns all of them (the match last); skips what
+   * {@linkcode SseReader.event} skips.
    *
    * @param match The test.
    * @param ms The deadline in milliseconds, for all of them.
@@ -138,7 +139,7 @@ export class SseReader {
         for (;;) {
           const b = await this.#block();
           if (!b) throw new Error(`The SSE response ended before a match (${this.#state()})`);
-          if (b.event === undefined) continue;
+          if (b.event === undefined || b.event === "joined") continue;
           got.push(b);
           if (match(b)) return got;
         }
