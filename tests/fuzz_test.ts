@@ -31,6 +31,7 @@ const CODES: Record<ErrorCode, true> = {
   idle_timeout: true,
   engine_unavailable: true,
   storage_unavailable: true,
+  message_too_large: true,
   not_connected: true,
   internal: true,
 };
