@@ -143,6 +143,13 @@ export interface HttpOptions {
   maxConnections?: number;
   /** Aborting it shuts the server down ({@linkcode serveHttp} only). */
   signal?: AbortSignal;
+  /**
+   * TLS certificate chain (PEM); with `key`, {@linkcode serveHttp} serves HTTPS (and so WSS and
+   * SSE over TLS). Off (plain HTTP) unless given.
+   */
+  cert?: string;
+  /** TLS private key (PEM) of `cert`. */
+  key?: string;
 }
 
 /** A request handler to embed in another `Deno.serve` app, with a way to end its connections. */
@@ -639,6 +646,7 @@ export function handler(hub: MessageStream, options?: HttpOptions): HttpHandler 
  * @param options Address, limits, auth, metrics.
  * @returns The running server.
  * @throws {RangeError} When an option is out of range.
+ * @throws {TypeError} When only one of `cert` and `key` is given.
  * @throws {Deno.errors.AddrInUse} When the port is taken.
  *
  * @example Follow a stream with Server-Sent Events
@@ -666,6 +674,12 @@ export function serveHttp(hub: MessageStream, options?: HttpOptions): MessageHtt
   const port = intOption("port", options.port, DEFAULT_HTTP_PORT, 0, 65535);
   const hostname = options.hostname ?? "127.0.0.1";
   const maxConnections = intOption("maxConnections", options.maxConnections, 15_000, 1);
+  if ((options.cert === undefined) !== (options.key === undefined)) {
+    throw new TypeError("Options cert and key go together");
+  }
+  const tls = options.cert !== undefined && options.key !== undefined
+    ? { cert: options.cert, key: options.key }
+    : {};
   const metrics = door.metrics;
   let inflight = 0;
   const handle = async (req: Request): Promise<Response> => {
@@ -693,7 +707,7 @@ export function serveHttp(hub: MessageStream, options?: HttpOptions): MessageHtt
   let pause = 0;
   let timer: ReturnType<typeof setTimeout> | undefined;
   const listen = (p: number): Deno.NetAddr => {
-    const server = Deno.serve({ hostname, port: p, onListen() {} }, handle);
+    const server = Deno.serve({ hostname, port: p, onListen() {}, ...tls }, handle);
     servers.add(server);
     server.finished.then(() => {
       servers.delete(server);

@@ -144,7 +144,19 @@ export interface ServeOptions extends MessageStreamOptions {
    * this port, on the same hub, with the same tokens and metrics. `hostname` defaults to the
    * TCP server's. Off unless given.
    */
-  http?: { port: number; hostname?: string };
+  http?: {
+    /** The HTTP door's port; 0 picks a free one. */
+    port: number;
+    /** Its address; the TCP server's `hostname` by default. */
+    hostname?: string;
+    /**
+     * Its TLS certificate chain (PEM), with `key`: HTTPS, WSS and SSE over TLS. By default the
+     * server's `cert` and `key`: with TLS on the TCP door, the HTTP door is HTTPS too.
+     */
+    cert?: string;
+    /** Its TLS private key (PEM); by default the server's `key`. */
+    key?: string;
+  };
   /**
    * Share streams with every other node using this Redis (`redis://host:port`): header, seq,
    * epoch and history live in Redis and puts reach every node's listeners (see `redis.ts`).
@@ -268,6 +280,11 @@ class ServerImpl implements MessageServer {
         maxOutboundBytes: this.#tcp.maxOutbound,
         shutdownTimeout,
         maxConnections,
+        ...(options.http?.cert !== undefined && options.http.key !== undefined
+          ? { cert: options.http.cert, key: options.http.key }
+          : options.cert !== undefined && options.key !== undefined
+          ? { cert: options.cert, key: options.key }
+          : {}),
       });
     } catch (e) {
       this.#tcp.shutdown();
@@ -523,6 +540,25 @@ const SERVE_OPTIONS: readonly OptionSpec[] = [
     },
   },
   {
+    name: "http-cert",
+    kind: "string",
+    arg: "FILE",
+    help: "serve HTTPS with this PEM certificate chain and --http-key instead\n" +
+      "of --cert and --key (needs --allow-read)",
+    apply: (o, v, label) => {
+      (o as HttpFiles).httpCert = readFile(v as string, label);
+    },
+  },
+  {
+    name: "http-key",
+    kind: "string",
+    arg: "FILE",
+    help: "the PEM private key of --http-cert",
+    apply: (o, v, label) => {
+      (o as HttpFiles).httpKey = readFile(v as string, label);
+    },
+  },
+  {
     name: "log-level",
     kind: "enum",
     arg: "LEVEL",
@@ -642,6 +678,12 @@ function usage(): string {
     '  {"port": 51932, "token": ["app:s3cret"], "http-port": 8080}',
   );
   return lines.join("\n");
+}
+
+/** The HTTP door's own certificate while the options are read (its port may come later). */
+interface HttpFiles {
+  httpCert?: string;
+  httpKey?: string;
 }
 
 /** Something to say once the log is up (the environment that could not be read). */
@@ -818,6 +860,16 @@ function parseServeArgs(argv: string[]): ParsedArgs | "help" | "version" {
   if ((options.cert === undefined) !== (options.key === undefined)) {
     throw new UsageError("--cert and --key go together");
   }
+  const { httpCert, httpKey } = options as HttpFiles;
+  delete (options as HttpFiles).httpCert;
+  delete (options as HttpFiles).httpKey;
+  if ((httpCert === undefined) !== (httpKey === undefined)) {
+    throw new UsageError("--http-cert and --http-key go together");
+  }
+  if (httpCert !== undefined && httpKey !== undefined) {
+    if (!options.http) throw new UsageError("--http-cert needs --http-port");
+    options.http = { ...options.http, cert: httpCert, key: httpKey };
+  }
   return { options, notes };
 }
 
@@ -873,7 +925,8 @@ export async function main(argv?: string[]): Promise<number> {
   console.log(`msgstream listening on ${scheme}://${server.addr.hostname}:${server.addr.port}`);
   if (server.http) {
     // deno-lint-ignore no-console
-    console.log(`msgstream http on http://${server.http.addr.hostname}:${server.http.addr.port}`);
+    const web = options.http?.cert ?? options.cert ? "https" : "http";
+    console.log(`msgstream http on ${web}://${server.http.addr.hostname}:${server.http.addr.port}`);
   }
   await server.finished;
   for (const s of signals) Deno.removeSignalListener(s, stop);
