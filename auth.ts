@@ -22,12 +22,19 @@
 
 /// <reference types="./std_types.d.ts" />
 import { timingSafeEqual } from "@std/crypto/timing-safe-equal";
+import { patternCovers } from "./pattern.ts";
 
 /** Publish and subscribe rights of one token. */
 export interface Permissions {
-  /** Stream-name patterns this token may `put`, `header` and `delete` on (`*` matches any run of characters). */
+  /**
+   * Stream-name patterns this token may `put`, `header` and `delete` on (`*` matches any run of
+   * characters, dots included; the syntax of `pattern.ts`).
+   */
   publish: string[];
-  /** Stream-name patterns this token may `listen` to. */
+  /**
+   * Stream-name patterns this token may `listen` to. A pattern listen needs one of them to
+   * cover the whole listen pattern (see `pattern.ts`).
+   */
   subscribe: string[];
 }
 
@@ -50,6 +57,11 @@ export interface Grant {
   readonly publish: (stream: string) => boolean;
   /** Whether the token may listen to the stream. */
   readonly subscribe: (stream: string) => boolean;
+  /**
+   * Whether the token may listen to a pattern: one of its subscribe patterns covers every
+   * name the pattern matches.
+   */
+  readonly subscribePattern: (pattern: string) => boolean;
 }
 
 /**
@@ -80,6 +92,16 @@ export function forbidden(right: Right, stream: string): string {
     "not permitted";
 }
 
+/**
+ * The message of a `forbidden` refusal of a pattern listen, the same on every door.
+ *
+ * @param pattern The pattern.
+ * @returns The message.
+ */
+export function forbiddenPattern(pattern: string): string {
+  return `Cannot listen to pattern "${pattern}": no subscribe grant of the token covers it`;
+}
+
 const encoder = new TextEncoder();
 
 /** A set of tokens; checks secrets in constant time. */
@@ -101,6 +123,7 @@ export class Auth {
           name: t.name,
           publish: compilePatterns(t.publish),
           subscribe: compilePatterns(t.subscribe),
+          subscribePattern: (pattern) => t.subscribe.some((g) => patternCovers(g, pattern)),
         },
       };
     });

@@ -36,6 +36,9 @@ import {
   Inbox,
   type Listener,
   type ListenOptions,
+  type PatternJoin,
+  type PatternListenOptions,
+  type PatternTarget,
   type Position,
   type Streamer,
   type StreamEvent,
@@ -43,6 +46,7 @@ import {
 } from "./mod.ts";
 import { type ErrorCode, ProtocolError } from "./protocol.ts";
 import { readLines } from "./framer.ts";
+import { matchPattern } from "./pattern.ts";
 import { DEFAULT_PORT, intOption, parseHostPort } from "./options.ts";
 
 export { ProtocolError } from "./protocol.ts";
@@ -161,6 +165,22 @@ interface Followed {
   waiters: PromiseWithResolvers<Position>[];
 }
 
+/** A pattern this client listens to upstream, and its local queues. */
+interface FollowedPattern {
+  pattern: string;
+  queues: Set<Listener>;
+  /** `listen()` calls waiting for the server to confirm the upstream listen. */
+  waiters: PromiseWithResolvers<PatternJoin>[];
+}
+
+/** What this client last saw of a stream it follows through a pattern. */
+interface PatternStreamSeen {
+  /** The last header message seen, or undefined when none is set. */
+  header: unknown;
+  /** The last position delivered. */
+  position: Position;
+}
+
 const encoder = new TextEncoder();
 
 /**
@@ -189,6 +209,9 @@ export class RemoteStream implements Streamer, AsyncDisposable {
   #outboxBytes = 0;
   #writing = false;
   #streams = new Map<string, Followed>();
+  #patterns = new Map<string, FollowedPattern>();
+  /** Streams seen through patterns: where each is, for resuming after a reconnect. */
+  #patternStreams = new Map<string, PatternStreamSeen>();
   #closing = false;
   #closed: PromiseWithResolvers<void | Error> = Promise.withResolvers();
   #statusListeners = new Set<(s: Status) => void>();
@@ -275,6 +298,7 @@ export class RemoteStream implements Streamer, AsyncDisposable {
     const ready = this.#request(hello, "drop", true);
     // Listen again to what we follow, from where we are.
     for (const [stream, f] of this.#streams) this.#relisten(stream, f);
+    for (const p of this.#patterns.values()) this.#relistenPattern(p);
     this.#flush();
     this.#handshaking = true;
     // Pings run from the start: a server that accepts but never answers hello fails the
@@ -324,6 +348,25 @@ export class RemoteStream implements Streamer, AsyncDisposable {
       // The server refused: the local queues of this stream hear nothing more.
       if (this.#streams.get(stream) === f) this.#streams.delete(stream);
       for (const w of f.waiters.splice(0)) w.reject(e);
+    });
+  }
+
+  /** Listens upstream to a pattern, resuming each stream seen from where it is. */
+  #relistenPattern(p: FollowedPattern): void {
+    if (!this.#conn) return; // the reconnect listens again to every followed pattern
+    const frame: Record<string, unknown> = { action: "listen", pattern: p.pattern };
+    let since: Record<string, Position> | undefined;
+    for (const [stream, seen] of this.#patternStreams) {
+      if (matchPattern(p.pattern, stream)) (since ??= {})[stream] = seen.position;
+    }
+    if (since) frame.since = since;
+    this.#request(frame, "drop").then((ok) => {
+      const join = { pattern: p.pattern, streams: typeof ok.streams === "number" ? ok.streams : 0 };
+      for (const w of p.waiters.splice(0)) w.resolve(join);
+    }, (e: Error) => {
+      if (e instanceof LostConnection) return; // the reconnect listens again
+      if (this.#patterns.get(p.pattern) === p) this.#patterns.delete(p.pattern);
+      for (const w of p.waiters.splice(0)) w.reject(e);
     });
   }
 
@@ -486,6 +529,92 @@ export class RemoteStream implements Streamer, AsyncDisposable {
     stream: string,
     queue: Listener<H, M>,
     options?: ListenOptions,
+  ): Promise<Position>;
+  /**
+   * Delivers the events of every stream a pattern matches to `queue` (see
+   * `MessageStream.listen` with a pattern): per stream the header first, then every later
+   * event; new streams are announced before their first put; `end` per stream. The connection
+   * listens upstream once per pattern; after a reconnect it resumes each stream from the last
+   * position delivered (the server sends `reset` for a stream whose history does not reach
+   * back, `end` for one that went meanwhile).
+   *
+   * @typeParam H The type of the streams' headers, as the listener expects them.
+   * @typeParam M The type of the streams' put messages, as the listener expects them.
+   * @param target The pattern.
+   * @param queue The listener.
+   * @param options Where to resume, per stream; applies when this client does not follow the
+   * pattern yet.
+   * @returns The pattern and how many existing streams the server caught the listener up on.
+   * @throws {ProtocolError} When the server refuses (`forbidden`, `invalid_pattern`, …).
+   */
+  async listen<H = unknown, M = unknown>(
+    target: PatternTarget,
+    queue: Listener<H, M>,
+    options?: PatternListenOptions,
+  ): Promise<PatternJoin>;
+  async listen<H = unknown, M = unknown>(
+    target: string | PatternTarget,
+    queue: Listener<H, M>,
+    options?: ListenOptions | PatternListenOptions,
+  ): Promise<Position | PatternJoin> {
+    if (typeof target === "object" && target !== null) {
+      return await this.#listenPattern(
+        target.pattern,
+        queue as Listener,
+        (options as PatternListenOptions | undefined)?.since,
+      );
+    }
+    return await this.#listenStream(target, queue, options as ListenOptions | undefined);
+  }
+
+  async #listenPattern(
+    pattern: string,
+    queue: Listener,
+    since: Readonly<Record<string, Position>> | undefined,
+  ): Promise<PatternJoin> {
+    if (!queue || typeof queue.put !== "function") {
+      throw new TypeError(`Cannot listen to pattern "${pattern}": the queue has no put method`);
+    }
+    const followed = this.#patterns.get(pattern);
+    if (followed) {
+      const added = !followed.queues.has(queue);
+      if (added) {
+        followed.queues.add(queue);
+        queue.attached?.(this);
+      }
+      if (followed.waiters.length > 0) {
+        const w = Promise.withResolvers<PatternJoin>();
+        followed.waiters.push(w);
+        return await w.promise;
+      }
+      // Joined upstream already: this queue gets each stream's header as last seen here.
+      let streams = 0;
+      for (const [stream, seen] of this.#patternStreams) {
+        if (!matchPattern(pattern, stream)) continue;
+        streams++;
+        if (added) this.#deliver(queue, this.#event(stream, "header", seen.header ?? null, seen.position));
+      }
+      return { pattern, streams };
+    }
+    if (this.#closing) throw new ProtocolError("not_connected", "Client closed");
+    for (const [stream, at] of Object.entries(since ?? {})) {
+      if (!this.#patternStreams.has(stream)) {
+        this.#patternStreams.set(stream, { header: undefined, position: at });
+      }
+    }
+    const p: FollowedPattern = { pattern, queues: new Set([queue]), waiters: [] };
+    const waiter = Promise.withResolvers<PatternJoin>();
+    p.waiters.push(waiter);
+    this.#patterns.set(pattern, p);
+    queue.attached?.(this);
+    this.#relistenPattern(p);
+    return await waiter.promise;
+  }
+
+  async #listenStream<H = unknown, M = unknown>(
+    stream: string,
+    queue: Listener<H, M>,
+    options?: ListenOptions,
   ): Promise<Position> {
     if (!queue || typeof queue.put !== "function") {
       throw new TypeError(`Cannot listen to stream "${stream}": the queue has no put method`);
@@ -532,7 +661,17 @@ export class RemoteStream implements Streamer, AsyncDisposable {
    * @param stream The stream's name.
    * @param queue The listener.
    */
-  hangup(stream: string, queue: Listener): void {
+  hangup(stream: string, queue: Listener): void;
+  /**
+   * Stops a pattern listen of `queue`; the last local queue of a pattern hangs up upstream.
+   *
+   * @param target The pattern.
+   * @param queue The listener.
+   */
+  hangup(target: PatternTarget, queue: Listener): void;
+  hangup(target: string | PatternTarget, queue: Listener): void {
+    if (typeof target === "object" && target !== null) return this.#hangupPattern(target, queue);
+    const stream = target;
     const f = this.#streams.get(stream);
     if (!f || !f.queues.delete(queue)) return;
     if (f.queues.size === 0) {
@@ -547,6 +686,25 @@ export class RemoteStream implements Streamer, AsyncDisposable {
         this.#draining.set(stream, (this.#draining.get(stream) ?? 0) + 1);
       }
     }
+  }
+
+  #hangupPattern(target: PatternTarget, queue: Listener): void {
+    const p = this.#patterns.get(target.pattern);
+    if (!p || !p.queues.delete(queue) || p.queues.size > 0) return;
+    this.#patterns.delete(target.pattern);
+    // Forget where streams no other pattern follows are.
+    for (const stream of this.#patternStreams.keys()) {
+      if (!this.#patternMatched(stream)) this.#patternStreams.delete(stream);
+    }
+    if (this.#conn) {
+      this.#request({ action: "hangup", pattern: target.pattern }, "drop").catch(() => {});
+    }
+  }
+
+  /** Whether a pattern this client follows matches the stream. */
+  #patternMatched(stream: string): boolean {
+    for (const p of this.#patterns.keys()) if (matchPattern(p, stream)) return true;
+    return false;
   }
 
   /** The server answered a request: if it was a hangup, its stream's old frames are over. */
@@ -567,6 +725,9 @@ export class RemoteStream implements Streamer, AsyncDisposable {
   endqueue(queue: Listener): void {
     for (const [stream, f] of this.#streams) {
       if (f.queues.has(queue)) this.hangup(stream, queue);
+    }
+    for (const [pattern, p] of this.#patterns) {
+      if (p.queues.has(queue)) this.#hangupPattern({ pattern }, queue);
     }
   }
 
@@ -611,6 +772,12 @@ export class RemoteStream implements Streamer, AsyncDisposable {
       for (const q of f.queues) if (q instanceof Inbox) q.close();
     }
     this.#streams.clear();
+    for (const p of this.#patterns.values()) {
+      for (const w of p.waiters.splice(0)) w.reject(err);
+      for (const q of p.queues) if (q instanceof Inbox) q.close();
+    }
+    this.#patterns.clear();
+    this.#patternStreams.clear();
     this.#final = error ? { type: "closed", error } : { type: "closed" };
     this.#emit(this.#final);
     this.#closed.resolve(error);
@@ -776,6 +943,7 @@ export class RemoteStream implements Streamer, AsyncDisposable {
   }
 
   #onEvent(stream: string, kind: EventKind, f: Record<string, unknown>): void {
+    if (this.#patterns.size > 0) this.#onPatternEvent(stream, kind, f);
     if (this.#draining.has(stream)) return; // sent before our hangup reached the server
     const followed = this.#streams.get(stream);
     if (!followed) return;
@@ -794,6 +962,37 @@ export class RemoteStream implements Streamer, AsyncDisposable {
     // Only the queues of this moment: one that joins from inside another's put got the header
     // as of this event, so it must not get the event too.
     for (const q of [...followed.queues]) if (followed.queues.has(q)) this.#deliver(q, ev);
+  }
+
+  /**
+   * An event of a stream that a followed pattern matches: to the queues of those patterns
+   * (a queue that follows the stream by name too gets it from there, once).
+   */
+  #onPatternEvent(stream: string, kind: EventKind, f: Record<string, unknown>): void {
+    const named = this.#streams.get(stream)?.queues;
+    let queues: Set<Listener> | undefined;
+    for (const p of this.#patterns.values()) {
+      if (!matchPattern(p.pattern, stream)) continue;
+      for (const q of p.queues) if (!named?.has(q)) (queues ??= new Set()).add(q);
+    }
+    if (!queues && !this.#patternMatched(stream)) return;
+    const seq = typeof f.seq === "number" ? f.seq : 0;
+    const epoch = typeof f.epoch === "string" ? f.epoch : "";
+    let seen = this.#patternStreams.get(stream);
+    const pos = seen?.position;
+    if (kind === "put" && pos && pos.epoch === epoch && seq !== 0 && seq <= pos.seq) {
+      return; // already delivered (a replay overlapping what we had)
+    }
+    const message = f.message === undefined ? null : f.message;
+    const position = { epoch, seq };
+    if (!seen) this.#patternStreams.set(stream, seen = { header: undefined, position });
+    if (kind === "header") seen.header = message === null ? undefined : message;
+    if (kind === "reset") seen.header = undefined;
+    seen.position = position;
+    if (kind === "end") this.#patternStreams.delete(stream);
+    if (!queues) return;
+    const ev = this.#event(stream, kind, message, position);
+    for (const q of queues) this.#deliver(q, ev);
   }
 
   #event(stream: string, kind: EventKind, message: unknown, pos: Position): StreamEvent {

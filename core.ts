@@ -24,11 +24,13 @@
 import type { Codec } from "./codec.ts";
 import { buildEvent } from "./frame.ts";
 import { type History, HistoryBudget, type HistoryLimits, type HistoryOwner } from "./history.ts";
+import { checkPattern, PatternFollows } from "./pattern.ts";
 import type {
   Detachable,
   EventKind,
   HubStats,
   Listener,
+  PatternJoin,
   Position,
   StreamEvent,
   StreamInfo,
@@ -55,6 +57,8 @@ export class StreamState {
   fanning = 0;
   /** Listeners that joined during a fanout: they got the header as of it, not the event. */
   joinedDuringFanout: Set<Listener> | undefined = undefined;
+  /** Queues that follow it through a pattern (see pattern.ts), caught up. */
+  patternQueues: Set<Listener> | undefined = undefined;
 
   /**
    * Creates the state of a stream.
@@ -82,6 +86,14 @@ export interface Core {
   listen(stream: string, queue: Listener, since: Position | undefined): Promise<Position>;
   /** Stops listening to one stream. */
   hangup(stream: string, queue: Listener): void;
+  /** Starts listening to every stream a pattern matches. */
+  listenPattern(
+    pattern: string,
+    queue: Listener,
+    since: Readonly<Record<string, Position>> | undefined,
+  ): Promise<PatternJoin>;
+  /** Stops listening to a pattern. */
+  hangupPattern(pattern: string, queue: Listener): void;
   /** Stops listening to every stream. */
   endqueue(queue: Listener): void;
   /** A stream's state, without creating it. */
@@ -160,6 +172,8 @@ export abstract class Streams<S extends StreamState> implements Core {
   protected puts = 0;
   /** What listeners are told they follow (`attached`): the hub. */
   readonly #source: Detachable;
+  /** The pattern listeners. */
+  protected readonly patterns: PatternFollows<S>;
 
   /**
    * Creates an empty core.
@@ -172,6 +186,47 @@ export abstract class Streams<S extends StreamState> implements Core {
     this.codec = codec;
     this.maxName = maxName;
     this.#source = source;
+    this.patterns = new PatternFollows<S>({
+      codec,
+      current: (name) => this.streams.get(name),
+      snapshot: () => this.streams.values(),
+      catchUp: (state, queue, since) => this.catchUp(state, queue, since),
+      deliver: (queue, ev) => this.deliver(queue, ev),
+      attached: (queue) => queue.attached?.(source),
+    });
+  }
+
+  listenPattern(
+    pattern: string,
+    queue: Listener,
+    since: Readonly<Record<string, Position>> | undefined,
+  ): Promise<PatternJoin> {
+    try {
+      checkPattern(pattern, this.maxName);
+      this.checkQueue(pattern, queue);
+      return this.patterns.listen(pattern, queue, since);
+    } catch (e) {
+      return Promise.reject(e);
+    }
+  }
+
+  hangupPattern(pattern: string, queue: Listener): void {
+    this.patterns.hangup(pattern, queue);
+  }
+
+  /**
+   * Catches a pattern listener up on one stream: the header, `null` when none is set (a
+   * pattern listener learns every stream's position). Cores with history also resume.
+   */
+  protected catchUp(state: S, queue: Listener, _since: Position | undefined): boolean {
+    return this.deliverJoin(queue, state);
+  }
+
+  /** The header as a joining listener gets it, sent even when none is set (`null`). */
+  protected deliverJoin(queue: Listener, state: S): boolean {
+    if (state.header !== undefined) return this.deliverHeader(queue, state);
+    const ev = buildEvent(this.codec, "header", state, null, state.seq, state.epoch, "join");
+    return this.deliver(queue, ev);
   }
 
   abstract header(stream: string, message: unknown): Promise<void>;
@@ -260,6 +315,14 @@ export abstract class Streams<S extends StreamState> implements Core {
         if (state.joinedDuringFanout?.has(l)) continue;
         this.deliver(l, ev);
       }
+      const byPattern = state.patternQueues;
+      if (byPattern) {
+        for (const l of byPattern) {
+          // A queue that also listens by name got the event above.
+          if (state.listeners.has(l) || state.joinedDuringFanout?.has(l)) continue;
+          this.deliver(l, ev);
+        }
+      }
     } finally {
       if (--state.fanning === 0) state.joinedDuringFanout = undefined;
     }
@@ -314,6 +377,7 @@ export abstract class Streams<S extends StreamState> implements Core {
       this.following.get(l)?.delete(state);
       this.deliver(l, end);
     }
+    this.patterns.ended(state, end, new Set(listeners));
   }
 
   hangup(stream: string, queue: Listener): void {
@@ -326,6 +390,7 @@ export abstract class Streams<S extends StreamState> implements Core {
   }
 
   endqueue(queue: Listener): void {
+    this.patterns.drop(queue);
     const states = this.following.get(queue);
     if (!states) return;
     this.following.delete(queue);
@@ -635,7 +700,22 @@ export class MemoryCore extends Streams<MemoryStream> implements SyncHub {
   protected create(name: string, epoch: string = newEpoch()): MemoryStream {
     const state = new MemoryStream(name, epoch);
     this.streams.set(name, state);
+    this.patterns.created(state);
     return state;
+  }
+
+  /** Catches a pattern listener up on one stream, resuming from `since` when given. */
+  protected override catchUp(
+    state: MemoryStream,
+    queue: Listener,
+    since: Position | undefined,
+  ): boolean {
+    if (since === undefined) return this.deliverJoin(queue, state);
+    const reason = this.budget.uncovered(state, since);
+    return reason
+      ? this.deliver(queue, this.event(state, "reset", { reason })) &&
+        this.deliverJoin(queue, state)
+      : this.budget.replay(state, since, this.codec, (ev) => this.deliver(queue, ev));
   }
 
   /** Forgets a stream that holds nothing: no listeners, no header, no history. */
@@ -647,6 +727,8 @@ export class MemoryCore extends Streams<MemoryStream> implements SyncHub {
     ) {
       this.streams.delete(state.name);
       this.budget.drop(state);
+      // Pattern listeners learn the stream went: its name starts a new epoch when used again.
+      if (state.patternQueues) this.patterns.ended(state, this.event(state, "end", null));
     }
   }
 }

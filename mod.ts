@@ -52,6 +52,9 @@ import type {
   HubStats,
   Listener,
   ListenOptions,
+  PatternJoin,
+  PatternListenOptions,
+  PatternTarget,
   Position,
   Streamer,
   StreamInfo,
@@ -67,6 +70,9 @@ export type {
   HubStats,
   Listener,
   ListenOptions,
+  PatternJoin,
+  PatternListenOptions,
+  PatternTarget,
   Position,
   PutEvent,
   ResetEvent,
@@ -84,6 +90,8 @@ export {
   EngineUnavailableError,
 } from "./engine.ts";
 export { Inbox, type InboxOptions, SlowConsumerError } from "./inbox.ts";
+export { follow, type FollowOptions } from "./follow.ts";
+export { matchPattern, patternCovers } from "./pattern.ts";
 export { MessageTooLargeError };
 
 /** Options for {@linkcode MessageStream}. */
@@ -350,8 +358,60 @@ export class MessageStream implements Streamer {
     stream: string,
     queue: Listener<H, M>,
     options?: ListenOptions,
-  ): Promise<Position> {
-    return this.#core.listen(stream, queue, options?.since);
+  ): Promise<Position>;
+  /**
+   * Starts delivering the events of every stream whose name matches a pattern (`*` matches any
+   * run of characters; see `pattern.ts`) to `queue`, as one listener. Per stream, the listener
+   * gets the header first (always, `null` when none is set, with the stream's epoch and seq),
+   * then every later event in order; a stream created later is announced the same way before
+   * its first put; a stream that is deleted (or expires, or is forgotten) gives `end`, and the
+   * pattern stays. The catch-up over existing streams yields to the event loop every few
+   * milliseconds, so a pattern that matches many streams does not stall other work. A queue
+   * gets each event once, however many of its patterns and listens cover the stream.
+   *
+   * @typeParam H The type of the streams' headers, as the listener expects them.
+   * @typeParam M The type of the streams' put messages, as the listener expects them.
+   * @param target The pattern.
+   * @param queue The listener.
+   * @param options Where to resume, per stream.
+   * @returns The pattern and how many existing streams the listener was caught up on.
+   * @throws {TypeError} When the pattern is not a non-empty string or `queue` has no `put`.
+   * @throws {RangeError} When the pattern is longer than the longest stream name.
+   *
+   * @example Every job
+   * ```ts
+   * import { MessageStream, type StreamEvent } from "@x/msgstream";
+   * import { assertEquals } from "@std/assert";
+   *
+   * const hub = new MessageStream();
+   * await hub.header("jobs.1", "running");
+   * await hub.put("other", 0);
+   * const got: string[] = [];
+   * const queue = { put: (ev: StreamEvent) => got.push(`${ev.stream} ${ev.kind} ${ev.message}`) };
+   * assertEquals(await hub.listen({ pattern: "jobs.*" }, queue), { pattern: "jobs.*", streams: 1 });
+   * await hub.put("jobs.2", "a");
+   * await hub.put("other", 1);
+   * assertEquals(got, ["jobs.1 header running", "jobs.2 header null", "jobs.2 put a"]);
+   * ```
+   */
+  listen<H = unknown, M = unknown>(
+    target: PatternTarget,
+    queue: Listener<H, M>,
+    options?: PatternListenOptions,
+  ): Promise<PatternJoin>;
+  listen<H = unknown, M = unknown>(
+    target: string | PatternTarget,
+    queue: Listener<H, M>,
+    options?: ListenOptions | PatternListenOptions,
+  ): Promise<Position | PatternJoin> {
+    if (typeof target === "object" && target !== null) {
+      return this.#core.listenPattern(
+        target.pattern,
+        queue as Listener,
+        (options as PatternListenOptions | undefined)?.since,
+      );
+    }
+    return this.#core.listen(target, queue, (options as ListenOptions | undefined)?.since);
   }
 
   /**
@@ -372,8 +432,19 @@ export class MessageStream implements Streamer {
    * assertEquals(await hub.stat("job"), undefined);
    * ```
    */
-  hangup(stream: string, queue: Listener): void {
-    this.#core.hangup(stream, queue);
+  hangup(stream: string, queue: Listener): void;
+  /**
+   * Stops a pattern listen of `queue`: streams that none of its other patterns match stop
+   * reaching it (those it listens to by name go on). Does nothing when it was not listening.
+   *
+   * @param target The pattern.
+   * @param queue The listener.
+   */
+  hangup(target: PatternTarget, queue: Listener): void;
+  hangup(target: string | PatternTarget, queue: Listener): void {
+    if (typeof target === "object" && target !== null) {
+      this.#core.hangupPattern(target.pattern, queue);
+    } else this.#core.hangup(target, queue);
   }
 
   /**

@@ -40,6 +40,19 @@ export type ErrorCode =
   | "not_connected"
   | "internal";
 
+/**
+ * Whether a line is blank: empty, or only JSON whitespace (space, tab, CR). Such lines are
+ * keep-alives on every door.
+ */
+function blank(line: string): boolean {
+  const n = line.length;
+  if (n === 0) return true;
+  const c = line.charCodeAt(0);
+  // A frame starts with "{" (or garbage): only a leading whitespace character needs the scan.
+  if (c !== 0x20 && c !== 0x09 && c !== 0x0d) return false;
+  return /^[ \t\r]*$/.test(line);
+}
+
 /** An `error` frame's content, as an exception. */
 export class ProtocolError extends Error {
   /** The stable error code. */
@@ -77,6 +90,11 @@ export interface SessionOptions {
   auth?: Auth | undefined;
   /** Shared counters. */
   metrics?: Metrics | undefined;
+  /**
+   * A grant the door has already checked (a WebSocket upgrade's `Authorization: Bearer`): the
+   * session starts authenticated, as after a `hello` with that token.
+   */
+  grant?: Grant | undefined;
 }
 
 /** A frame as an object, before encoding. */
@@ -127,6 +145,7 @@ export class Session implements Listener {
     this.#transport = transport;
     this.#auth = options.auth;
     this.#metrics = options.metrics;
+    this.#grant = options.grant;
     const sync = syncOf(hub);
     this.#actions = sync ? this.#syncActions(sync) : this.#promiseActions(hub);
     this.#accept = sync ? (f, id) => this.#run(f, id) : (f, id) => this.#ordered(f, id);
@@ -197,7 +216,7 @@ export class Session implements Listener {
   handle(line: string): void {
     if (this.#closed) return;
     if (this.#metrics) this.#metrics.framesIn++;
-    if (line.length === 0 || line === "\r") return; // blank lines are keep-alives
+    if (blank(line)) return; // blank (whitespace-only) lines are keep-alives
     let frame: unknown;
     try {
       frame = this.#codec.decode(line);

@@ -159,6 +159,33 @@ export interface ListenOptions {
   since?: Position;
 }
 
+/**
+ * What a pattern listen follows: every stream whose name matches `pattern` (`*` matches any
+ * run of characters; see `pattern.ts`), those that exist now and those created later.
+ */
+export interface PatternTarget {
+  /** The pattern, e.g. `jobs.*`. */
+  readonly pattern: string;
+}
+
+/** Options for a pattern listen ({@linkcode Streamer.listen} with a {@linkcode PatternTarget}). */
+export interface PatternListenOptions {
+  /**
+   * Resume each stream named here after its position (what the listener saw last); a stream
+   * whose history no longer covers its position gets its own `reset` then its header, a named
+   * stream that no longer exists gets `end`, and matching streams not named get their header.
+   */
+  since?: Readonly<Record<string, Position>>;
+}
+
+/** What a pattern listen answers once every matching stream held at the join is caught up. */
+export interface PatternJoin {
+  /** The pattern. */
+  readonly pattern: string;
+  /** How many existing streams the listener was caught up on. */
+  readonly streams: number;
+}
+
 /** A stream's state, from {@linkcode Streamer.stat}. */
 export interface StreamStat<H = unknown> extends Position {
   /** The stream's name. */
@@ -215,12 +242,35 @@ export interface Streamer extends Detachable {
     options?: ListenOptions,
   ): Promise<Position>;
   /**
+   * Starts delivering the events of every stream a pattern matches to `queue`: per stream,
+   * the header first (always; `null` when none is set), then every later event; a stream
+   * created later is announced with its header before its first put; a stream that goes gives
+   * `end` and the pattern stays.
+   *
+   * @param target The pattern.
+   * @param queue The listener.
+   * @param options Where to resume, per stream.
+   * @returns The pattern and how many existing streams the listener was caught up on.
+   */
+  listen<H = unknown, M = unknown>(
+    target: PatternTarget,
+    queue: Listener<H, M>,
+    options?: PatternListenOptions,
+  ): Promise<PatternJoin>;
+  /**
    * Stops delivering the stream's events to `queue`.
    *
    * @param stream The stream's name.
    * @param queue The listener.
    */
   hangup(stream: string, queue: Listener): void;
+  /**
+   * Stops a pattern listen of `queue`.
+   *
+   * @param target The pattern.
+   * @param queue The listener.
+   */
+  hangup(target: PatternTarget, queue: Listener): void;
   /**
    * Reads a stream's state (header, position, listeners) without listening to it, and without
    * creating it when it does not exist.

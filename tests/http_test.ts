@@ -30,7 +30,8 @@ Deno.test("shutdown() ends SSE responses with event: close and WebSockets with c
   assertEquals(JSON.parse(ev?.data ?? "").code, "shutdown");
   assertEquals(await reader.block(), undefined);
   assertEquals((await ws.read()).action, "close");
-  assertEquals((await ws.ended()).code, 1000);
+  // 1001 Going Away: the server is shutting down (issue 12).
+  assertEquals((await ws.ended()).code, 1001);
   await stopped;
   assertEquals(hub.stats().listeners, 0);
 });
@@ -156,10 +157,10 @@ Deno.test("REST answers every error with JSON {code, message} and its status", a
   });
   await t.step("405 method_not_allowed with Allow", async () => {
     const res = await request(`${base}/streams`, { method: "POST" });
-    assertEquals(res.headers.get("allow"), "GET");
+    assertEquals(res.headers.get("allow"), "GET, HEAD");
     await assertError(res, 405, "method_not_allowed");
     const res2 = await request(`${base}/streams/a/header`, { method: "POST" });
-    assertEquals(res2.headers.get("allow"), "GET, PUT, DELETE");
+    assertEquals(res2.headers.get("allow"), "GET, HEAD, PUT, DELETE");
     await assertError(res2, 405, "method_not_allowed");
     await assertError(
       await request(`${base}/streams/a`, { method: "PATCH" }),

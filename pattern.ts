@@ -1,0 +1,386 @@
+/**
+ * Stream-name patterns: one syntax for pattern listens and for the rights of tokens, and the
+ * registry of the hub's pattern listeners ({@linkcode PatternFollows}).
+ *
+ * ## The syntax
+ *
+ * A pattern is a stream name in which `*` matches any run of characters, the empty run
+ * included, dots and slashes too: `jobs.*` matches `jobs.1` and `jobs.eu.7`, `*` matches every
+ * stream, `jobs.*.log` matches `jobs.7.log`. Every other character stands for itself; there is
+ * no escape (a stream whose name holds a `*` is matched by a `*` of the pattern). A pattern
+ * without `*` matches exactly the stream of that name. Token files use the same syntax in
+ * `publish` and `subscribe`; the Redis engine hands patterns to Redis' own glob matching with
+ * every character but `*` escaped.
+ *
+ * ## Covering
+ *
+ * A pattern listen is allowed when one `subscribe` pattern of the token covers the whole
+ * listen pattern: every name the listen pattern matches, the grant matches
+ * ({@linkcode patternCovers}). `jobs.*` covers `jobs.eu.*` and `jobs.7`; `jobs.eu.*` does not
+ * cover `jobs.*`. Several grants that only together cover the pattern are not enough (fail
+ * closed): grant `*` or a wider pattern instead.
+ *
+ * @example Match and cover
+ * ```ts
+ * import { matchPattern, patternCovers } from "./pattern.ts";
+ * import { assertEquals } from "@std/assert";
+ *
+ * assertEquals(matchPattern("jobs.*", "jobs.eu.7"), true);
+ * assertEquals(matchPattern("jobs.*", "job"), false);
+ * assertEquals(patternCovers("jobs.*", "jobs.eu.*"), true);
+ * assertEquals(patternCovers("jobs.eu.*", "jobs.*"), false);
+ * ```
+ *
+ * @module
+ */
+
+import type { Codec } from "./codec.ts";
+import { buildEvent } from "./frame.ts";
+import type { Listener, PatternJoin, Position, StreamEvent } from "./types.ts";
+
+/**
+ * Glob matching with `*` only. Characters of `subject` that are `*` can only be taken by a `*`
+ * of `glob` (which is what makes the same function decide covering).
+ */
+function glob(pattern: string, subject: string): boolean {
+  let p = 0;
+  let s = 0;
+  let star = -1;
+  let mark = 0;
+  while (s < subject.length) {
+    const c = pattern.charCodeAt(p);
+    if (p < pattern.length && c !== STAR && c === subject.charCodeAt(s)) {
+      p++;
+      s++;
+    } else if (p < pattern.length && c === STAR) {
+      star = p++;
+      mark = s;
+    } else if (star >= 0) {
+      p = star + 1;
+      s = ++mark;
+    } else {
+      return false;
+    }
+  }
+  while (p < pattern.length && pattern.charCodeAt(p) === STAR) p++;
+  return p === pattern.length;
+}
+
+const STAR = 42; // "*"
+
+/**
+ * Whether a stream name matches a pattern (`*` matches any run of characters).
+ *
+ * @param pattern The pattern.
+ * @param stream The stream's name.
+ * @returns Whether it matches.
+ *
+ * @example
+ * ```ts
+ * import { matchPattern } from "./pattern.ts";
+ * import { assertEquals } from "@std/assert";
+ *
+ * assertEquals(matchPattern("jobs.*", "jobs.1"), true);
+ * assertEquals(matchPattern("jobs.*", "other"), false);
+ * ```
+ */
+export function matchPattern(pattern: string, stream: string): boolean {
+  if (pattern === "*") return true;
+  return glob(pattern, stream);
+}
+
+/**
+ * Whether every stream name `pattern` matches is also matched by `grant`.
+ *
+ * @param grant The wider pattern (a token's right).
+ * @param pattern The pattern asked for.
+ * @returns Whether `grant` covers `pattern`.
+ *
+ * @example
+ * ```ts
+ * import { patternCovers } from "./pattern.ts";
+ * import { assertEquals } from "@std/assert";
+ *
+ * assertEquals(patternCovers("*", "jobs.*"), true);
+ * assertEquals(patternCovers("jobs.*", "*"), false);
+ * ```
+ */
+export function patternCovers(grant: string, pattern: string): boolean {
+  // A `*` of the pattern stands for any run: only a `*` of the grant can take it.
+  return glob(grant, pattern);
+}
+
+/**
+ * Checks a pattern given by a caller.
+ *
+ * @param pattern The pattern.
+ * @param maxLength The longest pattern accepted (the hub's longest stream name).
+ * @returns The pattern.
+ * @throws {TypeError} When it is not a non-empty, well-formed string.
+ * @throws {RangeError} When it is longer than `maxLength`.
+ *
+ * @example
+ * ```ts
+ * import { checkPattern } from "./pattern.ts";
+ * import { assertEquals, assertThrows } from "@std/assert";
+ *
+ * assertEquals(checkPattern("jobs.*", 256), "jobs.*");
+ * assertThrows(() => checkPattern("", 256), TypeError);
+ * ```
+ */
+export function checkPattern(pattern: unknown, maxLength: number): string {
+  if (typeof pattern !== "string") {
+    throw new TypeError(
+      `Pattern must be a string, got ${pattern === null ? "null" : typeof pattern}`,
+    );
+  }
+  if (pattern.length === 0) throw new TypeError("Pattern must not be empty");
+  if (!pattern.isWellFormed()) {
+    throw new TypeError("Pattern must be well-formed Unicode: it has a lone surrogate");
+  }
+  if (pattern.length > maxLength) {
+    throw new RangeError(
+      `Pattern is ${pattern.length} characters long: the limit is ${maxLength}`,
+    );
+  }
+  return pattern;
+}
+
+/** What the pattern registry needs of a stream's state (the hub's `StreamState`). */
+export interface PatternStream {
+  /** The stream's name. */
+  readonly name: string;
+  /** Its epoch. */
+  epoch: string;
+  /** The seq of its last put. */
+  seq: number;
+  /** Queues that follow it through a pattern, caught up. */
+  patternQueues: Set<Listener> | undefined;
+  /** Its direct listeners. */
+  readonly listeners: Set<Listener>;
+  /** Nesting depth of fanouts in progress. */
+  fanning: number;
+  /** Listeners that joined during a fanout. */
+  joinedDuringFanout: Set<Listener> | undefined;
+  /** The name as JSON text (see frame.ts). */
+  jsonName: string | undefined;
+}
+
+/** What the registry needs of its core. */
+export interface PatternHost<S extends PatternStream> {
+  /** The codec of every frame. */
+  readonly codec: Codec;
+  /** The current state of a stream, if the core holds it. */
+  current(name: string): S | undefined;
+  /** Every stream the core holds now (a snapshot the registry walks in steps). */
+  snapshot(): Iterable<S>;
+  /**
+   * Catches a queue up on one stream: the header (always, `null` when none is set), or with
+   * `since` the events after it, or a `reset` and the header. Returns `false` when the queue
+   * threw (it is then removed everywhere).
+   */
+  catchUp(state: S, queue: Listener, since: Position | undefined): boolean;
+  /** Hands one event to one queue; `false` when it threw (it is then removed everywhere). */
+  deliver(queue: Listener, ev: StreamEvent): boolean;
+  /** Tells the queue what it follows (its `attached`). */
+  attached(queue: Listener): void;
+}
+
+/** Options of {@linkcode PatternFollows}. */
+export interface PatternFollowsOptions {
+  /**
+   * Longest run of catch-up work, in milliseconds, before a pattern join yields to the event
+   * loop.
+   *
+   * @default {4}
+   */
+  sliceMs?: number;
+}
+
+/** One queue's pattern subscriptions. */
+class Follow<S> {
+  /** The patterns, each with the join it belongs to (a fresh object per listen). */
+  readonly patterns: Map<string, object> = new Map();
+  /** The streams it is caught up on. */
+  readonly streams: Set<S> = new Set();
+
+  matches(name: string): boolean {
+    for (const p of this.patterns.keys()) if (matchPattern(p, name)) return true;
+    return false;
+  }
+}
+
+/**
+ * The hub's pattern listeners. A queue that listens to a pattern gets, per matching stream:
+ * the header first (always: `null` when none is set), then every later event of the stream; a
+ * stream created later is announced with its header event before its first put; a stream that
+ * goes (deleted, expired, collected) gives `end` and the subscription stays. A queue gets each
+ * event once, however many of its patterns (or direct listens) cover the stream.
+ */
+export class PatternFollows<S extends PatternStream> {
+  readonly #host: PatternHost<S>;
+  readonly #follows: Map<Listener, Follow<S>> = new Map();
+  readonly #sliceMs: number;
+
+  /**
+   * Creates an empty registry.
+   *
+   * @param host The core.
+   * @param options How long a join works before it yields.
+   */
+  constructor(host: PatternHost<S>, options?: PatternFollowsOptions) {
+    this.#host = host;
+    this.#sliceMs = options?.sliceMs ?? 4;
+  }
+
+  /** How many queues listen to a pattern. */
+  get size(): number {
+    return this.#follows.size;
+  }
+
+  /**
+   * Whether the queue listens to this pattern.
+   *
+   * @param pattern The pattern.
+   * @param queue The queue.
+   * @returns Whether it does.
+   */
+  has(pattern: string, queue: Listener): boolean {
+    return this.#follows.get(queue)?.patterns.has(pattern) ?? false;
+  }
+
+  /**
+   * Joins a queue to a pattern: it follows every matching stream created from now on, and is
+   * caught up on every matching stream held now, in steps that yield to the event loop.
+   *
+   * @param pattern The pattern (checked by the caller).
+   * @param queue The queue.
+   * @param since Positions to resume from, by stream name.
+   * @returns How many streams the queue was caught up on, when all are.
+   */
+  async listen(
+    pattern: string,
+    queue: Listener,
+    since: Readonly<Record<string, Position>> | undefined,
+  ): Promise<PatternJoin> {
+    let follow = this.#follows.get(queue);
+    if (follow?.patterns.has(pattern)) {
+      let n = 0;
+      for (const s of follow.streams) if (matchPattern(pattern, s.name)) n++;
+      return { pattern, streams: n };
+    }
+    if (!follow) this.#follows.set(queue, follow = new Follow());
+    const join = {};
+    follow.patterns.set(pattern, join);
+    this.#host.attached(queue);
+    // From here on, streams created are announced by `created`; the ones held now are caught
+    // up below. A put on one of them before its turn is covered by its catch-up (the header as
+    // of then, or the replay up to then).
+    const todo: S[] = [];
+    for (const s of this.#host.snapshot()) if (matchPattern(pattern, s.name)) todo.push(s);
+    let streams = 0;
+    let started = performance.now();
+    for (let i = 0; i < todo.length; i++) {
+      if ((i & 63) === 63 && performance.now() - started > this.#sliceMs) {
+        await new Promise((resolve) => setTimeout(resolve, 0));
+        started = performance.now();
+      }
+      if (this.#follows.get(queue) !== follow || follow.patterns.get(pattern) !== join) break;
+      const state = todo[i]!;
+      if (this.#host.current(state.name) !== state || follow.streams.has(state)) continue;
+      // A queue that listens to the stream by name has its events already.
+      const at = since?.[state.name];
+      if (!state.listeners.has(queue) && !this.#host.catchUp(state, queue, at)) break;
+      this.#attach(state, queue, follow);
+      streams++;
+    }
+    // Streams named in `since` that are gone: the queue learns they ended.
+    if (since && this.#follows.get(queue) === follow && follow.patterns.get(pattern) === join) {
+      for (const [name, at] of Object.entries(since)) {
+        if (!matchPattern(pattern, name) || this.#host.current(name)) continue;
+        if (!isPosition(at)) continue;
+        const end = buildEvent(this.#host.codec, "end", { name }, null, at.seq, at.epoch, "own");
+        if (!this.#host.deliver(queue, end)) break;
+      }
+    }
+    return { pattern, streams };
+  }
+
+  /**
+   * Stops a queue's pattern; streams that none of its other patterns match stop reaching it.
+   *
+   * @param pattern The pattern.
+   * @param queue The queue.
+   */
+  hangup(pattern: string, queue: Listener): void {
+    const follow = this.#follows.get(queue);
+    if (!follow?.patterns.delete(pattern)) return;
+    if (follow.patterns.size === 0) return this.drop(queue);
+    for (const s of follow.streams) {
+      if (!follow.matches(s.name)) {
+        follow.streams.delete(s);
+        s.patternQueues?.delete(queue);
+      }
+    }
+  }
+
+  /**
+   * Stops every pattern of a queue.
+   *
+   * @param queue The queue.
+   */
+  drop(queue: Listener): void {
+    const follow = this.#follows.get(queue);
+    if (!follow) return;
+    this.#follows.delete(queue);
+    for (const s of follow.streams) s.patternQueues?.delete(queue);
+    follow.streams.clear();
+  }
+
+  /**
+   * A stream was created: every queue with a matching pattern gets its header event (`null`
+   * header, seq 0) and follows it.
+   *
+   * @param state The new stream.
+   */
+  created(state: S): void {
+    if (this.#follows.size === 0) return;
+    let ev: StreamEvent | undefined;
+    for (const [queue, follow] of this.#follows) {
+      if (!follow.matches(state.name)) continue;
+      ev ??= buildEvent(this.#host.codec, "header", state, null, state.seq, state.epoch, "join");
+      if (this.#host.deliver(queue, ev) && this.#follows.get(queue) === follow) {
+        this.#attach(state, queue, follow);
+      }
+    }
+  }
+
+  /**
+   * A stream went (deleted, expired or forgotten): its pattern queues get `end` (those that
+   * also listen directly got it already) and stop following it.
+   *
+   * @param state The stream.
+   * @param end Its `end` event.
+   * @param got Queues that got the `end` already.
+   */
+  ended(state: S, end: StreamEvent, got?: Set<Listener>): void {
+    const queues = state.patternQueues;
+    if (!queues || queues.size === 0) return;
+    state.patternQueues = undefined;
+    for (const q of queues) {
+      this.#follows.get(q)?.streams.delete(state);
+      if (!got?.has(q)) this.#host.deliver(q, end);
+    }
+  }
+
+  #attach(state: S, queue: Listener, follow: Follow<S>): void {
+    (state.patternQueues ??= new Set()).add(queue);
+    if (state.fanning > 0) (state.joinedDuringFanout ??= new Set()).add(queue);
+    follow.streams.add(state);
+  }
+}
+
+function isPosition(at: unknown): at is Position {
+  return typeof at === "object" && at !== null &&
+    typeof (at as Position).epoch === "string" && typeof (at as Position).seq === "number";
+}
