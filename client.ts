@@ -592,7 +592,9 @@ export class RemoteStream implements Streamer, AsyncDisposable {
       for (const [stream, seen] of this.#patternStreams) {
         if (!matchPattern(pattern, stream)) continue;
         streams++;
-        if (added) this.#deliver(queue, this.#event(stream, "header", seen.header ?? null, seen.position));
+        if (added) {
+          this.#deliver(queue, this.#event(stream, "header", seen.header ?? null, seen.position));
+        }
       }
       return { pattern, streams };
     }
