@@ -320,6 +320,11 @@ class HttpDoor {
         // immutable headers (upgrade responses)
       }
     }
+    if (req.method === "HEAD" && res.body !== null) {
+      // HEAD answers as GET would, without the body (RFC 9110, 9.3.2).
+      await res.body.cancel();
+      res = new Response(null, { status: res.status, headers: res.headers });
+    }
     return res;
   }
 
@@ -334,7 +339,7 @@ class HttpDoor {
       return new Response(null, {
         status: 204,
         headers: {
-          "access-control-allow-methods": "GET, POST, PUT, DELETE",
+          "access-control-allow-methods": "GET, HEAD, POST, PUT, DELETE",
           "access-control-allow-headers": "authorization, content-type, last-event-id",
           "access-control-max-age": "600",
         },
@@ -460,7 +465,7 @@ class HttpDoor {
       return new Response(null, { status: 204 });
     }
     this.#permit(grant, "subscribe", name);
-    if ((req.headers.get("accept") ?? "").includes("text/event-stream")) {
+    if (method === "GET" && (req.headers.get("accept") ?? "").includes("text/event-stream")) {
       return this.#serveSse(req, url, name);
     }
     const stat = await this.hub.stat(name);
@@ -576,7 +581,11 @@ class HttpDoor {
         throw new HttpError(403, "forbidden", `WebSocket from origin "${origin}" not permitted`);
       }
     }
-    return this.#ws.accept(req);
+    // Credentials on the upgrade (Authorization: Bearer, or ?token=) authenticate the socket as
+    // they do REST and SSE requests (401 when wrong); without any, the client sends hello.
+    const url = new URL(req.url);
+    const given = req.headers.has("authorization") || url.searchParams.has("token");
+    return this.#ws.accept(req, given ? this.#grant(req, url) : undefined);
   }
 
   close(): Promise<void> {
@@ -592,12 +601,14 @@ class HttpDoor {
 }
 
 function allow(method: string, methods: string[]): void {
-  if (!methods.includes(method)) {
+  // Wherever GET is, HEAD is too (RFC 9110, 9.3.2): it is answered as GET, without the body.
+  const all = methods.flatMap((m) => m === "GET" ? ["GET", "HEAD"] : [m]);
+  if (!all.includes(method)) {
     throw new HttpError(
       405,
       "method_not_allowed",
-      `Method ${method} not allowed here: use ${methods.join(", ")}`,
-      { allow: methods.join(", ") },
+      `Method ${method} not allowed here: use ${all.join(", ")}`,
+      { allow: all.join(", ") },
     );
   }
 }

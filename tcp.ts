@@ -273,7 +273,13 @@ export class TcpDoor {
         this.log("info", "closing idle connection");
         c.session.error("idle_timeout", "No frame received within the idle timeout: closing");
         c.session.close();
-      } else if (silent >= this.#pingInterval) {
+      } else if (
+        silent >= this.#pingInterval &&
+        // One ping per interval, not one per sweep (sweeps come twice an interval); a little
+        // slack so that timer drift does not push a ping to the sweep after.
+        now - c.lastPinged >= this.#pingInterval - this.#pingInterval / 8
+      ) {
+        c.lastPinged = now;
         c.send(c.session.live ? PING : LEGACY_PING);
       }
     }
@@ -312,6 +318,8 @@ class Connection implements Transport {
   readonly conn: Deno.Conn;
   readonly session: Session;
   lastHeard = Date.now();
+  /** When the last ping went to it (0: never). */
+  lastPinged = 0;
   /** Queued chunks, ending with the open run [#runStart, #runEnd) of #runBuf, if any. */
   #chunks: Uint8Array[] = [];
   #runBuf: ArrayBufferLike | undefined = undefined;

@@ -20,7 +20,7 @@
  * @module
  */
 
-import type { Auth } from "./auth.ts";
+import type { Auth, Grant } from "./auth.ts";
 import type { Metrics } from "./metrics.ts";
 import type { MessageStream } from "./mod.ts";
 import { Session, type Transport } from "./protocol.ts";
@@ -74,9 +74,9 @@ export class WsDoor {
    * @returns The `101` response.
    * @throws {TypeError} When the request is not a WebSocket upgrade.
    */
-  accept(req: Request): Response {
+  accept(req: Request, grant?: Grant): Response {
     const { socket, response } = Deno.upgradeWebSocket(req, { idleTimeout: 60 });
-    this.#conns.add(new WsConnection(this, socket));
+    this.#conns.add(new WsConnection(this, socket, grant));
     this.metrics.opened("websocket");
     return response;
   }
@@ -114,7 +114,8 @@ export class WsDoor {
    */
   async close(): Promise<void> {
     const conns = [...this.#conns];
-    for (const c of conns) c.session.close();
+    // 1001 (Going Away): the server is shutting down, the client may reconnect elsewhere.
+    for (const c of conns) c.goAway();
     await Promise.all(conns.map((c) => c.closed.promise));
   }
 }
@@ -136,10 +137,10 @@ export class WsConnection implements Transport {
    * @param door The door's WebSocket side.
    * @param socket The socket.
    */
-  constructor(door: WsDoor, socket: WebSocket) {
+  constructor(door: WsDoor, socket: WebSocket, grant?: Grant) {
     this.#door = door;
     this.#socket = socket;
-    this.session = new Session(door.hub, this, { auth: door.auth, metrics: door.metrics });
+    this.session = new Session(door.hub, this, { auth: door.auth, metrics: door.metrics, grant });
     socket.binaryType = "arraybuffer";
     socket.onmessage = (e) => this.#message(e.data);
     socket.onclose = () => {
@@ -151,6 +152,12 @@ export class WsConnection implements Transport {
     socket.onerror = () => {
       // onclose follows: nothing else to do.
     };
+  }
+
+  /** Says `close` and closes the socket with 1001 (Going Away) once its queue has drained. */
+  goAway(): void {
+    this.#closeCode = 1001;
+    this.session.close();
   }
 
   send(frame: Uint8Array): void {
