@@ -71,6 +71,7 @@ function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
 /** A `redis-server` with AOF on, in its own temp dir. */
 async function startRedis(dir: string, appendfsync: string): Promise<{
   url: string;
+  pid: number;
   stop: () => Promise<void>;
 }> {
   const port = freePort();
@@ -111,6 +112,7 @@ async function startRedis(dir: string, appendfsync: string): Promise<{
   );
   return {
     url: `redis://127.0.0.1:${port}`,
+    pid: child.pid,
     stop: async () => {
       child.kill("SIGTERM");
       await child.status;
@@ -284,7 +286,60 @@ function median(xs: number[]): number {
   return s[Math.floor(s.length / 2)]!;
 }
 
+/** Busy and total CPU ticks of the whole machine (Linux `/proc/stat`), or zeros elsewhere. */
+function machineTicks(): [number, number] {
+  try {
+    const f = Deno.readTextFileSync("/proc/stat").split("\n")[0]!.trim().split(/\s+/).slice(1)
+      .map(Number);
+    const total = f.reduce((a, b) => a + b, 0);
+    return [total - f[3]! - f[4]!, total]; // minus idle and iowait
+  } catch {
+    return [0, 0];
+  }
+}
+
+/** CPU ticks (user + system) of one process, or 0 when unknown. */
+function processTicks(pid: number): number {
+  try {
+    const f = Deno.readTextFileSync(`/proc/${pid}/stat`).split(") ")[1]!.split(" ");
+    return Number(f[11]) + Number(f[12]);
+  } catch {
+    return 0;
+  }
+}
+
+/**
+ * CPU used by processes other than ours (this script, the server, Redis) while a measurement
+ * runs, in cores: the machine is shared, and this says how much it was.
+ */
+class OtherCpu {
+  readonly #pids: number[];
+  readonly #start: [number, number];
+  readonly #own: number;
+  readonly #at = performance.now();
+
+  constructor(pids: number[]) {
+    this.#pids = [Deno.pid, ...pids];
+    this.#start = machineTicks();
+    this.#own = this.#ownTicks();
+  }
+
+  #ownTicks(): number {
+    return this.#pids.reduce((n, pid) => n + processTicks(pid), 0);
+  }
+
+  /** Cores used by others since construction (100 ticks a second per core). */
+  cores(): number {
+    const [busy] = machineTicks();
+    const own = this.#ownTicks() - this.#own;
+    const secs = (performance.now() - this.#at) / 1000;
+    return Math.max(0, (busy - this.#start[0] - own) / 100 / secs);
+  }
+}
+
 interface Sample {
+  /** Cores used by other processes during the measurement. */
+  others: number;
   putsPerSec: number;
   p50: number;
   p99: number;
@@ -345,11 +400,13 @@ async function measure(
     ...(redis ? ["--redis", redis.url] : []),
   ]);
   const p = await Putter.connect(server.port, 100);
+  const others = new OtherCpu([server.child.pid, ...(redis ? [redis.pid] : [])]);
   try {
     const [putsPerSec] = await saturated(p, o.window, o.duration);
     const sat = [...p.lat].sort((a, b) => a - b);
     const pacedLat = await paced(p, o.rate, o.duration);
     return {
+      others: others.cores(),
       putsPerSec,
       p50: pct(sat, 0.5),
       p99: pct(sat, 0.99),
@@ -476,16 +533,16 @@ async function main(): Promise<void> {
         `rep ${rep + 1} ${c.name}: ${Math.round(s.putsPerSec)} puts/s, p99 ${
           s.p99.toFixed(2)
         } ms, ` +
-          `paced p99 ${s.pacedP99.toFixed(2)} ms`,
+          `paced p99 ${s.pacedP99.toFixed(2)} ms, others ${s.others.toFixed(2)} cores`,
       );
     }
   }
   const ms = (x: number) => x.toFixed(2);
   console.log(
     `| config | puts/s, median (min–max) | p50 / p99 ms (window ${o.window}) | ` +
-      `p50 / p99 ms (${o.rate} puts/s) | errors |`,
+      `p50 / p99 ms (${o.rate} puts/s) | others' CPU, cores | errors |`,
   );
-  console.log("|---|---|---|---|---|");
+  console.log("|---|---|---|---|---|---|");
   for (const c of configs) {
     const s = samples.get(c.name)!;
     const rates = s.map((x) => x.putsPerSec);
@@ -494,6 +551,7 @@ async function main(): Promise<void> {
       `| ${c.name} | ${k(median(rates))} (${k(Math.min(...rates))}–${k(Math.max(...rates))}) | ` +
         `${ms(median(s.map((x) => x.p50)))} / ${ms(median(s.map((x) => x.p99)))} | ` +
         `${ms(median(s.map((x) => x.pacedP50)))} / ${ms(median(s.map((x) => x.pacedP99)))} | ` +
+        `${median(s.map((x) => x.others)).toFixed(2)} | ` +
         `${s.reduce((n, x) => n + x.errors, 0)} |`,
     );
   }
