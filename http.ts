@@ -597,6 +597,7 @@ class HttpDoor {
     // SSE responses get `event: close`, sessions `close`; what has not drained in time is cut.
     await waitAtMost(Promise.all([this.#sse.end(), this.#ws.close()]), this.#shutdownTimeout);
     this.#sse.cut();
+    this.#ws.cut();
   }
 }
 

@@ -1,8 +1,19 @@
 /**
  * WebSocket, the HTTP door's way to speak the wire protocol (`GET /ws`): one JSON frame per text
- * message, the same frames as a TCP line, handled by the same {@linkcode Session}. A socket
- * that does not read is cut (`slow_consumer`, close code 1008); a message over the size limit
- * gets `line_too_long` and close code 1009.
+ * message, the same frames as a TCP line, handled by the same {@linkcode Session}. A message
+ * over the size limit gets `line_too_long` and close code 1009.
+ *
+ * ## Outbound: shared frames, one bound
+ *
+ * A frame goes to `socket.send` only while the socket's `bufferedAmount` (the bytes the runtime
+ * holds for it, a copy each) is under {@linkcode WS_HIGH_WATER}. Beyond that the socket keeps a
+ * queue of *references* to frame texts that every socket shares (decoded once per hub frame:
+ * 150 sockets following one stream hold its frames once, not 150 times), and polls the socket
+ * (every millisecond while it drains, backing off to {@linkcode WS_POLL_MAX} ms while it does
+ * not) to hand them on. Queued bytes plus `bufferedAmount` count against the socket's bound
+ * (`maxOutboundBytes`): past it the socket is cut (`slow_consumer`, close code 1008) and its
+ * queue is dropped at once. The queue holds strings, never views of the hub's slab, so the
+ * slab contract (frame.ts, rule 3) holds however long a frame waits.
  *
  * @example Accept an upgrade in a `Deno.serve` handler
  * ```ts ignore
@@ -26,6 +37,15 @@ import type { MessageStream } from "./mod.ts";
 import { Session, type Transport } from "./protocol.ts";
 
 const decoder = new TextDecoder();
+
+/**
+ * Bytes the runtime may hold for one socket (its `bufferedAmount`) before frames wait in the
+ * socket's queue of shared texts instead (64 KiB).
+ */
+export const WS_HIGH_WATER = 64 * 1024;
+
+/** Longest pause, in milliseconds, between polls of a socket whose queue does not drain. */
+export const WS_POLL_MAX = 64;
 
 /** The limits of one door's WebSockets (the HTTP door's options, checked). */
 export interface WsLimits {
@@ -108,7 +128,8 @@ export class WsDoor {
   }
 
   /**
-   * Closes every socket: each session says `close`, then the socket closes.
+   * Closes every socket: each session says `close`, then the socket closes once its queue has
+   * drained.
    *
    * @returns When every socket has closed.
    */
@@ -117,6 +138,11 @@ export class WsDoor {
     // 1001 (Going Away): the server is shutting down, the client may reconnect elsewhere.
     for (const c of conns) c.goAway();
     await Promise.all(conns.map((c) => c.closed.promise));
+  }
+
+  /** Closes every socket left at once, dropping what is queued (after a shutdown's wait). */
+  cut(): void {
+    for (const c of [...this.#conns]) c.cut();
   }
 }
 
@@ -127,7 +153,20 @@ export class WsConnection implements Transport {
   readonly #socket: WebSocket;
   readonly #door: WsDoor;
   #closing = false;
+  #closed = false;
   #closeCode = 1000;
+  /** Shared frame texts waiting for the socket, from `#head` on (sent ones are cleared). */
+  #queue: (string | undefined)[] = [];
+  /** The UTF-8 bytes of each queued text. */
+  #sizes: number[] = [];
+  #head = 0;
+  /** Bytes queued here (not yet handed to the socket). */
+  #queued = 0;
+  #timer: ReturnType<typeof setTimeout> | undefined;
+  /** The current pause between polls, in milliseconds. */
+  #wait = 1;
+  /** Close once the queue has drained (a session's `close`). */
+  #closeWhenDrained = false;
   /** Resolved when the socket has closed. */
   readonly closed: PromiseWithResolvers<void> = Promise.withResolvers();
 
@@ -143,12 +182,7 @@ export class WsConnection implements Transport {
     this.session = new Session(door.hub, this, { auth: door.auth, metrics: door.metrics, grant });
     socket.binaryType = "arraybuffer";
     socket.onmessage = (e) => this.#message(e.data);
-    socket.onclose = () => {
-      this.#closing = true;
-      this.session.drop();
-      door.remove(this);
-      this.closed.resolve();
-    };
+    socket.onclose = () => this.#ended();
     socket.onerror = () => {
       // onclose follows: nothing else to do.
     };
@@ -160,29 +194,126 @@ export class WsConnection implements Transport {
     this.session.close();
   }
 
+  /** Bytes waiting for this socket: queued here, plus what the runtime holds for it. */
+  get waiting(): number {
+    return this.#queued + (this.#closed ? 0 : this.#socket.bufferedAmount);
+  }
+
   send(frame: Uint8Array): void {
     const socket = this.#socket;
     if (this.#closing || socket.readyState !== WebSocket.OPEN) return;
-    if (socket.bufferedAmount > this.#door.maxOutbound) {
-      this.#door.metrics.slowConsumer();
-      this.session.drop();
-      this.#closing = true;
-      // The socket does not take what we have: no frame can get through. Cut it.
-      socket.close(1008, "slow_consumer");
+    const door = this.#door;
+    const text = door.frameText(frame);
+    const bytes = frame[frame.byteLength - 1] === 0x0a ? frame.byteLength - 1 : frame.byteLength;
+    if (this.#head === this.#queue.length && socket.bufferedAmount < WS_HIGH_WATER) {
+      socket.send(text);
+      door.metrics.bytesOut += bytes;
       return;
     }
-    socket.send(this.#door.frameText(frame));
-    this.#door.metrics.bytesOut += frame.byteLength - 1;
+    this.#queue.push(text);
+    this.#sizes.push(bytes);
+    this.#queued += bytes;
+    if (this.#queued + socket.bufferedAmount > door.maxOutbound) return this.#slow();
+    if (this.#timer === undefined) {
+      this.#wait = 1;
+      this.#timer = setTimeout(this.#drain, 1);
+    }
   }
 
+  /** Hands queued texts to the socket while its `bufferedAmount` is under the high water. */
+  #drain = (): void => {
+    this.#timer = undefined;
+    const socket = this.#socket;
+    if (this.#closed || socket.readyState !== WebSocket.OPEN) return this.#drop();
+    const queue = this.#queue;
+    const start = this.#head;
+    let head = start;
+    let sent = 0;
+    while (head < queue.length && socket.bufferedAmount < WS_HIGH_WATER) {
+      socket.send(queue[head] as string);
+      queue[head] = undefined;
+      sent += this.#sizes[head++] as number;
+    }
+    this.#head = head;
+    this.#queued -= sent;
+    this.#door.metrics.bytesOut += sent;
+    if (head === queue.length) {
+      this.#queue = [];
+      this.#sizes = [];
+      this.#head = 0;
+      if (this.#closeWhenDrained) this.#closeSocket();
+      return;
+    }
+    if (head > 1024 && head * 2 > queue.length) {
+      this.#queue = queue.slice(head);
+      this.#sizes = this.#sizes.slice(head);
+      this.#head = 0;
+    }
+    // Draining: look again at once; stuck: back off, so a socket that does not read costs
+    // little.
+    this.#wait = head > start ? 1 : Math.min(this.#wait * 2, WS_POLL_MAX);
+    this.#timer = setTimeout(this.#drain, this.#wait);
+  };
+
+  /** Drops what is queued and stops polling. */
+  #drop(): void {
+    clearTimeout(this.#timer);
+    this.#timer = undefined;
+    this.#queue = [];
+    this.#sizes = [];
+    this.#head = 0;
+    this.#queued = 0;
+  }
+
+  /** Flushes what is queued, then closes. */
   close(): void {
     if (this.#closing) return;
     this.#closing = true;
+    if (this.#head === this.#queue.length) this.#closeSocket();
+    else this.#closeWhenDrained = true;
+  }
+
+  /** Closes at once, dropping what is queued (shutdown, for sockets that did not drain). */
+  cut(): void {
+    this.#closing = true;
+    this.#drop();
+    this.session.drop();
+    this.#closeSocket();
+    // A socket whose peer does not read may never report its close: forget it now.
+    this.#ended();
+  }
+
+  #closeSocket(): void {
     try {
       this.#socket.close(this.#closeCode);
     } catch {
       // already closed
     }
+  }
+
+  #slow(): void {
+    const door = this.#door;
+    door.metrics.slowConsumer();
+    this.session.drop();
+    this.#closing = true;
+    this.#drop();
+    // The socket does not take what it has: no frame can get through. Cut it.
+    this.#closeCode = 1008;
+    try {
+      this.#socket.close(1008, "slow_consumer");
+    } catch {
+      // already closed
+    }
+  }
+
+  #ended(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#closing = true;
+    this.#drop();
+    this.session.drop();
+    this.#door.remove(this);
+    this.closed.resolve();
   }
 
   #message(data: unknown): void {
