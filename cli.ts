@@ -223,18 +223,23 @@ async function connect(
     try {
       options.caCerts = [await Deno.readTextFile(args.ca)];
     } catch (e) {
-      throw new UsageError(`Cannot read --ca "${args.ca}": ${(e as Error).message}`);
+      const why = e instanceof Deno.errors.NotCapable || e instanceof Deno.errors.PermissionDenied
+        ? `run with --allow-read (or --allow-read=${args.ca}) for --ca`
+        : e instanceof Deno.errors.NotFound
+        ? "no such file"
+        : (e as Error).message;
+      throw new UsageError(`Cannot read --ca "${args.ca}": ${why}`);
     }
   }
   try {
     return { remote: await RemoteStream.connect(options), address };
   } catch (e) {
-    let why = (e as Error).message || (e as Error).name;
+    // The library's message already names the address.
+    let why = ((e as Error).message || (e as Error).name).replace(/^Cannot connect to \S+: /, "");
     if (e instanceof ProtocolError) {
-      why = `${e.code}: ${why}`;
-      if (e.code === "unauthorized" && options.token === undefined) {
-        why += " (the server requires a token: give --token)";
-      }
+      why = e.code === "unauthorized" && options.token === undefined
+        ? `${e.code}: the server requires a token: give --token (or MSGSTREAM_TOKEN)`
+        : `${e.code}: ${why}`;
     }
     throw new ConnectionError(`Cannot connect to ${address}: ${why}`, { cause: e });
   }

@@ -52,6 +52,33 @@ import { DEFAULT_PORT, intOption, parseHostPort } from "./options.ts";
 export { ProtocolError } from "./protocol.ts";
 export type { ErrorCode } from "./protocol.ts";
 
+/**
+ * A one-line hint for a failed first connection: what to fix for the TLS mistakes that otherwise
+ * read as a closed connection or a rustls error name.
+ */
+function connectHint(e: Error, tls: boolean): string {
+  const text = e.message;
+  if (text.includes("CaUsedAsEndEntity")) {
+    return " (the server's certificate is a CA certificate, which Deno refuses as a server's own:" +
+      " make one with tools/tls_recipe.sh, see docs/tls.md)";
+  }
+  if (text.includes("UnknownIssuer")) {
+    return " (trust the CA that signed the server's certificate: caCerts, or the CLI's --ca;" +
+      " see docs/tls.md)";
+  }
+  if (text.includes("NotValidForName")) {
+    return " (the server's certificate does not name this host: connect with a name it lists," +
+      " or remake it with tools/tls_recipe.sh DIR NAME; see docs/tls.md)";
+  }
+  if (tls && text.includes("InvalidContentType")) {
+    return " (the server does not speak TLS there: connect without TLS)";
+  }
+  if (!tls && text.includes("Connection closed before the server answered hello")) {
+    return " (a TLS server closes plain connections: connect with tls, the CLI's --tls or --ca)";
+  }
+  return "";
+}
+
 /** Options for {@linkcode RemoteStream.connect}. */
 export interface RemoteStreamOptions {
   /**
@@ -259,6 +286,8 @@ export class RemoteStream implements Streamer, AsyncDisposable {
    * @throws {TypeError} When the address is malformed.
    * @throws {ProtocolError} With code `unauthorized` when the token is refused.
    * @throws {Deno.errors.ConnectionRefused} When nothing listens there.
+   * Each error's message starts `Cannot connect to HOST:PORT: ` and ends with a hint when the
+   * mistake is a known one (a TLS port reached without TLS, an untrusted certificate).
    *
    * @example Connecting with options
    * ```ts ignore
@@ -273,7 +302,16 @@ export class RemoteStream implements Streamer, AsyncDisposable {
     const options = typeof target === "string" ? parseHostPort(target, DEFAULT_PORT) : target ?? {};
     if (!options) throw new TypeError(`Cannot connect: "${target}" is not "host:port"`);
     const remote = new RemoteStream(options);
-    await remote.#connect();
+    try {
+      await remote.#connect();
+    } catch (e) {
+      if (e instanceof Error) {
+        const o = remote.#opts;
+        const host = o.hostname.includes(":") ? `[${o.hostname}]` : o.hostname;
+        e.message = `Cannot connect to ${host}:${o.port}: ${e.message}${connectHint(e, o.tls)}`;
+      }
+      throw e;
+    }
     return remote;
   }
 

@@ -421,7 +421,14 @@ export class Session implements Listener {
       const grant = typeof token === "string" ? this.#auth.check(token) : undefined;
       // A failed hello drops any earlier grant: the connection is unauthorized again.
       this.#grant = grant;
-      if (!grant) throw new ProtocolError("unauthorized", "Invalid token");
+      if (!grant) {
+        throw new ProtocolError(
+          "unauthorized",
+          typeof token === "string" && token !== ""
+            ? "Invalid token"
+            : 'A token is required: send "hello" with "token"',
+        );
+      }
     }
     if (id !== undefined) this.send({ action: "ok", id, version: PROTOCOL_VERSION });
   }

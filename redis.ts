@@ -220,7 +220,11 @@ interface Follow {
 }
 
 function unavailable(e: unknown): EngineUnavailableError {
-  const message = e instanceof Error ? e.message : String(e);
+  let message = e instanceof Error ? e.message : String(e);
+  // ioredis says how its queue is set, not what is wrong: the link to Redis is down.
+  if (/Stream isn't writeable|Connection is closed|ECONNREFUSED|ECONNRESET/.test(message)) {
+    message = "not connected (Redis is down or unreachable; reconnecting in the background)";
+  }
   return new EngineUnavailableError(`Cannot reach Redis: ${message}`, { cause: e });
 }
 

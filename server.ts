@@ -202,6 +202,17 @@ export interface MessageServer extends AsyncDisposable {
   shutdown(): Promise<void>;
 }
 
+/**
+ * Names the address and the door in an error from opening a door (a port in use, an address
+ * not of this machine, a certificate TLS cannot load); an option's own error is left as it is.
+ */
+function listenError(e: unknown, door: "TCP" | "HTTP", hostname: string, port: number): unknown {
+  if (!(e instanceof Error) || e instanceof RangeError || e instanceof TypeError) return e;
+  const host = hostname.includes(":") ? `[${hostname}]` : hostname;
+  e.message = `Cannot listen on ${host}:${port} (the ${door} door): ${e.message}`;
+  return e;
+}
+
 /** The composition: the hub (and its engine, when this server made it), the doors, the log. */
 class ServerImpl implements MessageServer {
   readonly addr: Deno.NetAddr;
@@ -267,7 +278,7 @@ class ServerImpl implements MessageServer {
       this.#tcp = new TcpDoor(this.hub, tcp);
     } catch (e) {
       void this.#closeEngine();
-      throw e;
+      throw listenError(e, "TCP", hostname, tcp.port);
     }
     this.addr = this.#tcp.addr;
     try {
@@ -289,7 +300,9 @@ class ServerImpl implements MessageServer {
     } catch (e) {
       this.#tcp.shutdown();
       void this.#closeEngine();
-      throw e;
+      throw options.http
+        ? listenError(e, "HTTP", options.http.hostname ?? hostname, options.http.port)
+        : e;
     }
     this.finished = this.#tcp.accepting.then(() => this.#shutdown);
     options.signal?.addEventListener("abort", () => this.shutdown(), { once: true });
@@ -912,8 +925,19 @@ export async function main(argv?: string[]): Promise<number> {
   try {
     server = serve(options);
   } catch (e) {
+    const message = (e as Error).message;
+    const flag = message.includes("(the HTTP door)") ? "--http-port" : "--port";
+    const hint = e instanceof Deno.errors.AddrInUse
+      ? `: choose another ${flag}, or stop what holds it`
+      : e instanceof Deno.errors.AddrNotAvailable
+      ? ": --hostname must be an address of this machine (or 0.0.0.0)"
+      : e instanceof Deno.errors.PermissionDenied
+      ? `: ports below 1024 need privileges; choose another ${flag}`
+      : e instanceof Deno.errors.InvalidData || /certificate|private key|pem/i.test(message)
+      ? ": check --cert and --key (see docs/tls.md)"
+      : "";
     // deno-lint-ignore no-console
-    console.error(`msgstream: cannot listen: ${(e as Error).message}`);
+    console.error(`msgstream: ${message.replace(/\s*\n\s*/g, " ")}${hint}`);
     return 2;
   }
   // Signals are handled before the address is printed: whoever reads it may stop us at once.

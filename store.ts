@@ -40,7 +40,7 @@
 
 import { DatabaseSync, type StatementSync } from "node:sqlite";
 import type { Codec } from "./codec.ts";
-import { MemoryCore, type StreamState } from "./core.ts";
+import { MemoryCore, type MemoryStream, type StreamState } from "./core.ts";
 import type { HistoryLimits, HistoryOwner } from "./history.ts";
 import type { Detachable, Listener, Position, StreamEvent } from "./types.ts";
 
@@ -160,6 +160,11 @@ interface Waiter {
   reject: (e: Error) => void;
 }
 
+/** The file's layout version (`PRAGMA user_version`); a file from a newer one is refused. */
+const SCHEMA_VERSION = 1;
+/** The tables the store owns: a file with other tables is not the store's. */
+const OUR_TABLES = ["meta", "streams", "history"];
+
 function positive(name: string, value: number | undefined, fallback: number, min = 1): number {
   const v = value ?? fallback;
   if (!Number.isSafeInteger(v) || v < min) {
@@ -191,6 +196,10 @@ export class DurableStore {
   readonly #db: DatabaseSync;
   readonly #idleMs: number;
   #pending = new Map<string, PendingStream>();
+  /** How far every stream's seq jumps in the next commit (after an unclean stop), or 0. */
+  #jump = 0;
+  /** Meta rows to write in the next commit. */
+  #pendingMeta = new Map<string, string>();
   /** Committed rows to delete at the next commit. */
   #deleteIds: number[] = [];
   /** Every stream's kept rows: history rows lie in put order, so a commit writes the tail. */
@@ -211,6 +220,7 @@ export class DurableStore {
     delStream: StatementSync;
     delRow: StatementSync;
     insert: StatementSync;
+    jump: StatementSync;
     setMeta: StatementSync;
   };
 
@@ -235,6 +245,11 @@ export class DurableStore {
       delRow: db.prepare("DELETE FROM history WHERE id = ?"),
       insert: db.prepare(
         "INSERT OR REPLACE INTO history(id, name, no, seq, kind, frame) VALUES (?, ?, ?, ?, ?, ?)",
+      ),
+      jump: db.prepare(
+        "UPDATE streams SET seq = seq + ?1, lost = CASE " +
+          "WHEN lost = '' THEN json_array(json_array(seq, seq + ?1)) " +
+          "ELSE json_insert(lost, '$[#]', json_array(seq, seq + ?1)) END",
       ),
       setMeta: db.prepare(
         "INSERT INTO meta(key, value) VALUES (?, ?) " +
@@ -263,27 +278,64 @@ export class DurableStore {
       });
     }
     try {
-      // auto_vacuum must be chosen before the first table exists.
-      db.exec("PRAGMA auto_vacuum=INCREMENTAL");
-      db.exec("PRAGMA journal_mode=WAL");
-      db.exec(`
-        CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
-        CREATE TABLE IF NOT EXISTS streams(
-          name TEXT PRIMARY KEY, epoch TEXT NOT NULL, seq INTEGER NOT NULL, header TEXT,
-          trimmed_to INTEGER NOT NULL, lost TEXT NOT NULL DEFAULT ''
-        ) WITHOUT ROWID;
-        CREATE TABLE IF NOT EXISTS history(
-          id INTEGER PRIMARY KEY, name TEXT NOT NULL, no INTEGER NOT NULL, seq INTEGER NOT NULL,
-          kind INTEGER NOT NULL, frame BLOB NOT NULL
+      // One server owns one file: the first read takes an exclusive lock, held until close,
+      // so a second process fails here instead of writing the same rows (the write-ahead
+      // log's index then lives in this process's memory: no PATH-shm file).
+      db.exec("PRAGMA locking_mode=EXCLUSIVE");
+      const version = db.prepare("PRAGMA user_version").get()?.user_version as number;
+      const tables = db.prepare("SELECT name FROM sqlite_schema WHERE type = 'table'").all()
+        .map((r) => r.name as string);
+      if (version > SCHEMA_VERSION) {
+        throw new StorageUnavailableError(
+          `Cannot open "${path}": it was written by a newer msgstream (schema ${version}); this one reads schema ${SCHEMA_VERSION}`,
         );
-      `);
+      }
+      const foreign = tables.filter((t) => !OUR_TABLES.includes(t));
+      if (version !== SCHEMA_VERSION && foreign.length > 0) {
+        throw new StorageUnavailableError(
+          `Cannot open "${path}": not a msgstream file (it has the tables ${
+            foreign.map((t) => `"${t}"`).join(", ")
+          })`,
+        );
+      }
+      // auto_vacuum must be chosen before the first table exists; on an existing file the
+      // pragma would write (and fail on a full disk).
+      if (tables.length === 0) db.exec("PRAGMA auto_vacuum=INCREMENTAL");
+      db.exec("PRAGMA journal_mode=WAL");
+      if (version !== SCHEMA_VERSION || tables.length < OUR_TABLES.length) {
+        db.exec(`
+          BEGIN;
+          CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+          CREATE TABLE IF NOT EXISTS streams(
+            name TEXT PRIMARY KEY, epoch TEXT NOT NULL, seq INTEGER NOT NULL, header TEXT,
+            trimmed_to INTEGER NOT NULL, lost TEXT NOT NULL DEFAULT ''
+          ) WITHOUT ROWID;
+          CREATE TABLE IF NOT EXISTS history(
+            id INTEGER PRIMARY KEY, name TEXT NOT NULL, no INTEGER NOT NULL, seq INTEGER NOT NULL,
+            kind INTEGER NOT NULL, frame BLOB NOT NULL
+          );
+          PRAGMA user_version=${SCHEMA_VERSION};
+          COMMIT;
+        `);
+      }
       return new DurableStore(path, db, options);
     } catch (e) {
+      try {
+        if (db.isTransaction) db.exec("ROLLBACK");
+      } catch {
+        // Rolled back by SQLite already.
+      }
       db.close();
-      if (e instanceof TypeError || e instanceof RangeError) throw e;
-      throw new StorageUnavailableError(`Cannot open "${path}": ${(e as Error).message}`, {
-        cause: e,
-      });
+      if (
+        e instanceof TypeError || e instanceof RangeError || e instanceof StorageUnavailableError
+      ) throw e;
+      const message = (e as Error).message;
+      throw new StorageUnavailableError(
+        /locked|busy/i.test(message)
+          ? `Cannot open "${path}": another process has it open (one server owns one file)`
+          : `Cannot open "${path}": ${message}`,
+        { cause: e },
+      );
     }
   }
 
@@ -303,27 +355,30 @@ export class DurableStore {
   load(): StoredStream[] {
     if (this.#loaded) throw new TypeError("The store was loaded already");
     this.#loaded = true;
+    const out: StoredStream[] = [];
+    let jump = 0;
     try {
       const meta = new Map<string, string>();
-      for (const r of this.#db.prepare("SELECT key, value FROM meta").all()) {
+      for (const r of this.#db.prepare("SELECT key, value FROM meta").iterate()) {
         meta.set(r.key as string, r.value as string);
       }
       this.unclean = meta.get("clean") === "0";
       // Listeners see a put before its commit under every policy, so any unclean stop jumps.
-      const jump = this.unclean ? Number(meta.get("max_pending") ?? "0") + 1 : 0;
+      jump = this.unclean ? Number(meta.get("max_pending") ?? "0") + 1 : 0;
       const byName = new Map<string, StoredEntry[]>();
       const rows = this.#db.prepare(
         "SELECT id, name, no, seq, kind, frame FROM history ORDER BY id",
-      ).all();
+      ).iterate();
       for (const r of rows) {
         const name = r.name as string;
         const id = r.id as number;
         let list = byName.get(name);
-        if (!list) {
+        let kept = this.#rows.get(name);
+        if (!list || !kept) {
           byName.set(name, list = []);
-          this.#rows.set(name, { firstNo: r.no as number, ids: [], head: 0 });
+          this.#rows.set(name, kept = { firstNo: r.no as number, ids: [], head: 0 });
         }
-        this.#rows.get(name)!.ids.push(id);
+        kept.ids.push(id);
         if (id >= this.#nextId) this.#nextId = id + 1;
         list.push({
           no: r.no as number,
@@ -332,27 +387,17 @@ export class DurableStore {
           frame: r.frame as Uint8Array,
         });
       }
-      const out: StoredStream[] = [];
       const streams = this.#db.prepare(
         "SELECT name, epoch, seq, header, trimmed_to, lost FROM streams ORDER BY name",
-      ).all();
-      this.#db.exec("BEGIN");
+      ).iterate();
       for (const r of streams) {
         const name = r.name as string;
         let seq = r.seq as number;
         const trimmedTo = r.trimmed_to as number;
-        let lost = parseLost(r.lost as string).filter(([, upTo]) => upTo >= trimmedTo);
+        let lost = parseLost(r.lost as string);
         if (jump > 0) {
           lost = [...lost, [seq, seq + jump]];
           seq += jump;
-          this.#st.upsert.run(
-            name,
-            r.epoch as string,
-            seq,
-            r.header as string | null,
-            trimmedTo,
-            JSON.stringify(lost),
-          );
         }
         out.push({
           name,
@@ -360,20 +405,40 @@ export class DurableStore {
           seq,
           header: (r.header as string | null) ?? undefined,
           trimmedTo,
-          lost,
+          lost: lost.filter(([, upTo]) => upTo >= trimmedTo),
           history: byName.get(name) ?? [],
         });
       }
-      this.#firstPendingId = this.#nextId;
-      this.#st.setMeta.run("clean", "0");
-      this.#st.setMeta.run("fsync", this.fsync);
-      this.#st.setMeta.run("max_pending", String(this.maxPendingWrites));
-      this.#db.exec("COMMIT");
-      return out;
     } catch (e) {
-      if (this.#db.isTransaction) this.#db.exec("ROLLBACK");
       throw this.#fail(e, "read");
     }
+    this.#firstPendingId = this.#nextId;
+    // The jump and the in-use mark, in one transaction. On a full disk it fails: the store
+    // starts unavailable (what was read is served; writes are refused) and retries them.
+    const marks: [string, string][] = [
+      ["clean", "0"],
+      ["fsync", this.fsync],
+      ["max_pending", String(this.maxPendingWrites)],
+    ];
+    try {
+      this.#db.exec("BEGIN");
+      if (jump > 0) this.#st.jump.run(jump);
+      for (const [key, value] of marks) this.#st.setMeta.run(key, value);
+      this.#db.exec("COMMIT");
+    } catch (e) {
+      try {
+        if (this.#db.isTransaction) this.#db.exec("ROLLBACK");
+      } catch {
+        // Rolled back by SQLite already.
+      }
+      this.#jump = jump;
+      for (const [key, value] of marks) this.#pendingMeta.set(key, value);
+      this.#pendingWrites++;
+      this.#error = this.#fail(e, "write");
+      this.#schedule(this.intervalMs);
+      this.onCommit?.(this.#error);
+    }
+    return out;
   }
 
   /** Whether writes are accepted: false after a failed commit, until a retry succeeds. */
@@ -515,7 +580,18 @@ export class DurableStore {
     const db = this.#db;
     let error: StorageUnavailableError | undefined;
     try {
+      if (this.#error) {
+        // A retry after a full disk: hand the write-ahead log's space back first, if the file
+        // can take its pages now.
+        try {
+          db.exec("PRAGMA wal_checkpoint(TRUNCATE)");
+        } catch {
+          // Still full: the commit below fails the same way.
+        }
+      }
       db.exec("BEGIN");
+      if (this.#jump > 0) st.jump.run(this.#jump);
+      for (const [key, value] of this.#pendingMeta) st.setMeta.run(key, value);
       for (const id of this.#deleteIds) st.delRow.run(id);
       for (const [name, p] of this.#pending) {
         if (p.deleted) st.delStream.run(name);
@@ -545,6 +621,8 @@ export class DurableStore {
     }
     this.commits++;
     this.#error = undefined;
+    this.#jump = 0;
+    this.#pendingMeta.clear();
     this.#pending = new Map();
     this.#deleteIds = [];
     this.#firstPendingId = this.#nextId;
@@ -779,7 +857,8 @@ class DurableCore extends MemoryCore {
     state.storedNo = state.nextNo;
     this.collect(state);
     // A stream that holds nothing is forgotten, as in memory: its next use is a new epoch.
-    if (this.streams.get(s.name) !== state) this.#store.delete(s.name);
+    // (On a store that starts unavailable the row stays; the next start forgets it again.)
+    if (this.streams.get(s.name) !== state && this.#store.available) this.#store.delete(s.name);
   }
 
   override header(stream: string, message: unknown): Promise<void> {
@@ -826,16 +905,26 @@ class DurableCore extends MemoryCore {
   }
 
   override listenNow(stream: string, queue: Listener, since?: Position): Position {
-    const state = this.streams.get(stream) as DurableState | undefined;
-    const at = since?.seq ?? 0;
-    if (
-      since !== undefined && state?.lost && since.epoch === state.epoch &&
-      state.lost.some(([after, upTo]) => at > after && at <= upTo)
-    ) {
-      // The listener saw puts a crash lost: it is ahead of what survived.
-      since = { epoch: since.epoch, seq: Number.MAX_SAFE_INTEGER };
+    const state = this.streams.get(stream) as (MemoryStream & DurableState) | undefined;
+    let boundary = false;
+    if (since !== undefined && state?.lost && since.epoch === state.epoch) {
+      const at = since.seq;
+      // Seqs after a crash's durable seq and below the seq it jumped to may have been shown
+      // and lost: a listener there is ahead of what survived. The jumped-to seq itself is the
+      // stream's position after the restart, never a put's: a listener there is not ahead.
+      if (state.lost.some(([after, upTo]) => at > after && at < upTo)) {
+        since = { epoch: since.epoch, seq: Number.MAX_SAFE_INTEGER };
+      } else if (!state.listeners.has(queue)) {
+        // At the durable seq itself, the listener may have seen a header change that the crash
+        // lost (a header change keeps the seq): it is told the header that survived.
+        boundary = state.lost.some(([after]) => at === after);
+      }
     }
-    return super.listenNow(stream, queue, since);
+    const position = super.listenNow(stream, queue, since);
+    if (boundary && state && state.listeners.has(queue) && this.streams.get(stream) === state) {
+      this.deliver(queue, this.event(state, "header", state.header ?? null));
+    }
+    return position;
   }
 
   /** After any change to a stream (and when the global bound trimmed it): write it through. */

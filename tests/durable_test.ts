@@ -181,3 +181,64 @@ Deno.test("A durable hub refuses writes with StorageUnavailableError while the d
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("After an unclean stop, a listener at the seq the stream jumped to resumes without a reset", async () => {
+  const { dir, path } = await tempPath();
+  try {
+    const hub = hubAt(path, { maxPendingWrites: 50 });
+    await hub.header("job", { state: "running" });
+    await hub.put("job", "a");
+    await hub.close();
+    markUnclean(path);
+
+    // After the restart the stream is at 1 + 51; a listener joins there (nothing put since).
+    const again = hubAt(path, { maxPendingWrites: 50 });
+    const joined = await again.listen("job", { put() {} });
+    assertEquals(joined.seq, 52);
+    await again.close();
+
+    // A clean restart: the listener resumes from where it joined, and misses nothing.
+    const third = hubAt(path, { maxPendingWrites: 50 });
+    const resumed = recorder();
+    await third.listen("job", resumed, { since: joined });
+    assertEquals(resumed.got, []);
+    await third.put("job", "b");
+    assertEquals(resumed.got, [["put", "b", 53]]);
+    await third.close();
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("After an unclean stop, a listener at the durable seq is sent the header that survived", async () => {
+  const { dir, path } = await tempPath();
+  try {
+    const hub = hubAt(path, { maxPendingWrites: 50 });
+    await hub.header("job", { state: "queued" });
+    await hub.put("job", "a");
+    const seen = recorder();
+    const at = await hub.listen("job", seen);
+    // A header change the listener sees, that the kill will take away (it keeps seq 1).
+    await hub.header("job", { state: "running" });
+    assertEquals(seen.got.at(-1), ["header", { state: "running" }, 1]);
+    await hub.close();
+    const db = new DatabaseSync(path);
+    db.exec(`UPDATE streams SET header = '{"state":"queued"}'`);
+    db.exec("DELETE FROM history WHERE kind = 1 AND id = (SELECT max(id) FROM history)");
+    db.close();
+    markUnclean(path);
+
+    const again = hubAt(path, { maxPendingWrites: 50 });
+    const resumed = recorder();
+    await again.listen("job", resumed, { since: at });
+    // Not silence: the listener is told the header that survived, at the stream's new seq.
+    assertEquals(resumed.got, [["header", { state: "queued" }, 52]]);
+    // A listener that resumes from below the durable seq gets what it missed, as always.
+    const behind = recorder();
+    await again.listen("job", behind, { since: { epoch: at.epoch, seq: 0 } });
+    assertEquals(behind.got, [["header", { state: "queued" }, 0], ["put", "a", 1]]);
+    await again.close();
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
