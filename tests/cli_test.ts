@@ -388,7 +388,7 @@ Deno.test("msgstream --token authenticates; a bad token exits 2 with one stderr 
     assertEquals(r.code, 2);
     assertStringIncludes(
       r.stderr,
-      "unauthorized: Invalid token (the server requires a token: give --token)",
+      "unauthorized: the server requires a token: give --token (or MSGSTREAM_TOKEN)",
     );
   });
   assertEquals(q.events.map((e) => e.message), [1, 2, 3]);
