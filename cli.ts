@@ -56,7 +56,8 @@ const USAGE = `Usage: msgstream COMMAND [options]
 
 Commands:
   serve                     run a server (msgstream serve --help)
-  listen STREAM...          print each event as one JSON line
+  listen STREAM...          print each event as one JSON line (--pattern 'jobs.*' for many)
+  ls [PATTERN]              list streams: name, seq, listeners, whether a header is set
   put STREAM [MESSAGE]      put a message, or one per line of stdin
   header STREAM [MESSAGE]   set (or --clear, or print) a stream's header
   delete STREAM             delete a stream; its listeners get an "end" event
@@ -70,6 +71,7 @@ Run "msgstream COMMAND --help" for a command's options.`;
 
 const HELP: Record<string, string> = {
   listen: `Usage: msgstream listen [options] STREAM...
+       msgstream listen [options] --pattern PATTERN [STREAM...]
 
 Prints every event of the streams as one JSON object per line:
   {"stream":"job42","kind":"put","seq":3,"epoch":"a1b2c3d4e50","message":{"done":3}}
@@ -79,7 +81,13 @@ cleared), "put", "end" (the stream was deleted) or "reset" (the resume position 
 resumes without gaps or duplicates. Exits 0 when --count puts arrived, when --timeout passed,
 or when every stream ended.
 
+With --pattern, follows every stream whose name matches PATTERN (* matches any run of
+characters: 'jobs.*' matches jobs.1 and jobs.eu.7), those that exist and those created later:
+each stream's header comes first (message null when none is set), a stream that goes gives
+"end", and the command goes on until --count or --timeout.
+
 Options:
+  --pattern PATTERN    follow every stream PATTERN matches (as well as any STREAM given)
   --since EPOCH:SEQ    resume after this position (one STREAM only): the puts after it, then
                        live ones; take it from the last line printed ("epoch":"seq")
   --count N            exit after N put events (over all streams)
@@ -89,6 +97,18 @@ Options:
                        (exit 2); --reconnect-attempts=-1 never gives up (default 10, as
                        the library)
   --reconnect-wait MS  milliseconds between reconnect attempts (default 2000, as the library)
+
+${COMMON}`,
+  ls: `Usage: msgstream ls [options] [PATTERN]
+
+Lists the server's streams that PATTERN matches (every stream without one; * matches any run
+of characters), ordered by name, one JSON object per line:
+  {"stream":"jobs.1","seq":3,"listeners":1,"header":true}
+listeners counts the server's listeners by name (with Redis: that node's); header says whether
+a header is set. Pages through the server's list, --limit streams per request.
+
+Options:
+  --limit N            streams per request, 1 to 1000 (default 1000)
 
 ${COMMON}`,
   put: `Usage: msgstream put [options] STREAM [MESSAGE]
@@ -286,12 +306,16 @@ async function listen(argv: string[]): Promise<number> {
   const args = parse(
     "listen",
     argv,
-    ["since", "count", "timeout", "reconnect-attempts", "reconnect-wait"],
+    ["since", "count", "timeout", "reconnect-attempts", "reconnect-wait", "pattern"],
     [],
   );
   if (args.help) return help("listen");
   const streams = positional(args);
-  if (streams.length === 0) throw new UsageError("listen needs at least one STREAM");
+  const pattern = args.pattern as string | undefined;
+  if (pattern === "") throw new UsageError("--pattern needs a PATTERN");
+  if (streams.length === 0 && pattern === undefined) {
+    throw new UsageError("listen needs at least one STREAM or --pattern");
+  }
   const count = intFlag(args.count, "count", 1);
   const timeout = intFlag(args.timeout, "timeout", 0);
   let since: Position | undefined;
@@ -314,7 +338,11 @@ async function listen(argv: string[]): Promise<number> {
     for (const stream of streams) {
       await remote.listen(stream, inbox, since ? { since } : {});
     }
-    if (Deno.stderr.isTerminal()) printError(`listening to ${streams.join(", ")} on ${address}`);
+    if (pattern !== undefined) await remote.listen({ pattern }, inbox);
+    if (Deno.stderr.isTerminal()) {
+      const what = pattern === undefined ? streams : [...streams, `pattern ${pattern}`];
+      printError(`listening to ${what.join(", ")} on ${address}`);
+    }
     if (timeout !== undefined) {
       timer = setTimeout(() => {
         done = true;
@@ -332,7 +360,7 @@ async function listen(argv: string[]): Promise<number> {
         done = true;
         break;
       }
-      if (ev.kind === "end") {
+      if (ev.kind === "end" && pattern === undefined) {
         open.delete(ev.stream);
         if (open.size === 0) {
           done = true;
@@ -457,6 +485,35 @@ async function del(argv: string[]): Promise<number> {
   }
 }
 
+async function ls(argv: string[]): Promise<number> {
+  const args = parse("ls", argv, ["limit"], []);
+  if (args.help) return help("ls");
+  const [pattern, ...extra] = positional(args);
+  if (extra.length > 0) throw new UsageError("ls takes at most one PATTERN");
+  if (pattern === "") throw new UsageError("ls: PATTERN must not be empty");
+  const limit = intFlag(args.limit, "limit", 1) ?? 1000;
+  if (limit > 1000) throw new UsageError("--limit must be at most 1000");
+  const { remote } = await connect(args);
+  try {
+    let after: string | undefined;
+    do {
+      const page = await remote.list({
+        limit,
+        ...(pattern !== undefined ? { pattern } : {}),
+        ...(after !== undefined ? { after } : {}),
+      });
+      for (const s of page.streams) {
+        const line = { stream: s.stream, seq: s.seq, listeners: s.listeners, header: s.header };
+        if (!await write(new TextEncoder().encode(JSON.stringify(line) + "\n"))) return 0;
+      }
+      after = page.next ?? undefined;
+    } while (after !== undefined);
+    return 0;
+  } finally {
+    await remote.close();
+  }
+}
+
 async function stats(argv: string[]): Promise<number> {
   const args = parse("stats", argv, [], []);
   if (args.help) return help("stats");
@@ -498,11 +555,14 @@ const COMMANDS: Record<string, (argv: string[]) => Promise<number>> = {
   header,
   delete: del,
   stats,
+  ls,
 };
 
 /** Maps a server's refusal to an exit code: bad requests are usage errors, the rest failures. */
 function codeOf(e: ProtocolError): number {
-  return e.code === "invalid_stream" || e.code === "invalid_since" ? 1 : 2;
+  return e.code === "invalid_stream" || e.code === "invalid_since" || e.code === "invalid_pattern"
+    ? 1
+    : 2;
 }
 
 /**

@@ -46,7 +46,7 @@ import {
 } from "./mod.ts";
 import { type ErrorCode, ProtocolError } from "./protocol.ts";
 import { readLines } from "./framer.ts";
-import { matchPattern } from "./pattern.ts";
+import { matchPattern, type PageOptions, type StreamListing, type StreamPage } from "./pattern.ts";
 import { DEFAULT_PORT, intOption, parseHostPort } from "./options.ts";
 
 export { ProtocolError } from "./protocol.ts";
@@ -510,6 +510,39 @@ export class RemoteStream implements Streamer, AsyncDisposable {
     if (message === undefined) throw new TypeError(`Cannot put on stream "${stream}": no message`);
     const ok = await this.#request({ action: "put", stream, message }, "reject");
     return { epoch: ok.epoch as string, seq: ok.seq as number };
+  }
+
+  /**
+   * Lists one page of the server's streams, ordered by name: those a pattern matches (and the
+   * token may listen to), after a cursor. Page on with the answer's `next` as `after` until
+   * it is `null`.
+   *
+   * @param options The pattern (default `*`), the cursor `after`, and `limit` (default 100,
+   * at most 1000).
+   * @returns The page: each stream's name, epoch, seq, listeners and whether a header is set.
+   * @throws {ProtocolError} When the server refuses (`invalid_pattern`, `invalid_frame`) or the
+   * connection is lost.
+   *
+   * @example
+   * ```ts ignore
+   * let after: string | undefined;
+   * do {
+   *   const page = await remote.list({ pattern: "jobs.*", ...(after ? { after } : {}) });
+   *   for (const s of page.streams) console.log(s.stream, s.seq);
+   *   after = page.next ?? undefined;
+   * } while (after);
+   * ```
+   */
+  async list(options?: Omit<PageOptions, "allow">): Promise<StreamPage> {
+    const frame: Record<string, unknown> = { action: "list" };
+    if (options?.pattern !== undefined) frame.pattern = options.pattern;
+    if (options?.after !== undefined) frame.after = options.after;
+    if (options?.limit !== undefined) frame.limit = options.limit;
+    const ok = await this.#request(frame, "retry");
+    return {
+      streams: Array.isArray(ok.streams) ? ok.streams as StreamListing[] : [],
+      next: typeof ok.next === "string" ? ok.next : null,
+    };
   }
 
   /**

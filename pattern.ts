@@ -384,3 +384,120 @@ function isPosition(at: unknown): at is Position {
   return typeof at === "object" && at !== null &&
     typeof (at as Position).epoch === "string" && typeof (at as Position).seq === "number";
 }
+
+/** One stream in a listing page (the `list` action, `msgstream ls`). */
+export interface StreamListing {
+  /** The stream's name. */
+  readonly stream: string;
+  /** Its epoch. */
+  readonly epoch: string;
+  /** The seq of its last put. */
+  readonly seq: number;
+  /** How many listeners follow it by name here. */
+  readonly listeners: number;
+  /** Whether a header is set. */
+  readonly header: boolean;
+}
+
+/** One page of a listing. */
+export interface StreamPage {
+  /** The streams, ordered by name (UTF-16 code units). */
+  readonly streams: StreamListing[];
+  /** Give this as `after` for the next page; `null` when this page is the last. */
+  readonly next: string | null;
+}
+
+/** What {@linkcode pageStreams} lists. */
+export interface PageOptions {
+  /**
+   * Only streams this pattern matches.
+   *
+   * @default {"*"}
+   */
+  pattern?: string;
+  /** Only streams whose name sorts after this one (the previous page's `next`). */
+  after?: string;
+  /**
+   * Most streams in the page.
+   *
+   * @default {100}
+   */
+  limit?: number;
+  /** Only streams this test allows (a token's subscribe right). */
+  allow?: (stream: string) => boolean;
+}
+
+/** The most streams one page may hold. */
+export const MAX_PAGE = 1000;
+
+/**
+ * Picks one page of streams, ordered by name, without sorting every stream: the work is one
+ * pass over the streams, keeping the `limit` smallest names after `after`.
+ *
+ * @param streams What the hub holds (its `list()`).
+ * @param options Pattern, cursor, size and a filter.
+ * @returns The page and the cursor of the next one.
+ * @throws {RangeError} When `limit` is not an integer from 1 to {@linkcode MAX_PAGE}.
+ *
+ * @example
+ * ```ts
+ * import { pageStreams } from "./pattern.ts";
+ * import { assertEquals } from "@std/assert";
+ *
+ * const info = (stream: string) => ({ stream, epoch: "e", seq: 0, listeners: 0, hasHeader: false });
+ * const all = ["jobs.3", "jobs.1", "x", "jobs.2"].map(info);
+ * const first = pageStreams(all, { pattern: "jobs.*", limit: 2 });
+ * assertEquals(first.streams.map((s) => s.stream), ["jobs.1", "jobs.2"]);
+ * assertEquals(first.next, "jobs.2");
+ * const second = pageStreams(all, { pattern: "jobs.*", limit: 2, after: "jobs.2" });
+ * assertEquals([second.streams.map((s) => s.stream), second.next], [["jobs.3"], null]);
+ * ```
+ */
+export function pageStreams(
+  streams: Iterable<
+    {
+      stream: string;
+      epoch: string;
+      seq: number;
+      listeners: number;
+      hasHeader: boolean;
+    }
+  >,
+  options?: PageOptions,
+): StreamPage {
+  const pattern = options?.pattern ?? "*";
+  const after = options?.after;
+  const limit = options?.limit ?? 100;
+  if (!Number.isInteger(limit) || limit < 1 || limit > MAX_PAGE) {
+    throw new RangeError(`Page limit must be an integer from 1 to ${MAX_PAGE}, got ${limit}`);
+  }
+  const allow = options?.allow;
+  // The limit + 1 smallest names after the cursor, sorted: one more tells whether a next page
+  // exists.
+  const keep = limit + 1;
+  const top: StreamListing[] = [];
+  for (const s of streams) {
+    const name = s.stream;
+    if (after !== undefined && name <= after) continue;
+    if (top.length === keep && name >= top[keep - 1]!.stream) continue;
+    if (!matchPattern(pattern, name) || (allow && !allow(name))) continue;
+    let lo = 0;
+    let hi = top.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1;
+      if (top[mid]!.stream < name) lo = mid + 1;
+      else hi = mid;
+    }
+    top.splice(lo, 0, {
+      stream: name,
+      epoch: s.epoch,
+      seq: s.seq,
+      listeners: s.listeners,
+      header: s.hasHeader,
+    });
+    if (top.length > keep) top.pop();
+  }
+  const more = top.length > limit;
+  if (more) top.pop();
+  return { streams: top, next: more ? top[top.length - 1]!.stream : null };
+}

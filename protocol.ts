@@ -6,9 +6,10 @@
  * @module
  */
 
-import { type Auth, forbidden, type Grant } from "./auth.ts";
+import { type Auth, forbidden, forbiddenPattern, type Grant } from "./auth.ts";
 import type { Codec } from "./codec.ts";
 import { type SyncHub, syncOf } from "./core.ts";
+import { MAX_PAGE, pageStreams } from "./pattern.ts";
 import { encodeFrame } from "./frame.ts";
 import {
   EngineUnavailableError,
@@ -29,6 +30,7 @@ export type ErrorCode =
   | "invalid_stream"
   | "missing_message"
   | "invalid_since"
+  | "invalid_pattern"
   | "line_too_long"
   | "unauthorized"
   | "forbidden"
@@ -321,6 +323,7 @@ export class Session implements Listener {
       case "delete":
         return this.#actions.delete(this.#stream(f, "publish"), id);
       case "listen": {
+        if (f.pattern !== undefined) return this.#listenPattern(f, id);
         const stream = this.#stream(f, "subscribe");
         const since = f.since === undefined || f.since === null
           ? undefined
@@ -331,10 +334,18 @@ export class Session implements Listener {
       case "stat":
         return this.#actions.stat(this.#stream(f, "subscribe"), id);
       case "hangup": {
+        if (f.pattern !== undefined) {
+          const pattern = this.#pattern(f, false);
+          this.#hub.hangup({ pattern }, this);
+          if (id !== undefined) this.send({ action: "ok", id, pattern });
+          return;
+        }
         const stream = this.#stream(f, undefined);
         this.#hub.hangup(stream, this);
         return this.#ok(id, stream);
       }
+      case "list":
+        return this.#list(f, id);
       case "endqueue":
         this.#hub.endqueue(this);
         return this.#ok(id);
@@ -431,6 +442,80 @@ export class Session implements Listener {
       }
     }
     if (id !== undefined) this.send({ action: "ok", id, version: PROTOCOL_VERSION });
+  }
+
+  /**
+   * A pattern listen: every stream the pattern matches, now and later. The `ok` follows every
+   * existing stream's catch-up and says how many there were.
+   */
+  #listenPattern(f: Frame, id: unknown): Promise<void> {
+    const pattern = this.#pattern(f, true);
+    let since: Record<string, Position> | undefined;
+    if (f.since !== undefined && f.since !== null) {
+      if (typeof f.since !== "object" || Array.isArray(f.since)) {
+        throw new ProtocolError(
+          "invalid_since",
+          'Field "since" of a pattern listen must be an object of stream names to ' +
+            '{"epoch": string, "seq": non-negative integer}',
+        );
+      }
+      since = {};
+      for (const [name, at] of Object.entries(f.since as Record<string, unknown>)) {
+        since[name] = parseSince(at, name);
+      }
+    }
+    return this.#hub.listen({ pattern }, this, since ? { since } : undefined).then((join) => {
+      if (id !== undefined) this.send({ action: "ok", id, pattern, streams: join.streams });
+    });
+  }
+
+  /**
+   * One page of the streams the hub holds, ordered by name: those `pattern` matches (every
+   * stream without one) and the token may listen to, after the cursor `after`, at most
+   * `limit` (default 100, at most 1000). With an engine, the streams this node follows.
+   */
+  #list(f: Frame, id: unknown): void {
+    const pattern = f.pattern === undefined ? "*" : this.#pattern(f, false);
+    const after = f.after;
+    if (after !== undefined && after !== null && typeof after !== "string") {
+      throw new ProtocolError("invalid_frame", 'Field "after" must be a stream name');
+    }
+    const limit = f.limit ?? 100;
+    if (typeof limit !== "number" || !Number.isInteger(limit) || limit < 1 || limit > MAX_PAGE) {
+      throw new ProtocolError(
+        "invalid_frame",
+        `Field "limit" must be an integer from 1 to ${MAX_PAGE}`,
+      );
+    }
+    const page = pageStreams(this.#hub.list(), {
+      pattern,
+      limit,
+      ...(typeof after === "string" ? { after } : {}),
+      ...(this.#grant ? { allow: this.#grant.subscribe } : {}),
+    });
+    if (id !== undefined) this.send({ action: "ok", id, streams: page.streams, next: page.next });
+  }
+
+  /** The `pattern` field of a listen or hangup, checked (and, to listen, authorized). */
+  #pattern(f: Frame, listen: boolean): string {
+    const pattern = f.pattern;
+    const max = this.#hub.maxStreamNameLength;
+    if (f.stream !== undefined) {
+      throw new ProtocolError("invalid_frame", 'Give "stream" or "pattern", not both');
+    }
+    if (
+      typeof pattern !== "string" || pattern.length === 0 || pattern.length > max ||
+      !pattern.isWellFormed()
+    ) {
+      throw new ProtocolError(
+        "invalid_pattern",
+        `Field "pattern" must be a non-empty, well-formed string of at most ${max} characters`,
+      );
+    }
+    if (listen && this.#grant && !this.#grant.subscribePattern(pattern)) {
+      throw new ProtocolError("forbidden", forbiddenPattern(pattern));
+    }
+    return pattern;
   }
 
   #stream(f: Frame, right: "publish" | "subscribe" | undefined): string {

@@ -186,3 +186,45 @@ Deno.test("RemoteStream resumes a pattern after a cut connection: no gap, no dup
   assertEquals(inbox.size, 0);
   inbox.close();
 });
+
+Deno.test("TCP: list pages through the streams a pattern matches, ordered by name, within the grant", async () => {
+  await using server = serve({
+    port: 0,
+    tokens: [{ name: "t", secret: "s", publish: ["*"], subscribe: ["jobs.*"] }],
+  });
+  const hub = server.hub;
+  for (const name of ["jobs.b", "jobs.a", "secret.x", "jobs.c"]) await hub.put(name, 1);
+  await hub.header("jobs.c", "h");
+  await using c = await connectRaw(server.addr.port);
+  await c.send({ action: "hello", version: 1, token: "s", id: 0 });
+  await c.next();
+  await c.send({ action: "list", limit: 2, id: 1 });
+  const first = await c.next();
+  assertEquals(first.streams, [
+    {
+      stream: "jobs.a",
+      epoch: (await hub.stat("jobs.a"))!.epoch,
+      seq: 1,
+      listeners: 0,
+      header: false,
+    },
+    {
+      stream: "jobs.b",
+      epoch: (await hub.stat("jobs.b"))!.epoch,
+      seq: 1,
+      listeners: 0,
+      header: false,
+    },
+  ]);
+  assertEquals(first.next, "jobs.b");
+  await c.send({ action: "list", limit: 2, after: "jobs.b", id: 2 });
+  const second = await c.next();
+  assertEquals((second.streams as Frame[]).map((s) => [s.stream, s.header]), [["jobs.c", true]]);
+  assertEquals(second.next, null);
+  await c.send({ action: "list", pattern: "*.a", id: 3 });
+  assertEquals(((await c.next()).streams as Frame[]).map((s) => s.stream), ["jobs.a"]);
+  await c.send({ action: "list", limit: 0, id: 4 });
+  assertEquals((await c.next()).code, "invalid_frame");
+  await c.send({ action: "list", pattern: "", id: 5 });
+  assertEquals((await c.next()).code, "invalid_pattern");
+});
