@@ -47,7 +47,7 @@
 import { concat } from "@std/bytes/concat";
 import type { MessageStream, Position } from "./mod.ts";
 import type { ErrorCode } from "./protocol.ts";
-import { Auth, forbidden, type Grant, type Right, type Token } from "./auth.ts";
+import { Auth, forbidden, forbiddenPattern, type Grant, type Right, type Token } from "./auth.ts";
 import { Metrics, prometheus } from "./metrics.ts";
 import { DEFAULT_HTTP_PORT, intOption, parsePosition, waitAtMost } from "./options.ts";
 import { statusPage } from "./page.ts";
@@ -364,6 +364,10 @@ class HttpDoor {
       allow(method, ["GET"]);
       return this.#websocket(req);
     }
+    if (path === "/sse") {
+      allow(method, ["GET"]);
+      return this.#servePattern(req, url);
+    }
     if (path === "/streams" || path === "/streams/") {
       allow(method, ["GET"]);
       return this.#list(this.#grant(req, url));
@@ -547,6 +551,24 @@ class HttpDoor {
     } catch (e) {
       throw new HttpError(400, "invalid_json", `Cannot decode body: ${(e as Error).message}`);
     }
+  }
+
+  /** `GET /sse?pattern=P`: every stream P matches, as Server-Sent Events (see sse.ts). */
+  #servePattern(req: Request, url: URL): Promise<Response> {
+    const pattern = url.searchParams.get("pattern") ?? "";
+    const max = this.hub.maxStreamNameLength;
+    if (pattern.length === 0 || pattern.length > max || !pattern.isWellFormed()) {
+      throw new HttpError(
+        400,
+        "invalid_pattern",
+        `Query "pattern" must be a non-empty, well-formed string of at most ${max} characters`,
+      );
+    }
+    const grant = this.#grant(req, url);
+    if (grant && !grant.subscribePattern(pattern)) {
+      throw new HttpError(403, "forbidden", forbiddenPattern(pattern));
+    }
+    return this.#sse.openPattern(pattern);
   }
 
   #serveSse(req: Request, url: URL, name: string): Promise<Response> {

@@ -98,6 +98,7 @@ export class SseDoor {
   readonly #preamble: Uint8Array;
   readonly #conns = new Set<SseConnection>();
   readonly #text = new WeakMap<StreamEvent, Uint8Array>();
+  readonly #patternText = new WeakMap<StreamEvent, Uint8Array>();
   #sweeper: ReturnType<typeof setInterval> | undefined;
   #gone: PromiseWithResolvers<void> | undefined;
 
@@ -155,6 +156,68 @@ export class SseDoor {
         "x-accel-buffering": "no",
       },
     });
+  }
+
+  /**
+   * Opens a response that follows every stream `pattern` matches (`GET /sse?pattern=`): per
+   * stream its header first (`data` is `{"stream","seq","epoch","message"}`, message `null`
+   * when none is set), then its events; a stream created later is announced the same way;
+   * `event: end` per stream that goes, and the response stays. Then, once every existing
+   * stream is caught up, `event: joined` with `{"pattern","streams"}`. Blocks carry no `id`:
+   * a reconnect joins anew and gets each stream's header again (its state), not the puts
+   * missed meanwhile.
+   *
+   * @param pattern The pattern (checked by the caller).
+   * @returns The `text/event-stream` response, once the hub has joined it.
+   * @throws {Error} What the hub's `listen` throws.
+   */
+  async openPattern(pattern: string): Promise<Response> {
+    const conn = new SseConnection(this, this.#preamble, true);
+    this.#conns.add(conn);
+    this.metrics.opened("sse");
+    if (this.#sweeper === undefined) {
+      this.#sweeper = setInterval(() => this.#sweep(), this.sweepPeriod);
+      Deno.unrefTimer(this.#sweeper);
+    }
+    let joined: { streams: number };
+    try {
+      joined = await this.hub.listen({ pattern }, conn);
+    } catch (e) {
+      conn.cut();
+      throw e;
+    }
+    conn.joined(pattern, joined.streams);
+    if (conn.done) this.hub.endqueue(conn);
+    return new Response(conn.body, {
+      headers: {
+        "content-type": "text/event-stream; charset=utf-8",
+        "cache-control": "no-cache",
+        "x-accel-buffering": "no",
+      },
+    });
+  }
+
+  /**
+   * The SSE text of an event for pattern responses (the stream's name in `data`, no `id`),
+   * built once and shared by every such response.
+   *
+   * @param ev The hub's event.
+   * @returns The event block's bytes.
+   */
+  patternFrame(ev: StreamEvent): Uint8Array {
+    let bytes = this.#patternText.get(ev);
+    if (!bytes) {
+      let data = this.hub.codec.encode({
+        stream: ev.stream,
+        seq: ev.seq,
+        epoch: ev.epoch,
+        message: ev.message,
+      });
+      if (/[\r\n]/.test(data)) data = data.split(/\r\n|\r|\n/).join("\ndata: ");
+      bytes = encoder.encode(`event: ${ev.kind}\ndata: ${data}\n\n`);
+      this.#patternText.set(ev, bytes);
+    }
+    return bytes;
   }
 
   /**
@@ -243,6 +306,8 @@ export class SseConnection implements Listener {
   #retry: Uint8Array | undefined;
   /** Whether a block with an id went out. */
   #sentId = false;
+  /** Whether the response follows a pattern (see `SseDoor.openPattern`). */
+  readonly #pattern: boolean;
 
   /**
    * Creates a response; `preamble` (the `retry:` line) goes out with its first block.
@@ -250,8 +315,9 @@ export class SseConnection implements Listener {
    * @param door The door's SSE side.
    * @param preamble The `retry:` line.
    */
-  constructor(door: SseDoor, preamble: Uint8Array) {
+  constructor(door: SseDoor, preamble: Uint8Array, pattern = false) {
     this.#door = door;
+    this.#pattern = pattern;
     this.body = new ReadableStream<Uint8Array>({
       start: (controller) => {
         this.#controller = controller;
@@ -274,6 +340,7 @@ export class SseConnection implements Listener {
    */
   put(event: StreamEvent): void {
     if (this.#closing) return;
+    if (this.#pattern) return this.#block(this.#door.patternFrame(event));
     if (this.#resumeAt >= 0) {
       // Header changes replayed at the resume position may include the one the client saw
       // last: send only the newest, so the client never goes back to a stale header.
@@ -297,6 +364,18 @@ export class SseConnection implements Listener {
     if (this.#sentId || this.#closing) return;
     const data = JSON.stringify({ epoch: at.epoch, seq: at.seq });
     this.#block(encoder.encode(`id: ${at.epoch}:${at.seq}\nevent: joined\ndata: ${data}\n\n`));
+  }
+
+  /**
+   * Sends the `event: joined` block of a pattern response.
+   *
+   * @param pattern The pattern.
+   * @param streams How many existing streams it was caught up on.
+   */
+  joined(pattern: string, streams: number): void {
+    if (this.#closing) return;
+    const data = JSON.stringify({ pattern, streams });
+    this.#block(encoder.encode(`event: joined\ndata: ${data}\n\n`));
   }
 
   /** Queues a block with an id; the first one carries the `retry:` line. */
