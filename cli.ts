@@ -351,7 +351,7 @@ async function listen(argv: string[]): Promise<number> {
     }
     const encoder = new TextEncoder();
     let puts = 0;
-    for await (const ev of inbox) {
+    for await (const ev of untilEnd(inbox)) {
       if (!await write(encoder.encode(eventLine(ev)))) {
         done = true;
         break;
@@ -377,6 +377,18 @@ async function listen(argv: string[]): Promise<number> {
   } finally {
     clearTimeout(timer);
     await remote.close();
+  }
+}
+
+/**
+ * An inbox's events. The inbox ends with an error when the client gives up reconnecting: that
+ * ends the loop here, and the caller reports why from `remote.closed()`.
+ */
+async function* untilEnd(inbox: Inbox): AsyncGenerator<StreamEvent> {
+  try {
+    for await (const ev of inbox) yield ev;
+  } catch {
+    // The client gave up: see remote.closed().
   }
 }
 

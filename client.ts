@@ -33,9 +33,9 @@ import { type Codec, defaultCodec } from "./codec.ts";
 import { buildEvent } from "./frame.ts";
 import {
   type EventKind,
-  Inbox,
   type Listener,
   type ListenOptions,
+  logListenerError,
   type PatternJoin,
   type PatternListenOptions,
   type PatternTarget,
@@ -692,6 +692,9 @@ export class RemoteStream implements Streamer, AsyncDisposable {
     if (!queue || typeof queue.put !== "function") {
       throw new TypeError(`Cannot listen to stream "${stream}": the queue has no put method`);
     }
+    if ((queue as { closed?: unknown }).closed === true) {
+      throw new TypeError(`Cannot listen to stream "${stream}": the queue is closed`);
+    }
     const followed = this.#streams.get(stream);
     if (followed) {
       if (followed.waiters.length > 0) {
@@ -842,12 +845,14 @@ export class RemoteStream implements Streamer, AsyncDisposable {
     this.#outboxBytes = 0;
     for (const f of this.#streams.values()) {
       for (const w of f.waiters.splice(0)) w.reject(err);
-      for (const q of f.queues) if (q instanceof Inbox) q.close();
+      // Every listener hears that the stream stopped, and why when it was a failure (an Inbox's
+      // reader gets the error after its buffered events).
+      for (const q of f.queues) closeQuietly(q, error);
     }
     this.#streams.clear();
     for (const p of this.#patterns.values()) {
       for (const w of p.waiters.splice(0)) w.reject(err);
-      for (const q of p.queues) if (q instanceof Inbox) q.close();
+      for (const q of p.queues) closeQuietly(q, error);
     }
     this.#patterns.clear();
     this.#patternStreams.clear();
@@ -1075,8 +1080,11 @@ export class RemoteStream implements Streamer, AsyncDisposable {
   #deliver(q: Listener, ev: StreamEvent): void {
     try {
       q.put(ev);
-    } catch {
+    } catch (e) {
       this.endqueue(q);
+      const error = e instanceof Error ? e : new Error(String(e));
+      logListenerError(error, ev.stream);
+      closeQuietly(q, error);
     }
   }
 
@@ -1155,6 +1163,13 @@ export class RemoteStream implements Streamer, AsyncDisposable {
     }
     if (!this.#closing) this.#finish(lastError);
   }
+}
+
+/** Tells a listener it will get nothing more (and why, on failure); its errors are its own. */
+function closeQuietly(q: Listener, reason: Error | undefined): void {
+  try {
+    q.close?.(reason);
+  } catch { /* a broken listener must not stop the others hearing */ }
 }
 
 /** A connection-bound request ended with its connection; the reconnect redoes it. */

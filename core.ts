@@ -76,6 +76,8 @@ export class StreamState {
 export interface Core {
   /** Most bytes of a put's or header's message as encoded. */
   maxMessage: number;
+  /** Told when a listener threw (and was removed). */
+  onListenerError: (error: unknown, stream: string) => void;
   /** Sets or clears a header. */
   header(stream: string, message: unknown): Promise<void>;
   /** Puts a message. */
@@ -150,6 +152,20 @@ export class MessageTooLargeError extends Error {
 }
 
 /**
+ * The default report of a listener that threw: one line on stderr.
+ *
+ * @param error What it threw.
+ * @param stream The stream whose event it was given.
+ */
+export function logListenerError(error: unknown, stream: string): void {
+  const why = error instanceof Error ? error.message : String(error);
+  // deno-lint-ignore no-console
+  console.error(
+    `msgstream: a listener of stream "${stream.slice(0, 100)}" threw and was removed: ${why}`,
+  );
+}
+
+/**
  * What both cores share: the streams by name, who follows what, fanout and delivery. Delivery is
  * synchronous; a listener that throws is removed from every stream.
  */
@@ -160,6 +176,8 @@ export abstract class Streams<S extends StreamState> implements Core {
   readonly maxName: number;
   /** Most bytes of a put's or header's message as encoded (set by the hub). */
   maxMessage: number = DEFAULT_MAX_MESSAGE_BYTES;
+  /** Told when a listener threw and was removed (set by the hub). */
+  onListenerError: (error: unknown, stream: string) => void = logListenerError;
   /** The streams held, by name. */
   protected readonly streams: Map<string, S> = new Map();
   /** The streams each listener follows. */
@@ -298,6 +316,9 @@ export abstract class Streams<S extends StreamState> implements Core {
     if (!queue || typeof queue.put !== "function") {
       throw new TypeError(`Cannot listen to stream "${stream}": the queue has no put method`);
     }
+    if ((queue as { closed?: unknown }).closed === true) {
+      throw new TypeError(`Cannot listen to stream "${stream}": the queue is closed`);
+    }
   }
 
   /** Builds an event of the stream at its current seq, its frame in the shared slab. */
@@ -345,9 +366,17 @@ export abstract class Streams<S extends StreamState> implements Core {
       l.put(ev);
       this.deliveries++;
       return true;
-    } catch {
-      // A listener that throws is broken: it must not cost the others anything.
+    } catch (e) {
+      // A listener that throws is broken: it must not cost the others anything. It is removed,
+      // and the error is reported and handed to its close.
       this.endqueue(l);
+      const error = e instanceof Error ? e : new Error(String(e));
+      try {
+        this.onListenerError(error, ev.stream);
+      } catch { /* a report must not break the fanout either */ }
+      try {
+        l.close?.(error);
+      } catch { /* broken already */ }
       return false;
     }
   }

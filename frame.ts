@@ -147,7 +147,41 @@ export function buildEvent(
     text = codec.encode(frame) + "\n";
   }
   const frame = target === "slab" ? encodeShared(text) : encoder.encode(text);
-  return { stream: stream.name, kind, message, seq, epoch, frame } as StreamEvent;
+  if (message === null || typeof message !== "object") {
+    // Immutable: every listener may share the caller's value.
+    return { stream: stream.name, kind, message, seq, epoch, frame } as StreamEvent;
+  }
+  return decodedEvent(codec, stream.name, kind, seq, epoch, frame);
+}
+
+const UNDECODED: unique symbol = Symbol("undecoded");
+
+/**
+ * An event whose object message is what a client on the wire gets: decoded from the frame, on
+ * first read, once per event (shared by every listener that reads it). Never the caller's
+ * object, so changing that after `put` changes nothing delivered or kept; a `Date` arrives as
+ * its JSON string, a registered class as a new instance, as over TCP.
+ */
+function decodedEvent(
+  codec: Codec,
+  stream: string,
+  kind: EventKind,
+  seq: number,
+  epoch: string,
+  frame: Uint8Array,
+): StreamEvent {
+  let decoded: unknown = UNDECODED;
+  return {
+    stream,
+    kind,
+    seq,
+    epoch,
+    frame,
+    get message(): unknown {
+      if (decoded === UNDECODED) decoded = frameMessage(codec, frame);
+      return decoded;
+    },
+  } as StreamEvent;
 }
 
 /**

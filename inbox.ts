@@ -182,7 +182,17 @@ export class Inbox<H = unknown, M = unknown> extends ReadableStream<StreamEvent<
   }
 
   /**
-   * Stops listening everywhere; the reader gets what is buffered, then the end of the stream.
+   * Whether the inbox has stopped listening (closed, cancelled or overflowed): a hub refuses to
+   * listen with it.
+   */
+  get closed(): boolean {
+    return this.#state.closed;
+  }
+
+  /**
+   * Stops listening everywhere; the reader gets what is buffered, then the end of the stream,
+   * or `reason` as its error when one is given (a remote client that gave up, a hub telling it
+   * why it stopped).
    *
    * @example
    * ```ts
@@ -197,10 +207,11 @@ export class Inbox<H = unknown, M = unknown> extends ReadableStream<StreamEvent<
    * assertEquals(await Array.fromAsync(inbox), []);
    * ```
    */
-  close(): void {
+  close(reason?: Error): void {
     const s = this.#state;
     if (s.closed) return;
     s.closed = true;
+    if (reason) s.error = reason;
     detach(s);
     pump(s, false);
   }

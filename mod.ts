@@ -41,6 +41,7 @@ import { type Codec, defaultCodec } from "./codec.ts";
 import {
   type Core,
   DEFAULT_MAX_MESSAGE_BYTES,
+  logListenerError,
   MemoryCore,
   MessageTooLargeError,
   registerSync,
@@ -92,7 +93,7 @@ export {
 export { Inbox, type InboxOptions, SlowConsumerError } from "./inbox.ts";
 export { follow, type FollowOptions } from "./follow.ts";
 export { matchPattern, patternCovers } from "./pattern.ts";
-export { MessageTooLargeError };
+export { logListenerError, MessageTooLargeError };
 
 /** Options for {@linkcode MessageStream}. */
 export interface MessageStreamOptions {
@@ -137,6 +138,13 @@ export interface MessageStreamOptions {
    * @default {1044480}
    */
   maxMessageBytes?: number;
+  /**
+   * Told when a listener's `put` threw; the listener has been removed from every stream (and
+   * its `close` called with the error).
+   *
+   * @default {logListenerError} (one line on stderr)
+   */
+  onListenerError?: (error: unknown, stream: string) => void;
   /**
    * Where streams' header, seq, epoch and history live and how puts reach other nodes. Without
    * one, the hub keeps everything in memory (one process). With one (e.g. `RedisEngine` from
@@ -218,6 +226,7 @@ export class MessageStream implements Streamer {
       DEFAULT_MAX_MESSAGE_BYTES,
       1,
     );
+    if (options?.onListenerError) this.#core.onListenerError = options.onListenerError;
   }
 
   /** The longest stream name accepted, in UTF-16 code units. */

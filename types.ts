@@ -125,11 +125,21 @@ export type StreamEvent<H = unknown, M = unknown> =
 export interface Listener<H = unknown, M = unknown> {
   /**
    * Receives one event. Called synchronously by the hub; must not block. A listener that
-   * throws is removed from every stream of the hub that called it.
+   * throws is removed from every stream of the hub that called it; the error is reported (the
+   * hub's `onListenerError`, by default one line on stderr) and handed to its `close`.
    *
    * @param event The event.
    */
   put(event: StreamEvent<H, M>): void;
+  /**
+   * Called when its source stops delivering to it for good without being asked: `put` threw
+   * (`reason` is that error), or a remote client gave up reconnecting (`reason` says why) or
+   * was closed (no `reason`). An {@linkcode Inbox}'s reader gets the buffered events, then
+   * `reason` as its error.
+   *
+   * @param reason Why, when it is a failure.
+   */
+  close?(reason?: Error): void;
   /**
    * Called when the listener starts following a stream of `source`, so that the listener can
    * later detach itself with `source.endqueue(listener)`.

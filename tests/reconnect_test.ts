@@ -316,7 +316,12 @@ Deno.test("RemoteStream.closed() resolves with an Error after maxReconnectAttemp
   assertEquals(last?.error, why);
   const putError = await deadline(pending, "the pending put to fail");
   assertInstanceOf(putError, ProtocolError);
-  assertEquals(await deadline(Array.fromAsync(inbox), "the inbox to end"), [], "local inboxes end");
+  // Local inboxes end with the reason, after their events (none here): issue 12.
+  const ended = await deadline(
+    Array.fromAsync(inbox).then(() => undefined, (e: Error) => e),
+    "the inbox to end",
+  );
+  assertEquals(ended, why, "local inboxes end with the reason");
   await assertRejects(() => remote.put("job", 2), ProtocolError);
   await remote.close(); // safe after giving up
 });
