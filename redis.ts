@@ -69,6 +69,11 @@ export interface RedisEngineOptions {
    * @default {10000}
    */
   connectTimeout?: number;
+  /**
+   * Called once when the link to Redis goes down (a connection closed, or none made yet) and
+   * once when it is back (both connections ready), with what happened, for logs and metrics.
+   */
+  onStatus?: (up: boolean, detail: string) => void;
 }
 
 // Each script: KEYS[1] the stream's hash {epoch, seq, hc (header changes since the last put),
@@ -219,6 +224,11 @@ interface Follow {
   waiters: Map<string, () => void>;
 }
 
+/** A Redis URL without its password, for logs. */
+function redactUrl(url: string): string {
+  return url.replace(/^(rediss?:\/\/)[^@/]*@/, "$1");
+}
+
 function unavailable(e: unknown): EngineUnavailableError {
   let message = e instanceof Error ? e.message : String(e);
   // ioredis says how its queue is set, not what is wrong: the link to Redis is down.
@@ -270,6 +280,10 @@ export class RedisEngine implements Engine {
   #cmd: Client | undefined;
   #sub: Redis | undefined;
   #subUp = false;
+  #cmdUp = false;
+  /** The link was reported down (onStatus) and not yet back. */
+  #down = false;
+  readonly #onStatus: ((up: boolean, detail: string) => void) | undefined;
   #cmdWasUp = false;
   #subWasUp = false;
   #closed = false;
@@ -293,6 +307,26 @@ export class RedisEngine implements Engine {
     this.#prefix = options?.prefix ?? "msgstream:";
     this.#historyMessages = intOption("historyMessages", options?.historyMessages, 1000, 0);
     this.#connectTimeout = intOption("connectTimeout", options?.connectTimeout, 10_000, 0);
+    this.#onStatus = options?.onStatus;
+  }
+
+  /** Whether both connections to Redis are up (the command one and the subscriber). */
+  get up(): boolean {
+    return this.#cmdUp && this.#subUp;
+  }
+
+  /** Reports the link down, once until it is back. */
+  #linkDown(detail: string): void {
+    if (this.#closed || this.#down) return;
+    this.#down = true;
+    this.#onStatus?.(false, detail);
+  }
+
+  /** Reports the link back once both connections are up after it was reported down. */
+  #linkUp(detail: string): void {
+    if (this.#closed || !this.#down || !this.up) return;
+    this.#down = false;
+    this.#onStatus?.(true, detail);
   }
 
   /**
@@ -334,7 +368,13 @@ export class RedisEngine implements Engine {
     // Errors are answered per request (engine_unavailable); the client reconnects by itself.
     cmd.on("error", () => {});
     sub.on("error", () => {});
+    cmd.on("close", () => {
+      this.#cmdUp = false;
+      this.#linkDown(`lost the connection to ${redactUrl(this.#url)}`);
+    });
     cmd.on("ready", () => {
+      this.#cmdUp = true;
+      this.#linkUp(`connected again to ${redactUrl(this.#url)}`);
       // Maybe another Redis, or the same one restarted from older data: the generation is
       // verified before any other script runs on this connection (#client).
       this.#connects++;
@@ -358,6 +398,7 @@ export class RedisEngine implements Engine {
       }
     }
     this.#subUp = true;
+    this.#linkUp(`connected again to ${redactUrl(this.#url)}`);
     for (const f of follows) {
       f.subscribed = Promise.resolve();
       f.active = true;
@@ -368,6 +409,7 @@ export class RedisEngine implements Engine {
 
   #subDown(): void {
     this.#subUp = false;
+    this.#linkDown(`lost the connection to ${redactUrl(this.#url)}`);
     for (const f of this.#follows.values()) this.#drop(f);
   }
 

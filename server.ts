@@ -25,7 +25,7 @@ import { parseArgs } from "@std/cli/parse-args";
 import type { Codec } from "./codec.ts";
 import { MessageStream, type MessageStreamOptions } from "./mod.ts";
 import { Auth, parseTokenFile, parseTokenSpec, type Token } from "./auth.ts";
-import { Metrics } from "./metrics.ts";
+import { type Door, Metrics } from "./metrics.ts";
 import denoJson from "./deno.json" with { type: "json" };
 import { RedisEngine } from "./redis.ts";
 import { DurableStore, FSYNC_POLICIES, type FsyncPolicy } from "./store.ts";
@@ -124,6 +124,13 @@ export interface ServeOptions extends MessageStreamOptions {
    * @default {"warn"}
    */
   logLevel?: LogLevel;
+  /**
+   * How each log line is written: `text` (`TIME LEVEL message key=value…`) or `json` (one
+   * object per line with `time`, `level`, `msg` and the fields). Secrets are never logged.
+   *
+   * @default {"text"}
+   */
+  logFormat?: LogFormat;
   /** Aborting it shuts the server down. */
   signal?: AbortSignal;
   /**
@@ -213,21 +220,83 @@ function listenError(e: unknown, door: "TCP" | "HTTP", hostname: string, port: n
   return e;
 }
 
+/** How the server writes its log lines. */
+export type LogFormat = "text" | "json";
+
+/** Every log format. */
+const LOG_FORMATS: readonly LogFormat[] = ["text", "json"];
+
+/**
+ * One log line: `TIME LEVEL message key=value…` (a value with spaces or quotes is JSON-quoted),
+ * or one JSON object.
+ */
+function formatLog(
+  format: LogFormat,
+  level: LogLevel,
+  message: string,
+  fields?: Record<string, unknown>,
+): string {
+  const time = new Date().toISOString();
+  if (format === "json") return JSON.stringify({ time, level, msg: message, ...fields });
+  let line = `${time} ${level} ${message}`;
+  for (const [k, v] of Object.entries(fields ?? {})) {
+    const text = typeof v === "string" ? v : JSON.stringify(v);
+    line += ` ${k}=${/^[^\s"=]+$/.test(text) ? text : JSON.stringify(text)}`;
+  }
+  return line;
+}
+
+/** Metrics that also say, at debug level, when a connection opens and closes. */
+class LoggedMetrics extends Metrics {
+  readonly #log: (door: Door, event: "opened" | "closed", open: number) => void;
+
+  constructor(log: (door: Door, event: "opened" | "closed", open: number) => void) {
+    super();
+    this.#log = log;
+  }
+
+  override opened(door: Door): void {
+    super.opened(door);
+    this.#log(door, "opened", this.connections[door]);
+  }
+
+  override closed(door: Door): void {
+    super.closed(door);
+    this.#log(door, "closed", this.connections[door]);
+  }
+}
+
 /** The composition: the hub (and its engine, when this server made it), the doors, the log. */
 class ServerImpl implements MessageServer {
   readonly addr: Deno.NetAddr;
   readonly hub: MessageStream;
-  readonly metrics: Metrics = new Metrics();
+  readonly metrics: Metrics = new LoggedMetrics((door, event, open) =>
+    this.log("debug", `${door} connection ${event}`, { open })
+  );
   readonly finished: Promise<void>;
   readonly http: MessageHttpServer | undefined;
   readonly #tcp: TcpDoor;
   readonly #logLevel: number;
   #shutdown: Promise<void> | undefined;
   #ownsEngine = false;
+  readonly #logFormat: LogFormat;
+  /** The engine, for logs: memory, redis, sqlite, or the given hub's. */
+  readonly #engine: string;
 
   constructor(options: ServeOptions) {
     this.#logLevel = LOG_LEVELS.indexOf(options.logLevel ?? "warn");
     if (this.#logLevel === -1) throw new RangeError(`Unknown log level "${options.logLevel}"`);
+    this.#logFormat = options.logFormat ?? "text";
+    if (!LOG_FORMATS.includes(this.#logFormat)) {
+      throw new RangeError(`Unknown log format "${options.logFormat}"`);
+    }
+    this.#engine = options.hub
+      ? "given"
+      : options.redis !== undefined
+      ? "redis"
+      : options.data !== undefined
+      ? "sqlite"
+      : "memory";
     const shutdownTimeout = intOption("shutdownTimeout", options.shutdownTimeout, 5_000, 0);
     const maxConnections = intOption(
       "maxConnections",
@@ -243,6 +312,16 @@ class ServerImpl implements MessageServer {
         ...(options.historyMessages !== undefined
           ? { historyMessages: options.historyMessages }
           : {}),
+        onStatus: (up, detail) => {
+          if (up) this.log("warn", `engine redis is back: ${detail}`, { engine: "redis" });
+          else {
+            this.log(
+              "warn",
+              `engine redis is down: ${detail}; requests get engine_unavailable until it is back`,
+              { engine: "redis" },
+            );
+          }
+        },
       });
       this.hub = new MessageStream({ ...options, engine });
       this.#ownsEngine = true;
@@ -306,12 +385,35 @@ class ServerImpl implements MessageServer {
     }
     this.finished = this.#tcp.accepting.then(() => this.#shutdown);
     options.signal?.addEventListener("abort", () => this.shutdown(), { once: true });
+    const url = (scheme: string, a: Deno.NetAddr) =>
+      `${scheme}://${a.hostname.includes(":") ? `[${a.hostname}]` : a.hostname}:${a.port}`;
+    const httpTls = options.http?.cert !== undefined || options.cert !== undefined;
+    this.log("info", "started", {
+      tcp: url(options.cert !== undefined ? "tls" : "tcp", this.addr),
+      ...(this.http ? { http: url(httpTls ? "https" : "http", this.http.addr) } : {}),
+      engine: this.#engine,
+      ...(options.redis !== undefined
+        ? { redis: options.redis.replace(/^(rediss?:\/\/)[^@/]*@/, "$1") }
+        : {}),
+      ...(options.data !== undefined
+        ? { data: options.data, fsync: options.fsync ?? "batch" }
+        : {}),
+      tokens: options.tokens?.length ?? 0,
+      max_connections: maxConnections,
+      max_line_bytes: this.#tcp.maxLineBytes,
+      max_outbound_bytes: this.#tcp.maxOutbound,
+      history_messages: options.historyMessages ?? 1000,
+      history_bytes: options.historyBytes ?? 1 << 20,
+      max_history_bytes: options.maxHistoryBytes ?? 64 << 20,
+      ping_interval: options.pingInterval ?? 30_000,
+      idle_timeout: options.idleTimeout ?? 90_000,
+    });
   }
 
-  log(level: LogLevel, message: string): void {
+  log(level: LogLevel, message: string, fields?: Record<string, unknown>): void {
     if (LOG_LEVELS.indexOf(level) >= this.#logLevel) {
       // deno-lint-ignore no-console
-      console.error(`${new Date().toISOString()} ${level} ${message}`);
+      console.error(formatLog(this.#logFormat, level, message, fields));
     }
   }
 
@@ -321,10 +423,23 @@ class ServerImpl implements MessageServer {
   }
 
   async #doShutdown(): Promise<void> {
+    const start = performance.now();
+    const open = { ...this.metrics.connections };
+    const sent = this.metrics.bytesOut;
     const http = this.http?.shutdown();
     await this.#tcp.shutdown();
     await http;
+    const { puts } = this.hub.stats();
     await this.#closeEngine();
+    this.log("info", "stopped", {
+      closed_tcp: open.tcp,
+      closed_websocket: open.websocket,
+      closed_sse: open.sse,
+      flushed_bytes: this.metrics.bytesOut - sent,
+      puts,
+      engine_closed: this.#ownsEngine,
+      ms: Math.round(performance.now() - start),
+    });
   }
 
   /** Closes the hub's engine when this server made it. */
@@ -578,6 +693,14 @@ const SERVE_OPTIONS: readonly OptionSpec[] = [
     help: "debug, info, warn, error or silent (default info)",
     values: LOG_LEVELS,
     key: "logLevel",
+  },
+  {
+    name: "log-format",
+    kind: "enum",
+    arg: "FORMAT",
+    help: "text (TIME LEVEL message key=value...) or json, one object per\nline (default text)",
+    values: LOG_FORMATS,
+    key: "logFormat",
   },
   {
     name: "redis",
@@ -918,7 +1041,7 @@ export async function main(argv?: string[]): Promise<number> {
   for (const note of notes) {
     if (LOG_LEVELS.indexOf(note.level) >= level) {
       // deno-lint-ignore no-console
-      console.error(`${new Date().toISOString()} ${note.level} ${note.message}`);
+      console.error(formatLog(options.logFormat ?? "text", note.level, note.message));
     }
   }
   let server: MessageServer;
@@ -948,8 +1071,8 @@ export async function main(argv?: string[]): Promise<number> {
   // deno-lint-ignore no-console
   console.log(`msgstream listening on ${scheme}://${server.addr.hostname}:${server.addr.port}`);
   if (server.http) {
-    // deno-lint-ignore no-console
     const web = options.http?.cert ?? options.cert ? "https" : "http";
+    // deno-lint-ignore no-console
     console.log(`msgstream http on ${web}://${server.http.addr.hostname}:${server.http.addr.port}`);
   }
   await server.finished;
