@@ -1,7 +1,8 @@
 /**
  * The HTTP door's live status page (`GET /`): one self-contained HTML document (its CSS and
- * JavaScript inline, nothing fetched from another host) that lists the streams from
- * `GET /streams` every second and follows the selected one over Server-Sent Events. A token in
+ * JavaScript inline, nothing fetched from another host) that lists the first page of streams
+ * by name (`GET /streams?limit=100`, never the whole list) every second and follows the
+ * selected one over Server-Sent Events. A token in
  * the page's `?token=` is passed on, as `Authorization` and as `?token=` for `EventSource`.
  *
  * @example Serve the page
@@ -143,6 +144,9 @@ ol.tail .data { word-break: break-word; }
   var source = null;
   var received = 0;
   var MAX_TAIL = 200;
+  // One page of the list, the first streams by name: never the whole list every second.
+  var PAGE = 100;
+  var more = false;
   function $(id) { return document.getElementById(id); }
   function pretty(text, indent) {
     try { return JSON.stringify(JSON.parse(text), null, indent); } catch (e) { return text; }
@@ -197,12 +201,14 @@ ol.tail .data { word-break: break-word; }
       if (!seen.has(name)) { row.tr.remove(); rows.delete(name); }
     });
     $("empty").hidden = list.length > 0;
-    $("totals").textContent = list.length + (list.length === 1 ? " stream · " : " streams · ") +
+    $("totals").textContent = (more ? "first " : "") + list.length +
+      (list.length === 1 ? " stream · " : " streams · ") +
       listeners + (listeners === 1 ? " listener" : " listeners");
   }
   function refresh() {
-    fetch("streams", init).then(function (res) {
+    fetch("streams?limit=" + PAGE, init).then(function (res) {
       if (!res.ok) throw new Error("HTTP " + res.status);
+      more = /rel="next"/.test(res.headers.get("link") || "");
       return res.json();
     }).then(function (list) {
       render(list);
