@@ -140,8 +140,9 @@ const NO_SOURCE: BudgetSource = {
  * frame's `byteLength` to {@linkcode MemoryBudget.outbound} when it is queued and subtract it
  * when it is written or dropped; after each read, add the change of its framer's `pending`
  * bytes to {@linkcode MemoryBudget.lines}, and subtract what is left when the connection ends.
- * While {@linkcode MemoryBudget.spent} is true, a connection holding more than
- * {@linkcode CONNECTION_SHARE} of either is cut. Every figure is a plain number: reporting
+ * While the budget is spent by the rest ({@linkcode MemoryBudget.spentBesides} with what the
+ * connection holds), a connection holding more than {@linkcode CONNECTION_SHARE} of either is
+ * cut. Every figure is a plain number: reporting
  * costs an addition.
  */
 export class MemoryBudget {
@@ -195,6 +196,17 @@ export class MemoryBudget {
    */
   get spent(): boolean {
     return this.held >= this.max;
+  }
+
+  /**
+   * Whether the budget is spent by everything but `own` (what one connection holds): a door
+   * then lets that connection hold no more than {@linkcode CONNECTION_SHARE}.
+   *
+   * @param own The bytes the asking connection holds (and has reported).
+   * @returns Whether the rest is at or past the maximum.
+   */
+  spentBesides(own: number): boolean {
+    return this.held - own >= this.max;
   }
 
   /** How many bytes history may keep now: what the rest leaves. */

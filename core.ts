@@ -21,6 +21,14 @@
  * @module
  */
 
+import {
+  type BudgetSource,
+  HEADER_COST_FACTOR,
+  LimitExceededError,
+  LISTEN_COST,
+  MemoryBudget,
+  STREAM_COST,
+} from "./budget.ts";
 import type { Codec } from "./codec.ts";
 import { buildEvent } from "./frame.ts";
 import { type History, HistoryBudget, type HistoryLimits, type HistoryOwner } from "./history.ts";
@@ -57,6 +65,8 @@ export class StreamState {
   fanning = 0;
   /** Listeners that joined during a fanout: they got the header as of it, not the event. */
   joinedDuringFanout: Set<Listener> | undefined = undefined;
+  /** What its header costs in the memory budget (see budget.ts); 0 without one. */
+  headerCost = 0;
   /** Queues that follow it through a pattern (see pattern.ts), caught up. */
   patternQueues: Set<Listener> | undefined = undefined;
 
@@ -104,13 +114,32 @@ export interface Core {
   info(stream: string): StreamInfo | undefined;
   /** Every stream the hub holds. */
   list(): StreamInfo[];
-  /** The names of the streams held, live, in creation order (no copy). */
-  names(): IterableIterator<string>;
   /** Totals. */
   stats(): HubStats;
   /** Releases the core's resources. */
   close(): Promise<void>;
+  /** Sets the limits on what clients may make the core keep (the hub does, once). */
+  setLimits(limits: ClientLimits): void;
 }
+
+/** The limits on what clients may make a hub keep (see budget.ts and docs/limits.md). */
+export interface ClientLimits {
+  /** Most streams held. */
+  readonly maxStreams: number;
+  /** Largest header, as the bytes of its event frame. */
+  readonly maxHeaderBytes: number;
+  /** Most streams one listener follows. */
+  readonly maxListens: number;
+  /** The memory budget. */
+  readonly memory: MemoryBudget;
+}
+
+const NO_LIMITS: ClientLimits = {
+  maxStreams: Infinity,
+  maxHeaderBytes: Infinity,
+  maxListens: Infinity,
+  memory: new MemoryBudget(Number.MAX_SAFE_INTEGER),
+};
 
 /**
  * The default bound on a put's or header's message, as its codec encodes it: 1 MiB less 4 KiB.
@@ -192,6 +221,8 @@ export abstract class Streams<S extends StreamState> implements Core {
   protected puts = 0;
   /** What listeners are told they follow (`attached`): the hub. */
   readonly #source: Detachable;
+  /** The limits on what clients may make the core keep (see {@linkcode Streams.setLimits}). */
+  protected limits: ClientLimits = NO_LIMITS;
   /** The pattern listeners. */
   protected readonly patterns: PatternFollows<S>;
 
@@ -271,6 +302,122 @@ export abstract class Streams<S extends StreamState> implements Core {
   /** Bytes of history held here. */
   protected historyBytes(): number {
     return 0;
+  }
+
+  /** Trims history to at most `bytes` (none is held by default). */
+  protected trimHistory(_bytes: number): void {}
+
+  /**
+   * Sets the limits on what clients may make the core keep, and has the memory budget count
+   * this core's streams, listens and history.
+   *
+   * @param limits The limits.
+   */
+  setLimits(limits: ClientLimits): void {
+    this.limits = limits;
+    // deno-lint-ignore no-this-alias
+    const core = this;
+    const source: BudgetSource = {
+      get streamCount() {
+        return core.streams.size;
+      },
+      get listenCount() {
+        return core.listenerCount;
+      },
+      get historyBytes() {
+        return core.historyBytes();
+      },
+      trimHistory: (bytes) => this.trimHistory(bytes),
+    };
+    limits.memory.bind(source);
+    // Headers held before (restored from a store) count as if set now.
+    for (const state of this.streams.values()) {
+      if (state.header === undefined || state.headerCost !== 0) continue;
+      const ev = buildEvent(
+        this.codec,
+        "header",
+        state,
+        state.header,
+        state.seq,
+        state.epoch,
+        "own",
+      );
+      state.headerCost = ev.frame.byteLength * HEADER_COST_FACTOR;
+      limits.memory.headers += state.headerCost;
+    }
+  }
+
+  /**
+   * Refuses a stream past the limits: one more than `maxStreams`, or no room in the budget.
+   *
+   * @param what What is refused, for the message.
+   * @param extra Bytes the caller keeps beside the stream's state (a listen's).
+   * @throws {LimitExceededError} With `max_streams` or `max_memory`.
+   */
+  protected admitStream(what: string, extra = 0): void {
+    const max = this.limits.maxStreams;
+    if (this.streams.size >= max) {
+      throw new LimitExceededError(
+        "max_streams",
+        `${what}: the server holds ${max} streams, its limit (max_streams)`,
+      );
+    }
+    this.limits.memory.admit(STREAM_COST + extra, what);
+  }
+
+  /**
+   * Refuses a listen past the limits: the listener follows `maxListens` streams already, or
+   * there is no room in the budget (for a new stream too, when `stream` is not held).
+   *
+   * @param stream The stream's name.
+   * @param queue The listener.
+   * @throws {LimitExceededError} With `max_listens`, `max_streams` or `max_memory`.
+   */
+  protected admitListen(stream: string, queue: Listener): void {
+    const what = `Cannot listen to stream "${stream.slice(0, 100)}"`;
+    const max = this.limits.maxListens;
+    const n = this.following.get(queue)?.size ?? 0;
+    if (n >= max) {
+      throw new LimitExceededError(
+        "max_listens",
+        `${what}: this connection follows ${n} streams, the limit (max_listens)`,
+      );
+    }
+    if (this.streams.has(stream)) this.limits.memory.admit(LISTEN_COST, what);
+    else this.admitStream(what, LISTEN_COST);
+  }
+
+  /**
+   * Charges a new header to the budget (and releases the one it replaces), or refuses it: a
+   * frame larger than `maxHeaderBytes`, or no room in the budget.
+   *
+   * @param state The stream.
+   * @param frameBytes The bytes of the header's event frame.
+   * @throws {LimitExceededError} With `max_header_bytes` or `max_memory`.
+   */
+  protected chargeHeader(state: S, frameBytes: number): void {
+    const what = `Cannot set the header of stream "${state.name.slice(0, 100)}"`;
+    const max = this.limits.maxHeaderBytes;
+    if (frameBytes > max) {
+      throw new LimitExceededError(
+        "max_header_bytes",
+        `${what}: its frame is ${frameBytes} bytes, the limit (max_header_bytes) is ${max}`,
+      );
+    }
+    const cost = frameBytes * HEADER_COST_FACTOR;
+    if (cost > state.headerCost) this.limits.memory.admit(cost - state.headerCost, what);
+    this.limits.memory.headers += cost - state.headerCost;
+    state.headerCost = cost;
+  }
+
+  /**
+   * Releases a stream's header from the budget (cleared, or the stream deleted).
+   *
+   * @param state The stream.
+   */
+  protected releaseHeader(state: S): void {
+    this.limits.memory.headers -= state.headerCost;
+    state.headerCost = 0;
   }
 
   /** Checks a stream name. */
@@ -441,10 +588,6 @@ export abstract class Streams<S extends StreamState> implements Core {
     return Array.from(this.streams.values(), (s) => this.#info(s));
   }
 
-  names(): IterableIterator<string> {
-    return this.streams.keys();
-  }
-
   stats(): HubStats {
     return {
       streams: this.streams.size,
@@ -565,6 +708,8 @@ export class MemoryStream extends StreamState implements HistoryOwner {
 export class MemoryCore extends Streams<MemoryStream> implements SyncHub {
   /** The history bounds every stream shares. */
   protected readonly budget: HistoryBudget;
+  /** A stream that must not be collected while room is made for it. */
+  #pinned: MemoryStream | undefined;
 
   /**
    * Creates an empty core.
@@ -639,6 +784,7 @@ export class MemoryCore extends Streams<MemoryStream> implements SyncHub {
     if (message === null) {
       if (!state || state.header === undefined) return;
     } else if (!state) {
+      this.admitStream(`Cannot set the header of stream "${stream.slice(0, 100)}"`);
       state = this.create(stream);
     }
     const change = this.event(state, "header", message);
@@ -648,6 +794,20 @@ export class MemoryCore extends Streams<MemoryStream> implements SyncHub {
       } catch (e) {
         this.collect(state);
         throw e;
+      }
+    }
+    if (message === null) this.releaseHeader(state);
+    else {
+      // Making room may trim this stream's history: it must not be forgotten meanwhile.
+      this.#pinned = state;
+      try {
+        this.chargeHeader(state, change.frame.byteLength);
+      } catch (e) {
+        this.#pinned = undefined;
+        this.collect(state);
+        throw e;
+      } finally {
+        this.#pinned = undefined;
       }
     }
     state.header = message === null ? undefined : message;
@@ -660,7 +820,11 @@ export class MemoryCore extends Streams<MemoryStream> implements SyncHub {
   putNow(stream: string, message: unknown): Position {
     this.checkName(stream);
     this.checkMessage(stream, message);
-    const state = this.streams.get(stream) ?? this.create(stream);
+    let state = this.streams.get(stream);
+    if (!state) {
+      this.admitStream(`Cannot put on stream "${stream.slice(0, 100)}"`);
+      state = this.create(stream);
+    }
     state.seq++;
     let ev: StreamEvent;
     try {
@@ -684,6 +848,7 @@ export class MemoryCore extends Streams<MemoryStream> implements SyncHub {
     if (!state) return;
     const end = this.event(state, "end", null);
     this.streams.delete(stream);
+    this.releaseHeader(state);
     this.budget.drop(state);
     this.endListeners(state, end);
   }
@@ -691,6 +856,7 @@ export class MemoryCore extends Streams<MemoryStream> implements SyncHub {
   listenNow(stream: string, queue: Listener, since?: Position): Position {
     this.checkName(stream);
     this.checkQueue(stream, queue);
+    if (!this.streams.get(stream)?.listeners.has(queue)) this.admitListen(stream, queue);
     const state = this.streams.get(stream) ?? this.create(stream);
     const position = { epoch: state.epoch, seq: state.seq };
     if (state.listeners.has(queue)) return position;
@@ -731,6 +897,11 @@ export class MemoryCore extends Streams<MemoryStream> implements SyncHub {
     return this.budget.bytes;
   }
 
+  /** Trims history, oldest first, to at most `bytes` (the memory budget makes room). */
+  protected override trimHistory(bytes: number): void {
+    this.budget.trimTo(bytes);
+  }
+
   /** Creates a stream (with a new epoch unless given one). */
   protected create(name: string, epoch: string = newEpoch()): MemoryStream {
     const state = new MemoryStream(name, epoch);
@@ -758,7 +929,7 @@ export class MemoryCore extends Streams<MemoryStream> implements SyncHub {
     if (
       state.listeners.size === 0 && state.header === undefined &&
       (!state.history || state.history.count === 0) &&
-      this.streams.get(state.name) === state
+      this.streams.get(state.name) === state && state !== this.#pinned
     ) {
       this.streams.delete(state.name);
       this.budget.drop(state);

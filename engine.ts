@@ -281,6 +281,10 @@ export class EngineCore extends Streams<EngineStream> {
     this.checkName(stream);
     this.checkQueue(stream, queue);
     let state = this.streams.get(stream);
+    // The limits count this node's listens and the streams it holds a copy of.
+    if (!state?.listeners.has(queue) && !state?.pending?.has(queue)) {
+      this.admitListen(stream, queue);
+    }
     if (!state) this.streams.set(stream, state = new EngineStream(stream, ""));
     if (state.listeners.has(queue) || state.pending?.has(queue)) {
       return { epoch: state.epoch, seq: state.seq };

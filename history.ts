@@ -272,6 +272,23 @@ export class HistoryBudget {
   }
 
   /**
+   * Trims history to at most `bytes` over all streams, the oldest entry of any stream first
+   * (the memory budget makes room this way).
+   *
+   * @param bytes What history may keep.
+   */
+  trimTo(bytes: number): void {
+    while (this.bytes > bytes && this.#global.count > 0) {
+      const oldest = this.#global.shift();
+      if (oldest) {
+        this.#trimOldest(oldest);
+        this.#onTrimmed(oldest);
+      }
+    }
+    this.#global.compact();
+  }
+
+  /**
    * Drops all of a stream's history.
    *
    * @param owner The stream.

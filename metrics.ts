@@ -18,6 +18,7 @@
  * @module
  */
 
+import { type Limit, LIMITS, type MemoryBudget } from "./budget.ts";
 import type { HubStats } from "./types.ts";
 
 /** The doors whose connections are counted. */
@@ -39,6 +40,10 @@ export class Metrics {
   slowConsumers = 0;
   /** Errors answered, by code (the wire protocol's and the HTTP door's). */
   readonly errors: Record<string, number> = {};
+  /** Requests refused with `limit_exceeded`, by limit (every limit listed, from 0). */
+  readonly limits: Record<Limit, number> = Object.fromEntries(
+    LIMITS.map((l) => [l, 0]),
+  ) as Record<Limit, number>;
 
   /**
    * Counts a connection accepted by a door: it is open until {@linkcode Metrics.closed}.
@@ -66,6 +71,16 @@ export class Metrics {
   }
 
   /**
+   * Counts one request refused past a limit. The `limit_exceeded` error itself is counted by
+   * {@linkcode Metrics.error} when it is answered.
+   *
+   * @param limit The limit.
+   */
+  limitExceeded(limit: Limit): void {
+    this.limits[limit]++;
+  }
+
+  /**
    * Counts one error answered.
    *
    * @param code The error's code.
@@ -80,9 +95,10 @@ export class Metrics {
  *
  * @param metrics The doors' counters.
  * @param stats The hub's figures (`hub.stats()`).
+ * @param memory The hub's memory budget (`hub.memory`), for its parts and maximum.
  * @returns The text, one `# HELP`, `# TYPE` and sample lines per metric.
  */
-export function prometheus(metrics: Metrics, stats: HubStats): string {
+export function prometheus(metrics: Metrics, stats: HubStats, memory?: MemoryBudget): string {
   const lines: string[] = [];
   const metric = (
     name: string,
@@ -129,10 +145,30 @@ export function prometheus(metrics: Metrics, stats: HubStats): string {
   );
   metric("msgstream_errors_total", "counter", "Errors answered, by code.", by("code", m.errors));
   metric(
+    "msgstream_limit_exceeded_total",
+    "counter",
+    "Requests refused past a limit (limit_exceeded), by limit.",
+    by("limit", m.limits),
+  );
+  metric(
     "msgstream_history_bytes",
     "gauge",
     "Bytes of history over all streams.",
     one(stats.historyBytes),
   );
+  if (memory) {
+    metric(
+      "msgstream_memory_bytes",
+      "gauge",
+      "Bytes kept for clients, by part (estimates for streams, listens and headers).",
+      by("part", { ...memory.parts() }),
+    );
+    metric(
+      "msgstream_memory_limit_bytes",
+      "gauge",
+      "The memory budget (--max-memory).",
+      one(memory.max),
+    );
+  }
   return lines.join("\n") + "\n";
 }

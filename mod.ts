@@ -37,6 +37,7 @@
  * @module
  */
 
+import { MemoryBudget } from "./budget.ts";
 import { type Codec, defaultCodec } from "./codec.ts";
 import {
   type Core,
@@ -94,6 +95,7 @@ export { Inbox, type InboxOptions, SlowConsumerError } from "./inbox.ts";
 export { follow, type FollowOptions } from "./follow.ts";
 export { matchPattern, patternCovers } from "./pattern.ts";
 export { logListenerError, MessageTooLargeError };
+export { type Limit, LimitExceededError, MemoryBudget, type MemoryParts } from "./budget.ts";
 
 /** Options for {@linkcode MessageStream}. */
 export interface MessageStreamOptions {
@@ -146,6 +148,37 @@ export interface MessageStreamOptions {
    */
   onListenerError?: (error: unknown, stream: string) => void;
   /**
+   * Most bytes kept for clients, all parts together: headers, history, stream state, listen
+   * registrations, and what the doors hold (unfinished lines, unsent frames). History gives way
+   * first; past the rest, a new stream, header or listen gets {@linkcode LimitExceededError}
+   * (`max_memory`). See docs/limits.md.
+   *
+   * @default {268435456}
+   */
+  maxMemory?: number;
+  /**
+   * Most streams held at once; a put, header or listen that would make one more gets
+   * {@linkcode LimitExceededError} (`max_streams`). With an engine, streams this node has
+   * listeners for.
+   *
+   * @default {100000}
+   */
+  maxStreams?: number;
+  /**
+   * Largest header, as the bytes of its event frame; a larger one gets
+   * {@linkcode LimitExceededError} (`max_header_bytes`).
+   *
+   * @default {1048576}
+   */
+  maxHeaderBytes?: number;
+  /**
+   * Most streams one listener (one connection of a server) follows at once; one more listen gets
+   * {@linkcode LimitExceededError} (`max_listens`).
+   *
+   * @default {10000}
+   */
+  maxListens?: number;
+  /**
    * Where streams' header, seq, epoch and history live and how puts reach other nodes. Without
    * one, the hub keeps everything in memory (one process). With one (e.g. `RedisEngine` from
    * `@x/msgstream/redis`), `put`, `header`, `delete`, `listen` and `stat` go through the
@@ -192,6 +225,7 @@ export class MessageStream implements Streamer {
   readonly #core: Core;
   readonly #engine: Engine | undefined;
   readonly #maxName: number;
+  readonly #memory: MemoryBudget;
 
   /**
    * Creates an empty hub.
@@ -201,10 +235,22 @@ export class MessageStream implements Streamer {
    */
   constructor(options?: MessageStreamOptions) {
     this.codec = options?.codec ?? defaultCodec;
+    const memory = new MemoryBudget(intOption("maxMemory", options?.maxMemory, 256 << 20, 0));
+    this.#memory = memory;
+    const maxHistory = intOption("maxHistoryBytes", options?.maxHistoryBytes, 64 << 20, 0);
     const limits = {
       historyMessages: intOption("historyMessages", options?.historyMessages, 1000, 0),
       historyBytes: intOption("historyBytes", options?.historyBytes, 1 << 20, 0),
-      maxHistoryBytes: intOption("maxHistoryBytes", options?.maxHistoryBytes, 64 << 20, 0),
+      // History is a part of the memory budget: it keeps what the other parts leave.
+      get maxHistoryBytes(): number {
+        return Math.min(maxHistory, memory.historyRoom);
+      },
+    };
+    const clientLimits = {
+      maxStreams: intOption("maxStreams", options?.maxStreams, 100_000, 0),
+      maxHeaderBytes: intOption("maxHeaderBytes", options?.maxHeaderBytes, 1 << 20, 0),
+      maxListens: intOption("maxListens", options?.maxListens, 10_000, 0),
+      memory,
     };
     this.#maxName = intOption("maxStreamNameLength", options?.maxStreamNameLength, 256, 1);
     this.#engine = options?.engine;
@@ -227,6 +273,26 @@ export class MessageStream implements Streamer {
       1,
     );
     if (options?.onListenerError) this.#core.onListenerError = options.onListenerError;
+    this.#core.setLimits(clientLimits);
+  }
+
+  /**
+   * The memory budget of this hub: what it and the doors serving it keep for clients, by part.
+   * Doors report their unfinished lines and unsent bytes into it (see `MemoryBudget`).
+   *
+   * @example Read the parts
+   * ```ts
+   * import { MessageStream } from "@x/msgstream";
+   * import { assertEquals } from "@std/assert";
+   *
+   * const hub = new MessageStream({ maxMemory: 1 << 20 });
+   * await hub.header("job", "running");
+   * assertEquals(hub.memory.max, 1 << 20);
+   * assertEquals(hub.memory.parts().streams, 1024);
+   * ```
+   */
+  get memory(): MemoryBudget {
+    return this.#memory;
   }
 
   /** The longest stream name accepted, in UTF-16 code units. */
@@ -553,30 +619,6 @@ export class MessageStream implements Streamer {
    */
   list(): StreamInfo[] {
     return this.#core.list();
-  }
-
-  /**
-   * The names of the streams the hub holds, in creation order, without copying them: a live
-   * iterator that sees streams created after it started and skips those deleted since. A
-   * caller that walks many streams can stop now and then (e.g. `await` a timer) to keep the
-   * event loop free, as `GET /streams` does; `info()` gives each stream's figures.
-   *
-   * @returns An iterator over the names.
-   *
-   * @example
-   * ```ts
-   * import { MessageStream } from "@x/msgstream";
-   * import { assertEquals } from "@std/assert";
-   *
-   * const hub = new MessageStream();
-   * await hub.put("a", 1);
-   * const names = hub.names();
-   * await hub.put("b", 2);
-   * assertEquals([...names], ["a", "b"]);
-   * ```
-   */
-  names(): IterableIterator<string> {
-    return this.#core.names();
   }
 
   /**

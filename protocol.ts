@@ -7,6 +7,7 @@
  */
 
 import { type Auth, forbidden, forbiddenPattern, type Grant } from "./auth.ts";
+import { LimitExceededError } from "./budget.ts";
 import type { Codec } from "./codec.ts";
 import { type SyncHub, syncOf } from "./core.ts";
 import { MAX_PAGE, pageStreams } from "./pattern.ts";
@@ -40,6 +41,7 @@ export type ErrorCode =
   | "storage_unavailable"
   | "message_too_large"
   | "not_connected"
+  | "limit_exceeded"
   | "internal";
 
 /**
@@ -173,10 +175,10 @@ export class Session implements Listener {
     if (!this.#closed) this.#transport.send(encodeFrame(this.#codec, frame));
   }
 
-  /** Sends an `error` frame. */
-  error(code: ErrorCode, message: string, id?: unknown, stream?: unknown): void {
+  /** Sends an `error` frame; `extra` fields (a limit's name) go after `message`. */
+  error(code: ErrorCode, message: string, id?: unknown, stream?: unknown, extra?: Frame): void {
     this.#metrics?.error(code);
-    const frame: Frame = { action: "error", code, message };
+    const frame: Frame = { action: "error", code, message, ...extra };
     if (id !== undefined) frame.id = id;
     if (typeof stream === "string") frame.stream = stream;
     this.send(typeof stream === "string" ? frame : unprompted(frame, this.live));
@@ -264,7 +266,11 @@ export class Session implements Listener {
 
   #fail(e: unknown, id: unknown, stream: unknown): void {
     if (e instanceof ProtocolError) this.error(e.code, e.message, id, e.stream ?? stream);
-    else if (e instanceof EngineUnavailableError) {
+    else if (e instanceof LimitExceededError) {
+      // Only the requester is told: nothing was kept, and nobody else is affected.
+      this.#metrics?.limitExceeded(e.limit);
+      this.error("limit_exceeded", e.message, id, stream, { limit: e.limit });
+    } else if (e instanceof EngineUnavailableError) {
       this.error("engine_unavailable", e.message, id, stream);
     } else if (e instanceof Error && e.name === "StorageUnavailableError") {
       this.error("storage_unavailable", e.message, id, stream);

@@ -613,6 +613,35 @@ const SERVE_OPTIONS: readonly OptionSpec[] = [
     key: "maxConnections",
   },
   {
+    name: "max-memory",
+    kind: "int",
+    arg: "N",
+    help: "bytes kept for clients in all: headers, history, streams,\n" +
+      "listens, unfinished lines, unsent frames (default 268435456)",
+    key: "maxMemory",
+  },
+  {
+    name: "max-streams",
+    kind: "int",
+    arg: "N",
+    help: "streams held at once (default 100000)",
+    key: "maxStreams",
+  },
+  {
+    name: "max-header-bytes",
+    kind: "int",
+    arg: "N",
+    help: "largest header, as its event frame's bytes (default 1048576)",
+    key: "maxHeaderBytes",
+  },
+  {
+    name: "max-listens",
+    kind: "int",
+    arg: "N",
+    help: "streams one connection follows at once (default 10000)",
+    key: "maxListens",
+  },
+  {
     name: "idle-timeout",
     kind: "int",
     arg: "MS",

@@ -24,6 +24,7 @@
 /// <reference types="./std_types.d.ts" />
 import { concat } from "@std/bytes/concat";
 import type { Auth } from "./auth.ts";
+import { CONNECTION_SHARE, type MemoryBudget } from "./budget.ts";
 import { LineError, LineFramer } from "./framer.ts";
 import type { Metrics } from "./metrics.ts";
 import type { MessageStream } from "./mod.ts";
@@ -249,6 +250,7 @@ export class TcpDoor {
   /** Tells a connection over `maxConnections` why, then closes it; never waits for it. */
   #refuse(conn: Deno.Conn): void {
     this.metrics.error("limit_exceeded");
+    this.metrics.limitExceeded("max_connections");
     this.log("info", `more than ${this.maxConnections} connections: refusing one`);
     const frame = JSON.stringify(unprompted({
       action: "error",
@@ -333,10 +335,19 @@ class Connection implements Transport {
   readonly #door: TcpDoor;
   #flushed: PromiseWithResolvers<void> | undefined = undefined;
   #authTimer: ReturnType<typeof setTimeout> | undefined;
+  /**
+   * The hub's memory budget. This connection reports into it (the model for every door): its
+   * queued bytes into `outbound` (#reported: added when queued, taken off when written or
+   * dropped) and its unfinished line into `lines` (#lineBytes, after each read).
+   */
+  readonly #memory: MemoryBudget;
+  #reported = 0;
+  #lineBytes = 0;
 
   constructor(conn: Deno.Conn, door: TcpDoor) {
     this.conn = conn;
     this.#door = door;
+    this.#memory = door.hub.memory;
     this.session = new Session(door.hub, this, { auth: door.auth, metrics: door.metrics });
     if (door.auth) this.#authTimer = setTimeout(this.#authExpired, door.authTimeout);
   }
@@ -362,7 +373,13 @@ class Connection implements Transport {
     if (this.#closing) return;
     const len = frame.byteLength;
     this.#queued += len;
-    if (this.#queued > this.#door.maxOutbound) return this.#slow();
+    if (
+      this.#queued > this.#door.maxOutbound ||
+      // While the rest of the memory budget is spent, a connection may hold only its share.
+      (this.#queued > CONNECTION_SHARE && this.#memory.spentBesides(this.#reported))
+    ) return this.#slow();
+    this.#reported += len;
+    this.#memory.outbound += len;
     if (frame.buffer === this.#runBuf && frame.byteOffset === this.#runEnd) {
       this.#runEnd += len;
     } else {
@@ -468,6 +485,7 @@ class Connection implements Transport {
           let off = 0;
           while (off < buf.byteLength) off += await this.conn.write(buf.subarray(off));
           this.#door.metrics.bytesOut += buf.byteLength;
+          this.#release(buf.byteLength);
         }
       }
     } catch {
@@ -479,9 +497,24 @@ class Connection implements Transport {
     if (this.#closing) this.#end();
   };
 
+  /** Takes `n` written or dropped bytes off what this connection reported as queued. */
+  #release(n: number): void {
+    n = Math.min(n, this.#reported);
+    this.#reported -= n;
+    this.#memory.outbound -= n;
+  }
+
+  /** Reports the unfinished line this connection holds now. */
+  #holdLine(bytes: number): void {
+    this.#memory.lines += bytes - this.#lineBytes;
+    this.#lineBytes = bytes;
+  }
+
   #end(): void {
     if (this.#closed) return;
     this.#closed = true;
+    this.#release(this.#reported);
+    this.#holdLine(0);
     clearTimeout(this.#authTimer);
     this.session.drop();
     try {
@@ -533,6 +566,7 @@ class Connection implements Transport {
         if (n === 0) continue;
         metrics.bytesIn += n;
         const lines = framer.push(buf.subarray(0, n));
+        this.#holdLine(framer.pending);
         if (lines.length > 0 || framer.error) this.lastHeard = Date.now();
         for (let i = 0; i < lines.length && !session.closed; i++) session.handle(lines[i]!);
         // A bad line: the good lines before it were served; now refuse.
@@ -543,6 +577,21 @@ class Connection implements Transport {
             "line_too_long",
             `More than ${UNAUTHENTICATED_LINE_BYTES} bytes of a line before "hello"`,
           );
+        }
+        if (this.#lineBytes > CONNECTION_SHARE && this.#memory.spentBesides(this.#lineBytes)) {
+          // While the rest of the memory budget is spent, a connection may hold only its share
+          // of a line.
+          metrics.limitExceeded("max_memory");
+          session.error(
+            "limit_exceeded",
+            `More than ${CONNECTION_SHARE} bytes of an unfinished line while the server's ` +
+              `memory budget of ${this.#memory.max} bytes is spent: closing connection`,
+            undefined,
+            undefined,
+            { limit: "max_memory" },
+          );
+          session.close();
+          break;
         }
         if (n === buf.byteLength && n < READ_MAX) {
           buf = new Uint8Array(n * 2);

@@ -124,6 +124,8 @@ async function startRedis(dir: string, appendfsync: string): Promise<{
 interface Server {
   port: number;
   ready: number;
+  /** The server's CPU time (ms) from spawn to its listening line: less noisy than `ready`. */
+  readyCpu: number;
   child: Deno.ChildProcess;
   stop: (signal?: Deno.Signal) => Promise<void>;
 }
@@ -152,6 +154,7 @@ async function startServer(args: string[]): Promise<Server> {
     "the server's listening line",
   );
   const ready = performance.now() - t0;
+  const readyCpu = processTicks(child.pid) * 10;
   // Keep draining stdout so the server never blocks on it.
   const draining = (async () => {
     while (!(await reader.read()).done) { /* discard */ }
@@ -159,6 +162,7 @@ async function startServer(args: string[]): Promise<Server> {
   return {
     port,
     ready,
+    readyCpu,
     child,
     stop: async (signal = "SIGTERM") => {
       try {
@@ -340,6 +344,10 @@ class OtherCpu {
 interface Sample {
   /** Cores used by other processes during the measurement. */
   others: number;
+  /** Server CPU µs per put, saturated. */
+  serverUs: number;
+  /** Redis CPU µs per put, saturated (0 without Redis). */
+  redisUs: number;
   putsPerSec: number;
   p50: number;
   p99: number;
@@ -349,25 +357,35 @@ interface Sample {
 }
 
 /** Saturated: `window` puts in flight for `duration` s after a 1 s warm-up. */
-async function saturated(p: Putter, window: number, duration: number): Promise<[number, number]> {
+async function saturated(
+  p: Putter,
+  window: number,
+  duration: number,
+  pids: number[],
+): Promise<[number, number[]]> {
   const end = performance.now() + (1 + duration) * 1000;
   const warm = performance.now() + 1000;
   let startAcked = 0;
   let startAt = 0;
+  let startCpu: number[] = [];
   while (performance.now() < end) {
     if (!p.recording && performance.now() >= warm) {
       p.recording = true;
       startAcked = p.acked;
       startAt = performance.now();
+      startCpu = pids.map(processTicks);
     }
     const room = window - (p.sent - p.acked);
     if (room > 0) await p.put(room);
     else await within(p.reply(), 30_000, "a put's ok");
   }
-  const rate = (p.acked - startAcked) / ((performance.now() - startAt) / 1000);
+  const puts = p.acked - startAcked;
+  const rate = puts / ((performance.now() - startAt) / 1000);
+  // CPU µs per put of each process (a tick is 10 ms).
+  const cpu = pids.map((pid, i) => ((processTicks(pid) - startCpu[i]!) * 10_000) / puts);
   p.recording = false;
   await p.drain();
-  return [rate, p.lat.length];
+  return [rate, cpu];
 }
 
 /** Paced: `rate` puts/s for `duration` s, sent every millisecond or so as they fall due. */
@@ -402,11 +420,16 @@ async function measure(
   const p = await Putter.connect(server.port, 100);
   const others = new OtherCpu([server.child.pid, ...(redis ? [redis.pid] : [])]);
   try {
-    const [putsPerSec] = await saturated(p, o.window, o.duration);
+    const [putsPerSec, cpu] = await saturated(p, o.window, o.duration, [
+      server.child.pid,
+      ...(redis ? [redis.pid] : []),
+    ]);
     const sat = [...p.lat].sort((a, b) => a - b);
     const pacedLat = await paced(p, o.rate, o.duration);
     return {
       others: others.cores(),
+      serverUs: cpu[0]!,
+      redisUs: cpu[1] ?? 0,
       putsPerSec,
       p50: pct(sat, 0.5),
       p99: pct(sat, 0.99),
@@ -424,7 +447,10 @@ async function measure(
 }
 
 /** Spawn → listening line, and spawn → the first answered `listen` of a restored stream. */
-async function timedStart(args: string[], stream: string): Promise<[number, number, Server]> {
+async function timedStart(
+  args: string[],
+  stream: string,
+): Promise<[string, number, Server]> {
   const t0 = performance.now();
   const server = await startServer(args);
   const p = await Putter.connect(server.port, 1);
@@ -443,7 +469,8 @@ async function timedStart(args: string[], stream: string): Promise<[number, numb
     throw new Error(`The header of ${stream} was not restored: ${p.firstError}`);
   }
   await p.close();
-  return [server.ready, answered, server];
+  const ready = `${server.ready.toFixed(0)} ms (server CPU ${server.readyCpu} ms)`;
+  return [ready, answered, server];
 }
 
 async function restart(streams: number): Promise<string[]> {
@@ -481,17 +508,20 @@ async function restart(streams: number): Promise<string[]> {
       `fill: ${streams} streams × (64 B header + 1 put) in ${fillSecs.toFixed(1)} s; ` +
         `file ${(size / 1e6).toFixed(1)} MB`,
     );
-    out.push(`memory start (no --data), spawn → listening: ${base.ready.toFixed(0)} ms`);
+    out.push(
+      `memory start (no --data), spawn → listening: ${base.ready.toFixed(0)} ms ` +
+        `(server CPU ${base.readyCpu} ms)`,
+    );
     const probe = `job-${streams - 1}`;
     const [cleanReady, cleanAnswer, s1] = await timedStart(args, probe);
     out.push(
-      `after SIGTERM (clean stop): spawn → listening ${cleanReady.toFixed(0)} ms, ` +
+      `after SIGTERM (clean stop): spawn → listening ${cleanReady}, ` +
         `→ first listen answered ${cleanAnswer.toFixed(0)} ms`,
     );
     await s1.stop("SIGKILL");
     const [crashReady, crashAnswer, s2] = await timedStart(args, probe);
     out.push(
-      `after SIGKILL: spawn → listening ${crashReady.toFixed(0)} ms, ` +
+      `after SIGKILL: spawn → listening ${crashReady}, ` +
         `→ first listen answered ${crashAnswer.toFixed(0)} ms`,
     );
     await s2.stop("SIGTERM");
@@ -540,9 +570,9 @@ async function main(): Promise<void> {
   const ms = (x: number) => x.toFixed(2);
   console.log(
     `| config | puts/s, median (min–max) | p50 / p99 ms (window ${o.window}) | ` +
-      `p50 / p99 ms (${o.rate} puts/s) | others' CPU, cores | errors |`,
+      `p50 / p99 ms (${o.rate} puts/s) | server (+ Redis) CPU µs/put | others' CPU, cores | errors |`,
   );
-  console.log("|---|---|---|---|---|---|");
+  console.log("|---|---|---|---|---|---|---|");
   for (const c of configs) {
     const s = samples.get(c.name)!;
     const rates = s.map((x) => x.putsPerSec);
@@ -551,6 +581,8 @@ async function main(): Promise<void> {
       `| ${c.name} | ${k(median(rates))} (${k(Math.min(...rates))}–${k(Math.max(...rates))}) | ` +
         `${ms(median(s.map((x) => x.p50)))} / ${ms(median(s.map((x) => x.p99)))} | ` +
         `${ms(median(s.map((x) => x.pacedP50)))} / ${ms(median(s.map((x) => x.pacedP99)))} | ` +
+        `${median(s.map((x) => x.serverUs)).toFixed(1)}` +
+        (c.redis ? ` (+ ${median(s.map((x) => x.redisUs)).toFixed(1)})` : "") + " | " +
         `${median(s.map((x) => x.others)).toFixed(2)} | ` +
         `${s.reduce((n, x) => n + x.errors, 0)} |`,
     );

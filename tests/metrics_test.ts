@@ -78,12 +78,18 @@ Deno.test("prometheus() writes HELP, TYPE and one sample per value, in the text 
       "msgstream_slow_consumer_disconnects_total 0",
       "# TYPE msgstream_errors_total counter",
       'msgstream_errors_total{code="not_found"} 1',
+      "# TYPE msgstream_limit_exceeded_total counter",
+      'msgstream_limit_exceeded_total{limit="max_memory"} 0',
+      'msgstream_limit_exceeded_total{limit="max_streams"} 0',
+      'msgstream_limit_exceeded_total{limit="max_header_bytes"} 0',
+      'msgstream_limit_exceeded_total{limit="max_listens"} 0',
+      'msgstream_limit_exceeded_total{limit="max_connections"} 0',
       "# TYPE msgstream_history_bytes gauge",
       "msgstream_history_bytes 13",
       "",
     ].join("\n"),
   );
-  assertEquals(text.split("\n").filter((l) => l.startsWith("# HELP")).length, 12);
+  assertEquals(text.split("\n").filter((l) => l.startsWith("# HELP")).length, 13);
 });
 
 Deno.test("GET /metrics counts an SSE response and a REST put with exact values", async () => {
@@ -119,7 +125,20 @@ Deno.test("GET /metrics counts an SSE response and a REST put with exact values"
     msgstream_bytes_in_total: 7,
     msgstream_bytes_out_total: sent,
     msgstream_slow_consumer_disconnects_total: 0,
+    'msgstream_limit_exceeded_total{limit="max_memory"}': 0,
+    'msgstream_limit_exceeded_total{limit="max_streams"}': 0,
+    'msgstream_limit_exceeded_total{limit="max_header_bytes"}': 0,
+    'msgstream_limit_exceeded_total{limit="max_listens"}': 0,
+    'msgstream_limit_exceeded_total{limit="max_connections"}': 0,
     msgstream_history_bytes: hub.stats().historyBytes,
+    // The memory budget by part: one stream (1024 estimated), one listen (256), its history.
+    'msgstream_memory_bytes{part="history"}': hub.stats().historyBytes,
+    'msgstream_memory_bytes{part="headers"}': 0,
+    'msgstream_memory_bytes{part="streams"}': 1024,
+    'msgstream_memory_bytes{part="listens"}': 256,
+    'msgstream_memory_bytes{part="lines"}': 0,
+    'msgstream_memory_bytes{part="outbound"}': 0,
+    msgstream_memory_limit_bytes: 256 << 20,
   });
   assertEquals(event.raw, `id: ${epoch}:1\nevent: put\ndata: {"n":1}`);
   await reader.cancel();

@@ -1,0 +1,321 @@
+// The limits on what clients may make a server keep (issue 11, item 3): one memory budget
+// (--max-memory) and the per-item limits --max-streams, --max-header-bytes and --max-listens.
+// Past a limit only the requester is refused (limit_exceeded, naming the limit); the hub, the
+// TCP door, REST and a server process are each driven past them.
+import { assert, assertEquals, assertRejects } from "@std/assert";
+import { HEADER_COST_FACTOR, LISTEN_COST, STREAM_COST } from "../budget.ts";
+import { LimitExceededError, MessageStream, type StreamEvent } from "../mod.ts";
+import { serve } from "../server.ts";
+import { DurableStore } from "../store.ts";
+import { RemoteStream } from "../client.ts";
+import { withBystander } from "./_bystander.ts";
+import { assertError, post, request } from "./_http.ts";
+import { connectRaw } from "./_raw_client.ts";
+import { Recorder } from "./_recorder.ts";
+import { ServerProcess } from "./_server.ts";
+import { deadline } from "./_wait.ts";
+
+/** A queue that keeps what it gets. */
+function queue(): { put(ev: StreamEvent): void; got: StreamEvent[] } {
+  const got: StreamEvent[] = [];
+  return { put: (ev) => void got.push(ev), got };
+}
+
+/** Awaits a hub call that must be refused past `limit`; returns the error's message. */
+async function refused(p: Promise<unknown>, limit: string): Promise<string> {
+  const e = await assertRejects(() => p, LimitExceededError);
+  assertEquals(e.limit, limit);
+  return e.message;
+}
+
+Deno.test("MessageStream refuses a new stream past maxStreams; the streams it holds still take puts", async () => {
+  const hub = new MessageStream({ maxStreams: 3 });
+  for (const s of ["a", "b", "c"]) await hub.put(s, 1);
+  const message = await refused(hub.put("d", 1), "max_streams");
+  assertEquals(
+    message,
+    'Cannot put on stream "d": the server holds 3 streams, its limit (max_streams)',
+  );
+  await refused(hub.header("d", "h"), "max_streams");
+  await refused(hub.listen("d", queue()), "max_streams");
+  assertEquals(await hub.stat("d"), undefined);
+  assertEquals((await hub.put("a", 2)).seq, 2);
+  await hub.delete("c");
+  assertEquals((await hub.put("d", 1)).seq, 1);
+  assertEquals(hub.stats().streams, 3);
+});
+
+Deno.test("MessageStream refuses a header larger than maxHeaderBytes and keeps the one it has", async () => {
+  const hub = new MessageStream({ maxHeaderBytes: 200 });
+  await hub.header("job", "small");
+  const message = await refused(hub.header("job", "x".repeat(200)), "max_header_bytes");
+  assert(message.startsWith('Cannot set the header of stream "job": its frame is '), message);
+  assert(message.endsWith("bytes, the limit (max_header_bytes) is 200"), message);
+  assertEquals((await hub.stat("job"))?.header, "small");
+  // A new stream refused for its header is not kept either.
+  await refused(hub.header("other", "x".repeat(200)), "max_header_bytes");
+  assertEquals(await hub.stat("other"), undefined);
+  assertEquals(hub.stats().streams, 1);
+});
+
+Deno.test("A listener past maxListens is refused; other listeners are not; hangup frees a slot", async () => {
+  const hub = new MessageStream({ maxListens: 2 });
+  const q = queue();
+  await hub.listen("a", q);
+  await hub.listen("b", q);
+  const message = await refused(hub.listen("c", q), "max_listens");
+  assertEquals(
+    message,
+    'Cannot listen to stream "c": this connection follows 2 streams, the limit (max_listens)',
+  );
+  // Listening again to a stream it follows is no new listen.
+  assertEquals((await hub.listen("a", q)).seq, 0);
+  const other = queue();
+  await hub.listen("c", other);
+  await hub.put("c", 1);
+  assertEquals(other.got.map((e) => e.message), [1]);
+  hub.hangup("a", q);
+  await hub.listen("c", q);
+  await hub.put("c", 2);
+  assertEquals(q.got.map((e) => e.message), [2]);
+});
+
+Deno.test("The memory budget counts headers, streams and listens, and stops headers at maxMemory", async () => {
+  const max = 1 << 20;
+  const hub = new MessageStream({ maxMemory: max, historyMessages: 0 });
+  const big = "x".repeat(100_000);
+  let accepted = 0;
+  let error: LimitExceededError | undefined;
+  for (let i = 0; i < 20 && !error; i++) {
+    try {
+      await hub.header(`h${i}`, big);
+      accepted++;
+    } catch (e) {
+      error = e as LimitExceededError;
+    }
+  }
+  assertEquals(error?.limit, "max_memory");
+  assertEquals(
+    error?.message,
+    `Cannot set the header of stream "h${accepted}": the server's memory budget of ${max} bytes is spent`,
+  );
+  const parts = hub.memory.parts();
+  // Each header costs HEADER_COST_FACTOR times its frame (about 100,080 bytes) and a stream.
+  const perHeader = parts.headers / accepted;
+  assertEquals(accepted, Math.floor(max / (perHeader + STREAM_COST)));
+  assertEquals(parts.streams, accepted * STREAM_COST);
+  assert(perHeader > HEADER_COST_FACTOR * 100_000 && perHeader < HEADER_COST_FACTOR * 100_200);
+  assertEquals(hub.stats().streams, accepted);
+  // A listen costs LISTEN_COST; a delete gives back its stream's share.
+  await hub.listen("h0", queue());
+  assertEquals(hub.memory.parts().listens, LISTEN_COST);
+  for (let i = 0; i < accepted; i++) await hub.delete(`h${i}`);
+  assertEquals(hub.memory.parts(), {
+    history: 0,
+    headers: 0,
+    streams: 0,
+    listens: 0,
+    lines: 0,
+    outbound: 0,
+  });
+  await hub.header("again", big); // room again
+});
+
+Deno.test("History gives way to the rest of the memory budget, oldest first", async () => {
+  const max = 512 * 1024;
+  const hub = new MessageStream({ maxMemory: max, historyMessages: 1000, historyBytes: max });
+  const msg = "y".repeat(10_000);
+  for (let i = 0; i < 100; i++) await hub.put("log", msg);
+  // History keeps what the rest leaves: one stream's share and nothing else.
+  const full = hub.memory.parts().history;
+  assert(full <= max - STREAM_COST && full > max - STREAM_COST - 10_100, `history ${full}`);
+  await hub.header("status", "z".repeat(100_000));
+  const after = hub.memory.parts();
+  assert(after.history <= max - after.headers - 2 * STREAM_COST, `history ${after.history}`);
+  assertEquals(hub.memory.used <= max, true);
+  // A listen makes room too (no event is recorded for it).
+  for (let i = 0; i < 40; i++) await hub.listen("status", queue());
+  assertEquals(hub.memory.parts().listens, 40 * LISTEN_COST);
+  assertEquals(hub.memory.used <= max, true);
+  // The oldest puts went: a resume from the start is reset, a recent one is not.
+  const q = queue();
+  await hub.listen("log", q, { since: { epoch: (await hub.stat("log"))!.epoch, seq: 0 } });
+  assertEquals(q.got[0]?.kind, "reset");
+  const r = queue();
+  await hub.listen("log", r, { since: { epoch: (await hub.stat("log"))!.epoch, seq: 99 } });
+  assertEquals(r.got.map((e) => [e.kind, e.seq]), [["put", 100]]);
+});
+
+Deno.test("Headers restored from a store count in the memory budget as when they were set", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const path = `${dir}/data.db`;
+    const first = new MessageStream({ store: DurableStore.open(path) });
+    await first.header("job", { state: "running", done: 3 });
+    const charged = first.memory.parts().headers;
+    await first.close();
+    const second = new MessageStream({ store: DurableStore.open(path) });
+    assertEquals(second.memory.parts().headers, charged);
+    assertEquals(second.memory.parts().streams, STREAM_COST);
+    await second.delete("job");
+    assertEquals(second.memory.parts().headers, 0);
+    await second.close();
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("TCP: past each limit the requester gets limit_exceeded naming it; a bystander gets every put", async () => {
+  const options = { maxStreams: 4, maxListens: 2, maxHeaderBytes: 300 };
+  await withBystander(options, async (server, bad) => {
+    // The bystander's stream is one of the 4.
+    await bad.send({ action: "put", stream: "s1", message: 1, id: 1 });
+    await bad.send({ action: "put", stream: "s2", message: 1, id: 2 });
+    await bad.send({ action: "put", stream: "s3", message: 1, id: 3 });
+    for (let id = 1; id <= 3; id++) assertEquals((await bad.next()).id, id);
+    await bad.send({ action: "put", stream: "s4", message: 1, id: 4 });
+    assertEquals(await bad.next(), {
+      action: "error",
+      code: "limit_exceeded",
+      message: 'Cannot put on stream "s4": the server holds 4 streams, its limit (max_streams)',
+      limit: "max_streams",
+      id: 4,
+      stream: "s4",
+    });
+    await bad.send({ action: "header", stream: "s1", message: "x".repeat(300), id: 5 });
+    const header = await bad.next();
+    assertEquals([header.code, header.limit, header.id], ["limit_exceeded", "max_header_bytes", 5]);
+    await bad.send({ action: "listen", stream: "s1", id: 6 });
+    await bad.send({ action: "listen", stream: "s2", id: 7 });
+    await bad.send({ action: "listen", stream: "s3", id: 8 });
+    assertEquals([(await bad.next()).id, (await bad.next()).id], [6, 7]);
+    const listen = await bad.next();
+    assertEquals([listen.code, listen.limit, listen.id], ["limit_exceeded", "max_listens", 8]);
+    // The connection is still served.
+    await bad.send({ action: "put", stream: "s1", message: 2, id: 9 });
+    assertEquals((await bad.next()).action, "put"); // its own listen's event
+    assertEquals((await bad.next()).id, 9);
+    assertEquals(server.metrics.limits, {
+      max_memory: 0,
+      max_streams: 1,
+      max_header_bytes: 1,
+      max_listens: 1,
+      max_connections: 0,
+    });
+    assertEquals(server.metrics.errors.limit_exceeded, 3);
+    // Deleting streams makes room again (for the bystander's check of a new stream).
+    for (const stream of ["s1", "s2", "s3"]) await bad.send({ action: "delete", stream });
+    await bad.send({ action: "put", stream: "s4", message: 1, id: 10 });
+    for (let i = 0; i < 2; i++) assertEquals((await bad.next()).action, "delete"); // s1, s2
+    assertEquals((await bad.next()).id, 10);
+    await bad.send({ action: "delete", stream: "s4", id: 11 });
+    assertEquals((await bad.next()).id, 11);
+  });
+});
+
+Deno.test("REST: a full server answers 507, a header too large 413, with code and limit", async () => {
+  await using server = serve({
+    port: 0,
+    http: { port: 0 },
+    logLevel: "silent",
+    maxStreams: 1,
+    maxHeaderBytes: 200,
+  });
+  const base = `http://127.0.0.1:${server.http?.addr.port}`;
+  assertEquals((await post(base, "/streams/a", 1)).status, 200);
+  const full = await post(base, "/streams/b", 1);
+  assertEquals(full.status, 507);
+  assertEquals(await full.clone().json().then((b) => b.limit), "max_streams");
+  await assertError(full, 507, "limit_exceeded");
+  const big = await request(`${base}/streams/a/header`, {
+    method: "PUT",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify("x".repeat(300)),
+  });
+  assertEquals(await big.clone().json().then((b) => b.limit), "max_header_bytes");
+  await assertError(big, 413, "limit_exceeded");
+  const metrics = await (await request(`${base}/metrics`)).text();
+  assert(metrics.includes('msgstream_limit_exceeded_total{limit="max_streams"} 1\n'), metrics);
+  assert(metrics.includes('msgstream_limit_exceeded_total{limit="max_header_bytes"} 1\n'));
+  assert(metrics.includes(`msgstream_memory_limit_bytes ${256 << 20}\n`));
+});
+
+/** VmRSS of a process, in bytes. */
+function rss(pid: number): number {
+  const m = /VmRSS:\s+(\d+) kB/.exec(Deno.readTextFileSync(`/proc/${pid}/status`));
+  if (!m) throw new Error(`No VmRSS for process ${pid}`);
+  return Number(m[1]) * 1024;
+}
+
+/**
+ * Writes `lines` on one connection and reads one reply per line; counts `ok`s and the
+ * `limit_exceeded` errors by limit.
+ */
+async function flood(
+  port: number,
+  lines: string[],
+): Promise<{ ok: number; limits: Record<string, number> }> {
+  await using raw = await connectRaw(port);
+  const reading = (async () => {
+    let ok = 0;
+    const limits: Record<string, number> = {};
+    for (let i = 0; i < lines.length; i++) {
+      const f = await raw.next();
+      if (f.action === "ok") ok++;
+      else if (f.code === "limit_exceeded") {
+        limits[f.limit as string] = (limits[f.limit as string] ?? 0) + 1;
+      } else throw new Error(`Unexpected frame: ${JSON.stringify(f).slice(0, 200)}`);
+    }
+    return { ok, limits };
+  })();
+  for (let i = 0; i < lines.length; i += 100) await raw.write(lines.slice(i, i + 100).join(""));
+  return await deadline(reading, "the flood's replies");
+}
+
+Deno.test("A server process: a header flood stops at the default --max-memory with RSS under the ceiling; a bystander gets every put", async () => {
+  await using server = await ServerProcess.start();
+  const pid = server.child.pid;
+  await using listener = await RemoteStream.connect({ port: server.port });
+  await using publisher = await RemoteStream.connect({ port: server.port });
+  const rec = new Recorder("bystander");
+  await listener.listen("bystander", rec);
+  const N = 200;
+  const puts: Promise<unknown>[] = [];
+  for (let i = 0; i < N / 2; i++) puts.push(publisher.put("bystander", i));
+  // 200 headers of 1 MB: the default budget (256 MiB) holds about 134 of them (2 MB each).
+  const big = "x".repeat(1_000_000);
+  const lines = Array.from(
+    { length: 200 },
+    (_, i) => `{"action":"header","stream":"h${i}","message":"${big}","id":${i}}\n`,
+  );
+  const got = await flood(server.port, lines);
+  for (let i = N / 2; i < N; i++) puts.push(publisher.put("bystander", i));
+  await deadline(Promise.all(puts), "the bystander's puts");
+  await rec.waitFor(N);
+  assertEquals(rec.events.map((e) => e.message), [...Array(N).keys()]);
+  const after = rss(pid);
+  // Every header was answered: those within the budget ok, the rest limit_exceeded.
+  assertEquals(got.ok + (got.limits.max_memory ?? 0), 200);
+  // 256 MiB hold 134 headers of 2,001,184 bytes (frame x 2 + stream) with nothing else; the
+  // bystander's stream, the replies queued and the next line being read (0 to 1 MB, as the
+  // reads fall) take their part, so 133 or 134 fit.
+  assert(got.ok === 133 || got.ok === 134, `${got.ok} headers accepted`);
+  // The documented ceiling at the default budget (docs/limits.md): 640 MiB.
+  assert(after < 640 << 20, `RSS ${after}`);
+});
+
+Deno.test("A server process: a stream flood stops at --max-streams; one connection's listens stop at --max-listens", async () => {
+  await using server = await ServerProcess.start(["--max-streams", "2000", "--max-listens", "500"]);
+  const puts = Array.from(
+    { length: 3000 },
+    (_, i) => `{"action":"put","stream":"s${i}","message":${i},"id":${i}}\n`,
+  );
+  assertEquals(await flood(server.port, puts), { ok: 2000, limits: { max_streams: 1000 } });
+  const listens = Array.from(
+    { length: 800 },
+    (_, i) => `{"action":"listen","stream":"s${i}","id":${i}}\n`,
+  );
+  assertEquals(await flood(server.port, listens), { ok: 500, limits: { max_listens: 300 } });
+  // Another connection is not affected by the first one's listens.
+  assertEquals(await flood(server.port, listens.slice(0, 10)), { ok: 10, limits: {} });
+});
