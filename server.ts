@@ -353,6 +353,9 @@ class ServerImpl implements MessageServer {
       shutdownTimeout,
       log: (level: LogLevel, message: string) => this.log(level, message),
     };
+    // Checked before anything is bound, so that a refused option leaves no port behind (the
+    // HTTP door checks the rest of its options itself; the TCP door's port is still free then).
+    if (options.http) intOption("http.port", options.http.port, 0, 0, 65535);
     try {
       this.#tcp = new TcpDoor(this.hub, tcp);
     } catch (e) {
@@ -561,6 +564,14 @@ const SERVE_OPTIONS: readonly OptionSpec[] = [
     arg: "N",
     help: "longest request line (default 1048576)",
     key: "maxLineBytes",
+  },
+  {
+    name: "max-message-bytes",
+    kind: "int",
+    arg: "N",
+    help: "largest put or header message, as encoded; a larger one gets\n" +
+      "message_too_large (default 1044480: every event fits in 1 MiB)",
+    key: "maxMessageBytes",
   },
   {
     name: "max-outbound-bytes",
