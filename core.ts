@@ -114,6 +114,8 @@ export interface Core {
   info(stream: string): StreamInfo | undefined;
   /** Every stream the hub holds. */
   list(): StreamInfo[];
+  /** The names of the streams held, live, in creation order (no copy). */
+  names(): IterableIterator<string>;
   /** Totals. */
   stats(): HubStats;
   /** Releases the core's resources. */
@@ -586,6 +588,10 @@ export abstract class Streams<S extends StreamState> implements Core {
 
   list(): StreamInfo[] {
     return Array.from(this.streams.values(), (s) => this.#info(s));
+  }
+
+  names(): IterableIterator<string> {
+    return this.streams.keys();
   }
 
   stats(): HubStats {

@@ -13,7 +13,8 @@
  * - **WebSocket** (`ws.ts`): `GET /ws` speaks the TCP protocol's JSON frames, one per text
  *   message.
  * - **REST**: `POST /streams/{name}` puts, `PUT`/`DELETE /streams/{name}/header` set and clear
- *   the header, `DELETE /streams/{name}` deletes, `GET /streams` lists, `GET
+ *   the header, `DELETE /streams/{name}` deletes, `GET /streams` lists one page (by name;
+ *   `?limit=`, `?after=`, `?pattern=`, `Link: rel="next"`; see docs/http.md), `GET
  *   /streams/{name}/header` reads the header. Errors are JSON `{code, message}`.
  * - **`GET /metrics`** (Prometheus text, `metrics.ts`), **`GET /healthz`**, and a live status
  *   page at `GET /` (`page.ts`).
@@ -52,6 +53,7 @@ import { Metrics, prometheus } from "./metrics.ts";
 import { type Limit, LimitExceededError } from "./budget.ts";
 import { DEFAULT_HTTP_PORT, intOption, parsePosition, waitAtMost } from "./options.ts";
 import { statusPage } from "./page.ts";
+import { checkPattern, matchPattern } from "./pattern.ts";
 import { isEndId, SseDoor } from "./sse.ts";
 import { WsDoor } from "./ws.ts";
 
@@ -114,6 +116,19 @@ export interface HttpOptions {
    * @default {1048576}
    */
   maxBodyBytes?: number;
+  /**
+   * Streams in one page of `GET /streams` when the request gives no `?limit=`.
+   *
+   * @default {100}
+   */
+  listPage?: number;
+  /**
+   * Most streams in one page of `GET /streams`; a larger `?limit=` is read as this. Together
+   * with the walk's pauses it keeps one listing from holding the event loop.
+   *
+   * @default {1000}
+   */
+  maxListPage?: number;
   /**
    * The window, in milliseconds, over which `GET /streams` measures each stream's message
    * rate (it samples seqs when asked).
@@ -193,7 +208,11 @@ type HttpErrorCode =
   | "payload_too_large"
   | "unsupported_media_type"
   | "upgrade_required"
-  | "shutting_down";
+  | "shutting_down"
+  | "invalid_limit";
+
+/** Names a listing walks between yields to the event loop (a few milliseconds' work). */
+const LIST_SLICE = 5000;
 
 const JSON_TYPE = "application/json; charset=utf-8";
 
@@ -222,9 +241,68 @@ class RateMeter {
     return dt >= 500 ? Math.max(0, seq - s0) * 1000 / dt : 0;
   }
 
-  /** Forgets streams not in `names`. */
-  prune(names: Set<string>): void {
-    for (const name of this.#samples.keys()) if (!names.has(name)) this.#samples.delete(name);
+  #sweep: Iterator<[string, { epoch: string; points: number[] }]> | undefined;
+
+  /**
+   * Forgets up to `count` samples, going round: those of streams gone and those not asked for
+   * over two windows (a bounded step per page, never a walk over every stream).
+   */
+  prune(count: number, now: number, exists: (name: string) => boolean): void {
+    for (let i = 0; i < count && this.#samples.size > 0; i++) {
+      this.#sweep ??= this.#samples.entries();
+      const next = this.#sweep.next();
+      if (next.done) {
+        this.#sweep = undefined;
+        continue;
+      }
+      const [name, s] = next.value;
+      const last = s.points[s.points.length - 2] ?? 0;
+      if (!exists(name) || last < now - 2 * this.#window) this.#samples.delete(name);
+    }
+  }
+}
+
+/** A max-heap of names, kept to the `limit` smallest pushed. */
+class SmallestNames {
+  readonly #limit: number;
+  readonly #heap: string[] = [];
+
+  constructor(limit: number) {
+    this.#limit = limit;
+  }
+
+  /** Offers a name: kept while it is among the `limit` smallest so far. */
+  offer(name: string): void {
+    const h = this.#heap;
+    if (h.length < this.#limit) {
+      let i = h.push(name) - 1;
+      while (i > 0) {
+        const parent = (i - 1) >> 1;
+        if ((h[parent] as string) >= name) break;
+        h[i] = h[parent] as string;
+        i = parent;
+      }
+      h[i] = name;
+      return;
+    }
+    if (name >= (h[0] as string)) return;
+    // Replace the largest and sift down.
+    let i = 0;
+    for (;;) {
+      const l = 2 * i + 1;
+      if (l >= h.length) break;
+      const r = l + 1;
+      const c = r < h.length && (h[r] as string) > (h[l] as string) ? r : l;
+      if ((h[c] as string) <= name) break;
+      h[i] = h[c] as string;
+      i = c;
+    }
+    h[i] = name;
+  }
+
+  /** The names kept, smallest first. */
+  sorted(): string[] {
+    return this.#heap.slice().sort((a, b) => a < b ? -1 : a > b ? 1 : 0);
   }
 }
 
@@ -254,6 +332,8 @@ class HttpDoor {
   readonly #sse: SseDoor;
   readonly #ws: WsDoor;
   readonly #rates: RateMeter;
+  readonly #listPage: number;
+  readonly #listPageMax: number;
   readonly #cors: string | undefined;
   readonly #shutdownTimeout: number;
   #closing: Promise<void> | undefined;
@@ -273,6 +353,14 @@ class HttpDoor {
       maxMessageBytes: this.maxBody,
     });
     this.#rates = new RateMeter(intOption("rateWindow", options.rateWindow, 10_000, 1));
+    this.#listPageMax = intOption("maxListPage", options.maxListPage, 1000, 1);
+    this.#listPage = intOption(
+      "listPage",
+      options.listPage,
+      Math.min(100, this.#listPageMax),
+      1,
+      this.#listPageMax,
+    );
     this.#shutdownTimeout = intOption("shutdownTimeout", options.shutdownTimeout, 5_000, 0);
     this.#cors = options.corsOrigin;
   }
@@ -379,7 +467,7 @@ class HttpDoor {
     }
     if (path === "/streams" || path === "/streams/") {
       allow(method, ["GET"]);
-      return this.#list(this.#grant(req, url));
+      return this.#list(url, this.#grant(req, url));
     }
     if (path.startsWith("/streams/")) {
       const parts = path.slice("/streams/".length).split("/");
@@ -441,16 +529,42 @@ class HttpDoor {
     if (grant && !grant[right](name)) throw new HttpError(403, "forbidden", forbidden(right, name));
   }
 
-  #list(grant: Grant | undefined): Response {
+  /**
+   * `GET /streams`: one page of the streams the caller may listen to, by name (UTF-16 code unit
+   * order), those after `?after=` that match `?pattern=` (pattern.ts: `*` is any run), at most
+   * `?limit=` of them: the wire's `list` action over HTTP. The walk over the hub's names
+   * stops every `LIST_SLICE` names to let the event loop run, so a listing never holds
+   * it for long however many streams there are; only the page's streams are looked up.
+   */
+  async #list(url: URL, grant: Grant | undefined): Promise<Response> {
+    const params = url.searchParams;
+    const limit = this.#pageLimit(params.get("limit"));
+    const after = params.get("after") ?? "";
+    const pattern = params.get("pattern") ?? "*";
+    try {
+      checkPattern(pattern, this.hub.maxStreamNameLength);
+    } catch (e) {
+      throw new HttpError(400, "invalid_pattern", (e as Error).message);
+    }
+    const page = new SmallestNames(limit);
+    let matched = 0;
+    let walked = 0;
+    for (const name of this.hub.names()) {
+      if (++walked % LIST_SLICE === 0) await new Promise((resolve) => setTimeout(resolve, 0));
+      if (name <= after || !matchPattern(pattern, name)) continue;
+      if (grant && !grant.subscribe(name)) continue;
+      matched++;
+      page.offer(name);
+    }
     const now = Date.now();
-    const names = new Set<string>();
+    const names = page.sorted();
     const out = [];
-    for (const info of this.hub.list()) {
-      names.add(info.stream);
-      const rate = this.#rates.rate(info.stream, info.epoch, info.seq, now);
-      if (grant && !grant.subscribe(info.stream)) continue;
+    for (const name of names) {
+      const info = this.hub.info(name);
+      if (!info) continue; // deleted during the walk
+      const rate = this.#rates.rate(name, info.epoch, info.seq, now);
       out.push({
-        name: info.stream,
+        name,
         listeners: info.listeners,
         seq: info.seq,
         epoch: info.epoch,
@@ -458,8 +572,27 @@ class HttpDoor {
         rate: Math.round(rate * 100) / 100,
       });
     }
-    this.#rates.prune(names);
-    return json(200, out);
+    this.#rates.prune(2 * limit, now, (name) => this.hub.info(name) !== undefined);
+    const res = json(200, out);
+    if (matched > limit) {
+      const next = new URLSearchParams({ limit: String(limit), after: names.at(-1) as string });
+      if (pattern !== "*") next.set("pattern", pattern);
+      res.headers.set("link", `<?${next}>; rel="next"`);
+    }
+    return res;
+  }
+
+  /** The page size a listing asks for (`?limit=`), within the door's maximum. */
+  #pageLimit(given: string | null): number {
+    if (given === null || given === "") return this.#listPage;
+    if (!/^[0-9]{1,15}$/.test(given) || Number(given) < 1) {
+      throw new HttpError(
+        400,
+        "invalid_limit",
+        `limit must be a whole number from 1 to ${this.#listPageMax}, got "${given.slice(0, 50)}"`,
+      );
+    }
+    return Math.min(Number(given), this.#listPageMax);
   }
 
   async #stream(req: Request, url: URL, name: string): Promise<Response> {

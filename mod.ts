@@ -622,6 +622,30 @@ export class MessageStream implements Streamer {
   }
 
   /**
+   * The names of the streams the hub holds, in creation order, without copying them: a live
+   * iterator that sees streams created after it started and skips those deleted since. A
+   * caller that walks many streams can stop now and then (e.g. `await` a timer) to keep the
+   * event loop free, as `GET /streams` does; `info()` gives each stream's figures.
+   *
+   * @returns An iterator over the names.
+   *
+   * @example
+   * ```ts
+   * import { MessageStream } from "@x/msgstream";
+   * import { assertEquals } from "@std/assert";
+   *
+   * const hub = new MessageStream();
+   * await hub.put("a", 1);
+   * const names = hub.names();
+   * await hub.put("b", 2);
+   * assertEquals([...names], ["a", "b"]);
+   * ```
+   */
+  names(): IterableIterator<string> {
+    return this.#core.names();
+  }
+
+  /**
    * Totals over the whole hub.
    *
    * @returns Streams, listeners, history bytes, puts and deliveries.
