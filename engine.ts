@@ -27,9 +27,11 @@
 import type { Codec } from "./codec.ts";
 import { Streams, StreamState } from "./core.ts";
 import { buildEvent } from "./frame.ts";
+import { checkPattern, matchPattern } from "./pattern.ts";
 import type {
   Detachable,
   Listener,
+  PatternJoin,
   Position,
   ResetReason,
   StreamEvent,
@@ -163,6 +165,24 @@ export interface Engine {
   unfollow(stream: string): void;
   /** Releases the engine's connections. */
   close(): Promise<void>;
+  /**
+   * Lists the streams the engine holds whose names match a pattern, a page at a time (pattern
+   * listens; an engine without it refuses them).
+   *
+   * @param pattern The pattern (`*` matches any run of characters; see `pattern.ts`).
+   * @returns Pages of names; a page may hold names the pattern does not match exactly (the hub
+   * filters them).
+   * @throws {EngineUnavailableError} When the engine cannot be reached.
+   */
+  streams?(pattern: string): AsyncIterable<string[]>;
+  /**
+   * From now on, calls `onCreated` with every stream created, on any node, and its first epoch
+   * (pattern listens). A second call replaces the callback.
+   *
+   * @param onCreated Takes the stream's name and epoch.
+   * @throws {EngineUnavailableError} When the engine cannot be reached.
+   */
+  watchCreated?(onCreated: (stream: string, epoch: string) => void): Promise<void>;
 }
 
 /**
@@ -216,6 +236,12 @@ export class EngineStream extends StreamState {
  */
 export class EngineCore extends Streams<EngineStream> {
   readonly #engine: Engine;
+  /** The hub, for listeners' `attached`. */
+  readonly #source: Detachable;
+  /** The pattern listeners, by queue. */
+  readonly #proxies: Map<Listener, PatternProxy> = new Map();
+  /** The engine's creation notices, once asked for. */
+  #watching: Promise<void> | undefined;
 
   /**
    * Creates the core and binds the engine to it.
@@ -228,6 +254,7 @@ export class EngineCore extends Streams<EngineStream> {
   constructor(codec: Codec, maxName: number, source: Detachable, engine: Engine) {
     super(codec, maxName, source);
     this.#engine = engine;
+    this.#source = source;
     engine.bind({
       event: (stream, kind, message, seq, epoch) => this.#event(stream, kind, message, seq, epoch),
       lost: () => this.#lost(),
@@ -407,6 +434,129 @@ export class EngineCore extends Streams<EngineStream> {
   /** The engine may have missed events (the sink's `lost`): resync every stream. */
   #lost(): void {
     for (const state of [...this.streams.values()]) this.#resync(state);
+    // Creations announced while the link was down were missed: look for them.
+    for (const proxy of this.#proxies.values()) {
+      for (const [pattern, join] of proxy.patterns) {
+        this.#scan(proxy, pattern, join, undefined).catch(() => {});
+      }
+    }
+  }
+
+  /**
+   * A pattern listen with an engine: the streams the engine lists are joined one by one, each
+   * as a listen of the queue's {@linkcode PatternProxy} (so joins, resyncs and ends work as for
+   * any listener); streams created later, on any node, are announced through the engine's
+   * creation notices and joined from their first event.
+   */
+  override async listenPattern(
+    pattern: string,
+    queue: Listener,
+    since: Readonly<Record<string, Position>> | undefined,
+  ): Promise<PatternJoin> {
+    checkPattern(pattern, this.maxName);
+    this.checkQueue(pattern, queue);
+    if (!this.#engine.streams || !this.#engine.watchCreated) {
+      throw new TypeError(
+        `Cannot listen to pattern "${pattern}": the hub's engine does not list streams`,
+      );
+    }
+    let proxy = this.#proxies.get(queue);
+    if (proxy?.patterns.has(pattern)) return { pattern, streams: 0 };
+    if (!proxy) this.#proxies.set(queue, proxy = new PatternProxy(queue, this));
+    const join = {};
+    proxy.patterns.set(pattern, join);
+    queue.attached?.(this.#source);
+    try {
+      if (!this.#watching) {
+        this.#watching = this.#engine.watchCreated((stream, epoch) => this.#created(stream, epoch));
+        this.#watching.catch(() => this.#watching = undefined);
+      }
+      await this.#watching;
+      const streams = await this.#scan(proxy, pattern, join, since);
+      // Streams named in `since` that are gone: the queue learns they ended.
+      for (const [name, at] of Object.entries(since ?? {})) {
+        if (!matchPattern(pattern, name) || proxy.seen.has(name)) continue;
+        const end = buildEvent(this.codec, "end", { name }, null, at.seq, at.epoch, "own");
+        proxy.put(end);
+      }
+      return { pattern, streams };
+    } catch (e) {
+      this.hangupPattern(pattern, queue);
+      throw e;
+    }
+  }
+
+  /** Joins the proxy to every stream the engine lists for the pattern; returns how many. */
+  async #scan(
+    proxy: PatternProxy,
+    pattern: string,
+    join: object,
+    since: Readonly<Record<string, Position>> | undefined,
+  ): Promise<number> {
+    let n = 0;
+    for await (const names of this.#engine.streams!(pattern)) {
+      for (const name of names) {
+        if (this.#proxies.get(proxy.queue) !== proxy || proxy.patterns.get(pattern) !== join) {
+          return n;
+        }
+        if (!matchPattern(pattern, name)) continue;
+        await this.#joinProxy(proxy, name, since?.[name]);
+        n++;
+      }
+    }
+    return n;
+  }
+
+  /** Joins a pattern proxy to one stream (once). */
+  async #joinProxy(proxy: PatternProxy, name: string, since: Position | undefined): Promise<void> {
+    const state = this.streams.get(name);
+    if (state && (state.listeners.has(proxy) || state.pending?.has(proxy))) return;
+    // Resuming: what is missed comes as a replay (or a reset), no header is made up.
+    if (since && since.seq > 0) proxy.seen.add(name);
+    const at = await this.listen(name, proxy, since);
+    // A stream without a header gave nothing yet: its position is the explicit first event.
+    if (!proxy.seen.has(name) && this.streams.get(name)?.listeners.has(proxy)) {
+      proxy.put(buildEvent(this.codec, "header", { name }, null, at.seq, at.epoch, "join"));
+    }
+  }
+
+  /** A stream was created (on any node): proxies of matching patterns join it from its start. */
+  #created(stream: string, epoch: string): void {
+    for (const proxy of this.#proxies.values()) {
+      if (!proxy.matches(stream)) continue;
+      this.#joinProxy(proxy, stream, { epoch, seq: 0 }).catch(() => {
+        // Unreachable: the engine calls lost() when it is back, and the rescan finds it.
+      });
+    }
+  }
+
+  override hangupPattern(pattern: string, queue: Listener): void {
+    const proxy = this.#proxies.get(queue);
+    if (!proxy?.patterns.delete(pattern)) return;
+    for (const name of [...proxy.seen]) {
+      if (!proxy.matches(name)) {
+        proxy.seen.delete(name);
+        this.hangup(name, proxy);
+      }
+    }
+    if (proxy.patterns.size === 0) {
+      this.#proxies.delete(queue);
+      super.endqueue(proxy);
+    }
+  }
+
+  override endqueue(queue: Listener): void {
+    super.endqueue(queue);
+    const proxy = this.#proxies.get(queue);
+    if (proxy) {
+      this.#proxies.delete(queue);
+      super.endqueue(proxy);
+    }
+  }
+
+  /** Whether the queue listens to the stream by name here (a pattern proxy skips it then). */
+  listensByName(stream: string, queue: Listener): boolean {
+    return this.streams.get(stream)?.listeners.has(queue) ?? false;
   }
 
   /** Takes every listener of the stream off, and joins them again from where they were. */
@@ -433,5 +583,62 @@ export class EngineCore extends Streams<EngineStream> {
       // Still unreachable: the engine calls lost() again when it is back.
       for (const q of group) if (state.pending?.has(q)) (state.rejoin ??= new Set()).add(q);
     });
+  }
+}
+
+/**
+ * What a pattern listen registers on each stream with an engine: one per queue, forwarding
+ * events to it. The first event it forwards of a stream is a header (a `null` one is made when
+ * the stream's first event is a put); a stream the queue also listens to by name is skipped.
+ */
+export class PatternProxy implements Listener {
+  /** The pattern listener. */
+  readonly queue: Listener;
+  /** Its patterns, each with the join it belongs to. */
+  readonly patterns: Map<string, object> = new Map();
+  /** Streams it forwarded a first event of (and not yet an end). */
+  readonly seen: Set<string> = new Set();
+  readonly #core: EngineCore;
+
+  /**
+   * Creates the proxy of a queue.
+   *
+   * @param queue The pattern listener.
+   * @param core The engine core.
+   */
+  constructor(queue: Listener, core: EngineCore) {
+    this.queue = queue;
+    this.#core = core;
+  }
+
+  /**
+   * Whether one of its patterns matches the stream.
+   *
+   * @param stream The stream's name.
+   * @returns Whether it does.
+   */
+  matches(stream: string): boolean {
+    for (const p of this.patterns.keys()) if (matchPattern(p, stream)) return true;
+    return false;
+  }
+
+  /**
+   * Forwards an event to the queue.
+   *
+   * @param ev The event.
+   */
+  put(ev: StreamEvent): void {
+    if (this.#core.listensByName(ev.stream, this.queue)) return;
+    if (ev.kind === "end") this.seen.delete(ev.stream);
+    else if (!this.seen.has(ev.stream)) {
+      this.seen.add(ev.stream);
+      if (ev.kind === "put") {
+        const seq = ev.seq - 1;
+        this.queue.put(
+          buildEvent(this.#core.codec, "header", { name: ev.stream }, null, seq, ev.epoch, "join"),
+        );
+      }
+    }
+    this.queue.put(ev);
   }
 }

@@ -107,6 +107,8 @@ local function epoch_of(meta, counter)
     redis.call('HSET', meta, 'epoch', n)
   else
     redis.call('HSET', meta, 'epoch', n, 'seq', 0, 'hc', 0)
+    -- A new stream (ARGV[2] is its channel): pattern listeners on every node hear of it.
+    redis.call('PUBLISH', string.sub(KEYS[4], 1, -4) .. 'created', n .. ' ' .. ARGV[2])
   end
   return n
 end
@@ -295,6 +297,8 @@ export class RedisEngine implements Engine {
   #probe: JoinProbe | undefined;
   readonly #follows = new Map<string, Follow>();
   readonly #channels = new Map<string, Follow>();
+  /** Told of every stream created (pattern listens; see watchCreated). */
+  #onCreated: ((stream: string, epoch: string) => void) | undefined;
 
   /**
    * Creates the engine; it connects when a hub binds it.
@@ -390,9 +394,11 @@ export class RedisEngine implements Engine {
   async #subReady(): Promise<void> {
     const sub = this.#sub as Redis;
     const follows = [...this.#follows.values()];
-    if (follows.length > 0) {
+    const channels = follows.map((f) => f.channel);
+    if (this.#onCreated) channels.push(this.#createdChannel);
+    if (channels.length > 0) {
       try {
-        await sub.subscribe(...follows.map((f) => f.channel));
+        await sub.subscribe(...channels);
       } catch {
         return; // down again: the next ready retries
       }
@@ -470,6 +476,69 @@ export class RedisEngine implements Engine {
 
   #channel(stream: string): string {
     return `${this.#prefix}{${stream}}:c`;
+  }
+
+  /** The channel every stream's creation is published on (see BATCH and SYNC). */
+  get #createdChannel(): string {
+    return `${this.#prefix}created`;
+  }
+
+  /** A creation notice: `<epoch> <the stream's channel>`. */
+  #created(text: string): void {
+    const i = text.indexOf(" ");
+    const channel = text.slice(i + 1);
+    const head = `${this.#prefix}{`;
+    if (i < 0 || !channel.startsWith(head) || !channel.endsWith("}:c")) return;
+    this.#onCreated?.(channel.slice(head.length, -3), text.slice(0, i));
+  }
+
+  /**
+   * Lists the streams Redis holds whose names match a pattern, a page at a time (`SCAN` with
+   * `MATCH` over the stream hashes' keys: one pass over the keyspace).
+   *
+   * @param pattern The pattern (`*` matches any run of characters).
+   * @returns Pages of names.
+   * @throws {EngineUnavailableError} When Redis cannot be reached.
+   */
+  async *streams(pattern: string): AsyncIterable<string[]> {
+    const cmd = await this.#client();
+    const glob = (s: string) => s.replace(/[?[\]\\]/g, "\\$&");
+    const match = `${glob(this.#prefix)}{${glob(pattern)}}:s`;
+    const head = this.#prefix.length + 1;
+    let cursor = "0";
+    do {
+      let reply: [string, string[]];
+      try {
+        reply = await cmd.scan(cursor, "MATCH", match, "COUNT", 1000);
+      } catch (e) {
+        throw unavailable(e);
+      }
+      cursor = reply[0];
+      const names = reply[1].map((key) => key.slice(head, -3));
+      if (names.length > 0) yield names;
+    } while (cursor !== "0");
+  }
+
+  /**
+   * Calls `onCreated` with every stream created from now on, on any node (Redis pub/sub on
+   * `<prefix>created`: one message per creation, to every node that watches).
+   *
+   * @param onCreated Takes the stream's name and its epoch.
+   * @throws {EngineUnavailableError} When Redis cannot be reached.
+   */
+  async watchCreated(onCreated: (stream: string, epoch: string) => void): Promise<void> {
+    await this.#client();
+    if (this.#onCreated) {
+      this.#onCreated = onCreated;
+      return;
+    }
+    this.#onCreated = onCreated;
+    if (!this.#subUp) throw unavailable(new Error("Redis subscription is down"));
+    try {
+      await (this.#sub as Redis).subscribe(this.#createdChannel);
+    } catch (e) {
+      throw unavailable(e);
+    }
   }
 
   /** Runs a writing script; resolves once its event reached this node's listeners. */
@@ -703,7 +772,10 @@ export class RedisEngine implements Engine {
 
   #message(channel: string, text: string): void {
     const f = this.#channels.get(channel);
-    if (!f) return;
+    if (!f) {
+      if (channel === this.#createdChannel) this.#created(text);
+      return;
+    }
     if (this.#probe?.arrived && text[0] !== "m") {
       this.#probe.arrived(f.stream, Number(text.slice(1, text.indexOf(" "))));
     }
