@@ -49,6 +49,8 @@ const COMMON = `Connection options:
   --ca FILE            trust this PEM CA certificate (implies --tls; needs --allow-read)
   -h, --help           show this help
 
+Options go anywhere: before the command, between its arguments, after them. "--" makes the
+words after it arguments (even "-5") until the command has all it takes.
 Environment variables are read only when permitted (--allow-env; the binary has it).
 Exit codes: 0 done, 1 usage error, 2 connection or authorization failure.`;
 
@@ -194,10 +196,68 @@ function secretOf(token: string): string {
 
 type Args = ReturnType<typeof parseArgs>;
 
-function parse(command: string, argv: string[], strings: string[], booleans: string[]): Args {
+/** What each command takes: options with a value, flags, and how many arguments at most. */
+const SYNTAX: Record<string, { strings: string[]; booleans: string[]; max: number }> = {
+  listen: {
+    strings: ["since", "count", "timeout", "reconnect-attempts", "reconnect-wait", "pattern"],
+    booleans: [],
+    max: Infinity,
+  },
+  put: { strings: ["max-line-bytes"], booleans: ["raw"], max: 2 },
+  header: { strings: [], booleans: ["clear", "raw"], max: 2 },
+  delete: { strings: [], booleans: [], max: 1 },
+  ls: { strings: ["limit"], booleans: [], max: 1 },
+  stats: { strings: [], booleans: [], max: Infinity },
+};
+
+/** Options every command takes. */
+const CONNECTION = { strings: ["server", "token", "ca"], booleans: ["help", "tls"] };
+
+/**
+ * Puts options anywhere, as the Python example does: before the command, between its
+ * arguments, after them. `--` makes the following words arguments (even `-5`) until the
+ * command has all it takes; then options are read again (`put job42 -- -5 --raw`). An option
+ * that takes a value takes the next word whatever it is (`--reconnect-attempts -1`).
+ *
+ * @returns The command and its arguments, options first, then `--` and the arguments.
+ */
+function normalize(argv: string[]): { command: string | undefined; rest: string[] } {
+  const valued = new Set([
+    ...CONNECTION.strings,
+    ...Object.values(SYNTAX).flatMap((s) => s.strings),
+  ]);
+  const words: string[] = [];
+  const options: string[] = [];
+  const room = () => {
+    if (words.length === 0) return true;
+    const syntax = SYNTAX[words[0] as string];
+    return syntax !== undefined && words.length - 1 < syntax.max;
+  };
+  let literal = false;
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i] as string;
+    if (literal) {
+      if (room()) {
+        words.push(arg);
+        continue;
+      }
+      literal = false;
+    }
+    if (arg === "--") literal = true;
+    else if (!arg.startsWith("-") || arg === "-") words.push(arg);
+    else if (arg.startsWith("--") && !arg.includes("=") && valued.has(arg.slice(2))) {
+      if (i + 1 >= argv.length) throw new UsageError(`${arg} needs a value`);
+      options.push(`${arg}=${argv[++i]}`);
+    } else options.push(arg);
+  }
+  return { command: words[0], rest: [...options, "--", ...words.slice(1)] };
+}
+
+function parse(command: string, argv: string[]): Args {
+  const syntax = SYNTAX[command] ?? { strings: [], booleans: [] };
   return parseArgs(argv, {
-    string: ["_", "server", "token", "ca", ...strings],
-    boolean: ["help", "tls", ...booleans],
+    string: ["_", ...CONNECTION.strings, ...syntax.strings],
+    boolean: [...CONNECTION.booleans, ...syntax.booleans],
     alias: { h: "help" },
     unknown: (arg: string) => {
       if (!arg.startsWith("-")) return true;
@@ -303,12 +363,7 @@ function watchStatus(remote: RemoteStream): void {
 }
 
 async function listen(argv: string[]): Promise<number> {
-  const args = parse(
-    "listen",
-    argv,
-    ["since", "count", "timeout", "reconnect-attempts", "reconnect-wait", "pattern"],
-    [],
-  );
+  const args = parse("listen", argv);
   if (args.help) return help("listen");
   const streams = positional(args);
   const pattern = args.pattern as string | undefined;
@@ -393,7 +448,7 @@ async function* untilEnd(inbox: Inbox): AsyncGenerator<StreamEvent> {
 }
 
 async function put(argv: string[]): Promise<number> {
-  const args = parse("put", argv, ["max-line-bytes"], ["raw"]);
+  const args = parse("put", argv);
   if (args.help) return help("put");
   const [stream, message, ...extra] = positional(args);
   if (stream === undefined) throw new UsageError("put needs a STREAM");
@@ -440,7 +495,7 @@ async function put(argv: string[]): Promise<number> {
 }
 
 async function header(argv: string[]): Promise<number> {
-  const args = parse("header", argv, [], ["clear", "raw"]);
+  const args = parse("header", argv);
   if (args.help) return help("header");
   const [stream, message, ...extra] = positional(args);
   if (stream === undefined) throw new UsageError("header needs a STREAM");
@@ -483,7 +538,7 @@ async function peek(
 }
 
 async function del(argv: string[]): Promise<number> {
-  const args = parse("delete", argv, [], []);
+  const args = parse("delete", argv);
   if (args.help) return help("delete");
   const [stream, ...extra] = positional(args);
   if (stream === undefined) throw new UsageError("delete needs a STREAM");
@@ -498,7 +553,7 @@ async function del(argv: string[]): Promise<number> {
 }
 
 async function ls(argv: string[]): Promise<number> {
-  const args = parse("ls", argv, ["limit"], []);
+  const args = parse("ls", argv);
   if (args.help) return help("ls");
   const [pattern, ...extra] = positional(args);
   if (extra.length > 0) throw new UsageError("ls takes at most one PATTERN");
@@ -527,7 +582,7 @@ async function ls(argv: string[]): Promise<number> {
 }
 
 async function stats(argv: string[]): Promise<number> {
-  const args = parse("stats", argv, [], []);
+  const args = parse("stats", argv);
   if (args.help) return help("stats");
   const streams = positional(args);
   const start = performance.now();
@@ -594,8 +649,19 @@ function codeOf(e: ProtocolError): number {
  * ```
  */
 export async function main(argv?: string[]): Promise<number> {
-  const [command, ...rest] = argv ?? Deno.args;
-  if (command === "serve") return await serve(rest);
+  const given = argv ?? Deno.args;
+  if (given[0] === "serve") return await serve(given.slice(1));
+  let command = given[0];
+  let rest = given.slice(1);
+  if (!["-V", "--version", "-h", "--help", "help"].includes(command as string)) {
+    try {
+      ({ command, rest } = normalize(given));
+    } catch (e) {
+      if (!(e instanceof UsageError)) throw e;
+      printError(e.message);
+      return 1;
+    }
+  }
   if (command === "-V" || command === "--version") {
     print(`msgstream ${denoJson.version}`);
     return 0;

@@ -322,6 +322,13 @@ const CASES: Case[] = [
   { args: ["put", "S", "7", "--raw"] },
   { args: ["put", "S", "--", "-5"] },
   { args: ["put", "--", "S", "-5"] },
+  // "--" ends once the command has its arguments: options are read again after it.
+  { args: ["put", "S", "--", "-5", "--raw"] },
+  { args: ["put", "S", "--raw", "--", "--raw"] },
+  { args: ["put", "S", "--", "a", "--"] },
+  // Options before the command.
+  { args: ["--server", "ADDR", "put", "S", "x"] },
+  { args: ["--raw", "put", "S", "7"] },
   { args: ["put", "S"], stdin: 'one\n{"b":2}\r\n\nlast' },
   { args: ["put", "S", "--raw"], stdin: "1\n2\n" },
   { args: ["put", "S", "--max-line-bytes", "4"], stdin: "abc\nabc\r\nabcd\r\nz\n" },
@@ -349,6 +356,22 @@ const CASES: Case[] = [
     ],
     setup: putThree,
   },
+  // An option's value may start with "-".
+  {
+    args: [
+      "listen",
+      "S",
+      "--since",
+      "E:2",
+      "--count",
+      "1",
+      "--reconnect-attempts",
+      "-1",
+      "--reconnect-wait",
+      "50",
+    ],
+    setup: putThree,
+  },
   // Usage errors: exit 1, nothing sent.
   { args: ["put", "S", "-5"] },
   { args: ["put", "S", "--count", "3", "x"] },
@@ -364,6 +387,7 @@ const CASES: Case[] = [
   { args: ["listen", "S", "--reconnect-attempts", "-2"] },
   { args: ["put", "S", "1", "--reconnect-wait", "5"] },
   { args: ["put", "S", "--max-line-bytes", "0"], stdin: "1\n" },
+  { args: ["put", "S", "--max-line-bytes"] },
   { args: ["frob", "S"] },
   { args: [] },
   // The server refuses: an invalid stream name is a usage error (1).
@@ -389,7 +413,13 @@ Deno.test({
       }
       const argsOf = (stream: string) => {
         const epoch = hub.info(stream)?.epoch ?? "";
-        return c.args.map((a) => a === "S" ? stream : a.replace(/^E:/, `${epoch}:`));
+        return c.args.map((a) =>
+          a === "S"
+            ? stream
+            : a === "ADDR"
+            ? `127.0.0.1:${server.addr.port}`
+            : a.replace(/^E:/, `${epoch}:`)
+        );
       };
       const [byCli, byPy] = await Promise.all([
         runCli(argsOf(streams.cli), env, c.stdin),
