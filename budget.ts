@@ -16,8 +16,9 @@
  * - **lines** and **outbound**: the doors report the bytes of unfinished request lines they
  *   hold and of frames queued but not yet written (see {@linkcode MemoryBudget.lines}).
  *
- * A new stream, header or listen that would take the budget past its maximum (history aside)
- * is refused with `max_memory`; a door whose connection holds more than
+ * A new stream, header or listen that would take the budget past its maximum (history aside,
+ * and less the history reserve: {@linkcode MemoryBudget.historyReserve}) is refused with
+ * `max_memory`; a door whose connection holds more than
  * {@linkcode CONNECTION_SHARE} bytes while the budget is spent cuts that connection.
  *
  * @example Refuse past the budget
@@ -148,6 +149,11 @@ const NO_SOURCE: BudgetSource = {
 export class MemoryBudget {
   /** Most bytes kept for clients, all parts together. */
   readonly max: number;
+  /**
+   * Bytes kept for history whatever the rest holds: the other parts may take `max` less this,
+   * so a flood of headers or streams cannot take every listener's resume history.
+   */
+  readonly historyReserve: number;
   /** Bytes of headers (charged by the hub's core). */
   headers = 0;
   /** Bytes of unfinished request lines the doors hold (reported by the doors). */
@@ -160,13 +166,22 @@ export class MemoryBudget {
    * Creates a budget.
    *
    * @param max Most bytes kept for clients.
-   * @throws {RangeError} When `max` is not a non-negative safe integer.
+   * @param historyReserve Bytes of `max` kept for history (see
+   * {@linkcode MemoryBudget.historyReserve}).
+   * @throws {RangeError} When `max` is not a non-negative safe integer, or `historyReserve` is
+   * not one of at most `max`.
    */
-  constructor(max: number) {
+  constructor(max: number, historyReserve = 0) {
     if (!Number.isSafeInteger(max) || max < 0) {
       throw new RangeError(`Option "maxMemory" must be a non-negative integer, got ${max}`);
     }
+    if (!Number.isSafeInteger(historyReserve) || historyReserve < 0 || historyReserve > max) {
+      throw new RangeError(
+        `The history reserve must be an integer from 0 to ${max}, got ${historyReserve}`,
+      );
+    }
     this.max = max;
+    this.historyReserve = historyReserve;
   }
 
   /**
@@ -192,10 +207,10 @@ export class MemoryBudget {
 
   /**
    * Whether the budget is spent: what is held apart from history (which gives way) is at or
-   * past the maximum.
+   * past the maximum less the history reserve.
    */
   get spent(): boolean {
-    return this.held >= this.max;
+    return this.held >= this.max - this.historyReserve;
   }
 
   /**
@@ -206,7 +221,7 @@ export class MemoryBudget {
    * @returns Whether the rest is at or past the maximum.
    */
   spentBesides(own: number): boolean {
-    return this.held - own >= this.max;
+    return this.held - own >= this.max - this.historyReserve;
   }
 
   /** How many bytes history may keep now: what the rest leaves. */
@@ -236,11 +251,12 @@ export class MemoryBudget {
    *
    * @param bytes What the caller is about to keep.
    * @param what What is refused if there is no room, for the message (`Cannot listen to stream "a"`).
-   * @throws {LimitExceededError} With `max_memory` when the rest (history aside) leaves no room.
+   * @throws {LimitExceededError} With `max_memory` when the rest (history aside) leaves no room
+   * outside the history reserve.
    */
   admit(bytes: number, what: string): void {
     const held = this.held;
-    if (held + bytes > this.max) {
+    if (held + bytes > this.max - this.historyReserve) {
       throw new LimitExceededError(
         "max_memory",
         `${what}: the server's memory budget of ${this.max} bytes is spent`,

@@ -150,8 +150,9 @@ export interface MessageStreamOptions {
   /**
    * Most bytes kept for clients, all parts together: headers, history, stream state, listen
    * registrations, and what the doors hold (unfinished lines, unsent frames). History gives way
-   * first; past the rest, a new stream, header or listen gets {@linkcode LimitExceededError}
-   * (`max_memory`). See docs/limits.md.
+   * first, down to its reserve (an eighth of this, at most `maxHistoryBytes`); past the rest, a
+   * new stream, header or listen gets {@linkcode LimitExceededError} (`max_memory`). See
+   * docs/limits.md.
    *
    * @default {268435456}
    */
@@ -235,9 +236,11 @@ export class MessageStream implements Streamer {
    */
   constructor(options?: MessageStreamOptions) {
     this.codec = options?.codec ?? defaultCodec;
-    const memory = new MemoryBudget(intOption("maxMemory", options?.maxMemory, 256 << 20, 0));
-    this.#memory = memory;
+    const maxMemory = intOption("maxMemory", options?.maxMemory, 256 << 20, 0);
     const maxHistory = intOption("maxHistoryBytes", options?.maxHistoryBytes, 64 << 20, 0);
+    // History keeps an eighth of the budget (at most its own bound) whatever floods the rest.
+    const memory = new MemoryBudget(maxMemory, Math.min(maxHistory, Math.floor(maxMemory / 8)));
+    this.#memory = memory;
     const limits = {
       historyMessages: intOption("historyMessages", options?.historyMessages, 1000, 0),
       historyBytes: intOption("historyBytes", options?.historyBytes, 1 << 20, 0),

@@ -100,9 +100,11 @@ Deno.test("The memory budget counts headers, streams and listens, and stops head
     `Cannot set the header of stream "h${accepted}": the server's memory budget of ${max} bytes is spent`,
   );
   const parts = hub.memory.parts();
-  // Each header costs HEADER_COST_FACTOR times its frame (about 100,080 bytes) and a stream.
+  // Each header costs HEADER_COST_FACTOR times its frame (about 100,080 bytes) and a stream;
+  // an eighth of the budget is history's reserve.
+  assertEquals(hub.memory.historyReserve, max / 8);
   const perHeader = parts.headers / accepted;
-  assertEquals(accepted, Math.floor(max / (perHeader + STREAM_COST)));
+  assertEquals(accepted, Math.floor((max - max / 8) / (perHeader + STREAM_COST)));
   assertEquals(parts.streams, accepted * STREAM_COST);
   assert(perHeader > HEADER_COST_FACTOR * 100_000 && perHeader < HEADER_COST_FACTOR * 100_200);
   assertEquals(hub.stats().streams, accepted);
@@ -144,6 +146,14 @@ Deno.test("History gives way to the rest of the memory budget, oldest first", as
   const r = queue();
   await hub.listen("log", r, { since: { epoch: (await hub.stat("log"))!.epoch, seq: 99 } });
   assertEquals(r.got.map((e) => [e.kind, e.seq]), [["put", 100]]);
+  // A flood of headers stops short of history's reserve (an eighth: 64 KiB here).
+  await assertRejects(async () => {
+    for (let i = 0; i < 10; i++) await hub.header(`flood${i}`, "f".repeat(50_000));
+  }, LimitExceededError);
+  const reserve = hub.memory.historyReserve;
+  assertEquals(reserve, 64 * 1024);
+  const kept = hub.memory.parts().history;
+  assert(kept >= reserve - 10_100 && kept <= max - hub.memory.held, `history ${kept}`);
 });
 
 Deno.test("Headers restored from a store count in the memory budget as when they were set", async () => {
@@ -282,7 +292,8 @@ Deno.test("A server process: a header flood stops at the default --max-memory wi
   const N = 200;
   const puts: Promise<unknown>[] = [];
   for (let i = 0; i < N / 2; i++) puts.push(publisher.put("bystander", i));
-  // 200 headers of 1 MB: the default budget (256 MiB) holds about 134 of them (2 MB each).
+  // 200 headers of 1 MB: the default budget (256 MiB, an eighth kept for history) holds about
+  // 117 of them (2 MB each).
   const big = "x".repeat(1_000_000);
   const lines = Array.from(
     { length: 200 },
@@ -296,10 +307,10 @@ Deno.test("A server process: a header flood stops at the default --max-memory wi
   const after = rss(pid);
   // Every header was answered: those within the budget ok, the rest limit_exceeded.
   assertEquals(got.ok + (got.limits.max_memory ?? 0), 200);
-  // 256 MiB hold 134 headers of 2,001,184 bytes (frame x 2 + stream) with nothing else; the
-  // bystander's stream, the replies queued and the next line being read (0 to 1 MB, as the
-  // reads fall) take their part, so 133 or 134 fit.
-  assert(got.ok === 133 || got.ok === 134, `${got.ok} headers accepted`);
+  // 224 MiB (256 less history's 32) hold 117 headers of 2,001,184 bytes (frame x 2 + stream)
+  // with nothing else; the bystander's stream, the replies queued and the next line being read
+  // (0 to 1 MB, as the reads fall) take their part, so 116 or 117 fit.
+  assert(got.ok === 116 || got.ok === 117, `${got.ok} headers accepted`);
   // The documented ceiling at the default budget (docs/limits.md): 640 MiB.
   assert(after < 640 << 20, `RSS ${after}`);
 });
