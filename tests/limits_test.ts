@@ -9,7 +9,7 @@ import { serve } from "../server.ts";
 import { DurableStore } from "../store.ts";
 import { RemoteStream } from "../client.ts";
 import { withBystander } from "./_bystander.ts";
-import { assertError, post, request } from "./_http.ts";
+import { assertError, post, request, sse, Ws } from "./_http.ts";
 import { connectRaw } from "./_raw_client.ts";
 import { Recorder } from "./_recorder.ts";
 import { ServerProcess } from "./_server.ts";
@@ -223,7 +223,7 @@ Deno.test("TCP: past each limit the requester gets limit_exceeded naming it; a b
   });
 });
 
-Deno.test("REST: a full server answers 507, a header too large 413, with code and limit", async () => {
+Deno.test("HTTP: a full server answers 507 (REST, SSE), a header too large 413, a WebSocket the error frame", async () => {
   await using server = serve({
     port: 0,
     http: { port: 0 },
@@ -244,8 +244,24 @@ Deno.test("REST: a full server answers 507, a header too large 413, with code an
   });
   assertEquals(await big.clone().json().then((b) => b.limit), "max_header_bytes");
   await assertError(big, 413, "limit_exceeded");
+  // A listen as Server-Sent Events and over a WebSocket meets the same limits.
+  const events = await sse(base, "c");
+  assertEquals(await events.clone().json().then((b) => b.limit), "max_streams");
+  await assertError(events, 507, "limit_exceeded");
+  const ws = await Ws.open(`ws://127.0.0.1:${server.http?.addr.port}/ws`);
+  ws.send({ action: "listen", stream: "d", id: 1 });
+  assertEquals(await ws.read(), {
+    action: "error",
+    code: "limit_exceeded",
+    message: 'Cannot listen to stream "d": the server holds 1 streams, its limit (max_streams)',
+    limit: "max_streams",
+    id: 1,
+    stream: "d",
+  });
+  ws.socket.close();
+  await ws.ended();
   const metrics = await (await request(`${base}/metrics`)).text();
-  assert(metrics.includes('msgstream_limit_exceeded_total{limit="max_streams"} 1\n'), metrics);
+  assert(metrics.includes('msgstream_limit_exceeded_total{limit="max_streams"} 3\n'), metrics);
   assert(metrics.includes('msgstream_limit_exceeded_total{limit="max_header_bytes"} 1\n'));
   assert(metrics.includes(`msgstream_memory_limit_bytes ${256 << 20}\n`));
 });
