@@ -398,7 +398,23 @@ export abstract class Streams<S extends StreamState> implements Core {
    * @throws {LimitExceededError} With `max_header_bytes` or `max_memory`.
    */
   protected chargeHeader(state: S, frameBytes: number): void {
-    const what = `Cannot set the header of stream "${state.name.slice(0, 100)}"`;
+    const what = this.checkHeaderBytes(state.name, frameBytes);
+    const cost = frameBytes * HEADER_COST_FACTOR;
+    if (cost > state.headerCost) this.limits.memory.admit(cost - state.headerCost, what);
+    this.limits.memory.headers += cost - state.headerCost;
+    state.headerCost = cost;
+  }
+
+  /**
+   * Refuses a header whose event frame is larger than `maxHeaderBytes`.
+   *
+   * @param stream The stream's name.
+   * @param frameBytes The bytes of the header's event frame.
+   * @returns What is refused, for a later message.
+   * @throws {LimitExceededError} With `max_header_bytes`.
+   */
+  protected checkHeaderBytes(stream: string, frameBytes: number): string {
+    const what = `Cannot set the header of stream "${stream.slice(0, 100)}"`;
     const max = this.limits.maxHeaderBytes;
     if (frameBytes > max) {
       throw new LimitExceededError(
@@ -406,10 +422,7 @@ export abstract class Streams<S extends StreamState> implements Core {
         `${what}: its frame is ${frameBytes} bytes, the limit (max_header_bytes) is ${max}`,
       );
     }
-    const cost = frameBytes * HEADER_COST_FACTOR;
-    if (cost > state.headerCost) this.limits.memory.admit(cost - state.headerCost, what);
-    this.limits.memory.headers += cost - state.headerCost;
-    state.headerCost = cost;
+    return what;
   }
 
   /**

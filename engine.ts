@@ -274,7 +274,13 @@ export class EngineCore extends Streams<EngineStream> {
   /** Sets or clears the header through the engine. */
   async header(stream: string, message: unknown): Promise<void> {
     this.checkName(stream);
-    if (message !== null && message !== undefined) this.checkSize(stream, message);
+    if (message !== null && message !== undefined) {
+      this.checkSize(stream, message);
+      // The header lives in the engine: only its size is limited here (its frame as this node
+      // would send it; seq and epoch are the engine's, a few bytes either way).
+      const ev = buildEvent(this.codec, "header", { name: stream }, message, 0, "", "own");
+      this.checkHeaderBytes(stream, ev.frame.byteLength);
+    }
     await this.#engine.header(stream, message ?? null);
   }
 

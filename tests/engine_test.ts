@@ -6,7 +6,13 @@
 import { assert, assertEquals, assertRejects } from "@std/assert";
 import type { Codec } from "../codec.ts";
 import type { Engine, EngineEvent, EngineSink, EngineSnapshot } from "../engine.ts";
-import { MessageStream, type Position, type ResetReason, type StreamEvent } from "../mod.ts";
+import {
+  LimitExceededError,
+  MessageStream,
+  type Position,
+  type ResetReason,
+  type StreamEvent,
+} from "../mod.ts";
 import { Recorder } from "./_recorder.ts";
 
 const view = (evs: StreamEvent[]) => evs.map((e) => [e.kind, e.message, e.seq]);
@@ -299,4 +305,22 @@ Deno.test("EngineCore does not join a listener that hung up while its snapshot w
   assertEquals(rec.events, []);
   assertEquals(hub.stats().listeners, 0);
   assertEquals(engine.followed.size, 0, "the stream was forgotten");
+});
+
+Deno.test("An engine hub limits header size and this node's listens (maxHeaderBytes, maxListens, maxStreams)", async () => {
+  const engine = new ScriptedEngine();
+  const hub = new MessageStream({ engine, maxHeaderBytes: 200, maxListens: 2, maxStreams: 3 });
+  await hub.header("job", "small");
+  const big = await assertRejects(() => hub.header("job", "x".repeat(200)), LimitExceededError);
+  assertEquals(big.limit, "max_header_bytes");
+  assertEquals((await hub.stat("job"))?.header, "small");
+  const q = new Recorder("q");
+  await hub.listen("a", q);
+  await hub.listen("b", q);
+  const listens = await assertRejects(() => hub.listen("c", q), LimitExceededError);
+  assertEquals(listens.limit, "max_listens");
+  await hub.listen("c", new Recorder("other"));
+  const streams = await assertRejects(() => hub.listen("d", new Recorder("r")), LimitExceededError);
+  assertEquals(streams.limit, "max_streams");
+  await hub.close();
 });
