@@ -87,22 +87,24 @@ Deno.test({
 });
 
 Deno.test({
-  name: "Redis: the ok to listen precedes every later put (300 races)",
+  name: "Redis: the ok to listen precedes every later put (400 races with a put flood)",
   ignore: !hasRedis,
   fn: async () => {
     await using redis = await RedisProcess.start();
     await using server = serve({ port: 0, logLevel: "silent", redis: redis.url });
     await using pub = await connectRaw(server.addr.port);
     const late: string[] = [];
-    for (let i = 0; i < 300; i++) {
+    for (let i = 0; i < 400; i++) {
       const stream = `race${i}`;
       await using sub = await connectRaw(server.addr.port);
-      // Puts race the join: sent back to back with the listen, none awaited.
-      const puts: Promise<void>[] = [];
-      for (let n = 0; n < 5; n++) puts.push(pub.send({ action: "put", stream, message: n }));
-      const listened = sub.send({ action: "listen", stream, id: 1 });
-      for (let n = 5; n < 10; n++) puts.push(pub.send({ action: "put", stream, message: n }));
-      await Promise.all([...puts, listened]);
+      // 50 puts race the join, written one by one while the listen goes out.
+      let stop = false;
+      const flood = (async () => {
+        for (let n = 0; n < 50 && !stop; n++) {
+          await pub.send({ action: "put", stream, message: n });
+        }
+      })();
+      await sub.send({ action: "listen", stream, id: 1 });
       const before: Frame[] = [];
       for (;;) {
         const f = await within(sub.next(), 5000, `ok of race ${i}`);
@@ -113,6 +115,8 @@ Deno.test({
         }
         before.push(f);
       }
+      stop = true;
+      await flood;
     }
     assertEquals(late, []);
   },
