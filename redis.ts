@@ -64,6 +64,14 @@ export interface RedisEngineOptions {
    */
   historyMessages?: number;
   /**
+   * Most writes (puts, header changes, deletes) sent to Redis in one script call. Writes that
+   * arrive while a batch is out go together in the next one (one batch in flight), so a busy
+   * node makes one call per batch, not per put, and publishes one message per stream per batch.
+   *
+   * @default {512}
+   */
+  maxBatch?: number;
+  /**
    * Milliseconds to wait for a connection to Redis.
    *
    * @default {10000}
@@ -76,11 +84,10 @@ export interface RedisEngineOptions {
   onStatus?: (up: boolean, detail: string) => void;
 }
 
-// Each script: KEYS[1] the stream's hash {epoch, seq, hc (header changes since the last put),
-// header}, KEYS[2] its history (a Redis stream; entry ids are "<seq>-<hc>", so a position maps
-// to an id), KEYS[3] the epoch counter, KEYS[4] the dataset generation. Published text:
-// "<kind><seq> <epoch> <tag> <message>", kind p (put), h (header; empty message: cleared),
-// e (end); or "m<token>" (a snapshot marker).
+// Per stream: a hash {epoch, seq, hc (header changes since the last put), header} and a history
+// (a Redis stream; entry ids are "<seq>-<hc>", so a position maps to an id). SYNC's KEYS: [1]
+// the hash, [2] the history, [3] the epoch counter, [4] the dataset generation. Published on a
+// stream's channel: a batch of its events (see BATCH) or "m<token>" (a snapshot marker).
 //
 // Generations: a Redis that restarts from an older snapshot, or a replica promoted while behind,
 // holds the streams as they were some time ago: their seqs would be handed out again with other
@@ -126,45 +133,99 @@ redis.call('SET', KEYS[2], g)
 return g
 `;
 
-const PUT = EPOCH + `
-local e = epoch_of(KEYS[1], KEYS[3])
-local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
-redis.call('HSET', KEYS[1], 'hc', 0)
-local maxlen = tonumber(ARGV[3])
-if maxlen > 0 then
-  redis.call('XADD', KEYS[2], 'MAXLEN', maxlen, seq .. '-0', 'k', 'p', 'm', ARGV[1])
+// Every put, header change and delete of one tick, in one call. KEYS[1] the generation, KEYS[2]
+// the epoch counter, then per stream (a group) its hash and its history. ARGV[1] the history
+// bound, ARGV[2] the batch's tag, then per group: the channel, the number of its operations and
+// per operation (op, text, length): op p (put), h (set the header), c (clear it), d (delete);
+// length is the text's length as the node counts it (UTF-16 units). Each group's events go out
+// as one message (two when a delete comes before other operations: the new stream gets its
+// own message): "B<tag> <epoch>\n" then per event "<kind><seq> <length> <text>", kind p, h
+// (empty text: cleared) or e (end); a message that is not its group's last carries the tag
+// "_". The stream's hash is read once and written once per group. Returns, per operation, two
+// values: put: seq and epoch; header and delete: 1 (applied) or 0 (a no-op) and ''.
+const BATCH = `
+local g = redis.call('GET', KEYS[1]) or ''
+local function gen_of_epoch(e)
+  local i = string.find(e, '.', 1, true)
+  if not i then return '' end
+  return string.sub(e, 1, i - 1)
 end
-redis.call('PUBLISH', ARGV[2], 'p' .. seq .. ' ' .. e .. ' ' .. ARGV[4] .. ' ' .. ARGV[1])
-return {seq, e}
-`;
-
-const HEADER = EPOCH + `
-local e
-if ARGV[5] == '1' then
-  if redis.call('HEXISTS', KEYS[1], 'header') == 0 then return 0 end
-  redis.call('HDEL', KEYS[1], 'header')
-  e = epoch_of(KEYS[1], KEYS[3])
-else
-  e = epoch_of(KEYS[1], KEYS[3])
-  redis.call('HSET', KEYS[1], 'header', ARGV[1])
+local maxlen = tonumber(ARGV[1])
+local tag = ARGV[2]
+local out = {}
+local a, k = 3, 3
+while a <= #ARGV do
+  local meta, hist = KEYS[k], KEYS[k + 1]
+  local channel, n = ARGV[a], tonumber(ARGV[a + 1])
+  k, a = k + 2, a + 2
+  local st = redis.call('HMGET', meta, 'epoch', 'seq', 'hc')
+  local e, seq, hc = st[1], tonumber(st[2]) or 0, tonumber(st[3]) or 0
+  local dirty, has, parts, pe = false, nil, {}, nil
+  local function ensure()
+    if e and gen_of_epoch(e) == g then return end
+    local t = redis.call('TIME')
+    local n = g .. '.' .. string.format('%x%05x%x', tonumber(t[1]), tonumber(t[2]),
+      redis.call('INCR', KEYS[2]))
+    if not e then
+      seq, hc = 0, 0
+      -- A new stream: every node's pattern listeners hear of it (see #created).
+      redis.call('PUBLISH', string.sub(KEYS[1], 1, -4) .. 'created', n .. ' ' .. channel)
+    end
+    e, dirty = n, true
+  end
+  local untagged = false
+  local function publish(last)
+    if #parts == 0 and not (last and untagged) then return end
+    redis.call('PUBLISH', channel, 'B' .. (last and tag or '_') .. ' ' .. pe .. '\\n' ..
+      table.concat(parts))
+    parts, untagged = {}, not last
+  end
+  for i = 1, n do
+    local op, text, len = ARGV[a], ARGV[a + 1], ARGV[a + 2]
+    a = a + 3
+    if op == 'p' then
+      ensure()
+      seq, hc, dirty, pe = seq + 1, 0, true, e
+      if maxlen > 0 then redis.call('XADD', hist, 'MAXLEN', maxlen, seq .. '-0', 'k', 'p', 'm', text) end
+      parts[#parts + 1] = 'p' .. seq .. ' ' .. len .. ' ' .. text
+      out[#out + 1] = seq
+      out[#out + 1] = e
+    elseif op == 'h' or op == 'c' then
+      local apply = true
+      if op == 'c' then
+        if has == nil then has = redis.call('HEXISTS', meta, 'header') == 1 end
+        apply = has
+        if apply then redis.call('HDEL', meta, 'header') end
+      end
+      if apply then
+        ensure()
+        if op == 'h' then redis.call('HSET', meta, 'header', text) end
+        has, hc, dirty, pe = op == 'h', hc + 1, true, e
+        if maxlen > 0 then redis.call('XADD', hist, 'MAXLEN', maxlen, seq .. '-' .. hc, 'k', 'h', 'm', text) end
+        parts[#parts + 1] = 'h' .. seq .. ' ' .. len .. ' ' .. text
+        out[#out + 1] = 1
+      else
+        out[#out + 1] = 0
+      end
+      out[#out + 1] = ''
+    else
+      if e then
+        pe = e
+        parts[#parts + 1] = 'e' .. seq .. ' 0 '
+        redis.call('DEL', meta, hist)
+        publish(i == n)
+        e, seq, hc, has, dirty = nil, 0, 0, false, false
+        out[#out + 1] = 1
+      else
+        out[#out + 1] = 0
+      end
+      out[#out + 1] = ''
+    end
+  end
+  if dirty then redis.call('HSET', meta, 'epoch', e, 'seq', seq, 'hc', hc) end
+  publish(true)
 end
-local seq = redis.call('HGET', KEYS[1], 'seq')
-local hc = redis.call('HINCRBY', KEYS[1], 'hc', 1)
-local maxlen = tonumber(ARGV[3])
-if maxlen > 0 then
-  redis.call('XADD', KEYS[2], 'MAXLEN', maxlen, seq .. '-' .. hc, 'k', 'h', 'm', ARGV[1])
-end
-redis.call('PUBLISH', ARGV[2], 'h' .. seq .. ' ' .. e .. ' ' .. ARGV[4] .. ' ' .. ARGV[1])
-return 1
-`;
-
-const DELETE = `
-local e = redis.call('HGET', KEYS[1], 'epoch')
-if not e then return 0 end
-local seq = redis.call('HGET', KEYS[1], 'seq')
-redis.call('DEL', KEYS[1], KEYS[2])
-redis.call('PUBLISH', ARGV[2], 'e' .. seq .. ' ' .. e .. ' ' .. ARGV[4] .. ' ')
-return 1
+return out
 `;
 
 // ARGV: [1] token, [2] channel, [3] since epoch ('' for none), [4] since seq.
@@ -195,14 +256,22 @@ return {e, seq, state[3], '', redis.call('XRANGE', KEYS[2], since .. '-1', '+')}
 `;
 
 interface Scripts {
-  msgstreamPut(...args: (string | number)[]): Promise<[number, string]>;
-  msgstreamHeader(...args: (string | number)[]): Promise<number>;
-  msgstreamDelete(...args: (string | number)[]): Promise<number>;
+  msgstreamBatch(...args: (string | number)[]): Promise<(number | string)[]>;
   msgstreamSync(...args: (string | number)[]): Promise<unknown[]>;
   msgstreamVerify(...args: (string | number)[]): Promise<string>;
 }
 
 type Client = Redis & Scripts;
+
+/** One put, header change or delete waiting for its batch (see BATCH). */
+interface Op {
+  stream: string;
+  /** p (put), h (set the header), c (clear it), d (delete). */
+  op: "p" | "h" | "c" | "d";
+  text: string;
+  resolve: (result: [number, string]) => void;
+  reject: (e: Error) => void;
+}
 
 interface Sync {
   onSnapshot: (snapshot: EngineSnapshot) => void;
@@ -222,8 +291,6 @@ interface Follow {
   syncs: Map<string, Sync>;
   /** Events held back between a marker and its snapshot's reply. */
   held: string[] | undefined;
-  /** Releases the events held past a snapshot, on the next macrotask (see #complete). */
-  releaseTimer: ReturnType<typeof setTimeout> | undefined;
   /** This node's own requests waiting for their event to reach local listeners, by tag. */
   waiters: Map<string, () => void>;
 }
@@ -278,6 +345,11 @@ export class RedisEngine implements Engine {
   readonly #connectTimeout: number;
   readonly #node: string = crypto.randomUUID().slice(0, 8);
   #counter = 0;
+  readonly #maxBatch: number;
+  /** Writes waiting for the next batch, in arrival order. */
+  #queue: Op[] = [];
+  /** A flush loop runs (or is scheduled). */
+  #flushing = false;
   #sink: EngineSink | undefined;
   #codec: Codec | undefined;
   #started: Promise<void> | undefined;
@@ -313,6 +385,7 @@ export class RedisEngine implements Engine {
     this.#prefix = options?.prefix ?? "msgstream:";
     this.#historyMessages = intOption("historyMessages", options?.historyMessages, 1000, 0);
     this.#connectTimeout = intOption("connectTimeout", options?.connectTimeout, 10_000, 0);
+    this.#maxBatch = intOption("maxBatch", options?.maxBatch, 512, 1, 10_000);
     this.#onStatus = options?.onStatus;
   }
 
@@ -364,9 +437,7 @@ export class RedisEngine implements Engine {
     // Auto-pipelining batches the scripts of one tick into one write; order is kept.
     const cmd = new Redis(this.#url, { ...common, enableAutoPipelining: true }) as Client;
     const sub = new Redis(this.#url, { ...common, autoResubscribe: false });
-    cmd.defineCommand("msgstreamPut", { numberOfKeys: 4, lua: PUT });
-    cmd.defineCommand("msgstreamHeader", { numberOfKeys: 4, lua: HEADER });
-    cmd.defineCommand("msgstreamDelete", { numberOfKeys: 4, lua: DELETE });
+    cmd.defineCommand("msgstreamBatch", { lua: BATCH }); // first argument: the number of keys
     cmd.defineCommand("msgstreamSync", { numberOfKeys: 4, lua: SYNC });
     cmd.defineCommand("msgstreamVerify", { numberOfKeys: 3, lua: VERIFY });
     this.#cmd = cmd;
@@ -426,8 +497,6 @@ export class RedisEngine implements Engine {
     f.subscribed = undefined;
     f.active = false;
     f.held = undefined;
-    clearTimeout(f.releaseTimer);
-    f.releaseTimer = undefined;
     const syncs = [...f.syncs.values()];
     f.syncs.clear();
     for (const s of syncs) s.reject(unavailable("Redis subscription lost"));
@@ -545,37 +614,108 @@ export class RedisEngine implements Engine {
     }
   }
 
-  /** Runs a writing script; resolves once its event reached this node's listeners. */
-  async #write<T>(
-    stream: string,
-    run: (cmd: Client, keys: string[], channel: string, tag: string) => Promise<T>,
-  ): Promise<T> {
-    const cmd = await this.#client();
-    const tag = `${this.#node}.${(this.#counter++).toString(36)}`;
-    const f = this.#follows.get(stream);
-    let arrived: Promise<void> | undefined;
-    if (f?.active) arrived = new Promise((resolve) => f.waiters.set(tag, resolve));
-    let result: T;
-    try {
-      result = await run(cmd, this.#keys(stream), this.#channel(stream), tag);
-    } catch (e) {
-      f?.waiters.get(tag)?.();
-      f?.waiters.delete(tag);
-      throw unavailable(e);
+  /** Queues a write for the next batch; resolves with its result once it reached this node. */
+  #enqueue(stream: string, op: Op["op"], text: string): Promise<[number, string]> {
+    if (this.#closed) return Promise.reject(new EngineUnavailableError("Engine closed"));
+    const { promise, resolve, reject } = Promise.withResolvers<[number, string]>();
+    this.#queue.push({ stream, op, text, resolve, reject });
+    if (!this.#flushing) {
+      this.#flushing = true;
+      queueMicrotask(() => this.#flush());
     }
-    if (arrived) {
-      // A no-op (clearing no header, deleting nothing) publishes nothing.
-      if (result === 0) {
-        f?.waiters.get(tag)?.();
-        f?.waiters.delete(tag);
-      }
-      await arrived;
-    }
-    return result;
+    return promise;
   }
 
   /**
-   * Assigns the put its seq, appends it to history and publishes it, in one script.
+   * Sends the queued writes, `maxBatch` at a time, one batch in flight: writes that arrive
+   * while a batch is out go together in the next. Each write is answered after the script
+   * returned (and its event reached this node's listeners), never before.
+   */
+  async #flush(): Promise<void> {
+    try {
+      while (this.#queue.length > 0) {
+        const ops = this.#queue.length <= this.#maxBatch
+          ? this.#queue
+          : this.#queue.slice(0, this.#maxBatch);
+        this.#queue = ops === this.#queue ? [] : this.#queue.slice(this.#maxBatch);
+        await this.#send(ops);
+      }
+    } finally {
+      this.#flushing = false;
+    }
+  }
+
+  /** Runs one batch: one script call; never throws (each write is answered). */
+  async #send(ops: Op[]): Promise<void> {
+    // Group by stream, each stream's writes in their order.
+    const groups = new Map<string, Op[]>();
+    for (const o of ops) {
+      const g = groups.get(o.stream);
+      if (g) g.push(o);
+      else groups.set(o.stream, [o]);
+    }
+    const tag = `${this.#node}.${(this.#counter++).toString(36)}`;
+    const keys: string[] = [`${this.#prefix}gen`, `${this.#prefix}epochs`];
+    const args: (string | number)[] = [this.#historyMessages, tag];
+    const arrivals: (Promise<void> | undefined)[] = [];
+    for (const [stream, group] of groups) {
+      keys.push(...this.#keys(stream).slice(0, 2));
+      args.push(this.#channel(stream), group.length);
+      for (const o of group) args.push(o.op, o.text, o.text.length);
+    }
+    let reply: (number | string)[];
+    try {
+      const cmd = await this.#client();
+      // Registered only now: #client may have waited, and a follow may have started meanwhile.
+      for (const stream of groups.keys()) {
+        const f = this.#follows.get(stream);
+        arrivals.push(
+          f?.active ? new Promise<void>((resolve) => f.waiters.set(tag, resolve)) : undefined,
+        );
+      }
+      reply = await cmd.msgstreamBatch(keys.length, ...keys, ...args);
+    } catch (e) {
+      const error = e instanceof EngineUnavailableError ? e : unavailable(e);
+      for (const stream of groups.keys()) this.#arrived(stream, tag);
+      for (const o of ops) o.reject(error);
+      return;
+    }
+    let r = 0;
+    let n = 0;
+    for (const [stream, group] of groups) {
+      const first = r;
+      let applied = false;
+      for (const _ of group) {
+        if (reply[r] !== 0) applied = true;
+        r += 2;
+      }
+      // Nothing applied (clearing no header, deleting nothing): nothing was published.
+      if (!applied) this.#arrived(stream, tag);
+      const arrived = arrivals[n++];
+      const answer = () => {
+        for (let i = 0; i < group.length; i++) {
+          const o = group[i] as Op;
+          o.resolve([Number(reply[first + 2 * i]), String(reply[first + 2 * i + 1])]);
+        }
+      };
+      if (arrived) arrived.then(answer);
+      else answer();
+    }
+  }
+
+  /** Releases this node's waiter for a batch's events of the stream. */
+  #arrived(stream: string, tag: string): void {
+    const f = this.#follows.get(stream);
+    const w = f?.waiters.get(tag);
+    if (w) {
+      f?.waiters.delete(tag);
+      w();
+    }
+  }
+
+  /**
+   * Assigns the put its seq, appends it to history and publishes it, in one script call with
+   * the other writes of its tick (see `maxBatch`).
    *
    * @param stream The stream's name.
    * @param message The message.
@@ -585,16 +725,13 @@ export class RedisEngine implements Engine {
    */
   async put(stream: string, message: unknown): Promise<Position> {
     const text = (this.#codec as Codec).encode(message);
-    const [seq, epoch] = await this.#write(
-      stream,
-      (cmd, keys, channel, tag) =>
-        cmd.msgstreamPut(...keys, text, channel, this.#historyMessages, tag),
-    );
-    return { seq: Number(seq), epoch };
+    const [seq, epoch] = await this.#enqueue(stream, "p", text);
+    return { seq, epoch };
   }
 
   /**
-   * Sets or clears the header, appends the change to history and publishes it, in one script.
+   * Sets or clears the header, appends the change to history and publishes it, batched as a
+   * put is.
    *
    * @param stream The stream's name.
    * @param message The header, or `null` to clear it.
@@ -604,24 +741,17 @@ export class RedisEngine implements Engine {
   async header(stream: string, message: unknown): Promise<void> {
     const clear = message === null || message === undefined;
     const text = clear ? "" : (this.#codec as Codec).encode(message);
-    await this.#write(
-      stream,
-      (cmd, keys, channel, tag) =>
-        cmd.msgstreamHeader(...keys, text, channel, this.#historyMessages, tag, clear ? "1" : "0"),
-    );
+    await this.#enqueue(stream, clear ? "c" : "h", text);
   }
 
   /**
-   * Deletes the stream's keys and publishes its end, in one script.
+   * Deletes the stream's keys and publishes its end, batched as a put is.
    *
    * @param stream The stream's name.
    * @throws {EngineUnavailableError} When Redis cannot be reached.
    */
   async delete(stream: string): Promise<void> {
-    await this.#write(
-      stream,
-      (cmd, keys, channel, tag) => cmd.msgstreamDelete(...keys, "", channel, 0, tag),
-    );
+    await this.#enqueue(stream, "d", "");
   }
 
   /**
@@ -740,7 +870,6 @@ export class RedisEngine implements Engine {
         active: false,
         syncs: new Map(),
         held: undefined,
-        releaseTimer: undefined,
         waiters: new Map(),
       };
       this.#follows.set(stream, f);
@@ -781,24 +910,26 @@ export class RedisEngine implements Engine {
       if (channel === this.#createdChannel) this.#created(text);
       return;
     }
-    if (this.#probe?.arrived && text[0] !== "m") {
-      this.#probe.arrived(f.stream, Number(text.slice(1, text.indexOf(" "))));
+    const probe = this.#probe?.arrived;
+    if (probe && text[0] === "B") {
+      eachEvent(text, (_kind, seq) => probe(f.stream, seq));
     }
     if (f.held) f.held.push(text);
     else this.#safely(f, text);
   }
 
-  /** One bad event (e.g. nodes configured with different codecs) must not stop the node. */
+  /** A marker, or a batch of events; one bad message or event must not stop the node. */
   #safely(f: Follow, text: string): void {
     try {
       this.#process(f, text);
     } catch {
-      // Undecodable: listeners here miss it; the next event's seq tells the hub to resync.
+      // Malformed: listeners here miss it; the next event's seq tells the hub to resync.
     }
   }
 
   #process(f: Follow, text: string): void {
     const kind = text[0];
+    if (kind === "B") return this.#batch(f, text);
     if (kind === "m") {
       const token = text.slice(1);
       const sync = f.syncs.get(token);
@@ -810,19 +941,27 @@ export class RedisEngine implements Engine {
       }
       return;
     }
+  }
+
+  /** Hands a batch's events to the hub, in order; then releases this node's waiter, if any. */
+  #batch(f: Follow, text: string): void {
     const a = text.indexOf(" ");
-    const b = text.indexOf(" ", a + 1);
-    const c = text.indexOf(" ", b + 1);
-    const seq = Number(text.slice(1, a));
-    const epoch = text.slice(a + 1, b);
-    const tag = text.slice(b + 1, c);
-    const payload = text.slice(c + 1);
+    const nl = text.indexOf("\n", a + 1);
+    const tag = text.slice(1, a);
+    const epoch = text.slice(a + 1, nl);
+    const sink = this.#sink;
+    const codec = this.#codec as Codec;
     try {
-      if (kind === "e") this.#sink?.event(f.stream, "end", null, seq, epoch);
-      else {
-        const message = payload === "" ? null : (this.#codec as Codec).decode(payload);
-        this.#sink?.event(f.stream, kind === "p" ? "put" : "header", message, seq, epoch);
-      }
+      eachEvent(text, (kind, seq, payload) => {
+        if (kind === "e") return sink?.event(f.stream, "end", null, seq, epoch);
+        let message: unknown;
+        try {
+          message = payload === "" ? null : codec.decode(payload);
+        } catch {
+          return; // undecodable (e.g. nodes with different codecs): the next seq resyncs
+        }
+        sink?.event(f.stream, kind === "p" ? "put" : "header", message, seq, epoch);
+      });
     } finally {
       const w = f.waiters.get(tag);
       if (w) {
@@ -840,15 +979,7 @@ export class RedisEngine implements Engine {
     } catch (e) {
       sync.reject(e as Error);
     }
-    // The joiner's answer (an `ok` to listen, sent when its promise settles, through microtasks
-    // only) must reach its connection before any event after the snapshot: those events, and
-    // any that come in the same read, wait for the next macrotask.
-    f.held ??= [];
-    clearTimeout(f.releaseTimer);
-    f.releaseTimer = setTimeout(() => {
-      f.releaseTimer = undefined;
-      this.#release(f);
-    }, 0);
+    this.#release(f);
   }
 
   /** Processes events held behind a marker, until the next marker waiting for its reply. */
@@ -878,6 +1009,26 @@ export class RedisEngine implements Engine {
     this.#follows.clear();
     this.#channels.clear();
     await Promise.all([this.#cmd, this.#sub].map((c) => c ? quit(c) : undefined));
+  }
+}
+
+/**
+ * Calls `fn` for each event of a published batch ("B<tag> <epoch>\n" then per event
+ * "<kind><seq> <length> <text>").
+ */
+function eachEvent(
+  text: string,
+  fn: (kind: string, seq: number, payload: string) => void,
+): void {
+  let i = text.indexOf("\n") + 1;
+  while (i > 0 && i < text.length) {
+    const a = text.indexOf(" ", i);
+    const b = text.indexOf(" ", a + 1);
+    if (a < 0 || b < 0) throw new SyntaxError("Malformed batch from Redis");
+    const end = b + 1 + Number(text.slice(a + 1, b));
+    if (!(end <= text.length)) throw new SyntaxError("Malformed batch from Redis");
+    fn(text[i] as string, Number(text.slice(i + 1, a)), text.slice(b + 1, end));
+    i = end;
   }
 }
 
