@@ -40,6 +40,7 @@ import type {
   Listener,
   PatternJoin,
   Position,
+  ResetReason,
   StreamEvent,
   StreamInfo,
   StreamStat,
@@ -69,6 +70,8 @@ export class StreamState {
   headerCost = 0;
   /** Queues that follow it through a pattern (see pattern.ts), caught up. */
   patternQueues: Set<Listener> | undefined = undefined;
+  /** The memory core's expiry sweep count when it was last used (see `expireAfter`). */
+  touched = 0;
 
   /**
    * Creates the state of a stream.
@@ -120,6 +123,8 @@ export interface Core {
   stats(): HubStats;
   /** Releases the core's resources. */
   close(): Promise<void>;
+  /** Removes streams with no listeners and no puts for `ms` milliseconds (0: never). */
+  expireAfter?(ms: number): void;
   /** Sets the limits on what clients may make the core keep (the hub does, once). */
   setLimits(limits: ClientLimits): void;
 }
@@ -727,8 +732,18 @@ export class MemoryStream extends StreamState implements HistoryOwner {
 export class MemoryCore extends Streams<MemoryStream> implements SyncHub {
   /** The history bounds every stream shares. */
   protected readonly budget: HistoryBudget;
+  /**
+   * Whether a restart loses everything (no durable store): then a position whose epoch another
+   * process minted gets `state_lost`, not `epoch_changed` (the hub sets it).
+   */
+  lostOnRestart = true;
   /** A stream that must not be collected while room is made for it. */
   #pinned: MemoryStream | undefined;
+  /** The expiry sweeps so far (see expireAfter). */
+  #sweeps = 0;
+  /** Sweeps a stream must stay unused to expire; 0: streams never expire. */
+  #expireSweeps = 0;
+  #expiry: ReturnType<typeof setInterval> | undefined;
 
   /**
    * Creates an empty core.
@@ -791,8 +806,42 @@ export class MemoryCore extends Streams<MemoryStream> implements SyncHub {
     }
   }
 
-  /** Nothing to release in memory. */
+  /**
+   * Removes every stream that has had no listeners (by name) and no puts or header changes
+   * for `ms` milliseconds, as `delete` would: pattern listeners get `end`. A sweep runs every
+   * quarter of `ms` (at most every second), so a stream goes between `ms` and `ms` plus one
+   * sweep period after its last use.
+   *
+   * @param ms The time to live of an unused stream; 0 turns expiry off.
+   */
+  expireAfter(ms: number): void {
+    clearInterval(this.#expiry);
+    this.#expiry = undefined;
+    this.#expireSweeps = 0;
+    if (ms <= 0) return;
+    const period = Math.max(1, Math.min(1000, Math.floor(ms / 4)));
+    this.#expireSweeps = Math.ceil(ms / period);
+    this.#expiry = setInterval(() => this.#sweep(), period);
+    Deno.unrefTimer(this.#expiry);
+  }
+
+  #sweep(): void {
+    const now = ++this.#sweeps;
+    const expired: MemoryStream[] = [];
+    for (const state of this.streams.values()) {
+      if (state.listeners.size === 0 && now - state.touched > this.#expireSweeps) {
+        expired.push(state);
+      }
+    }
+    for (const state of expired) {
+      if (this.streams.get(state.name) === state) this.deleteNow(state.name);
+    }
+  }
+
+  /** Stops the expiry sweep; nothing else to release in memory. */
   close(): Promise<void> {
+    clearInterval(this.#expiry);
+    this.#expiry = undefined;
     return Promise.resolve();
   }
 
@@ -883,7 +932,7 @@ export class MemoryCore extends Streams<MemoryStream> implements SyncHub {
     if (since === undefined) {
       ok = this.deliverHeader(queue, state);
     } else {
-      const reason = this.budget.uncovered(state, since);
+      const reason = this.resetReason(state, since);
       ok = reason
         ? this.deliver(queue, this.event(state, "reset", { reason })) &&
           this.deliverHeader(queue, state)
@@ -936,15 +985,30 @@ export class MemoryCore extends Streams<MemoryStream> implements SyncHub {
     since: Position | undefined,
   ): boolean {
     if (since === undefined) return this.deliverJoin(queue, state);
-    const reason = this.budget.uncovered(state, since);
+    const reason = this.resetReason(state, since);
     return reason
       ? this.deliver(queue, this.event(state, "reset", { reason })) &&
         this.deliverJoin(queue, state)
       : this.budget.replay(state, since, this.codec, (ev) => this.deliver(queue, ev));
   }
 
+  /**
+   * Why history cannot serve a listener at `since`, or `undefined` when it can. An epoch minted
+   * by another process, on a hub that keeps nothing across restarts, is `state_lost`: the
+   * server restarted (or is another server), not the stream deleted and created anew.
+   */
+  protected resetReason(state: MemoryStream, since: Position): ResetReason | undefined {
+    const reason = this.budget.uncovered(state, since);
+    if (reason === "epoch_changed" && this.lostOnRestart && !since.epoch.startsWith(epochBase)) {
+      return "state_lost";
+    }
+    return reason;
+  }
+
   /** Forgets a stream that holds nothing: no listeners, no header, no history. */
   protected collect(state: MemoryStream): void {
+    // Called after a put, a header change and a hangup: the stream was used now.
+    state.touched = this.#sweeps;
     if (
       state.listeners.size === 0 && state.header === undefined &&
       (!state.history || state.history.count === 0) &&

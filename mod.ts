@@ -180,6 +180,15 @@ export interface MessageStreamOptions {
    */
   maxListens?: number;
   /**
+   * Milliseconds after which a stream with no listeners (by name) and no puts or header
+   * changes is removed, as by `delete`: its listeners by pattern get `end`. 0 keeps streams
+   * until they are deleted, hold nothing, or give way to the memory bounds. Not applied with an
+   * `engine` (Redis keeps streams until deleted).
+   *
+   * @default {0}
+   */
+  streamTtl?: number;
+  /**
    * Where streams' header, seq, epoch and history live and how puts reach other nodes. Without
    * one, the hub keeps everything in memory (one process). With one (e.g. `RedisEngine` from
    * `@x/msgstream/redis`), `put`, `header`, `delete`, `listen` and `stat` go through the
@@ -261,6 +270,8 @@ export class MessageStream implements Streamer {
       this.#core = new EngineCore(this.codec, this.#maxName, this, this.#engine);
     } else if (options?.store) {
       const core = options.store.core(this.codec, this.#maxName, this, limits);
+      // Epochs survive restarts here: another process's epoch is a stream deleted, not lost.
+      core.lostOnRestart = false;
       // Under "always" a put is answered once durable: the doors take the async path.
       if (options.store.fsync !== "always") registerSync(this, core);
       this.#core = core;
@@ -269,6 +280,7 @@ export class MessageStream implements Streamer {
       registerSync(this, core);
       this.#core = core;
     }
+    this.#core.expireAfter?.(intOption("streamTtl", options?.streamTtl, 0, 0));
     this.#core.maxMessage = intOption(
       "maxMessageBytes",
       options?.maxMessageBytes,
@@ -322,6 +334,7 @@ export class MessageStream implements Streamer {
    * ```
    */
   close(): Promise<void> {
+    this.#core.expireAfter?.(0);
     return this.#core.close();
   }
 

@@ -632,6 +632,14 @@ const SERVE_OPTIONS: readonly OptionSpec[] = [
     key: "maxMemory",
   },
   {
+    name: "stream-ttl",
+    kind: "int",
+    arg: "MS",
+    help: "remove a stream with no listeners and no puts for MS milliseconds;\n" +
+      "pattern listeners get end (default 0: off; memory and --data only)",
+    key: "streamTtl",
+  },
+  {
     name: "max-streams",
     kind: "int",
     arg: "N",
