@@ -536,6 +536,7 @@ export class EngineCore extends Streams<EngineStream> {
     }
   }
 
+  /** Stops a pattern of the queue: its proxy hangs up streams no other pattern matches. */
   override hangupPattern(pattern: string, queue: Listener): void {
     const proxy = this.#proxies.get(queue);
     if (!proxy?.patterns.delete(pattern)) return;
@@ -551,6 +552,7 @@ export class EngineCore extends Streams<EngineStream> {
     }
   }
 
+  /** Stops every stream and pattern of the queue. */
   override endqueue(queue: Listener): void {
     super.endqueue(queue);
     const proxy = this.#proxies.get(queue);
