@@ -2,8 +2,11 @@
  * The HTTP door's live status page (`GET /`): one self-contained HTML document (its CSS and
  * JavaScript inline, nothing fetched from another host) that lists the first page of streams
  * by name (`GET /streams?limit=100`, never the whole list) every second and follows the
- * selected one over Server-Sent Events. A token in
- * the page's `?token=` is passed on, as `Authorization` and as `?token=` for `EventSource`.
+ * selected one over Server-Sent Events. When the server needs a token, the page asks for it in a
+ * small form and keeps it in `sessionStorage` (this tab only), never in the page's URL: a
+ * `?token=` given in the URL is moved there and removed from the address. The token goes out as
+ * `Authorization` and, for `EventSource` (which cannot set headers), as `?token=` on the
+ * stream's request. The header also shows the engine's state from `/healthz`.
  *
  * @example Serve the page
  * ```ts
@@ -93,6 +96,14 @@ button.stream:hover { text-decoration: underline; }
   background: var(--muted); margin-right: .35rem; vertical-align: middle; }
 .dot.ok { background: var(--ok); } .dot.bad { background: var(--bad); }
 .yes { color: var(--ok); font-weight: 600; }
+form.token { display: flex; flex-wrap: wrap; gap: .5rem; align-items: center; margin: 0;
+  padding: .7rem 1.25rem; background: var(--sel); border-bottom: 1px solid var(--line); }
+form.token input { font: inherit; padding: .25rem .45rem; min-width: 16rem;
+  border: 1px solid var(--line); border-radius: 6px; background: var(--card); color: var(--fg); }
+form.token button, button.forget { font: inherit; padding: .25rem .7rem; border-radius: 6px;
+  border: 1px solid var(--line); background: var(--card); color: var(--fg); cursor: pointer; }
+#token-why { color: var(--bad); }
+[hidden] { display: none !important; }
 pre { margin: 0; padding: .6rem .7rem; background: var(--bg); border: 1px solid var(--line);
   border-radius: 6px; overflow: auto; max-height: 14rem; font: 13px/1.4 ui-monospace,
   SFMono-Regular, Menlo, Consolas, monospace; white-space: pre-wrap; word-break: break-word; }
@@ -113,7 +124,15 @@ ol.tail .data { word-break: break-word; }
   <h1>msgstream</h1>
   <span class="muted" role="status"><span class="dot" id="conn-dot"></span><span id="conn">connecting…</span></span>
   <span class="muted" id="totals"></span>
+  <span class="muted" id="engine"></span>
+  <button type="button" class="forget" id="forget" hidden>Forget token</button>
 </header>
+<form class="token" id="token-form" hidden>
+  <label for="token-input">This server needs a token:</label>
+  <input id="token-input" type="password" autocomplete="current-password" required>
+  <button type="submit">Use token</button>
+  <span id="token-why" role="alert"></span>
+</form>
 <main>
   <section class="card" aria-labelledby="streams-title">
     <h2 id="streams-title">Streams</h2>
@@ -137,8 +156,29 @@ ol.tail .data { word-break: break-word; }
 <script>
 "use strict";
 (function () {
-  var token = new URLSearchParams(location.search).get("token");
-  var init = token ? { headers: { Authorization: "Bearer " + token } } : {};
+  // The token lives in this tab's sessionStorage, never in the page's URL: one given as
+  // ?token= is moved there and removed from the address bar (and so from links and history).
+  var KEY = "msgstream.token";
+  var params = new URLSearchParams(location.search);
+  if (params.has("token")) {
+    try { sessionStorage.setItem(KEY, params.get("token")); } catch (e) { /* storage off */ }
+    params.delete("token");
+    var q = params.toString();
+    history.replaceState(null, "", location.pathname + (q ? "?" + q : "") + location.hash);
+  }
+  var token = null;
+  try { token = sessionStorage.getItem(KEY); } catch (e) { /* storage off */ }
+  var init = {};
+  function useToken(t) {
+    token = t;
+    init = t ? { headers: { Authorization: "Bearer " + t } } : {};
+    $("forget").hidden = !t;
+  }
+  function askToken(why) {
+    $("token-why").textContent = why;
+    var form = $("token-form");
+    if (form.hidden) { form.hidden = false; $("token-input").focus(); }
+  }
   var rows = new Map();
   var selected = null;
   var source = null;
@@ -205,9 +245,20 @@ ol.tail .data { word-break: break-word; }
       (list.length === 1 ? " stream · " : " streams · ") +
       listeners + (listeners === 1 ? " listener" : " listeners");
   }
+  function engine() {
+    fetch("healthz").then(function (res) { return res.json(); }).then(function (h) {
+      $("engine").textContent = "engine " + h.engine + (h.status === "ok" ? " · up" : " · DOWN");
+    }).catch(function () { $("engine").textContent = ""; });
+  }
   function refresh() {
+    engine();
     fetch("streams?limit=" + PAGE, init).then(function (res) {
+      if (res.status === 401) {
+        askToken(token ? "That token was refused." : "");
+        throw new Error(token ? "token refused" : "a token is needed");
+      }
       if (!res.ok) throw new Error("HTTP " + res.status);
+      $("token-form").hidden = true;
       more = /rel="next"/.test(res.headers.get("link") || "");
       return res.json();
     }).then(function (list) {
@@ -280,6 +331,21 @@ ol.tail .data { word-break: break-word; }
       tailState(false, "stream deleted");
     });
   }
+  $("token-form").addEventListener("submit", function (e) {
+    e.preventDefault();
+    var t = $("token-input").value;
+    $("token-input").value = "";
+    try { sessionStorage.setItem(KEY, t); } catch (err) { /* storage off: this page only */ }
+    useToken(t);
+    $("token-why").textContent = "checking…";
+    if (selected) select(selected);
+  });
+  $("forget").addEventListener("click", function () {
+    try { sessionStorage.removeItem(KEY); } catch (e) { /* storage off */ }
+    useToken(null);
+    if (source) { source.close(); source = null; }
+  });
+  useToken(token);
   var m = /^#stream=(.*)$/.exec(location.hash);
   if (m) { try { select(decodeURIComponent(m[1])); } catch (e) { /* bad hash */ } }
   refresh();
