@@ -448,7 +448,14 @@ class HttpDoor {
     }
     if (path === "/healthz") {
       allow(method, ["GET"]);
-      return json(200, { status: "ok", streams: this.hub.stats().streams });
+      // 503 while the engine is down, so that a load balancer routes around this node.
+      const engine = this.metrics.engine;
+      const up = engine.up();
+      return json(up ? 200 : 503, {
+        status: up ? "ok" : "engine_down",
+        engine: engine.name,
+        streams: this.hub.stats().streams,
+      });
     }
     if (path === "/metrics") {
       allow(method, ["GET"]);

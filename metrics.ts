@@ -20,9 +20,57 @@
 
 import { type Limit, LIMITS, type MemoryBudget } from "./budget.ts";
 import type { HubStats } from "./types.ts";
+import denoJson from "./deno.json" with { type: "json" };
 
 /** The doors whose connections are counted. */
 export type Door = "tcp" | "websocket" | "sse";
+
+/**
+ * Every error code a door answers with (the wire protocol's, the HTTP door's, and
+ * `descriptors_exhausted` for a door out of file descriptors): `msgstream_errors_total` has a
+ * series for each from the start, at 0.
+ */
+export const ERROR_CODES: readonly string[] = [
+  "invalid_json",
+  "invalid_utf8",
+  "invalid_frame",
+  "unknown_action",
+  "invalid_stream",
+  "missing_message",
+  "invalid_since",
+  "invalid_pattern",
+  "line_too_long",
+  "unauthorized",
+  "forbidden",
+  "slow_consumer",
+  "idle_timeout",
+  "engine_unavailable",
+  "storage_unavailable",
+  "message_too_large",
+  "not_connected",
+  "limit_exceeded",
+  "internal",
+  "not_found",
+  "method_not_allowed",
+  "payload_too_large",
+  "unsupported_media_type",
+  "upgrade_required",
+  "shutting_down",
+  "invalid_limit",
+  "descriptors_exhausted",
+];
+
+/** The hub's engine as metrics and `/healthz` see it. */
+export interface EngineStatus {
+  /** Its name: `memory`, `redis`, `sqlite`, or `given` (a hub the server did not make). */
+  readonly name: string;
+  /**
+   * Whether it is reachable now (Redis connected, the SQLite store accepting writes).
+   *
+   * @returns True when up.
+   */
+  up(): boolean;
+}
 
 /** Counters every door updates; `/metrics` reads them. */
 export class Metrics {
@@ -38,8 +86,14 @@ export class Metrics {
   bytesOut = 0;
   /** Connections cut for not reading. */
   slowConsumers = 0;
-  /** Errors answered, by code (the wire protocol's and the HTTP door's). */
-  readonly errors: Record<string, number> = {};
+  /** Errors answered, by code (every code of {@linkcode ERROR_CODES} from 0, and any other). */
+  readonly errors: Record<string, number> = Object.fromEntries(ERROR_CODES.map((c) => [c, 0]));
+  /**
+   * The hub's engine, for `msgstream_engine_up` and `/healthz`; the server sets it.
+   *
+   * @default {{ name: "memory", up: () => true }}
+   */
+  engine: EngineStatus = { name: "memory", up: () => true };
   /** Requests refused with `limit_exceeded`, by limit (every limit listed, from 0). */
   readonly limits: Record<Limit, number> = Object.fromEntries(
     LIMITS.map((l) => [l, 0]),
@@ -113,9 +167,21 @@ export function prometheus(metrics: Metrics, stats: HubStats, memory?: MemoryBud
   const by = (label: string, r: Record<string, number>): [string, number][] =>
     Object.entries(r).map(([key, v]) => [`{${label}="${key}"}`, v]);
   const m = metrics;
+  metric(
+    "msgstream_build_info",
+    "gauge",
+    "Always 1; the labels say which msgstream and which Deno run.",
+    [[`{version="${denoJson.version}",deno="${Deno.version.deno}"}`, 1]],
+  );
+  metric(
+    "msgstream_engine_up",
+    "gauge",
+    "1 while the hub's engine is reachable (Redis connected, the SQLite store writable), else 0.",
+    [[`{engine="${m.engine.name}"}`, m.engine.up() ? 1 : 0]],
+  );
   metric("msgstream_connections", "gauge", "Open connections, by door.", by("door", m.connections));
   metric(
-    "msgstream_connections_accepted_total",
+    "msgstream_accepted_connections_total",
     "counter",
     "Connections accepted, by door.",
     by("door", m.accepted),
@@ -127,16 +193,16 @@ export function prometheus(metrics: Metrics, stats: HubStats, memory?: MemoryBud
     "Listener registrations over all streams.",
     one(stats.listeners),
   );
-  metric("msgstream_messages_in_total", "counter", "Puts accepted.", one(stats.puts));
+  metric("msgstream_received_messages_total", "counter", "Puts accepted.", one(stats.puts));
   metric(
-    "msgstream_messages_out_total",
+    "msgstream_delivered_messages_total",
     "counter",
     "Events handed to listeners.",
     one(stats.deliveries),
   );
-  metric("msgstream_frames_in_total", "counter", "Request frames received.", one(m.framesIn));
-  metric("msgstream_bytes_in_total", "counter", "Bytes received.", one(m.bytesIn));
-  metric("msgstream_bytes_out_total", "counter", "Bytes sent.", one(m.bytesOut));
+  metric("msgstream_received_frames_total", "counter", "Request frames received.", one(m.framesIn));
+  metric("msgstream_received_bytes_total", "counter", "Bytes received.", one(m.bytesIn));
+  metric("msgstream_sent_bytes_total", "counter", "Bytes sent.", one(m.bytesOut));
   metric(
     "msgstream_slow_consumer_disconnects_total",
     "counter",

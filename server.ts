@@ -304,8 +304,10 @@ class ServerImpl implements MessageServer {
       defaultMaxConnections(),
       1,
     );
-    if (options.hub) this.hub = options.hub;
-    else if (options.redis !== undefined) {
+    if (options.hub) {
+      this.hub = options.hub;
+      this.metrics.engine = { name: "given", up: () => true };
+    } else if (options.redis !== undefined) {
       const engine = new RedisEngine({
         url: options.redis,
         ...(options.redisPrefix !== undefined ? { prefix: options.redisPrefix } : {}),
@@ -324,11 +326,13 @@ class ServerImpl implements MessageServer {
         },
       });
       this.hub = new MessageStream({ ...options, engine });
+      this.metrics.engine = { name: "redis", up: () => engine.up };
       this.#ownsEngine = true;
     } else if (options.data !== undefined) {
       const store = DurableStore.open(options.data, options.fsync ? { fsync: options.fsync } : {});
       try {
         this.hub = new MessageStream({ ...options, store });
+        this.metrics.engine = { name: "sqlite", up: () => store.available };
       } catch (e) {
         store.close();
         throw e;

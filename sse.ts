@@ -14,6 +14,14 @@
  * heartbeat interval. `event: close` says why the server ended a response (`shutdown`,
  * `slow_consumer`).
  *
+ * Each event's block is built once and shared by every response: a response's queue holds
+ * references to those bytes, and each pull hands the runtime at most
+ * {@linkcode SSE_PULL_BYTES} (one block as it is, or a run of small ones joined), so a client
+ * that does not read costs its queue's references, not a copy. Queued bytes count against
+ * `maxBufferBytes` (`slow_consumer` beyond) and are reported to the hub's memory budget
+ * (`hub.memory.outbound`) once per block, however many responses hold it; while the budget is
+ * spent, a response holding more than `CONNECTION_SHARE` (budget.ts) is cut the same way.
+ *
  * @example Follow a stream
  * ```ts
  * import { SseDoor } from "./sse.ts";
@@ -41,11 +49,17 @@
 
 /// <reference types="./std_types.d.ts" />
 import { concat } from "@std/bytes/concat";
+import { CONNECTION_SHARE } from "./budget.ts";
 import type { Metrics } from "./metrics.ts";
 import type { Listener, MessageStream, Position, StreamEvent } from "./mod.ts";
 
 const encoder = new TextEncoder();
 const HEARTBEAT = encoder.encode(": hb\n\n");
+/**
+ * Most bytes one pull hands to the runtime for a response (64 KiB): blocks queued beyond it
+ * wait as references to the bytes every response shares.
+ */
+export const SSE_PULL_BYTES = 64 * 1024;
 /** The suffix of an `end` event's id. */
 const END_ID = /:end$/;
 
@@ -98,6 +112,11 @@ export class SseDoor {
   readonly #preamble: Uint8Array;
   readonly #conns = new Set<SseConnection>();
   readonly #text = new WeakMap<StreamEvent, Uint8Array>();
+  /**
+   * How many response queues hold each block: its bytes count once in the hub's memory budget
+   * however many responses wait to send it.
+   */
+  readonly #held = new Map<Uint8Array, number>();
   readonly #patternText = new WeakMap<StreamEvent, Uint8Array>();
   #sweeper: ReturnType<typeof setInterval> | undefined;
   #gone: PromiseWithResolvers<void> | undefined;
@@ -236,6 +255,34 @@ export class SseDoor {
       this.#text.set(ev, bytes);
     }
     return bytes;
+  }
+
+  /**
+   * Notes that one more response queue holds `block`; its bytes go into the memory budget when
+   * it is the first.
+   *
+   * @param block An event's block (shared) or a response's own bytes.
+   */
+  hold(block: Uint8Array): void {
+    const n = this.#held.get(block);
+    if (n === undefined) {
+      this.#held.set(block, 1);
+      this.hub.memory.outbound += block.byteLength;
+    } else this.#held.set(block, n + 1);
+  }
+
+  /**
+   * Notes that a response queue no longer holds `block` (sent or dropped); its bytes leave the
+   * memory budget with the last.
+   *
+   * @param block The block.
+   */
+  release(block: Uint8Array): void {
+    const n = this.#held.get(block) ?? 1;
+    if (n <= 1) {
+      this.#held.delete(block);
+      this.hub.memory.outbound -= block.byteLength;
+    } else this.#held.set(block, n - 1);
   }
 
   /**
@@ -430,8 +477,7 @@ export class SseConnection implements Listener {
     if (this.#done) return;
     this.#closing = true;
     this.#done = true;
-    this.#chunks = [];
-    this.#queued = 0;
+    this.#dropQueue();
     this.#door.hub.endqueue(this);
     try {
       this.#controller?.error(new Error("SSE response cut"));
@@ -450,7 +496,26 @@ export class SseConnection implements Listener {
     }
     this.#chunks.push(bytes);
     this.#queued += bytes.byteLength;
-    if (this.#queued > this.#door.maxBuffer && !this.#closing) this.#slow();
+    const door = this.#door;
+    door.hold(bytes);
+    if (this.#closing) return;
+    const memory = door.hub.memory;
+    if (this.#queued > door.maxBuffer) {
+      this.#slow(`More than ${door.maxBuffer} bytes waiting: closing response`);
+    } else if (this.#queued > CONNECTION_SHARE && memory.spentBesides(0)) {
+      // While the memory budget is spent, a response may hold only its share.
+      this.#slow(
+        `More than ${CONNECTION_SHARE} bytes waiting while the server's memory budget of ` +
+          `${memory.max} bytes is spent: closing response`,
+      );
+    }
+  }
+
+  /** Drops what is queued, and takes it off the memory budget. */
+  #dropQueue(): void {
+    for (const chunk of this.#chunks) this.#door.release(chunk);
+    this.#chunks = [];
+    this.#queued = 0;
   }
 
   #emit(bytes: Uint8Array): void {
@@ -460,10 +525,21 @@ export class SseConnection implements Listener {
 
   #pull(): void {
     if (this.#done) return;
-    if (this.#chunks.length > 0) {
-      const buf = this.#chunks.length === 1 ? this.#chunks[0] as Uint8Array : concat(this.#chunks);
-      this.#chunks = [];
-      this.#queued = 0;
+    const chunks = this.#chunks;
+    if (chunks.length > 0) {
+      // At most SSE_PULL_BYTES per pull, so that what the runtime holds for a response stays
+      // small however much waits here: a block goes on as it is (the bytes every response
+      // shares), and only runs of blocks that fit together are joined.
+      let n = 1;
+      let size = (chunks[0] as Uint8Array).byteLength;
+      while (n < chunks.length && size + (chunks[n] as Uint8Array).byteLength <= SSE_PULL_BYTES) {
+        size += (chunks[n++] as Uint8Array).byteLength;
+      }
+      const taken = n === chunks.length ? chunks : chunks.splice(0, n);
+      if (taken === chunks) this.#chunks = [];
+      const buf = n === 1 ? taken[0] as Uint8Array : concat(taken);
+      for (const chunk of taken) this.#door.release(chunk);
+      this.#queued -= size;
       this.#emit(buf);
       return;
     }
@@ -486,22 +562,16 @@ export class SseConnection implements Listener {
   #cancelled(): void {
     this.#done = true;
     this.#closing = true;
-    this.#chunks = [];
-    this.#queued = 0;
+    this.#dropQueue();
     this.#door.hub.endqueue(this);
     this.#door.remove(this);
   }
 
-  #slow(): void {
-    const door = this.#door;
-    door.metrics.slowConsumer();
+  #slow(message: string): void {
+    this.#door.metrics.slowConsumer();
     // What was queued is dropped: the client resumes from the last event it got.
-    this.#chunks = [];
-    this.#queued = 0;
-    this.end(closeFrame(
-      "slow_consumer",
-      `More than ${door.maxBuffer} bytes waiting: closing response`,
-    ));
+    this.#dropQueue();
+    this.end(closeFrame("slow_consumer", message));
   }
 }
 

@@ -12,7 +12,10 @@
  * (every millisecond while it drains, backing off to {@linkcode WS_POLL_MAX} ms while it does
  * not) to hand them on. Queued bytes plus `bufferedAmount` count against the socket's bound
  * (`maxOutboundBytes`): past it the socket is cut (`slow_consumer`, close code 1008) and its
- * queue is dropped at once. The queue holds strings, never views of the hub's slab, so the
+ * queue is dropped at once. Queued texts are reported to the hub's memory budget
+ * (`hub.memory.outbound`) once each, however many sockets hold them (what they really cost);
+ * while the budget is spent, a socket holding more than `CONNECTION_SHARE` (budget.ts) is cut
+ * the same way. The queue holds strings, never views of the hub's slab, so the
  * slab contract (frame.ts, rule 3) holds however long a frame waits.
  *
  * @example Accept an upgrade in a `Deno.serve` handler
@@ -32,6 +35,7 @@
  */
 
 import type { Auth, Grant } from "./auth.ts";
+import { CONNECTION_SHARE } from "./budget.ts";
 import type { Metrics } from "./metrics.ts";
 import type { MessageStream } from "./mod.ts";
 import { Session, type Transport } from "./protocol.ts";
@@ -69,6 +73,11 @@ export class WsDoor {
   readonly maxMessage: number;
   readonly #conns = new Set<WsConnection>();
   readonly #text = new WeakMap<Uint8Array, string>();
+  /**
+   * How many socket queues hold each frame text: its bytes count once in the hub's memory
+   * budget however many sockets wait to send it.
+   */
+  readonly #held = new Map<string, number>();
 
   /**
    * Creates the door's WebSocket side.
@@ -116,6 +125,36 @@ export class WsDoor {
       this.#text.set(frame, text);
     }
     return text;
+  }
+
+  /**
+   * Notes that one more socket queue holds `text`; its bytes go into the memory budget when it
+   * is the first.
+   *
+   * @param text A frame text, as {@linkcode WsDoor.frameText} gave it.
+   * @param bytes Its UTF-8 bytes.
+   */
+  hold(text: string, bytes: number): void {
+    const n = this.#held.get(text);
+    if (n === undefined) {
+      this.#held.set(text, 1);
+      this.hub.memory.outbound += bytes;
+    } else this.#held.set(text, n + 1);
+  }
+
+  /**
+   * Notes that a socket queue no longer holds `text` (sent or dropped); its bytes leave the
+   * memory budget with the last.
+   *
+   * @param text The frame text.
+   * @param bytes Its UTF-8 bytes.
+   */
+  release(text: string, bytes: number): void {
+    const n = this.#held.get(text) ?? 1;
+    if (n <= 1) {
+      this.#held.delete(text);
+      this.hub.memory.outbound -= bytes;
+    } else this.#held.set(text, n - 1);
   }
 
   /**
@@ -213,7 +252,12 @@ export class WsConnection implements Transport {
     this.#queue.push(text);
     this.#sizes.push(bytes);
     this.#queued += bytes;
-    if (this.#queued + socket.bufferedAmount > door.maxOutbound) return this.#slow();
+    door.hold(text, bytes);
+    if (
+      this.#queued + socket.bufferedAmount > door.maxOutbound ||
+      // While the memory budget is spent, a socket may hold only its share.
+      (this.#queued > CONNECTION_SHARE && door.hub.memory.spentBesides(0))
+    ) return this.#slow();
     if (this.#timer === undefined) {
       this.#wait = 1;
       this.#timer = setTimeout(this.#drain, 1);
@@ -229,10 +273,14 @@ export class WsConnection implements Transport {
     const start = this.#head;
     let head = start;
     let sent = 0;
+    const door = this.#door;
     while (head < queue.length && socket.bufferedAmount < WS_HIGH_WATER) {
-      socket.send(queue[head] as string);
-      queue[head] = undefined;
-      sent += this.#sizes[head++] as number;
+      const text = queue[head] as string;
+      const bytes = this.#sizes[head++] as number;
+      socket.send(text);
+      door.release(text, bytes);
+      queue[head - 1] = undefined;
+      sent += bytes;
     }
     this.#head = head;
     this.#queued -= sent;
@@ -259,6 +307,10 @@ export class WsConnection implements Transport {
   #drop(): void {
     clearTimeout(this.#timer);
     this.#timer = undefined;
+    const door = this.#door;
+    for (let i = this.#head; i < this.#queue.length; i++) {
+      door.release(this.#queue[i] as string, this.#sizes[i] as number);
+    }
     this.#queue = [];
     this.#sizes = [];
     this.#head = 0;
