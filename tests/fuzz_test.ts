@@ -33,6 +33,7 @@ const CODES: Record<ErrorCode, true> = {
   storage_unavailable: true,
   message_too_large: true,
   not_connected: true,
+  limit_exceeded: true,
   internal: true,
 };
 
