@@ -13,7 +13,7 @@ import { assertError, post, request, sse, Ws } from "./_http.ts";
 import { connectRaw } from "./_raw_client.ts";
 import { Recorder } from "./_recorder.ts";
 import { ServerProcess } from "./_server.ts";
-import { deadline } from "./_wait.ts";
+import { deadline, poll } from "./_wait.ts";
 
 /** A queue that keeps what it gets. */
 function queue(): { put(ev: StreamEvent): void; got: StreamEvent[] } {
@@ -221,6 +221,39 @@ Deno.test("TCP: past each limit the requester gets limit_exceeded naming it; a b
     await bad.send({ action: "delete", stream: "s4", id: 11 });
     assertEquals((await bad.next()).id, 11);
   });
+});
+
+Deno.test("TCP: while the rest of the memory budget is spent, a connection holding over 64 KiB of a line is closed with max_memory", async () => {
+  // 2 MiB, of which 256 KiB are history's: headers fill the rest but for a few KiB.
+  await using server = serve({ port: 0, logLevel: "silent", maxMemory: 2 << 20 });
+  await using filler = await connectRaw(server.addr.port);
+  const header = "h".repeat(100_000);
+  for (let i = 0;; i++) {
+    await filler.send({ action: "header", stream: `f${i}`, message: header, id: i });
+    const f = await filler.next();
+    if (f.action === "error") {
+      assertEquals([f.code, f.limit], ["limit_exceeded", "max_memory"]);
+      break;
+    }
+  }
+  const room = server.hub.memory.max - server.hub.memory.historyReserve - server.hub.memory.held;
+  assert(room > 0 && room < 210_000, `room ${room}`);
+  // One connection's unfinished line, within its share, takes what is left.
+  await using a = await connectRaw(server.addr.port);
+  await a.write(`{"action":"put","stream":"a","message":"${"a".repeat(60_000)}`);
+  await poll(() => server.hub.memory.lines >= 60_000, "the first line to be held");
+  // Another's line over its share is refused: the budget is spent without it.
+  await using b = await connectRaw(server.addr.port);
+  await b.write(`{"action":"put","stream":"b","message":"${"b".repeat(100_000)}`);
+  const cut = await b.next();
+  assertEquals([cut.action, cut.code, cut.limit], ["error", "limit_exceeded", "max_memory"]);
+  await b.ended();
+  assertEquals(server.metrics.limits.max_memory, 2);
+  // The first connection finishes its line and is served.
+  await a.write('"}\n');
+  await a.send({ action: "ping", id: "p" });
+  assertEquals(await a.next(), { action: "pong", id: "p" });
+  await poll(() => server.hub.memory.lines === 0, "the lines to be released");
 });
 
 Deno.test("HTTP: a full server answers 507 (REST, SSE), a header too large 413, a WebSocket the error frame", async () => {
