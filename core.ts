@@ -709,6 +709,14 @@ const epochBase = (() => {
   return Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
 })();
 
+/**
+ * Whether an epoch has this hub's form (10 hex digits of a process, then a counter) but was
+ * minted by another process.
+ */
+function mintedElsewhere(epoch: string): boolean {
+  return /^[0-9a-f]{10}[0-9a-z]+$/.test(epoch) && !epoch.startsWith(epochBase);
+}
+
 /** A new epoch, unique to this process. */
 function newEpoch(): string {
   return epochBase + (epochCounter++).toString(36);
@@ -994,12 +1002,12 @@ export class MemoryCore extends Streams<MemoryStream> implements SyncHub {
 
   /**
    * Why history cannot serve a listener at `since`, or `undefined` when it can. An epoch minted
-   * by another process, on a hub that keeps nothing across restarts, is `state_lost`: the
-   * server restarted (or is another server), not the stream deleted and created anew.
+   * by another msgstream process, on a hub that keeps nothing across restarts, is `state_lost`:
+   * the server restarted (or is another server), not the stream deleted and created anew.
    */
   protected resetReason(state: MemoryStream, since: Position): ResetReason | undefined {
     const reason = this.budget.uncovered(state, since);
-    if (reason === "epoch_changed" && this.lostOnRestart && !since.epoch.startsWith(epochBase)) {
+    if (reason === "epoch_changed" && this.lostOnRestart && mintedElsewhere(since.epoch)) {
       return "state_lost";
     }
     return reason;
