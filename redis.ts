@@ -64,13 +64,21 @@ export interface RedisEngineOptions {
    */
   historyMessages?: number;
   /**
-   * Most writes (puts, header changes, deletes) sent to Redis in one script call. Writes that
-   * arrive while a batch is out go together in the next one (one batch in flight), so a busy
-   * node makes one call per batch, not per put, and publishes one message per stream per batch.
+   * Most writes (puts, header changes, deletes) sent to Redis in one script call. The writes
+   * of one tick, and those that arrive while `maxBatchesInFlight` calls are out, go together,
+   * so a busy node makes one call per batch, not per put, and publishes one message per stream
+   * per batch.
    *
    * @default {512}
    */
   maxBatch?: number;
+  /**
+   * Most batches sent to Redis and not answered yet; writes wait in this node's queue beyond
+   * that (they are answered only once their script returned, so none is acknowledged early).
+   *
+   * @default {4}
+   */
+  maxBatchesInFlight?: number;
   /**
    * Milliseconds to wait for a connection to Redis.
    *
@@ -348,8 +356,11 @@ export class RedisEngine implements Engine {
   readonly #maxBatch: number;
   /** Writes waiting for the next batch, in arrival order. */
   #queue: Op[] = [];
-  /** A flush loop runs (or is scheduled). */
+  readonly #maxInFlight: number;
+  /** A flush is scheduled. */
   #flushing = false;
+  /** Script calls sent and not answered yet. */
+  #inFlight = 0;
   #sink: EngineSink | undefined;
   #codec: Codec | undefined;
   #started: Promise<void> | undefined;
@@ -386,6 +397,7 @@ export class RedisEngine implements Engine {
     this.#historyMessages = intOption("historyMessages", options?.historyMessages, 1000, 0);
     this.#connectTimeout = intOption("connectTimeout", options?.connectTimeout, 10_000, 0);
     this.#maxBatch = intOption("maxBatch", options?.maxBatch, 512, 1, 10_000);
+    this.#maxInFlight = intOption("maxBatchesInFlight", options?.maxBatchesInFlight, 4, 1, 1000);
     this.#onStatus = options?.onStatus;
   }
 
@@ -619,31 +631,36 @@ export class RedisEngine implements Engine {
     if (this.#closed) return Promise.reject(new EngineUnavailableError("Engine closed"));
     const { promise, resolve, reject } = Promise.withResolvers<[number, string]>();
     this.#queue.push({ stream, op, text, resolve, reject });
-    if (!this.#flushing) {
+    if (!this.#flushing && this.#inFlight < this.#maxInFlight) {
       this.#flushing = true;
-      queueMicrotask(() => this.#flush());
+      queueMicrotask(this.#flush);
     }
     return promise;
   }
 
   /**
-   * Sends the queued writes, `maxBatch` at a time, one batch in flight: writes that arrive
-   * while a batch is out go together in the next. Each write is answered after the script
-   * returned (and its event reached this node's listeners), never before.
+   * Sends the queued writes, at most `maxBatch` per script call and `maxBatchesInFlight` calls
+   * out at once: writes that arrive meanwhile go together in the next call. The calls go out
+   * on one connection, in order. Each write is answered after its script returned (and its
+   * event reached this node's listeners), never before.
    */
-  async #flush(): Promise<void> {
-    try {
-      while (this.#queue.length > 0) {
-        const ops = this.#queue.length <= this.#maxBatch
-          ? this.#queue
-          : this.#queue.slice(0, this.#maxBatch);
-        this.#queue = ops === this.#queue ? [] : this.#queue.slice(this.#maxBatch);
-        await this.#send(ops);
-      }
-    } finally {
-      this.#flushing = false;
+  readonly #flush = (): void => {
+    this.#flushing = false;
+    while (this.#queue.length > 0 && this.#inFlight < this.#maxInFlight) {
+      const ops = this.#queue.length <= this.#maxBatch
+        ? this.#queue
+        : this.#queue.slice(0, this.#maxBatch);
+      this.#queue = ops === this.#queue ? [] : this.#queue.slice(this.#maxBatch);
+      this.#inFlight++;
+      this.#send(ops).finally(() => {
+        this.#inFlight--;
+        if (this.#queue.length > 0 && !this.#flushing) {
+          this.#flushing = true;
+          queueMicrotask(this.#flush);
+        }
+      });
     }
-  }
+  };
 
   /** Runs one batch: one script call; never throws (each write is answered). */
   async #send(ops: Op[]): Promise<void> {
