@@ -137,14 +137,15 @@ const NO_SOURCE: BudgetSource = {
  * (`MessageStream.memory`); its core counts streams, listens, headers and history;
  * the doors report the bytes they hold.
  *
- * **How a door reports** (tcp.ts is the model; ws.ts and sse.ts do the same): add each
- * frame's `byteLength` to {@linkcode MemoryBudget.outbound} when it is queued and subtract it
- * when it is written or dropped; after each read, add the change of its framer's `pending`
- * bytes to {@linkcode MemoryBudget.lines}, and subtract what is left when the connection ends.
- * While the budget is spent by the rest ({@linkcode MemoryBudget.spentBesides} with what the
- * connection holds), a connection holding more than {@linkcode CONNECTION_SHARE} of either is
- * cut. Every figure is a plain number: reporting
- * costs an addition.
+ * **How a door reports** (tcp.ts, ws.ts and sse.ts do): add the bytes of what a connection
+ * queues to {@linkcode MemoryBudget.outbound} and subtract them when written or dropped,
+ * counting a frame every listener shares once, however many queues hold it (tcp.ts pins each
+ * shared buffer, ws.ts each shared text); after each read, add the change of the framer's
+ * `pending` bytes to {@linkcode MemoryBudget.lines}, and subtract what is left when the
+ * connection ends. While the budget is spent ({@linkcode MemoryBudget.spent}; for a line,
+ * {@linkcode MemoryBudget.spentBesides} with what the connection holds), a connection holding
+ * more than {@linkcode CONNECTION_SHARE} of either is cut. Every figure is a plain number:
+ * reporting costs an addition.
  */
 export class MemoryBudget {
   /** Most bytes kept for clients, all parts together. */

@@ -152,6 +152,11 @@ export class TcpDoor {
   readonly accepting: Promise<void>;
   readonly #listener: Deno.Listener;
   readonly #connections = new Set<Connection>();
+  /**
+   * How many connection queues hold each shared buffer (a slab, or a large frame's own
+   * buffer): its bytes count once in the hub's memory budget, however many connections hold it.
+   */
+  readonly #pinned = new Map<ArrayBufferLike, number>();
   readonly #pingInterval: number;
   readonly #idleTimeout: number;
   readonly #shutdownTimeout: number;
@@ -247,6 +252,33 @@ export class TcpDoor {
     }
   }
 
+  /**
+   * Notes that one more connection queue holds `buffer`; the first puts its bytes in the
+   * memory budget.
+   *
+   * @param buffer A shared buffer a queued frame lies in.
+   */
+  pin(buffer: ArrayBufferLike): void {
+    const n = this.#pinned.get(buffer) ?? 0;
+    if (n === 0) this.hub.memory.outbound += buffer.byteLength;
+    this.#pinned.set(buffer, n + 1);
+  }
+
+  /**
+   * Notes that a connection queue no longer holds `buffer`; the last takes its bytes out of the
+   * memory budget.
+   *
+   * @param buffer A buffer given to {@linkcode TcpDoor.pin}.
+   */
+  unpin(buffer: ArrayBufferLike): void {
+    const n = this.#pinned.get(buffer) ?? 0;
+    if (n > 1) this.#pinned.set(buffer, n - 1);
+    else if (n === 1) {
+      this.#pinned.delete(buffer);
+      this.hub.memory.outbound -= buffer.byteLength;
+    }
+  }
+
   /** Tells a connection over `maxConnections` why, then closes it; never waits for it. */
   #refuse(conn: Deno.Conn): void {
     this.metrics.error("limit_exceeded");
@@ -336,12 +368,21 @@ class Connection implements Transport {
   #flushed: PromiseWithResolvers<void> | undefined = undefined;
   #authTimer: ReturnType<typeof setTimeout> | undefined;
   /**
-   * The hub's memory budget. This connection reports into it (the model for every door): its
-   * queued bytes into `outbound` (#reported: added when queued, taken off when written or
-   * dropped) and its unfinished line into `lines` (#lineBytes, after each read).
+   * The hub's memory budget. This connection reports into it: the buffers its queue holds go
+   * into `outbound` (a shared one once for every connection, through the door's pin/unpin; a
+   * small one of its own, a reply, directly: #direct), added when queued and taken off when
+   * written or dropped; its unfinished line goes into `lines` (#lineBytes, after each read).
    */
   readonly #memory: MemoryBudget;
-  #reported = 0;
+  /** Shared buffers pinned for what is queued and not yet taken by the flush. */
+  #pins: ArrayBufferLike[] = [];
+  /** The buffer pinned last: a run of frames in it pins it once. */
+  #lastPin: ArrayBufferLike | undefined = undefined;
+  /** Bytes of small buffers of its own queued and not yet taken by the flush. */
+  #direct = 0;
+  /** What the flush is writing: its pins and direct bytes, released once written. */
+  #writingPins: ArrayBufferLike[] = [];
+  #writingDirect = 0;
   #lineBytes = 0;
 
   constructor(conn: Deno.Conn, door: TcpDoor) {
@@ -375,11 +416,21 @@ class Connection implements Transport {
     this.#queued += len;
     if (
       this.#queued > this.#door.maxOutbound ||
-      // While the rest of the memory budget is spent, a connection may hold only its share.
-      (this.#queued > CONNECTION_SHARE && this.#memory.spentBesides(this.#reported))
+      // While the memory budget is spent, a connection may hold only its share.
+      (this.#queued > CONNECTION_SHARE && this.#memory.spent)
     ) return this.#slow();
-    this.#reported += len;
-    this.#memory.outbound += len;
+    const buffer = frame.buffer;
+    if (buffer !== this.#lastPin) {
+      if (buffer.byteLength <= JOIN_BELOW) {
+        // A small buffer of its own (a reply): nobody else holds it.
+        this.#direct += buffer.byteLength;
+        this.#memory.outbound += buffer.byteLength;
+      } else {
+        this.#door.pin(buffer);
+        this.#pins.push(buffer);
+        this.#lastPin = buffer;
+      }
+    }
     if (frame.buffer === this.#runBuf && frame.byteOffset === this.#runEnd) {
       this.#runEnd += len;
     } else {
@@ -413,7 +464,21 @@ class Connection implements Transport {
     const chunks = this.#chunks;
     this.#chunks = [];
     this.#queued = 0;
+    // What the flush writes now pins what was queued; what is queued next pins anew.
+    this.#writingPins = this.#pins;
+    this.#writingDirect = this.#direct;
+    this.#pins = [];
+    this.#lastPin = undefined;
+    this.#direct = 0;
     return chunks;
+  }
+
+  /** Takes what the flush has written (or dropped) out of the memory budget. */
+  #written(): void {
+    for (const buffer of this.#writingPins) this.#door.unpin(buffer);
+    this.#memory.outbound -= this.#writingDirect;
+    this.#writingPins = [];
+    this.#writingDirect = 0;
   }
 
   #drop(): void {
@@ -421,6 +486,11 @@ class Connection implements Transport {
     this.#runFrame = undefined;
     this.#runBuf = undefined;
     this.#queued = 0;
+    for (const buffer of this.#pins) this.#door.unpin(buffer);
+    this.#memory.outbound -= this.#direct;
+    this.#pins = [];
+    this.#lastPin = undefined;
+    this.#direct = 0;
   }
 
   /** Flushes what is queued, then closes. */
@@ -485,8 +555,8 @@ class Connection implements Transport {
           let off = 0;
           while (off < buf.byteLength) off += await this.conn.write(buf.subarray(off));
           this.#door.metrics.bytesOut += buf.byteLength;
-          this.#release(buf.byteLength);
         }
+        this.#written();
       }
     } catch {
       // The peer is gone: stop listening; the reader sees the end too.
@@ -497,13 +567,6 @@ class Connection implements Transport {
     if (this.#closing) this.#end();
   };
 
-  /** Takes `n` written or dropped bytes off what this connection reported as queued. */
-  #release(n: number): void {
-    n = Math.min(n, this.#reported);
-    this.#reported -= n;
-    this.#memory.outbound -= n;
-  }
-
   /** Reports the unfinished line this connection holds now. */
   #holdLine(bytes: number): void {
     this.#memory.lines += bytes - this.#lineBytes;
@@ -513,7 +576,8 @@ class Connection implements Transport {
   #end(): void {
     if (this.#closed) return;
     this.#closed = true;
-    this.#release(this.#reported);
+    this.#drop();
+    this.#written();
     this.#holdLine(0);
     clearTimeout(this.#authTimer);
     this.session.drop();

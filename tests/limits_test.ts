@@ -256,6 +256,32 @@ Deno.test("TCP: while the rest of the memory budget is spent, a connection holdi
   await poll(() => server.hub.memory.lines === 0, "the lines to be released");
 });
 
+Deno.test("TCP: a large put to many listeners counts its frame once in the memory budget: none is cut", async () => {
+  // 40 listeners of one 1 MB put would be 40 MB counted per connection, past a 16 MiB budget.
+  await using server = serve({ port: 0, logLevel: "silent", maxMemory: 16 << 20 });
+  const listeners = [];
+  try {
+    for (let i = 0; i < 40; i++) {
+      const c = await connectRaw(server.addr.port);
+      listeners.push(c);
+      await c.send({ action: "listen", stream: "big", id: i });
+      assertEquals((await c.next()).id, i);
+    }
+    await using publisher = await connectRaw(server.addr.port);
+    const message = "x".repeat(1_000_000);
+    await publisher.send({ action: "put", stream: "big", message, id: "p" });
+    assertEquals((await publisher.next()).id, "p");
+    for (const c of listeners) {
+      const f = await c.next();
+      assertEquals([f.action, f.seq, (f.message as string).length], ["put", 1, 1_000_000]);
+    }
+    assertEquals(server.metrics.slowConsumers, 0);
+    await poll(() => server.hub.memory.outbound === 0, "the outbound bytes to be released");
+  } finally {
+    for (const c of listeners) await c.close();
+  }
+});
+
 Deno.test("HTTP: a full server answers 507 (REST, SSE), a header too large 413, a WebSocket the error frame", async () => {
   await using server = serve({
     port: 0,
