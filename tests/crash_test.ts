@@ -11,6 +11,7 @@
 import { assert, assertEquals } from "@std/assert";
 import { connectRaw, type Frame, type RawClient } from "./_raw_client.ts";
 import { listeningPort } from "./_server.ts";
+import { deadline } from "./_wait.ts";
 
 const serverPath = new URL("../server.ts", import.meta.url).pathname;
 const ROUNDS = Number(Deno.env.get("CRASH_ROUNDS") ?? 3);
@@ -172,3 +173,54 @@ for (const fsync of ["always", "batch"]) {
     }
   });
 }
+
+Deno.test("A second server on the same --data file exits with a clear error and leaves the first one working", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "msgstream-crash-" });
+  const path = `${dir}/msgstream.db`;
+  const { child, port } = await startServer(path, "always");
+  let publisher: RawClient | undefined;
+  try {
+    const second = new Deno.Command(Deno.execPath(), {
+      args: [
+        "run",
+        "-N",
+        `--allow-read=${path}`,
+        `--allow-write=${path}`,
+        serverPath,
+        "--port",
+        "0",
+        "--data",
+        path,
+        "--log-level",
+        "error",
+      ],
+      stdin: "null",
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+    let out: Deno.CommandOutput;
+    try {
+      out = await deadline(second.output(), "the second server to exit");
+    } catch (e) {
+      second.kill("SIGKILL");
+      await second.status;
+      throw e;
+    }
+    assertEquals(out.code, 2);
+    assertEquals(new TextDecoder().decode(out.stdout), "");
+    assertEquals(
+      new TextDecoder().decode(out.stderr),
+      `msgstream: Cannot open "${path}": another process has it open (one server owns one file)\n`,
+    );
+    // The first server still writes its file.
+    publisher = await connectRaw(port);
+    await publisher.send({ action: "put", stream: STREAM, message: "m", id: 1 });
+    const [ok] = await publisher.until((f) => f.id === 1);
+    assertEquals([ok?.action, ok?.seq], ["ok", 1]);
+  } finally {
+    await publisher?.close();
+    child.kill("SIGTERM");
+    await child.status;
+    await Deno.remove(dir, { recursive: true });
+  }
+});
