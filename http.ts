@@ -52,6 +52,7 @@ import { Auth, forbidden, forbiddenPattern, type Grant, type Right, type Token }
 import { Metrics, prometheus } from "./metrics.ts";
 import { type Limit, LimitExceededError } from "./budget.ts";
 import { DEFAULT_HTTP_PORT, intOption, parsePosition, waitAtMost } from "./options.ts";
+import { AllowedHosts } from "./hosts.ts";
 import { statusPage } from "./page.ts";
 import { checkPattern, matchPattern } from "./pattern.ts";
 import { isEndId, SseDoor } from "./sse.ts";
@@ -142,6 +143,17 @@ export interface HttpOptions {
    */
   corsOrigin?: string;
   /**
+   * The names a request's `Host` header may carry (see `hosts.ts`): names or addresses without
+   * ports, `*.name` for every name under one, `*` for any. Any other host gets
+   * `421 host_not_allowed` on every route, `/ws` included, so that a page on another site cannot
+   * reach the door through a name of its own that resolves here (DNS rebinding). A WebSocket's
+   * `Origin` must be the request's own, the `corsOrigin`, or a host on this list (when given).
+   *
+   * @default {loopback names and addresses when bound to a loopback address (serveHttp); any
+   * host when bound elsewhere or embedded with handler()}
+   */
+  allowedHosts?: string[];
+  /**
    * Milliseconds `shutdown()` waits for SSE responses and WebSockets to flush before cutting
    * them.
    *
@@ -209,7 +221,8 @@ type HttpErrorCode =
   | "unsupported_media_type"
   | "upgrade_required"
   | "shutting_down"
-  | "invalid_limit";
+  | "invalid_limit"
+  | "host_not_allowed";
 
 /** Names a listing walks between yields to the event loop (a few milliseconds' work). */
 const LIST_SLICE = 5000;
@@ -335,11 +348,13 @@ class HttpDoor {
   readonly #listPage: number;
   readonly #listPageMax: number;
   readonly #cors: string | undefined;
+  readonly #hosts: AllowedHosts;
   readonly #shutdownTimeout: number;
   #closing: Promise<void> | undefined;
 
-  constructor(hub: MessageStream, options: HttpOptions) {
+  constructor(hub: MessageStream, options: HttpOptions, bound?: string) {
     this.hub = hub;
+    this.#hosts = AllowedHosts.from(options.allowedHosts, bound);
     this.metrics = options.metrics ?? new Metrics();
     this.auth = Auth.from(options.tokens);
     this.maxBody = intOption("maxBodyBytes", options.maxBodyBytes, 1 << 20, 1);
@@ -363,6 +378,21 @@ class HttpDoor {
     );
     this.#shutdownTimeout = intOption("shutdownTimeout", options.shutdownTimeout, 5_000, 0);
     this.#cors = options.corsOrigin;
+    if (this.#cors !== undefined && this.#cors !== "*") {
+      // The Origin a browser sends: scheme://host[:port], nothing more.
+      let origin: string | undefined;
+      try {
+        origin = new URL(this.#cors).origin;
+      } catch {
+        // not a URL
+      }
+      if (origin !== this.#cors) {
+        throw new TypeError(
+          `Option "corsOrigin" must be an origin such as https://app.example.com (or *), got ` +
+            `"${this.#cors}"`,
+        );
+      }
+    }
   }
 
   async handle(req: Request): Promise<Response> {
@@ -429,6 +459,16 @@ class HttpDoor {
     const url = new URL(req.url);
     const path = url.pathname;
     const method = req.method;
+    const host = req.headers.get("host");
+    if (!this.#hosts.allows(host)) {
+      throw new HttpError(
+        421,
+        "host_not_allowed",
+        host === null
+          ? "A Host header is required"
+          : `Host "${host.slice(0, 100)}" is not served here (see --allowed-hosts)`,
+      );
+    }
     if (this.#closing) {
       throw new HttpError(503, "shutting_down", "Server shutting down");
     }
@@ -740,17 +780,18 @@ class HttpDoor {
         upgrade: "websocket",
       });
     }
+    // Browsers send Origin on every WebSocket; other clients need not. The request's own
+    // origin, the CORS origin and (with --allowed-hosts) the listed hosts may connect.
     const origin = req.headers.get("origin");
-    if (origin !== null && origin !== this.#cors) {
-      let same = false;
-      try {
-        same = new URL(origin).host === req.headers.get("host");
-      } catch {
-        // not a URL
-      }
-      if (!same) {
-        throw new HttpError(403, "forbidden", `WebSocket from origin "${origin}" not permitted`);
-      }
+    if (
+      origin !== null && origin !== this.#cors &&
+      !this.#hosts.allowsOrigin(origin, req.headers.get("host"))
+    ) {
+      throw new HttpError(
+        403,
+        "forbidden",
+        `WebSocket from origin "${origin.slice(0, 200)}" not permitted (see --allowed-hosts)`,
+      );
     }
     // Credentials on the upgrade (Authorization: Bearer, or ?token=) authenticate the socket as
     // they do REST and SSE requests (401 when wrong); without any, the client sends hello.
@@ -812,6 +853,8 @@ function json(status: number, body: unknown): Response {
  * @returns The handler; call its `close()` before shutting the app down, so that long-lived
  * SSE responses and WebSockets end.
  * @throws {RangeError} When an option is out of range.
+ * @throws {TypeError} When an allowed host is not a host name or `corsOrigin` is not an
+ * origin.
  *
  * @example Embedding
  * ```ts
@@ -841,7 +884,8 @@ export function handler(hub: MessageStream, options?: HttpOptions): HttpHandler 
  * @param options Address, limits, auth, metrics.
  * @returns The running server.
  * @throws {RangeError} When an option is out of range.
- * @throws {TypeError} When only one of `cert` and `key` is given.
+ * @throws {TypeError} When only one of `cert` and `key` is given, an allowed host is not a
+ * host name or `corsOrigin` is not an origin.
  * @throws {Deno.errors.AddrInUse} When the port is taken.
  *
  * @example Follow a stream with Server-Sent Events
@@ -865,7 +909,7 @@ export function handler(hub: MessageStream, options?: HttpOptions): HttpHandler 
  */
 export function serveHttp(hub: MessageStream, options?: HttpOptions): MessageHttpServer {
   options ??= {};
-  const door = new HttpDoor(hub, options);
+  const door = new HttpDoor(hub, options, options.hostname ?? "127.0.0.1");
   const port = intOption("port", options.port, DEFAULT_HTTP_PORT, 0, 65535);
   const hostname = options.hostname ?? "127.0.0.1";
   const maxConnections = intOption("maxConnections", options.maxConnections, 15_000, 1);

@@ -39,6 +39,7 @@ import {
   UsageError,
 } from "./options.ts";
 import { TcpDoor } from "./tcp.ts";
+import { AllowedHosts } from "./hosts.ts";
 
 export { ProtocolError } from "./protocol.ts";
 export type { ErrorCode } from "./protocol.ts";
@@ -163,6 +164,18 @@ export interface ServeOptions extends MessageStreamOptions {
     cert?: string;
     /** Its TLS private key (PEM); by default the server's `key`. */
     key?: string;
+    /**
+     * The names a request's `Host` header may carry; others get 421 (see `hosts.ts`).
+     *
+     * @default {loopback names and addresses when bound to a loopback address; any host
+     * otherwise}
+     */
+    allowedHosts?: string[];
+    /**
+     * The one foreign origin (`https://host[:port]`) whose pages may use REST, SSE and
+     * WebSocket; none by default: same origin only.
+     */
+    corsOrigin?: string;
   };
   /**
    * Share streams with every other node using this Redis (`redis://host:port`): header, seq,
@@ -377,6 +390,10 @@ class ServerImpl implements MessageServer {
         maxOutboundBytes: this.#tcp.maxOutbound,
         shutdownTimeout,
         maxConnections,
+        ...(options.http.allowedHosts !== undefined
+          ? { allowedHosts: options.http.allowedHosts }
+          : {}),
+        ...(options.http.corsOrigin !== undefined ? { corsOrigin: options.http.corsOrigin } : {}),
         ...(options.http?.cert !== undefined && options.http.key !== undefined
           ? { cert: options.http.cert, key: options.http.key }
           : options.cert !== undefined && options.key !== undefined
@@ -736,6 +753,47 @@ const SERVE_OPTIONS: readonly OptionSpec[] = [
     help: "the PEM private key of --http-cert",
     apply: (o, v, label) => {
       (o as HttpFiles).httpKey = readFile(v as string, label);
+    },
+  },
+  {
+    name: "allowed-hosts",
+    kind: "strings",
+    arg: "HOSTS",
+    help: "Host names the HTTP door answers (comma-separated or repeated;\n" +
+      "*.name for a domain, * for any); others get 421. Default: loopback\n" +
+      "names when bound to loopback, any host otherwise",
+    apply: (o, v, label) => {
+      if (!o.http) throw new UsageError(`${label} needs --http-port`);
+      const allowedHosts = [...(o.http.allowedHosts ?? []), ...(v as string[])];
+      try {
+        AllowedHosts.from(allowedHosts, undefined);
+      } catch (e) {
+        throw new UsageError(`${label}: ${(e as Error).message}`);
+      }
+      o.http = { ...o.http, allowedHosts };
+    },
+  },
+  {
+    name: "cors-origin",
+    kind: "string",
+    arg: "ORIGIN",
+    help: "the one other origin (https://host[:port]) whose pages may use\n" +
+      "REST, SSE and WebSocket (default: same origin only)",
+    apply: (o, v, label) => {
+      if (!o.http) throw new UsageError(`${label} needs --http-port`);
+      const origin = v as string;
+      let parsed: string | undefined;
+      try {
+        parsed = new URL(origin).origin;
+      } catch {
+        // not a URL
+      }
+      if (origin !== "*" && parsed !== origin) {
+        throw new UsageError(
+          `${label} must be an origin such as https://app.example.com, got "${origin}"`,
+        );
+      }
+      o.http = { ...o.http, corsOrigin: origin };
     },
   },
   {
