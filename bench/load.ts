@@ -553,7 +553,19 @@ function table(rows: Row[]): string {
 async function startServer(): Promise<{ port: number; pid: number; stop: () => Promise<void> }> {
   const server = new URL("../server.ts", import.meta.url);
   const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "-N", server.href, "--port", "0", "--log-level", "warn"],
+    // Scale runs (100,000 headers of 1 KiB: about 430 MB) go past the default memory budget
+    // (256 MiB): measure what they cost, uncapped.
+    args: [
+      "run",
+      "-N",
+      server.href,
+      "--port",
+      "0",
+      "--log-level",
+      "warn",
+      "--max-memory",
+      "4294967296",
+    ],
     stdout: "piped",
     stderr: "inherit",
   }).spawn();
