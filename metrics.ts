@@ -57,6 +57,7 @@ export const ERROR_CODES: readonly string[] = [
   "upgrade_required",
   "shutting_down",
   "invalid_limit",
+  "host_not_allowed",
   "descriptors_exhausted",
 ];
 
