@@ -69,7 +69,7 @@ export class StreamState {
   /** What its header costs in the memory budget (see budget.ts); 0 without one. */
   headerCost = 0;
   /** Queues that follow it through a pattern (see pattern.ts), caught up. */
-  patternQueues: Set<Listener> | undefined = undefined;
+  patternQueues: ReadonlySet<Listener> | undefined = undefined;
   /** The memory core's expiry sweep count when it was last used (see `expireAfter`). */
   touched = 0;
 
@@ -280,10 +280,13 @@ export abstract class Streams<S extends StreamState> implements Core {
     return this.deliverJoin(queue, state);
   }
 
-  /** The header as a joining listener gets it, sent even when none is set (`null`). */
+  /**
+   * The header as a pattern listener gets it at its join, sent even when none is set (`null`).
+   * Built in the slab and not cached: a catch-up over many streams keeps nothing per stream.
+   */
   protected deliverJoin(queue: Listener, state: S): boolean {
-    if (state.header !== undefined) return this.deliverHeader(queue, state);
-    const ev = buildEvent(this.codec, "header", state, null, state.seq, state.epoch, "join");
+    const header = state.header === undefined ? null : state.header;
+    const ev = buildEvent(this.codec, "header", state, header, state.seq, state.epoch, "join-slab");
     return this.deliver(queue, ev);
   }
 

@@ -79,9 +79,10 @@ export interface FrameStream {
 /**
  * Where a frame's bytes go: `"slab"` into the shared slab (an event fanned out now; see the
  * module doc), `"own"` into a buffer of its own (an event that is kept or built rarely),
- * `"join"` the header a joining listener gets first, in a buffer of its own.
+ * `"join"` the header a joining listener gets first, in a buffer of its own; `"join-slab"` that
+ * header in the slab (a pattern listen's catch-up over many streams, built and sent at once).
  */
-export type FrameTarget = "slab" | "own" | "join";
+export type FrameTarget = "slab" | "own" | "join" | "join-slab";
 
 /** The wire action of each event kind. */
 const ACTIONS: Readonly<Record<EventKind, string>> = {
@@ -132,7 +133,7 @@ export function buildEvent(
   epoch: string,
   target: FrameTarget,
 ): StreamEvent {
-  const join = target === "join";
+  const join = target === "join" || target === "join-slab";
   const action = join ? "put" : ACTIONS[kind];
   let text: string;
   if (codec instanceof JsonCodec && spliceable(message)) {
@@ -146,7 +147,9 @@ export function buildEvent(
       : { action, stream: stream.name, message, seq, epoch };
     text = codec.encode(frame) + "\n";
   }
-  const frame = target === "slab" ? encodeShared(text) : encoder.encode(text);
+  const frame = target === "slab" || target === "join-slab"
+    ? encodeShared(text)
+    : encoder.encode(text);
   if (message === null || typeof message !== "object") {
     // Immutable: every listener may share the caller's value.
     return { stream: stream.name, kind, message, seq, epoch, frame } as StreamEvent;

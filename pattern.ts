@@ -154,8 +154,11 @@ export interface PatternStream {
   epoch: string;
   /** The seq of its last put. */
   seq: number;
-  /** Queues that follow it through a pattern, caught up. */
-  patternQueues: Set<Listener> | undefined;
+  /**
+   * Queues that follow it through a pattern, caught up: a set shared by every stream with the
+   * same followers and never changed in place (see `PatternFollows`).
+   */
+  patternQueues: ReadonlySet<Listener> | undefined;
   /** Its direct listeners. */
   readonly listeners: Set<Listener>;
   /** Nesting depth of fanouts in progress. */
@@ -172,7 +175,10 @@ export interface PatternHost<S extends PatternStream> {
   readonly codec: Codec;
   /** The current state of a stream, if the core holds it. */
   current(name: string): S | undefined;
-  /** Every stream the core holds now (a snapshot the registry walks in steps). */
+  /**
+   * Every stream the core holds, as a live iterator (a `Map`'s): the registry walks it in
+   * steps, across turns of the event loop.
+   */
   snapshot(): Iterable<S>;
   /**
    * Catches a queue up on one stream: the header (always, `null` when none is set), or with
@@ -220,6 +226,15 @@ class Follow<S> {
 export class PatternFollows<S extends PatternStream> {
   readonly #host: PatternHost<S>;
   readonly #follows: Map<Listener, Follow<S>> = new Map();
+  /**
+   * The sets of pattern queues streams point to, one per distinct membership, by key (the
+   * queues' numbers). Streams share them, so a join over many streams allocates nothing per
+   * stream (and old streams gain no pointers to young objects, which keeps the collector's
+   * pauses short).
+   */
+  readonly #shared: Map<string, ReadonlySet<Listener>> = new Map();
+  readonly #ids: WeakMap<Listener, number> = new WeakMap();
+  #nextId = 0;
   readonly #sliceMs: number;
 
   /**
@@ -275,19 +290,19 @@ export class PatternFollows<S extends PatternStream> {
     this.#host.attached(queue);
     // From here on, streams created are announced by `created`; the ones held now are caught
     // up below. A put on one of them before its turn is covered by its catch-up (the header as
-    // of then, or the replay up to then).
-    const todo: S[] = [];
-    for (const s of this.#host.snapshot()) if (matchPattern(pattern, s.name)) todo.push(s);
+    // of then, or the replay up to then). The core's iterator is live: a stream deleted before
+    // its turn is skipped, one created meanwhile was announced already (and is skipped).
     let streams = 0;
     let started = performance.now();
-    for (let i = 0; i < todo.length; i++) {
-      if ((i & 63) === 63 && performance.now() - started > this.#sliceMs) {
+    let i = 0;
+    for (const state of this.#host.snapshot()) {
+      if ((++i & 15) === 0 && performance.now() - started > this.#sliceMs) {
         await new Promise((resolve) => setTimeout(resolve, 0));
         started = performance.now();
       }
       if (this.#follows.get(queue) !== follow || follow.patterns.get(pattern) !== join) break;
-      const state = todo[i]!;
-      if (this.#host.current(state.name) !== state || follow.streams.has(state)) continue;
+      if (!matchPattern(pattern, state.name) || follow.streams.has(state)) continue;
+      if (this.#host.current(state.name) !== state) continue;
       // A queue that listens to the stream by name has its events already.
       const at = since?.[state.name];
       if (!state.listeners.has(queue) && !this.#host.catchUp(state, queue, at)) break;
@@ -319,7 +334,7 @@ export class PatternFollows<S extends PatternStream> {
     for (const s of follow.streams) {
       if (!follow.matches(s.name)) {
         follow.streams.delete(s);
-        s.patternQueues?.delete(queue);
+        this.#remove(s, queue);
       }
     }
   }
@@ -333,8 +348,10 @@ export class PatternFollows<S extends PatternStream> {
     const follow = this.#follows.get(queue);
     if (!follow) return;
     this.#follows.delete(queue);
-    for (const s of follow.streams) s.patternQueues?.delete(queue);
+    for (const s of follow.streams) this.#remove(s, queue);
     follow.streams.clear();
+    // Forget the shared sets that hold the queue.
+    for (const [key, set] of this.#shared) if (set.has(queue)) this.#shared.delete(key);
   }
 
   /**
@@ -373,8 +390,36 @@ export class PatternFollows<S extends PatternStream> {
     }
   }
 
+  #id(queue: Listener): number {
+    let id = this.#ids.get(queue);
+    if (id === undefined) this.#ids.set(queue, id = this.#nextId++);
+    return id;
+  }
+
+  /** The shared set of `members`, made once. */
+  #intern(members: Listener[]): ReadonlySet<Listener> | undefined {
+    if (members.length === 0) return undefined;
+    const key = members.map((q) => this.#id(q)).sort((a, b) => a - b).join(",");
+    let set = this.#shared.get(key);
+    if (!set) this.#shared.set(key, set = new Set(members));
+    return set;
+  }
+
+  #with(
+    set: ReadonlySet<Listener> | undefined,
+    queue: Listener,
+  ): ReadonlySet<Listener> | undefined {
+    if (set?.has(queue)) return set;
+    return this.#intern(set ? [...set, queue] : [queue]);
+  }
+
+  #remove(state: S, queue: Listener): void {
+    const set = state.patternQueues;
+    if (set?.has(queue)) state.patternQueues = this.#intern([...set].filter((q) => q !== queue));
+  }
+
   #attach(state: S, queue: Listener, follow: Follow<S>): void {
-    (state.patternQueues ??= new Set()).add(queue);
+    state.patternQueues = this.#with(state.patternQueues, queue);
     if (state.fanning > 0) (state.joinedDuringFanout ??= new Set()).add(queue);
     follow.streams.add(state);
   }
