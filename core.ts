@@ -845,7 +845,11 @@ export class MemoryCore extends Streams<MemoryStream> implements SyncHub {
       }
     }
     for (const state of expired) {
-      if (this.streams.get(state.name) === state) this.deleteNow(state.name);
+      try {
+        if (this.streams.get(state.name) === state) this.deleteNow(state.name);
+      } catch {
+        // A core that cannot delete now (a durable store refusing writes): a later sweep does.
+      }
     }
   }
 

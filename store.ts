@@ -42,7 +42,7 @@ import { DatabaseSync, type StatementSync } from "node:sqlite";
 import type { Codec } from "./codec.ts";
 import { MemoryCore, type MemoryStream, type StreamState } from "./core.ts";
 import type { HistoryLimits, HistoryOwner } from "./history.ts";
-import type { Detachable, Listener, Position, StreamEvent } from "./types.ts";
+import type { Detachable, Listener, Position, ResetReason, StreamEvent } from "./types.ts";
 
 /**
  * When a write is durable, like Redis' `appendfsync`:
@@ -367,10 +367,10 @@ export class DurableStore {
       jump = this.unclean ? Number(meta.get("max_pending") ?? "0") + 1 : 0;
       const byName = new Map<string, StoredEntry[]>();
       const rows = this.#db.prepare(
-        "SELECT id, name, no, seq, kind, frame FROM history ORDER BY id",
+        "SELECT id, CAST(name AS BLOB) AS name, no, seq, kind, frame FROM history ORDER BY id",
       ).iterate();
       for (const r of rows) {
-        const name = r.name as string;
+        const name = nameOf(r.name);
         const id = r.id as number;
         let list = byName.get(name);
         let kept = this.#rows.get(name);
@@ -388,10 +388,11 @@ export class DurableStore {
         });
       }
       const streams = this.#db.prepare(
-        "SELECT name, epoch, seq, header, trimmed_to, lost FROM streams ORDER BY name",
+        "SELECT CAST(name AS BLOB) AS name, epoch, seq, header, trimmed_to, lost FROM streams " +
+          "ORDER BY name",
       ).iterate();
       for (const r of streams) {
-        const name = r.name as string;
+        const name = nameOf(r.name);
         let seq = r.seq as number;
         const trimmedTo = r.trimmed_to as number;
         let lost = parseLost(r.lost as string);
@@ -782,6 +783,16 @@ export class DurableStore {
   }
 }
 
+const utf8 = new TextDecoder();
+
+/**
+ * A stream name as read back: names are read as bytes, because SQLite's text reads stop at a
+ * NUL character, and a name may hold one ("a\u0000b" would come back as "a").
+ */
+function nameOf(value: unknown): string {
+  return typeof value === "string" ? value : utf8.decode(value as Uint8Array);
+}
+
 function parseLost(text: string): LostRange[] {
   if (!text) return [];
   try {
@@ -905,26 +916,52 @@ class DurableCore extends MemoryCore {
   }
 
   override listenNow(stream: string, queue: Listener, since?: Position): Position {
-    const state = this.streams.get(stream) as (MemoryStream & DurableState) | undefined;
-    let boundary = false;
-    if (since !== undefined && state?.lost && since.epoch === state.epoch) {
-      const at = since.seq;
-      // Seqs after a crash's durable seq and below the seq it jumped to may have been shown
-      // and lost: a listener there is ahead of what survived. The jumped-to seq itself is the
-      // stream's position after the restart, never a put's: a listener there is not ahead.
-      if (state.lost.some(([after, upTo]) => at > after && at < upTo)) {
-        since = { epoch: since.epoch, seq: Number.MAX_SAFE_INTEGER };
-      } else if (!state.listeners.has(queue)) {
-        // At the durable seq itself, the listener may have seen a header change that the crash
-        // lost (a header change keeps the seq): it is told the header that survived.
-        boundary = state.lost.some(([after]) => at === after);
-      }
-    }
+    const state = this.streams.get(stream);
+    const boundary = state !== undefined && !state.listeners.has(queue) &&
+      this.#atBoundary(state, since);
     const position = super.listenNow(stream, queue, since);
-    if (boundary && state && state.listeners.has(queue) && this.streams.get(stream) === state) {
+    if (boundary && state.listeners.has(queue) && this.streams.get(stream) === state) {
       this.deliver(queue, this.event(state, "header", state.header ?? null));
     }
     return position;
+  }
+
+  /** A pattern listener resuming on one stream: the same rules as {@linkcode listenNow}. */
+  protected override catchUp(
+    state: MemoryStream,
+    queue: Listener,
+    since: Position | undefined,
+  ): boolean {
+    const boundary = this.#atBoundary(state, since);
+    const ok = super.catchUp(state, queue, since);
+    return ok && boundary
+      ? this.deliver(queue, this.event(state, "header", state.header ?? null))
+      : ok;
+  }
+
+  /**
+   * Seqs after a crash's durable seq and below the seq it jumped to may have been shown and
+   * lost: a listener there is ahead of what survived. The jumped-to seq itself is the stream's
+   * position after the restart, never a put's: a listener there is not ahead.
+   */
+  protected override resetReason(state: MemoryStream, since: Position): ResetReason | undefined {
+    const lost = (state as DurableState).lost;
+    if (
+      lost && since.epoch === state.epoch &&
+      lost.some(([after, upTo]) => since.seq > after && since.seq < upTo)
+    ) return "ahead_of_stream";
+    return super.resetReason(state, since);
+  }
+
+  /**
+   * Whether a listener resumes from exactly a crash's durable seq, where history serves it: it
+   * may have seen a header change that the crash lost (a header change keeps the seq), so it is
+   * told the header that survived.
+   */
+  #atBoundary(state: MemoryStream, since: Position | undefined): boolean {
+    const lost = (state as DurableState).lost;
+    return since !== undefined && lost !== undefined && since.epoch === state.epoch &&
+      lost.some(([after]) => since.seq === after) && this.resetReason(state, since) === undefined;
   }
 
   /** After any change to a stream (and when the global bound trimmed it): write it through. */
@@ -954,10 +991,14 @@ class DurableCore extends MemoryCore {
     store.setStream(s.name, s.epoch, s.seq, s.headerText, s.trimmedTo, s.lost);
   }
 
+  /** Refuses a write the store would not keep: while it is unavailable, and once it is closed. */
   #available(): void {
     const error = this.#store.error;
     if (error) {
       throw new StorageUnavailableError(`Storage unavailable: ${error.message}`, { cause: error });
+    }
+    if (!this.#store.available) {
+      throw new StorageUnavailableError(`Store "${this.#store.path}" is closed`);
     }
   }
 }

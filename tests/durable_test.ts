@@ -2,6 +2,7 @@ import { assertEquals, assertRejects } from "@std/assert";
 import { DatabaseSync } from "node:sqlite";
 import { MessageStream, type StreamEvent } from "../mod.ts";
 import { DurableStore, type DurableStoreOptions, StorageUnavailableError } from "../store.ts";
+import { deadline } from "./_wait.ts";
 
 async function tempPath(): Promise<{ dir: string; path: string }> {
   const dir = await Deno.makeTempDir({ prefix: "msgstream-durable-" });
@@ -238,6 +239,83 @@ Deno.test("After an unclean stop, a listener at the durable seq is sent the head
     await again.listen("job", behind, { since: { epoch: at.epoch, seq: 0 } });
     assertEquals(behind.got, [["header", { state: "queued" }, 0], ["put", "a", 1]]);
     await again.close();
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("A durable hub refuses writes once closed: nothing is acknowledged that the file does not keep", async () => {
+  const { dir, path } = await tempPath();
+  try {
+    const hub = hubAt(path);
+    await hub.put("job", "a");
+    await hub.close();
+    await assertRejects(() => hub.put("job", "late"), StorageUnavailableError, "is closed");
+    await assertRejects(() => hub.header("job", "late"), StorageUnavailableError, "is closed");
+    await assertRejects(() => hub.delete("job"), StorageUnavailableError, "is closed");
+    // The file stopped cleanly at seq 1, so nothing may have been given seq 2.
+    const again = hubAt(path);
+    assertEquals(again.info("job")?.seq, 1);
+    assertEquals((await again.put("job", "b")).seq, 2);
+    await again.close();
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("After an unclean stop, a pattern listener is reset inside a lost range and told the surviving header at its edge", async () => {
+  const { dir, path } = await tempPath();
+  try {
+    const hub = hubAt(path, { maxPendingWrites: 50 });
+    await hub.header("jobs.a", { state: "queued" });
+    const a = await hub.put("jobs.a", "a1");
+    const b = await hub.put("jobs.b", "b1");
+    await hub.close();
+    markUnclean(path);
+
+    const again = hubAt(path, { maxPendingWrites: 50 });
+    const got: [string, string, unknown, number][] = [];
+    const queue = { put: (ev: StreamEvent) => got.push([ev.stream, ev.kind, ev.message, ev.seq]) };
+    await again.listen({ pattern: "jobs.*" }, queue, {
+      since: { "jobs.a": a, "jobs.b": { epoch: b.epoch, seq: 3 } },
+    });
+    got.sort((x, y) => x[0] < y[0] ? -1 : x[0] > y[0] ? 1 : 0);
+    assertEquals(got, [
+      // At the durable seq: the header that survived, at the new seq.
+      ["jobs.a", "header", { state: "queued" }, 52],
+      // Seq 3 was never stored: it was ahead of what survived.
+      ["jobs.b", "reset", { reason: "ahead_of_stream" }, 52],
+      ["jobs.b", "header", null, 52],
+    ]);
+    await again.close();
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("A durable hub's stream expiry survives a store that refuses writes", async () => {
+  const { dir, path } = await tempPath();
+  try {
+    const store = DurableStore.open(path, { fsync: "always", intervalMs: 10 });
+    const hub = new MessageStream({ store, streamTtl: 20 });
+    await hub.put("idle", "kept");
+    store.limitPages(store.pages().pages);
+    await assertRejects(() => hub.put("job", "x".repeat(64 * 1024)), StorageUnavailableError);
+    // Sweeps run while the store refuses writes: the idle stream stays until it can go.
+    const sweeps = Promise.withResolvers<void>();
+    setTimeout(sweeps.resolve, 100);
+    await sweeps.promise;
+    assertEquals(hub.info("idle")?.seq, 1);
+    store.limitPages(0);
+    await store.durable();
+    const gone = Promise.withResolvers<void>();
+    const poll = setInterval(() => hub.info("idle") === undefined && gone.resolve(), 5);
+    try {
+      await deadline(gone.promise, "the idle stream to expire once the store takes writes");
+    } finally {
+      clearInterval(poll);
+    }
+    await hub.close();
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

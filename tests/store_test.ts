@@ -466,3 +466,27 @@ Deno.test("DurableStore on a full tmpfs after an unclean stop starts unavailable
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("DurableStore keeps a stream name with a NUL character apart from its prefix", async () => {
+  const { dir, path } = await tempPath();
+  try {
+    const store = DurableStore.open(path);
+    store.load();
+    store.setStream("a\u0000b", "e1", 1, undefined, 0);
+    store.append("a\u0000b", 0, 1, false, frame("a\u0000b", 1, "nul"));
+    store.setStream("a", "e2", 7, undefined, 0);
+    store.close();
+    const again = DurableStore.open(path);
+    assertEquals(again.load().map((s) => [s.name, s.epoch, s.seq, s.history.length]), [
+      ["a", "e2", 7, 0],
+      ["a\u0000b", "e1", 1, 1],
+    ]);
+    again.delete("a\u0000b");
+    again.close();
+    const third = DurableStore.open(path);
+    assertEquals(third.load().map((s) => s.name), ["a"]);
+    third.close();
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
