@@ -20,7 +20,10 @@
  *   page at `GET /` (`page.ts`).
  *
  * Auth uses the TCP server's tokens: `Authorization: Bearer <secret>`, or `?token=<secret>`
- * where a browser cannot set headers (`EventSource`).
+ * where a browser cannot set headers (`EventSource`). A request whose `Host` is not on the
+ * door's allow-list (`allowedHosts`; loopback names by default on a loopback bind) gets 421
+ * `host_not_allowed` on every route; see `hosts.ts` and docs/http.md for the WebSocket
+ * `Origin` rule.
  *
  * @example Put over REST, read the stream list
  * ```ts
