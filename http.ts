@@ -352,12 +352,18 @@ class HttpDoor {
   readonly #listPageMax: number;
   readonly #cors: string | undefined;
   readonly #hosts: AllowedHosts;
+  /**
+   * Served over TLS, where browsers speak HTTP/2: its `:authority` stands for `Host`, and Deno
+   * puts it in the request's URL, not in a `host` header.
+   */
+  readonly #authorityInUrl: boolean;
   readonly #shutdownTimeout: number;
   #closing: Promise<void> | undefined;
 
   constructor(hub: MessageStream, options: HttpOptions, bound?: string) {
     this.hub = hub;
     this.#hosts = AllowedHosts.from(options.allowedHosts, bound);
+    this.#authorityInUrl = options.cert !== undefined;
     this.metrics = options.metrics ?? new Metrics();
     this.auth = Auth.from(options.tokens);
     this.maxBody = intOption("maxBodyBytes", options.maxBodyBytes, 1 << 20, 1);
@@ -458,11 +464,16 @@ class HttpDoor {
     return res;
   }
 
+  /** The request's Host: its header, or over TLS (HTTP/2) the authority in its URL. */
+  #host(req: Request, url: URL): string | null {
+    return req.headers.get("host") ?? (this.#authorityInUrl ? url.host : null);
+  }
+
   #route(req: Request): Promise<Response> | Response {
     const url = new URL(req.url);
     const path = url.pathname;
     const method = req.method;
-    const host = req.headers.get("host");
+    const host = this.#host(req, url);
     if (!this.#hosts.allows(host)) {
       throw new HttpError(
         421,
@@ -788,7 +799,7 @@ class HttpDoor {
     const origin = req.headers.get("origin");
     if (
       origin !== null && origin !== this.#cors &&
-      !this.#hosts.allowsOrigin(origin, req.headers.get("host"))
+      !this.#hosts.allowsOrigin(origin, this.#host(req, new URL(req.url)))
     ) {
       throw new HttpError(
         403,
