@@ -367,10 +367,10 @@ export class DurableStore {
       jump = this.unclean ? Number(meta.get("max_pending") ?? "0") + 1 : 0;
       const byName = new Map<string, StoredEntry[]>();
       const rows = this.#db.prepare(
-        "SELECT id, CAST(name AS BLOB) AS name, no, seq, kind, frame FROM history ORDER BY id",
+        `SELECT id, name, ${RAW_NAME}, no, seq, kind, frame FROM history ORDER BY id`,
       ).iterate();
       for (const r of rows) {
-        const name = nameOf(r.name);
+        const name = nameOf(r);
         const id = r.id as number;
         let list = byName.get(name);
         let kept = this.#rows.get(name);
@@ -388,11 +388,10 @@ export class DurableStore {
         });
       }
       const streams = this.#db.prepare(
-        "SELECT CAST(name AS BLOB) AS name, epoch, seq, header, trimmed_to, lost FROM streams " +
-          "ORDER BY name",
+        `SELECT name, ${RAW_NAME}, epoch, seq, header, trimmed_to, lost FROM streams ORDER BY name`,
       ).iterate();
       for (const r of streams) {
-        const name = nameOf(r.name);
+        const name = nameOf(r);
         let seq = r.seq as number;
         const trimmedTo = r.trimmed_to as number;
         let lost = parseLost(r.lost as string);
@@ -786,11 +785,14 @@ export class DurableStore {
 const utf8 = new TextDecoder();
 
 /**
- * A stream name as read back: names are read as bytes, because SQLite's text reads stop at a
- * NUL character, and a name may hold one ("a\u0000b" would come back as "a").
+ * A name's bytes, selected only when it holds a NUL character: SQLite's text reads stop at the
+ * first NUL ("a\u0000b" would come back as "a"), so such a name is read as bytes.
  */
-function nameOf(value: unknown): string {
-  return typeof value === "string" ? value : utf8.decode(value as Uint8Array);
+const RAW_NAME = "CASE WHEN instr(CAST(name AS BLOB), x'00') THEN CAST(name AS BLOB) END AS raw";
+
+/** A stream name as read back (see {@linkcode RAW_NAME}). */
+function nameOf(row: Record<string, unknown>): string {
+  return row.raw instanceof Uint8Array ? utf8.decode(row.raw) : row.name as string;
 }
 
 function parseLost(text: string): LostRange[] {
