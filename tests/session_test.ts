@@ -2,7 +2,7 @@
 // handle(), frames out through a fake Transport.
 import { assertEquals } from "@std/assert";
 import { Auth } from "../auth.ts";
-import { Metrics } from "../metrics.ts";
+import { ERROR_CODES, Metrics } from "../metrics.ts";
 import { MessageStream } from "../mod.ts";
 import { PROTOCOL_VERSION, Session, type Transport, unprompted } from "../protocol.ts";
 
@@ -94,6 +94,8 @@ Deno.test("Session answers a bad request with its error code and keeps serving",
   assertEquals(transport.take()[0]?.seq, 1);
   assertEquals(metrics.framesIn, cases.length + 1);
   assertEquals(metrics.errors, {
+    // Every code has a series from the start, at 0.
+    ...Object.fromEntries(ERROR_CODES.map((c) => [c, 0])),
     invalid_json: 1,
     invalid_frame: 2,
     unknown_action: 2,
