@@ -3,7 +3,8 @@
  * The msgstream server: one hub served through the TCP (or TLS) door and, when asked, the HTTP
  * door (SSE, WebSocket, REST, metrics, status page), optionally shared with other nodes through
  * Redis. This module is the one place that wires the doors, the hub and the engine together
- * from options, flags and `MSGSTREAM_*` variables. Run it with
+ * from options, or from flags, `MSGSTREAM_*` variables and a `--config` file (that order of
+ * precedence; docs/operations.md). Run it with `deno task start` (which grants the variables),
  * `deno run -N jsr:@x/msgstream/server`, or embed it with {@linkcode serve}.
  *
  * @example Serve on a free port
