@@ -29,7 +29,7 @@
  * @module
  */
 
-import type { Redis } from "ioredis";
+import type { Cluster, Redis } from "ioredis";
 import type { Codec } from "./codec.ts";
 import {
   type Engine,
@@ -63,6 +63,13 @@ export interface RedisEngineOptions {
    * @default {1000}
    */
   historyMessages?: number;
+  /**
+   * Whether `url` is a node of a Redis Cluster (any node: the others are found from it). Each
+   * stream lives in its hash tag's slot; its writes run as one script call per stream per batch.
+   *
+   * @default {false}
+   */
+  cluster?: boolean;
   /**
    * Most writes (puts, header changes, deletes) sent to Redis in one script call. The writes
    * of one tick, and those that arrive while `maxBatchesInFlight` calls are out, go together,
@@ -263,6 +270,46 @@ end
 return {e, seq, state[3], '', redis.call('XRANGE', KEYS[2], since .. '-1', '+')}
 `;
 
+// Redis Cluster: a script may only touch keys of one slot, so there is no global key. Each
+// stream's keys share its hash tag ({stream}); BATCH runs once per stream, SYNC as before. The
+// generation is the run_id of the master that serves the stream (read by the script itself, so
+// a failover or a restart shows as a new generation even when a node's view is stale); epochs
+// are made unique by the caller's nonce (node id + counter) instead of a global counter; the
+// creation notice's channel comes as an argument.
+const RUN_GEN = "string.sub(string.match(redis.call('INFO', 'server'), 'run_id:(%x+)'), 1, 12)";
+
+/** `script` with `from` replaced by `to`; throws when `from` is not in it (a script changed). */
+function variant(script: string, edits: [string, string][]): string {
+  for (const [from, to] of edits) {
+    if (!script.includes(from)) throw new Error(`Cluster script variant: "${from}" not found`);
+    script = script.replaceAll(from, to);
+  }
+  return script;
+}
+
+// KEYS: the stream's hash and history; ARGV: [1..4] as SYNC, [5] the creation channel, [6] a
+// nonce.
+const SYNC_CLUSTER = variant(SYNC, [
+  ["redis.call('GET', KEYS[4]) or ''", RUN_GEN],
+  ["redis.call('INCR', counter)", "ARGV[6]"],
+  ["string.format('%x%05x%x',", "string.format('%x%05x%s',"],
+  ["string.sub(KEYS[4], 1, -4) .. 'created'", "ARGV[5]"],
+  ["epoch_of(KEYS[1], KEYS[3])", "epoch_of(KEYS[1])"],
+]);
+
+// KEYS: one stream's hash and history; ARGV: [1] history bound, [2] tag, [3] the creation
+// channel, [4] a nonce, then the stream's group as in BATCH.
+const BATCH_CLUSTER = variant(BATCH, [
+  ["redis.call('GET', KEYS[1]) or ''", RUN_GEN],
+  ["local a, k = 3, 3", "local a, k, mints = 5, 1, 0"],
+  [
+    "redis.call('INCR', KEYS[2])",
+    "(function() mints = mints + 1 return ARGV[4] .. 'x' .. mints end)()",
+  ],
+  ["string.format('%x%05x%x',", "string.format('%x%05x%s',"],
+  ["string.sub(KEYS[1], 1, -4) .. 'created'", "ARGV[3]"],
+]);
+
 interface Scripts {
   msgstreamBatch(...args: (string | number)[]): Promise<(number | string)[]>;
   msgstreamSync(...args: (string | number)[]): Promise<unknown[]>;
@@ -351,6 +398,7 @@ export class RedisEngine implements Engine {
   readonly #prefix: string;
   readonly #historyMessages: number;
   readonly #connectTimeout: number;
+  readonly #cluster: boolean;
   readonly #node: string = crypto.randomUUID().slice(0, 8);
   #counter = 0;
   readonly #maxBatch: number;
@@ -397,6 +445,7 @@ export class RedisEngine implements Engine {
     this.#historyMessages = intOption("historyMessages", options?.historyMessages, 1000, 0);
     this.#connectTimeout = intOption("connectTimeout", options?.connectTimeout, 10_000, 0);
     this.#maxBatch = intOption("maxBatch", options?.maxBatch, 512, 1, 10_000);
+    this.#cluster = options?.cluster ?? false;
     this.#maxInFlight = intOption("maxBatchesInFlight", options?.maxBatchesInFlight, 4, 1, 1000);
     this.#onStatus = options?.onStatus;
   }
@@ -437,7 +486,7 @@ export class RedisEngine implements Engine {
   }
 
   async #start(): Promise<void> {
-    const { Redis } = await import("ioredis");
+    const { Cluster, Redis } = await import("ioredis");
     const common = {
       lazyConnect: true,
       enableOfflineQueue: false,
@@ -447,10 +496,37 @@ export class RedisEngine implements Engine {
       retryStrategy: (times: number) => Math.min(50 * times, 500),
     };
     // Auto-pipelining batches the scripts of one tick into one write; order is kept.
-    const cmd = new Redis(this.#url, { ...common, enableAutoPipelining: true }) as Client;
+    const cmd = (this.#cluster
+      ? new Cluster([this.#url], {
+        redisOptions: common,
+        enableOfflineQueue: false,
+        lazyConnect: true,
+        clusterRetryStrategy: common.retryStrategy,
+      })
+      : new Redis(this.#url, { ...common, enableAutoPipelining: true })) as unknown as Client;
+    // In a cluster, PUBLISH reaches every node's subscribers: one connection to the seed hears
+    // every stream's channel.
     const sub = new Redis(this.#url, { ...common, autoResubscribe: false });
-    cmd.defineCommand("msgstreamBatch", { lua: BATCH }); // first argument: the number of keys
-    cmd.defineCommand("msgstreamSync", { numberOfKeys: 4, lua: SYNC });
+    if (this.#cluster) {
+      // A master seen before and connected again may have restarted (or failed over): events
+      // may have been missed, so every stream resyncs (its scripts see the new run_id).
+      const seen = new Set<string>();
+      (cmd as unknown as Cluster).on("+node", (node: Redis) => {
+        const key = `${node.options.host}:${node.options.port}`;
+        if (!seen.has(key)) {
+          seen.add(key);
+          return;
+        }
+        node.once("ready", () => this.#sink?.lost());
+        if (node.status === "wait") node.connect().catch(() => {});
+      });
+    }
+    // First argument of msgstreamBatch: the number of keys.
+    cmd.defineCommand("msgstreamBatch", { lua: this.#cluster ? BATCH_CLUSTER : BATCH });
+    cmd.defineCommand("msgstreamSync", {
+      numberOfKeys: this.#cluster ? 2 : 4,
+      lua: this.#cluster ? SYNC_CLUSTER : SYNC,
+    });
     cmd.defineCommand("msgstreamVerify", { numberOfKeys: 3, lua: VERIFY });
     this.#cmd = cmd;
     this.#sub = sub;
@@ -527,7 +603,8 @@ export class RedisEngine implements Engine {
       });
     }
     const cmd = this.#cmd as Client;
-    while (this.#verifiedOn !== this.#connects) {
+    // In a cluster each script reads its master's run_id itself (see RUN_GEN).
+    while (!this.#cluster && this.#verifiedOn !== this.#connects) {
       this.#verifying ??= this.#verify(cmd).finally(() => this.#verifying = undefined);
       await this.#verifying;
     }
@@ -590,18 +667,24 @@ export class RedisEngine implements Engine {
     const glob = (s: string) => s.replace(/[?[\]\\]/g, "\\$&");
     const match = `${glob(this.#prefix)}{${glob(pattern)}}:s`;
     const head = this.#prefix.length + 1;
-    let cursor = "0";
-    do {
-      let reply: [string, string[]];
-      try {
-        reply = await cmd.scan(cursor, "MATCH", match, "COUNT", 1000);
-      } catch (e) {
-        throw unavailable(e);
-      }
-      cursor = reply[0];
-      const names = reply[1].map((key) => key.slice(head, -3));
-      if (names.length > 0) yield names;
-    } while (cursor !== "0");
+    // In a cluster, each master holds its own slots' keys.
+    const nodes: Pick<Redis, "scan">[] = this.#cluster
+      ? (cmd as unknown as Cluster).nodes("master")
+      : [cmd];
+    for (const node of nodes) {
+      let cursor = "0";
+      do {
+        let reply: [string, string[]];
+        try {
+          reply = await node.scan(cursor, "MATCH", match, "COUNT", 1000);
+        } catch (e) {
+          throw unavailable(e);
+        }
+        cursor = reply[0];
+        const names = reply[1].map((key) => key.slice(head, -3));
+        if (names.length > 0) yield names;
+      } while (cursor !== "0");
+    }
   }
 
   /**
@@ -672,34 +755,72 @@ export class RedisEngine implements Engine {
       else groups.set(o.stream, [o]);
     }
     const tag = `${this.#node}.${(this.#counter++).toString(36)}`;
-    const keys: string[] = [`${this.#prefix}gen`, `${this.#prefix}epochs`];
-    const args: (string | number)[] = [this.#historyMessages, tag];
-    const arrivals: (Promise<void> | undefined)[] = [];
-    for (const [stream, group] of groups) {
-      keys.push(...this.#keys(stream).slice(0, 2));
-      args.push(this.#channel(stream), group.length);
-      for (const o of group) args.push(o.op, o.text, o.text.length);
-    }
-    let reply: (number | string)[];
+    let cmd: Client;
     try {
-      const cmd = await this.#client();
-      // Registered only now: #client may have waited, and a follow may have started meanwhile.
-      for (const stream of groups.keys()) {
-        const f = this.#follows.get(stream);
-        arrivals.push(
-          f?.active ? new Promise<void>((resolve) => f.waiters.set(tag, resolve)) : undefined,
-        );
-      }
-      reply = await cmd.msgstreamBatch(keys.length, ...keys, ...args);
+      cmd = await this.#client();
     } catch (e) {
       const error = e instanceof EngineUnavailableError ? e : unavailable(e);
-      for (const stream of groups.keys()) this.#arrived(stream, tag);
       for (const o of ops) o.reject(error);
       return;
     }
+    // Registered only now: #client may have waited, and a follow may have started meanwhile.
+    const arrivals = new Map<string, Promise<void>>();
+    for (const stream of groups.keys()) {
+      const f = this.#follows.get(stream);
+      if (f?.active) {
+        arrivals.set(stream, new Promise<void>((resolve) => f.waiters.set(tag, resolve)));
+      }
+    }
+    const group = (stream: string, args: (string | number)[]) => {
+      const g = groups.get(stream) as Op[];
+      args.push(this.#channel(stream), g.length);
+      for (const o of g) args.push(o.op, o.text, o.text.length);
+    };
+    // One call for every stream; in a cluster, one per stream (a script stays in one slot).
+    const calls: [string[], Promise<(number | string)[]>][] = [];
+    if (!this.#cluster) {
+      const keys: string[] = [`${this.#prefix}gen`, `${this.#prefix}epochs`];
+      const args: (string | number)[] = [this.#historyMessages, tag];
+      for (const stream of groups.keys()) {
+        keys.push(...this.#keys(stream).slice(0, 2));
+        group(stream, args);
+      }
+      calls.push([[...groups.keys()], cmd.msgstreamBatch(keys.length, ...keys, ...args)]);
+    } else {
+      for (const stream of groups.keys()) {
+        const nonce = `${this.#node}${(this.#counter++).toString(16)}`;
+        const args: (string | number)[] = [this.#historyMessages, tag, this.#createdChannel, nonce];
+        group(stream, args);
+        calls.push([[stream], cmd.msgstreamBatch(2, ...this.#keys(stream).slice(0, 2), ...args)]);
+      }
+    }
+    await Promise.all(
+      calls.map(([streams, call]) => this.#settle(streams, groups, tag, call, arrivals)),
+    );
+  }
+
+  /** Answers the writes of one script call once it returned (and reached this node). */
+  async #settle(
+    streams: string[],
+    groups: Map<string, Op[]>,
+    tag: string,
+    call: Promise<(number | string)[]>,
+    arrivals: Map<string, Promise<void>>,
+  ): Promise<void> {
+    let reply: (number | string)[];
+    try {
+      reply = await call;
+    } catch (e) {
+      const error = unavailable(e);
+      for (const stream of streams) {
+        this.#arrived(stream, tag);
+        for (const o of groups.get(stream) as Op[]) o.reject(error);
+      }
+      return;
+    }
     let r = 0;
-    let n = 0;
-    for (const [stream, group] of groups) {
+    for (const stream of streams) {
+      const group = groups.get(stream) as Op[];
       const first = r;
       let applied = false;
       for (const _ of group) {
@@ -708,13 +829,13 @@ export class RedisEngine implements Engine {
       }
       // Nothing applied (clearing no header, deleting nothing): nothing was published.
       if (!applied) this.#arrived(stream, tag);
-      const arrived = arrivals[n++];
       const answer = () => {
         for (let i = 0; i < group.length; i++) {
           const o = group[i] as Op;
           o.resolve([Number(reply[first + 2 * i]), String(reply[first + 2 * i + 1])]);
         }
       };
+      const arrived = arrivals.get(stream);
       if (arrived) arrived.then(answer);
       else answer();
     }
@@ -831,13 +952,15 @@ export class RedisEngine implements Engine {
     f.syncs.set(token, sync);
     let reply: unknown[];
     try {
-      reply = await cmd.msgstreamSync(
-        ...this.#keys(stream),
-        token,
-        f.channel,
-        since?.epoch ?? "",
-        since?.seq ?? 0,
-      );
+      const args = [token, f.channel, since?.epoch ?? "", since?.seq ?? 0];
+      reply = await (this.#cluster
+        ? cmd.msgstreamSync(
+          ...this.#keys(stream).slice(0, 2),
+          ...args,
+          this.#createdChannel,
+          `${this.#node}${(this.#counter++).toString(16)}`,
+        )
+        : cmd.msgstreamSync(...this.#keys(stream), ...args));
     } catch (e) {
       if (f.syncs.delete(token) && sync.marked) this.#release(f);
       throw unavailable(e);

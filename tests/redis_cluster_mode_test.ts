@@ -1,0 +1,306 @@
+/**
+ * The Redis engine on a real Redis Cluster (issue 16): three masters started by the test
+ * (`redis-server --cluster-enabled yes` ×3, `redis-cli --cluster create`), hubs on two nodes:
+ * streams spread over every master, gapless joins, resume on any node, a master restart.
+ */
+
+import { assert, assertEquals, assertInstanceOf } from "@std/assert";
+import { EngineUnavailableError, MessageStream, type Position, type StreamEvent } from "../mod.ts";
+import { RedisEngine } from "../redis.ts";
+import { Recorder } from "./_recorder.ts";
+import { freePort, hasRedis } from "./_redis.ts";
+import { deadline } from "./_wait.ts";
+
+const view = (evs: StreamEvent[]) => evs.map((e) => [e.kind, e.message, e.seq]);
+
+async function run(cmd: string, args: string[]): Promise<string> {
+  const out = await new Deno.Command(cmd, { args, stdout: "piped", stderr: "piped" }).output();
+  const text = new TextDecoder().decode(out.stdout) + new TextDecoder().decode(out.stderr);
+  if (!out.success) throw new Error(`${cmd} ${args.join(" ")} failed:\n${text}`);
+  return text;
+}
+
+/** One cluster master: a redis-server process with its own port, bus port and directory. */
+class Master {
+  readonly port = freePort();
+  readonly bus = freePort();
+  readonly dir: string;
+  #child: Deno.ChildProcess | undefined;
+
+  constructor(dir: string) {
+    this.dir = dir;
+  }
+
+  async start(): Promise<void> {
+    this.#child = new Deno.Command("redis-server", {
+      args: [
+        "--port",
+        String(this.port),
+        "--cluster-port",
+        String(this.bus),
+        "--bind",
+        "127.0.0.1",
+        "--cluster-enabled",
+        "yes",
+        "--cluster-config-file",
+        "nodes.conf",
+        "--cluster-node-timeout",
+        "5000",
+        "--cluster-require-full-coverage",
+        "no",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        this.dir,
+      ],
+      stdout: "null",
+      stderr: "null",
+    }).spawn();
+    await deadline(
+      (async () => {
+        for (;;) {
+          const pong = await run("redis-cli", ["-p", String(this.port), "PING"]).catch(() => "");
+          if (pong.trim() === "PONG") return;
+          await new Promise((r) => setTimeout(r, 20));
+        }
+      })(),
+      `redis-server (cluster) on port ${this.port}`,
+    );
+  }
+
+  /** SIGKILL: it comes back empty (no persistence), with its slots (nodes.conf). */
+  async stop(): Promise<void> {
+    const child = this.#child;
+    this.#child = undefined;
+    if (!child) return;
+    try {
+      child.kill("SIGKILL");
+    } catch { /* exited */ }
+    await child.status;
+  }
+}
+
+/** Three masters, slots split evenly, no replicas. */
+class LocalCluster implements AsyncDisposable {
+  readonly masters: Master[];
+  readonly root: string;
+
+  private constructor(root: string, masters: Master[]) {
+    this.root = root;
+    this.masters = masters;
+  }
+
+  static async start(): Promise<LocalCluster> {
+    const root = await Deno.makeTempDir({ prefix: "msgstream-cluster-" });
+    const masters: Master[] = [];
+    for (let i = 0; i < 3; i++) {
+      const dir = `${root}/${i}`;
+      await Deno.mkdir(dir);
+      masters.push(new Master(dir));
+    }
+    const c = new LocalCluster(root, masters);
+    try {
+      await Promise.all(masters.map((m) => m.start()));
+      await run("redis-cli", [
+        "--cluster",
+        "create",
+        ...masters.map((m) => `127.0.0.1:${m.port}`),
+        "--cluster-replicas",
+        "0",
+        "--cluster-yes",
+      ]);
+      await c.ready();
+    } catch (e) {
+      await c[Symbol.asyncDispose]();
+      throw e;
+    }
+    return c;
+  }
+
+  get url(): string {
+    return `redis://127.0.0.1:${this.masters[0]!.port}`;
+  }
+
+  /** Waits until every master reports the cluster ok. */
+  async ready(): Promise<void> {
+    await deadline(
+      (async () => {
+        for (;;) {
+          const states = await Promise.all(
+            this.masters.map((m) =>
+              run("redis-cli", ["-p", String(m.port), "CLUSTER", "INFO"]).catch(() => "")
+            ),
+          );
+          if (states.every((s) => s.includes("cluster_state:ok"))) return;
+          await new Promise((r) => setTimeout(r, 50));
+        }
+      })(),
+      "the cluster's state to be ok",
+    );
+  }
+
+  /** The master serving the key's slot. */
+  async masterOf(key: string): Promise<Master> {
+    const p = String(this.masters[0]!.port);
+    const slot = Number((await run("redis-cli", ["-p", p, "CLUSTER", "KEYSLOT", key])).trim());
+    const nodes = await run("redis-cli", ["-p", p, "CLUSTER", "NODES"]);
+    for (const line of nodes.trim().split("\n")) {
+      const [, addr, flags, , , , , , ...ranges] = line.split(" ");
+      if (!flags?.includes("master")) continue;
+      for (const r of ranges) {
+        const [lo, hi] = r.split("-").map(Number);
+        if (slot >= lo! && slot <= (hi ?? lo)!) {
+          const port = Number(addr!.split("@")[0]!.split(":")[1]);
+          return this.masters.find((m) => m.port === port)!;
+        }
+      }
+    }
+    throw new Error(`No master serves slot ${slot}`);
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await Promise.all(this.masters.map((m) => m.stop()));
+    await Deno.remove(this.root, { recursive: true }).catch(() => {});
+  }
+}
+
+/** Two hubs (nodes of one service) on the cluster. */
+async function withCluster(
+  fn: (c: LocalCluster, a: MessageStream, b: MessageStream) => Promise<void>,
+): Promise<void> {
+  await using cluster = await LocalCluster.start();
+  const engine = () => new RedisEngine({ url: cluster.url, cluster: true, prefix: "c:" });
+  const a = new MessageStream({ engine: engine() });
+  const b = new MessageStream({ engine: engine() });
+  try {
+    await fn(cluster, a, b);
+  } finally {
+    await Promise.all([a.close(), b.close()]);
+  }
+}
+
+Deno.test({
+  name:
+    "RedisEngine on a 3-master cluster: streams on every master, gapless joins, resume anywhere",
+  ignore: !hasRedis,
+  fn: () =>
+    withCluster(async (cluster, a, b) => {
+      const streams = Array.from({ length: 12 }, (_, i) => `job${i}`);
+      const served = new Set<number>();
+      for (const s of streams) served.add((await cluster.masterOf(`c:{${s}}:s`)).port);
+      assertEquals(served.size, 3, "the streams spread over the three masters");
+      const recs = new Map<string, Recorder>();
+      const positions = new Map<string, Position>();
+      for (const s of streams) {
+        await a.header(s, `h-${s}`);
+        const rec = new Recorder(s);
+        recs.set(s, rec);
+        positions.set(s, await b.listen(s, rec));
+      }
+      // A burst over every stream, batched, racing joins on b.
+      const late = new Map<string, Recorder>();
+      const puts: Promise<Position>[] = [];
+      for (let i = 1; i <= 20; i++) {
+        for (const s of streams) puts.push(a.put(s, i));
+        if (i === 10) {
+          for (const s of streams) {
+            const rec = new Recorder(`late ${s}`);
+            late.set(s, rec);
+            b.listen(s, rec);
+          }
+        }
+      }
+      await deadline(Promise.all(puts), "the burst");
+      for (const s of streams) {
+        const rec = recs.get(s)!;
+        await rec.waitFor(21);
+        assertEquals(view(rec.events), [
+          ["header", `h-${s}`, 0],
+          ...Array.from({ length: 20 }, (_, i) => ["put", i + 1, i + 1]),
+        ]);
+        const l = late.get(s)!;
+        await l.waitForEvent((e) => e.seq === 20);
+        const first = l.events[0]!;
+        assertEquals([first.kind, first.message], ["header", `h-${s}`]);
+        assertEquals(
+          view(l.events.slice(1)),
+          Array.from(
+            { length: 20 - first.seq },
+            (_, i) => ["put", first.seq + i + 1, first.seq + i + 1],
+          ),
+          `late ${s}`,
+        );
+        // Resume on the other node from where b's listener joined (seq 0: the header change
+        // that followed put 0 is replayed too, as on one Redis).
+        const resumed = new Recorder(`resumed ${s}`);
+        await a.listen(s, resumed, { since: positions.get(s)! });
+        assertEquals(view(resumed.events), [
+          ["header", `h-${s}`, 0],
+          ...Array.from({ length: 20 }, (_, i) => ["put", i + 1, i + 1]),
+        ]);
+      }
+      const stat = await a.stat("job0");
+      assertEquals([stat?.seq, stat?.header], [20, "h-job0"]);
+    }),
+});
+
+Deno.test({
+  name:
+    "RedisEngine on a cluster: a master restart resets that master's streams (state_lost), others go on",
+  ignore: !hasRedis,
+  fn: () =>
+    withCluster(async (cluster, a, b) => {
+      // A stream on a master other than the seed (b's subscription stays up), and one on the seed.
+      const seed = cluster.masters[0]!;
+      let lost = "", kept = "";
+      for (let i = 0; !lost || !kept; i++) {
+        const m = await cluster.masterOf(`c:{s${i}}:s`);
+        if (m !== seed && !lost) lost = `s${i}`;
+        if (m === seed && !kept) kept = `s${i}`;
+      }
+      const victim = await cluster.masterOf(`c:{${lost}}:s`);
+      const onLost = new Recorder("lost");
+      const onKept = new Recorder("kept");
+      await a.put(lost, 1);
+      const before = await a.put(lost, 2);
+      await b.listen(lost, onLost);
+      await b.listen(kept, onKept);
+      await a.put(kept, 1);
+      await victim.stop();
+      const e = await a.put(lost, 3).then(() => undefined, (e) => e);
+      assertInstanceOf(e, EngineUnavailableError);
+      assertEquals((await a.put(kept, 2)).seq, 2, "the other masters' streams go on");
+      await victim.start();
+      await cluster.ready();
+      let at: Position | undefined;
+      for (let attempt = 0; !at; attempt++) {
+        at = await a.put(lost, 4).catch((e) => {
+          assertInstanceOf(e, EngineUnavailableError);
+          return undefined;
+        });
+        assert(attempt < 200, "the restarted master's streams did not come back");
+        if (!at) await new Promise((r) => setTimeout(r, 50));
+      }
+      assertEquals(at.seq, 1, "the stream starts anew on the empty master");
+      // The listener is told (reset, state_lost), then gets the new epoch's later puts. The put
+      // that shows the change may come before the reset (the reset covers it).
+      const reset = await onLost.waitForEvent((ev) => ev.kind === "reset");
+      assertEquals(reset.at(-1)?.message, { reason: "state_lost" });
+      const last = await a.put(lost, 5);
+      const evs = await onLost.waitForEvent((ev) => ev.kind === "put" && ev.message === 5);
+      assertEquals(
+        view(evs).filter((r) => r[0] === "put").map((r) => r[1]),
+        evs.some((ev) => ev.message === 4) ? [4, 5] : [5],
+      );
+      assertEquals(evs.at(-1)?.seq, last.seq);
+      // A position from before the restart gets the same answer, on either node.
+      const resumed = new Recorder("resumed");
+      await a.listen(lost, resumed, { since: before });
+      assertEquals(resumed.events[0]?.kind, "reset");
+      assertEquals(resumed.events[0]?.message, { reason: "state_lost" });
+      await onKept.waitFor(2);
+      assertEquals(view(onKept.events), [["put", 1, 1], ["put", 2, 2]]);
+    }),
+});
