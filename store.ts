@@ -198,6 +198,8 @@ export class DurableStore {
   #pending = new Map<string, PendingStream>();
   /** How far every stream's seq jumps in the next commit (after an unclean stop), or 0. */
   #jump = 0;
+  /** Lost ranges to write after the jump in the next commit: [ranges, name]. */
+  #pendingLost: [string, string][] = [];
   /** Meta rows to write in the next commit. */
   #pendingMeta = new Map<string, string>();
   /** Committed rows to delete at the next commit. */
@@ -221,6 +223,7 @@ export class DurableStore {
     delRow: StatementSync;
     insert: StatementSync;
     jump: StatementSync;
+    setLost: StatementSync;
     setMeta: StatementSync;
   };
 
@@ -251,6 +254,7 @@ export class DurableStore {
           "WHEN lost = '' THEN json_array(json_array(seq, seq + ?1)) " +
           "ELSE json_insert(lost, '$[#]', json_array(seq, seq + ?1)) END",
       ),
+      setLost: db.prepare("UPDATE streams SET lost = ? WHERE name = ?"),
       setMeta: db.prepare(
         "INSERT INTO meta(key, value) VALUES (?, ?) " +
           "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
@@ -357,6 +361,8 @@ export class DurableStore {
     this.#loaded = true;
     const out: StoredStream[] = [];
     let jump = 0;
+    /** Streams whose lost ranges the jump took past the bound: [ranges, name]. */
+    const capped: [string, string][] = [];
     try {
       const meta = new Map<string, string>();
       for (const r of this.#db.prepare("SELECT key, value FROM meta").iterate()) {
@@ -398,6 +404,10 @@ export class DurableStore {
         if (jump > 0) {
           lost = [...lost, [seq, seq + jump]];
           seq += jump;
+          if (lost.length > MAX_LOST_RANGES) {
+            lost = capLost(lost.filter(([, upTo]) => upTo >= trimmedTo));
+            capped.push([JSON.stringify(lost), name]);
+          }
         }
         out.push({
           name,
@@ -423,6 +433,7 @@ export class DurableStore {
     try {
       this.#db.exec("BEGIN");
       if (jump > 0) this.#st.jump.run(jump);
+      for (const [lost, name] of capped) this.#st.setLost.run(lost, name);
       for (const [key, value] of marks) this.#st.setMeta.run(key, value);
       this.#db.exec("COMMIT");
     } catch (e) {
@@ -432,6 +443,7 @@ export class DurableStore {
         // Rolled back by SQLite already.
       }
       this.#jump = jump;
+      this.#pendingLost = capped;
       for (const [key, value] of marks) this.#pendingMeta.set(key, value);
       this.#pendingWrites++;
       this.#error = this.#fail(e, "write");
@@ -591,6 +603,7 @@ export class DurableStore {
       }
       db.exec("BEGIN");
       if (this.#jump > 0) st.jump.run(this.#jump);
+      for (const [lost, name] of this.#pendingLost) st.setLost.run(lost, name);
       for (const [key, value] of this.#pendingMeta) st.setMeta.run(key, value);
       for (const id of this.#deleteIds) st.delRow.run(id);
       for (const [name, p] of this.#pending) {
@@ -622,6 +635,7 @@ export class DurableStore {
     this.commits++;
     this.#error = undefined;
     this.#jump = 0;
+    this.#pendingLost = [];
     this.#pendingMeta.clear();
     this.#pending = new Map();
     this.#deleteIds = [];
@@ -793,6 +807,21 @@ const RAW_NAME = "CASE WHEN instr(CAST(name AS BLOB), x'00') THEN CAST(name AS B
 /** A stream name as read back (see {@linkcode RAW_NAME}). */
 function nameOf(row: Record<string, unknown>): string {
   return row.raw instanceof Uint8Array ? utf8.decode(row.raw) : row.name as string;
+}
+
+/**
+ * Most lost ranges kept per stream. A stream that stays idle through many unclean stops gains a
+ * range at each; past this bound the two oldest merge, which turns the seq between them (a
+ * position after a restart) into a false reset, never a gap, and keeps the row bounded.
+ */
+const MAX_LOST_RANGES = 16;
+
+function capLost(lost: LostRange[]): LostRange[] {
+  const out = [...lost];
+  while (out.length > MAX_LOST_RANGES) {
+    out.splice(0, 2, [out[0]![0], out[1]![1]]);
+  }
+  return out;
 }
 
 function parseLost(text: string): LostRange[] {

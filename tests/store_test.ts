@@ -490,3 +490,33 @@ Deno.test("DurableStore keeps a stream name with a NUL character apart from its 
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("DurableStore keeps at most 16 lost ranges for a stream idle through many unclean stops", async () => {
+  const { dir, path } = await tempPath();
+  try {
+    const store = DurableStore.open(path, { maxPendingWrites: 9 });
+    store.load();
+    store.setStream("idle", "e", 5, '"h"', 0);
+    store.close();
+    for (let i = 0; i < 20; i++) {
+      markUnclean(path);
+      const s = DurableStore.open(path, { maxPendingWrites: 9 });
+      s.load();
+      s.close();
+    }
+    const again = DurableStore.open(path);
+    const [s] = again.load();
+    assertEquals(s?.seq, 205);
+    assertEquals(s?.lost.length, 16);
+    // The five oldest ranges merged (seqs 15 to 45, positions after those restarts, are now
+    // reset falsely); the newest 15 stay exact.
+    assertEquals(s?.lost[0], [5, 55]);
+    assertEquals(
+      s?.lost.slice(1),
+      Array.from({ length: 15 }, (_, i) => [55 + 10 * i, 65 + 10 * i]),
+    );
+    again.close();
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
