@@ -1,12 +1,14 @@
 /**
  * The HTTP door's live status page (`GET /`): one self-contained HTML document (its CSS and
- * JavaScript inline, nothing fetched from another host) that lists the first page of streams
- * by name (`GET /streams?limit=100`, never the whole list) every second and follows the
- * selected one over Server-Sent Events. When the server needs a token, the page asks for it in a
+ * JavaScript inline, nothing fetched from another host) that follows every stream through one
+ * pattern subscription (`GET /sse?pattern=*`: each stream's header, then its puts and end, live;
+ * the list is not polled), shows the first 100 streams by name with their seq and rate, reads
+ * listener counts from the list's first page (`GET /streams?limit=100`) every 10 s, and follows
+ * the selected stream over Server-Sent Events. When the server needs a token, the page asks for it in a
  * small form and keeps it in `sessionStorage` (this tab only), never in the page's URL: a
  * `?token=` given in the URL is moved there and removed from the address. The token goes out as
  * `Authorization` and, for `EventSource` (which cannot set headers), as `?token=` on the
- * stream's request. The header also shows the engine's state from `/healthz`.
+ * stream's and the pattern's requests. The header also shows the engine's state from `/healthz`.
  *
  * @example Serve the page
  * ```ts
@@ -186,7 +188,6 @@ ol.tail .data { word-break: break-word; }
   var MAX_TAIL = 200;
   // One page of the list, the first streams by name: never the whole list every second.
   var PAGE = 100;
-  var more = false;
   function $(id) { return document.getElementById(id); }
   function pretty(text, indent) {
     try { return JSON.stringify(JSON.parse(text), null, indent); } catch (e) { return text; }
@@ -224,7 +225,7 @@ ol.tail .data { word-break: break-word; }
     markSelected();
     return row;
   }
-  function render(list) {
+  function render(list, total) {
     var seen = new Set();
     var listeners = 0;
     list.forEach(function (s) {
@@ -241,8 +242,8 @@ ol.tail .data { word-break: break-word; }
       if (!seen.has(name)) { row.tr.remove(); rows.delete(name); }
     });
     $("empty").hidden = list.length > 0;
-    $("totals").textContent = (more ? "first " : "") + list.length +
-      (list.length === 1 ? " stream · " : " streams · ") +
+    $("totals").textContent = (total > list.length ? "first " + list.length + " of " : "") +
+      total + (total === 1 ? " stream · " : " streams · ") +
       listeners + (listeners === 1 ? " listener" : " listeners");
   }
   function engine() {
@@ -250,7 +251,76 @@ ol.tail .data { word-break: break-word; }
       $("engine").textContent = "engine " + h.engine + (h.status === "ok" ? " · up" : " · DOWN");
     }).catch(function () { $("engine").textContent = ""; });
   }
-  function refresh() {
+  // The streams come from one pattern subscription (GET sse?pattern=*): each stream's header
+  // first, then its puts and its end, live; the list is not polled for them. Only listener
+  // counts are read, from the list's first page, every 10 s and when a tail opens.
+  var PATTERN = "*";
+  var known = new Map();
+  var names = [];
+  var sorted = true;
+  var follow = null;
+  function seen(d, header) {
+    var s = known.get(d.stream);
+    if (!s) {
+      s = { seq: d.seq, last: d.seq, rate: 0, header: false, listeners: 0, fresh: true };
+      known.set(d.stream, s);
+      sorted = false;
+    }
+    s.seq = d.seq;
+    s.fresh = true;
+    if (header) s.header = d.message !== null;
+    soon();
+  }
+  // Events show within a tenth of a second, however many arrive.
+  var drawing = null;
+  function soon() {
+    if (drawing === null) drawing = setTimeout(function () { drawing = null; draw(); }, 100);
+  }
+  function followAll() {
+    if (follow) follow.close();
+    var es = new EventSource("sse?pattern=" + encodeURIComponent(PATTERN) +
+      (token ? "&token=" + encodeURIComponent(token) : ""));
+    follow = es;
+    // After a reconnect every stream is announced again; those that are not went meanwhile.
+    es.onopen = function () { known.forEach(function (s) { s.fresh = false; }); };
+    es.onerror = function () {
+      setConn(false, es.readyState === EventSource.CLOSED
+        ? "cannot follow the streams; retrying"
+        : "reconnecting…");
+      if (es.readyState === EventSource.CLOSED && follow === es) {
+        follow = null;
+        setTimeout(function () { if (!follow) followAll(); }, 2000);
+      }
+    };
+    es.addEventListener("header", function (e) { seen(JSON.parse(e.data), true); });
+    es.addEventListener("put", function (e) { seen(JSON.parse(e.data), false); });
+    es.addEventListener("reset", function (e) { seen(JSON.parse(e.data), false); });
+    es.addEventListener("end", function (e) {
+      known.delete(JSON.parse(e.data).stream);
+      sorted = false;
+      soon();
+    });
+    es.addEventListener("joined", function () {
+      known.forEach(function (s, name) {
+        if (!s.fresh) { known.delete(name); sorted = false; }
+      });
+      $("token-form").hidden = true;
+      setConn(true, "live · following every stream");
+      draw();
+    });
+  }
+  function tick() {
+    known.forEach(function (s) { s.rate = Math.max(0, s.seq - s.last); s.last = s.seq; });
+    draw();
+  }
+  function draw() {
+    if (!sorted) { names = Array.from(known.keys()).sort(); sorted = true; }
+    render(names.slice(0, PAGE).map(function (name) {
+      var s = known.get(name);
+      return { name: name, listeners: s.listeners, seq: s.seq, rate: s.rate, hasHeader: s.header };
+    }), names.length);
+  }
+  function counts() {
     engine();
     fetch("streams?limit=" + PAGE, init).then(function (res) {
       if (res.status === 401) {
@@ -259,14 +329,17 @@ ol.tail .data { word-break: break-word; }
       }
       if (!res.ok) throw new Error("HTTP " + res.status);
       $("token-form").hidden = true;
-      more = /rel="next"/.test(res.headers.get("link") || "");
+      if (!follow) followAll();
       return res.json();
     }).then(function (list) {
-      render(list);
-      setConn(true, "live · updated " + new Date().toLocaleTimeString());
+      list.forEach(function (s) {
+        var k = known.get(s.name);
+        if (k) k.listeners = s.listeners;
+      });
+      draw();
     }).catch(function (e) {
       setConn(false, "cannot reach the server (" + e.message + "); retrying");
-    }).finally(function () { setTimeout(refresh, 1000); });
+    });
   }
   function markSelected() {
     rows.forEach(function (row, name) {
@@ -312,7 +385,7 @@ ol.tail .data { word-break: break-word; }
       (token ? "?token=" + encodeURIComponent(token) : "");
     var es = new EventSource(url);
     source = es;
-    es.onopen = function () { tailState(true, "following live"); };
+    es.onopen = function () { tailState(true, "following live"); counts(); };
     es.onerror = function () {
       if (es.readyState === EventSource.CLOSED) tailState(false, "closed");
       else tailState(false, "reconnecting…");
@@ -338,17 +411,27 @@ ol.tail .data { word-break: break-word; }
     try { sessionStorage.setItem(KEY, t); } catch (err) { /* storage off: this page only */ }
     useToken(t);
     $("token-why").textContent = "checking…";
+    followAll();
+    counts();
     if (selected) select(selected);
   });
   $("forget").addEventListener("click", function () {
     try { sessionStorage.removeItem(KEY); } catch (e) { /* storage off */ }
     useToken(null);
     if (source) { source.close(); source = null; }
+    if (follow) { follow.close(); follow = null; }
+    known.clear();
+    sorted = false;
+    draw();
+    counts();
   });
   useToken(token);
   var m = /^#stream=(.*)$/.exec(location.hash);
   if (m) { try { select(decodeURIComponent(m[1])); } catch (e) { /* bad hash */ } }
-  refresh();
+  followAll();
+  counts();
+  setInterval(tick, 1000);
+  setInterval(counts, 10000);
 })();
 </script>
 </body>

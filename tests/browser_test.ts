@@ -64,6 +64,7 @@ Deno.test({
       const row = page.locator("tr", { has: button });
       await page.locator('#streams tr[data-name="build-7"] td:nth-child(2)', { hasText: /^1$/ })
         .waitFor();
+      await row.locator("td").nth(2).filter({ hasText: /^5$/ }).waitFor();
       assertEquals(await row.locator("td").nth(2).textContent(), "5");
       await Deno.mkdir(new URL("./artifacts/", import.meta.url), { recursive: true });
       await page.screenshot({

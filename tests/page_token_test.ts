@@ -78,8 +78,11 @@ Deno.test({
       await page.getByLabel("This server needs a token:").waitFor();
       assertEquals(await page.evaluate(() => sessionStorage.getItem("msgstream.token")), null);
 
-      // Only the EventSource request carries the token in its URL; the page's never does.
-      const pageUrls = urls.filter((u) => !u.includes("/streams/build-9"));
+      // Only the EventSource requests (the stream's, the pattern's) carry the token in their
+      // URL; the page's never does.
+      const pageUrls = urls.filter((u) =>
+        !u.includes("/streams/build-9") && !u.includes("/sse?pattern=")
+      );
       assertEquals(pageUrls.filter((u) => u.includes(SECRET)), []);
       assertEquals(problems, []);
 
