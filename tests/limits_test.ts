@@ -256,6 +256,40 @@ Deno.test("TCP: while the rest of the memory budget is spent, a connection holdi
   await poll(() => server.hub.memory.lines === 0, "the lines to be released");
 });
 
+Deno.test("TCP: while the memory budget is spent, a listener holding over 64 KiB of unsent frames is cut; the publisher is not", async () => {
+  // 2 MiB, of which 256 KiB are history's; a connection's own bound (64 MiB) is far off.
+  await using server = serve({
+    port: 0,
+    logLevel: "silent",
+    maxMemory: 2 << 20,
+    maxOutboundBytes: 64 << 20,
+  });
+  // A listener that never reads (a plain connection: nothing reads it).
+  const stuck = await Deno.connect({ hostname: "127.0.0.1", port: server.addr.port });
+  await stuck.write(new TextEncoder().encode('{"action":"listen","stream":"s"}\n'));
+  await poll(() => server.hub.stats().listeners === 1, "the listener to join");
+  // Headers fill the budget but for a few KiB; an unfinished line of 60 KB spends the rest.
+  await using filler = await connectRaw(server.addr.port);
+  for (let i = 0;; i++) {
+    await filler.send({ action: "header", stream: `f${i}`, message: "h".repeat(100_000), id: i });
+    if ((await filler.next()).action === "error") break;
+  }
+  await filler.write(`{"action":"put","stream":"a","message":"${"a".repeat(60_000)}`);
+  await poll(() => server.hub.memory.spent, "the budget to be spent");
+  // Puts to the listener's stream: once its socket is full, its queue passes 64 KiB and it is
+  // cut, long before 64 MiB.
+  await using publisher = await connectRaw(server.addr.port);
+  let sent = 0;
+  for (; sent < 600 && server.metrics.slowConsumers === 0; sent++) {
+    await publisher.send({ action: "put", stream: "s", message: "p".repeat(50_000), id: sent });
+    assertEquals((await publisher.next()).id, sent);
+  }
+  assertEquals(server.metrics.slowConsumers, 1);
+  assert(sent < 600, `${sent} puts of 50 KB before the cut`);
+  await poll(() => server.metrics.connections.tcp === 2, "the listener to be closed");
+  stuck.close();
+});
+
 Deno.test("TCP: a large put to many listeners counts its frame once in the memory budget: none is cut", async () => {
   // 40 listeners of one 1 MB put would be 40 MB counted per connection, past a 16 MiB budget.
   await using server = serve({ port: 0, logLevel: "silent", maxMemory: 16 << 20 });
