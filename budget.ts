@@ -8,7 +8,8 @@
  * ## How the parts are counted
  *
  * - **history**: the bytes of frames the history rings keep (exact). History is the one part
- *   that gives way: it is trimmed, oldest first, to leave room for the rest.
+ *   that gives way: it is trimmed, oldest first, to leave room for the rest, down to its
+ *   reserve ({@linkcode MemoryBudget.historyReserve}).
  * - **headers**: each set header costs {@linkcode HEADER_COST_FACTOR} times its frame's bytes
  *   (the decoded message and the join frame listeners get).
  * - **streams**: {@linkcode STREAM_COST} bytes per stream held (an estimate of its state).
