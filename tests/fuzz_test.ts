@@ -24,6 +24,7 @@ const CODES: Record<ErrorCode, true> = {
   invalid_stream: true,
   missing_message: true,
   invalid_since: true,
+  invalid_pattern: true,
   line_too_long: true,
   unauthorized: true,
   forbidden: true,
