@@ -5,6 +5,7 @@ import { assertEquals } from "@std/assert";
 import { TextLineStream } from "@std/streams/text-line-stream";
 import { serve } from "../server.ts";
 import { deadline } from "./_wait.ts";
+import { engineOptions, testRedis } from "./_server.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname;
 
@@ -39,7 +40,7 @@ function lines(stdout: string): Record<string, unknown>[] {
 }
 
 Deno.test("msgstream listen --pattern prints each stream's header first, announces new streams, and nothing outside", async () => {
-  await using server = serve({ port: 0, logLevel: "silent" });
+  await using server = serve({ port: 0, logLevel: "silent", ...engineOptions() });
   const hub = server.hub;
   await hub.header("jobs.1", "running");
   const args = ["listen", "--pattern", "jobs.*", "--count", "2", "--server"];
@@ -55,13 +56,14 @@ Deno.test("msgstream listen --pattern prints each stream's header first, announc
   };
   // The pattern is registered before the catch-up: once a header is out, new streams count.
   assertEquals(await next(), 'jobs.1 header "running" 0');
+  // A delete ends that stream; the pattern goes on.
+  await hub.delete("jobs.1");
+  assertEquals(await next(), "jobs.1 end null 0");
   await hub.put("other", 1);
   await hub.put("jobs.2", "a");
-  await hub.delete("jobs.1");
   await hub.put("jobs.2", "b");
   assertEquals(await next(), "jobs.2 header null 0");
   assertEquals(await next(), 'jobs.2 put "a" 1');
-  assertEquals(await next(), "jobs.1 end null 0");
   assertEquals(await next(), 'jobs.2 put "b" 2');
   const { done } = await deadline(reader.read(), "the end of stdout");
   assertEquals(done, true);
@@ -69,32 +71,38 @@ Deno.test("msgstream listen --pattern prints each stream's header first, announc
   await stderr;
 });
 
-Deno.test("msgstream ls [PATTERN] lists stream, seq, listeners and whether a header is set, across pages", async () => {
-  await using server = serve({ port: 0, logLevel: "silent" });
-  const hub = server.hub;
-  for (let i = 0; i < 5; i++) await hub.put(`jobs.${i}`, i);
-  await hub.header("jobs.3", "h");
-  await hub.put("other", 1);
-  await hub.listen("jobs.1", { put() {} });
-  const at = `127.0.0.1:${server.addr.port}`;
-  const r = await run(["ls", "jobs.*", "--limit", "2", "--server", at]);
-  assertEquals([r.code, r.stderr], [0, ""]);
-  assertEquals(lines(r.stdout), [
-    { stream: "jobs.0", seq: 1, listeners: 0, header: false },
-    { stream: "jobs.1", seq: 1, listeners: 1, header: false },
-    { stream: "jobs.2", seq: 1, listeners: 0, header: false },
-    { stream: "jobs.3", seq: 1, listeners: 0, header: true },
-    { stream: "jobs.4", seq: 1, listeners: 0, header: false },
-  ]);
-  const all = await run(["ls", "--server", at]);
-  assertEquals(lines(all.stdout).map((s) => s.stream), [
-    "jobs.0",
-    "jobs.1",
-    "jobs.2",
-    "jobs.3",
-    "jobs.4",
-    "other",
-  ]);
-  const bad = await run(["ls", "--limit", "5000", "--server", at]);
-  assertEquals(bad.code, 1);
+Deno.test({
+  name:
+    "msgstream ls [PATTERN] lists stream, seq, listeners and whether a header is set, across pages",
+  // With an engine, list shows the streams this node holds a copy of (see PROTOCOL.md).
+  ignore: testRedis !== undefined,
+  fn: async () => {
+    await using server = serve({ port: 0, logLevel: "silent", ...engineOptions() });
+    const hub = server.hub;
+    for (let i = 0; i < 5; i++) await hub.put(`jobs.${i}`, i);
+    await hub.header("jobs.3", "h");
+    await hub.put("other", 1);
+    await hub.listen("jobs.1", { put() {} });
+    const at = `127.0.0.1:${server.addr.port}`;
+    const r = await run(["ls", "jobs.*", "--limit", "2", "--server", at]);
+    assertEquals([r.code, r.stderr], [0, ""]);
+    assertEquals(lines(r.stdout), [
+      { stream: "jobs.0", seq: 1, listeners: 0, header: false },
+      { stream: "jobs.1", seq: 1, listeners: 1, header: false },
+      { stream: "jobs.2", seq: 1, listeners: 0, header: false },
+      { stream: "jobs.3", seq: 1, listeners: 0, header: true },
+      { stream: "jobs.4", seq: 1, listeners: 0, header: false },
+    ]);
+    const all = await run(["ls", "--server", at]);
+    assertEquals(lines(all.stdout).map((s) => s.stream), [
+      "jobs.0",
+      "jobs.1",
+      "jobs.2",
+      "jobs.3",
+      "jobs.4",
+      "other",
+    ]);
+    const bad = await run(["ls", "--limit", "5000", "--server", at]);
+    assertEquals(bad.code, 1);
+  },
 });

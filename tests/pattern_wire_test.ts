@@ -10,6 +10,7 @@ import { ProtocolError, RemoteStream } from "../client.ts";
 import { connectRaw, type Frame } from "./_raw_client.ts";
 import { collect } from "./_recorder.ts";
 import { TcpProxy } from "./_proxy.ts";
+import { engineOptions, testRedis } from "./_server.ts";
 
 function brief(f: Frame): string {
   if (f.action === "ok") return `ok ${f.pattern ?? f.stream} ${f.streams ?? ""}`.trim();
@@ -17,12 +18,19 @@ function brief(f: Frame): string {
   return `${f.action}${f.header ? "/h" : ""} ${f.stream} ${JSON.stringify(f.message)} ${f.seq}`;
 }
 
+/** Lines grouped by stream (the `at`th word): the order that counts is each stream's own. */
+function byStream(lines: string[], at = 0): Record<string, string[]> {
+  const out: Record<string, string[]> = {};
+  for (const l of lines) (out[l.split(" ")[at]!] ??= []).push(l);
+  return out;
+}
+
 function events(got: StreamEvent[]): string[] {
   return got.map((e) => `${e.stream} ${e.kind} ${JSON.stringify(e.message)} ${e.seq}`);
 }
 
 Deno.test("TCP: listen with a pattern gives each stream's header first, then its puts, announces new streams, and nothing else", async () => {
-  await using server = serve({ port: 0 });
+  await using server = serve({ port: 0, ...engineOptions() });
   const hub = server.hub;
   await hub.header("jobs.1", { state: "running" });
   await hub.put("jobs.1", 1);
@@ -39,14 +47,14 @@ Deno.test("TCP: listen with a pattern gives each stream's header first, then its
   await hub.put("jobs.2", "a");
   await hub.put("jobs.1", 2);
   await hub.delete("jobs.2");
+  let n = 0;
+  assertEquals(byStream((await c.until(() => ++n === 4)).map(brief), 1), {
+    "jobs.2": ["put/h jobs.2 null 0", 'put jobs.2 "a" 1', "delete jobs.2 null 1"],
+    "jobs.1": ["put jobs.1 2 2"],
+  });
+  // Nothing else came (not from "other"): the next frame is the answer to a ping.
   await c.send({ action: "ping", id: 2 });
-  assertEquals((await c.until((f) => f.action === "pong")).map(brief), [
-    "put/h jobs.2 null 0",
-    'put jobs.2 "a" 1',
-    "put jobs.1 2 2",
-    "delete jobs.2 null 1",
-    "pong undefined undefined undefined",
-  ]);
+  assertEquals((await c.next()).action, "pong");
   await c.send({ action: "hangup", pattern: "jobs.*", id: 3 });
   assertEquals(brief(await c.next()), "ok jobs.*");
   await hub.put("jobs.1", 3);
@@ -57,6 +65,7 @@ Deno.test("TCP: listen with a pattern gives each stream's header first, then its
 Deno.test("TCP: a pattern beyond the token's subscribe grant is refused with forbidden", async () => {
   await using server = serve({
     port: 0,
+    ...engineOptions(),
     tokens: [{ name: "eu", secret: "s", publish: [], subscribe: ["jobs.eu.*", "jobs.us.*"] }],
   });
   await using c = await connectRaw(server.addr.port);
@@ -78,7 +87,7 @@ Deno.test("TCP: a pattern beyond the token's subscribe grant is refused with for
 });
 
 Deno.test("TCP: a malformed pattern listen gets a coded error and the connection goes on", async () => {
-  await using server = serve({ port: 0 });
+  await using server = serve({ port: 0, ...engineOptions() });
   await using c = await connectRaw(server.addr.port);
   await c.send({ action: "listen", pattern: "", id: 1 });
   assertEquals([(await c.next()).code], ["invalid_pattern"]);
@@ -97,7 +106,7 @@ Deno.test("TCP: a malformed pattern listen gets a coded error and the connection
 });
 
 Deno.test("RemoteStream.listen({pattern}) gives headers first, announces new streams, and nothing outside", async () => {
-  await using server = serve({ port: 0 });
+  await using server = serve({ port: 0, ...engineOptions() });
   const hub = server.hub;
   await hub.header("jobs.1", "h1");
   await using remote = await RemoteStream.connect({ port: server.addr.port });
@@ -109,12 +118,10 @@ Deno.test("RemoteStream.listen({pattern}) gives headers first, announces new str
   await hub.put("nope", 0);
   await hub.put("jobs.2", "a");
   await hub.put("jobs.1", "b");
-  assertEquals(events(await collect(inbox, 4)), [
-    'jobs.1 header "h1" 0',
-    "jobs.2 header null 0",
-    'jobs.2 put "a" 1',
-    'jobs.1 put "b" 1',
-  ]);
+  assertEquals(byStream(events(await collect(inbox, 4))), {
+    "jobs.1": ['jobs.1 header "h1" 0', 'jobs.1 put "b" 1'],
+    "jobs.2": ["jobs.2 header null 0", 'jobs.2 put "a" 1'],
+  });
   // A second local queue gets each stream's header as last seen, then the same live events.
   const second = new Inbox();
   assertEquals(await remote.listen({ pattern: "jobs.*" }, second), {
@@ -122,11 +129,10 @@ Deno.test("RemoteStream.listen({pattern}) gives headers first, announces new str
     streams: 2,
   });
   await hub.put("jobs.2", "c");
-  assertEquals(events(await collect(second, 3)), [
-    'jobs.1 header "h1" 1',
-    "jobs.2 header null 1",
-    'jobs.2 put "c" 2',
-  ]);
+  assertEquals(byStream(events(await collect(second, 3))), {
+    "jobs.1": ['jobs.1 header "h1" 1'],
+    "jobs.2": ["jobs.2 header null 1", 'jobs.2 put "c" 2'],
+  });
   assertEquals(events(await collect(inbox, 1)), ['jobs.2 put "c" 2']);
   inbox.close();
   second.close();
@@ -135,6 +141,7 @@ Deno.test("RemoteStream.listen({pattern}) gives headers first, announces new str
 Deno.test("RemoteStream refuses a pattern beyond the grant with forbidden", async () => {
   await using server = serve({
     port: 0,
+    ...engineOptions(),
     tokens: [{ name: "t", secret: "s", publish: ["*"], subscribe: ["jobs.*"] }],
   });
   await using remote = await RemoteStream.connect({ port: server.addr.port, token: "s" });
@@ -150,7 +157,7 @@ Deno.test("RemoteStream refuses a pattern beyond the grant with forbidden", asyn
 });
 
 Deno.test("RemoteStream resumes a pattern after a cut connection: no gap, no duplicate, new and deleted streams told", async () => {
-  await using server = serve({ port: 0 });
+  await using server = serve({ port: 0, ...engineOptions() });
   const hub = server.hub;
   await using proxy = new TcpProxy(server.addr.port);
   await using remote = await RemoteStream.connect({
@@ -162,7 +169,11 @@ Deno.test("RemoteStream resumes a pattern after a cut connection: no gap, no dup
   await hub.put("jobs.b", 1);
   const inbox = new Inbox();
   await remote.listen({ pattern: "jobs.*" }, inbox);
-  assertEquals(events(await collect(inbox, 2)), ["jobs.a header null 1", "jobs.b header null 1"]);
+  // Across streams, the catch-up's order is the server's (with Redis, SCAN's): sorted here.
+  assertEquals(events(await collect(inbox, 2)).sort(), [
+    "jobs.a header null 1",
+    "jobs.b header null 1",
+  ]);
   const down = new Promise<void>((resolve) => {
     (async () => {
       for await (const s of remote.status()) if (s.type === "disconnected") return resolve();
@@ -187,44 +198,50 @@ Deno.test("RemoteStream resumes a pattern after a cut connection: no gap, no dup
   inbox.close();
 });
 
-Deno.test("TCP: list pages through the streams a pattern matches, ordered by name, within the grant", async () => {
-  await using server = serve({
-    port: 0,
-    tokens: [{ name: "t", secret: "s", publish: ["*"], subscribe: ["jobs.*"] }],
-  });
-  const hub = server.hub;
-  for (const name of ["jobs.b", "jobs.a", "secret.x", "jobs.c"]) await hub.put(name, 1);
-  await hub.header("jobs.c", "h");
-  await using c = await connectRaw(server.addr.port);
-  await c.send({ action: "hello", version: 1, token: "s", id: 0 });
-  await c.next();
-  await c.send({ action: "list", limit: 2, id: 1 });
-  const first = await c.next();
-  assertEquals(first.streams, [
-    {
-      stream: "jobs.a",
-      epoch: (await hub.stat("jobs.a"))!.epoch,
-      seq: 1,
-      listeners: 0,
-      header: false,
-    },
-    {
-      stream: "jobs.b",
-      epoch: (await hub.stat("jobs.b"))!.epoch,
-      seq: 1,
-      listeners: 0,
-      header: false,
-    },
-  ]);
-  assertEquals(first.next, "jobs.b");
-  await c.send({ action: "list", limit: 2, after: "jobs.b", id: 2 });
-  const second = await c.next();
-  assertEquals((second.streams as Frame[]).map((s) => [s.stream, s.header]), [["jobs.c", true]]);
-  assertEquals(second.next, null);
-  await c.send({ action: "list", pattern: "*.a", id: 3 });
-  assertEquals(((await c.next()).streams as Frame[]).map((s) => s.stream), ["jobs.a"]);
-  await c.send({ action: "list", limit: 0, id: 4 });
-  assertEquals((await c.next()).code, "invalid_frame");
-  await c.send({ action: "list", pattern: "", id: 5 });
-  assertEquals((await c.next()).code, "invalid_pattern");
+Deno.test({
+  name: "TCP: list pages through the streams a pattern matches, ordered by name, within the grant",
+  // With an engine, list shows the streams this node holds a copy of (see PROTOCOL.md).
+  ignore: testRedis !== undefined,
+  fn: async () => {
+    await using server = serve({
+      port: 0,
+      ...engineOptions(),
+      tokens: [{ name: "t", secret: "s", publish: ["*"], subscribe: ["jobs.*"] }],
+    });
+    const hub = server.hub;
+    for (const name of ["jobs.b", "jobs.a", "secret.x", "jobs.c"]) await hub.put(name, 1);
+    await hub.header("jobs.c", "h");
+    await using c = await connectRaw(server.addr.port);
+    await c.send({ action: "hello", version: 1, token: "s", id: 0 });
+    await c.next();
+    await c.send({ action: "list", limit: 2, id: 1 });
+    const first = await c.next();
+    assertEquals(first.streams, [
+      {
+        stream: "jobs.a",
+        epoch: (await hub.stat("jobs.a"))!.epoch,
+        seq: 1,
+        listeners: 0,
+        header: false,
+      },
+      {
+        stream: "jobs.b",
+        epoch: (await hub.stat("jobs.b"))!.epoch,
+        seq: 1,
+        listeners: 0,
+        header: false,
+      },
+    ]);
+    assertEquals(first.next, "jobs.b");
+    await c.send({ action: "list", limit: 2, after: "jobs.b", id: 2 });
+    const second = await c.next();
+    assertEquals((second.streams as Frame[]).map((s) => [s.stream, s.header]), [["jobs.c", true]]);
+    assertEquals(second.next, null);
+    await c.send({ action: "list", pattern: "*.a", id: 3 });
+    assertEquals(((await c.next()).streams as Frame[]).map((s) => s.stream), ["jobs.a"]);
+    await c.send({ action: "list", limit: 0, id: 4 });
+    assertEquals((await c.next()).code, "invalid_frame");
+    await c.send({ action: "list", pattern: "", id: 5 });
+    assertEquals((await c.next()).code, "invalid_pattern");
+  },
 });

@@ -1,6 +1,6 @@
 /**
- * The foundation suite on the Redis engine: runs `server_test.ts`, `bad_input_test.ts` and
- * `legacy_client_test.ts` again in a `deno test` subprocess whose servers all use a fresh
+ * The foundation suite on the Redis engine: runs `server_test.ts`, `bad_input_test.ts`,
+ * `legacy_client_test.ts` and the pattern suites over the wire again in a `deno test` subprocess whose servers all use a fresh
  * `redis-server` (`MSGSTREAM_TEST_REDIS`, read by `engineOptions()` in `_server.ts`). The same
  * tests, unchanged, run on the memory engine in the ordinary run.
  *
@@ -13,7 +13,15 @@ import { hasRedis, RedisProcess } from "./_redis.ts";
 import { deadline, TIMEOUT } from "./_wait.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname;
-const FILES = ["tests/server_test.ts", "tests/bad_input_test.ts", "tests/legacy_client_test.ts"];
+const FILES = [
+  "tests/server_test.ts",
+  "tests/bad_input_test.ts",
+  "tests/legacy_client_test.ts",
+  // Pattern listens through TCP, RemoteStream, the CLI, SSE and WebSocket.
+  "tests/pattern_wire_test.ts",
+  "tests/pattern_cli_test.ts",
+  "tests/pattern_http_test.ts",
+];
 
 Deno.test({
   name: "The server, bad input and original-protocol suites pass on the Redis engine",
