@@ -8,9 +8,10 @@ import { assert, assertEquals } from "@std/assert";
 import { TextLineStream } from "@std/streams/text-line-stream";
 import { MessageStream } from "../mod.ts";
 import { SseDoor } from "../sse.ts";
+import { serveHttp } from "../http.ts";
 import { Metrics } from "../metrics.ts";
 import { Ws } from "./_http.ts";
-import { deadline, TIMEOUT, TimeoutError } from "./_wait.ts";
+import { deadline, poll, TIMEOUT, TimeoutError } from "./_wait.ts";
 
 const serverPath = new URL("../server.ts", import.meta.url).pathname;
 const enc = new TextEncoder();
@@ -252,4 +253,21 @@ Deno.test("An SSE response that does not read is cut at maxBufferBytes and its b
   assert(text.includes("event: close") && text.includes('"code":"slow_consumer"'), text);
   assertEquals(hub.memory.outbound, 0);
   door.cut();
+});
+
+Deno.test("A WebSocket that does not read is cut once the memory budget is spent, below its own bound", async () => {
+  // 1 MiB for everything the server keeps for clients; the socket's own bound is 8 MiB.
+  const hub = new MessageStream({ maxMemory: 1 << 20 });
+  await using server = serveHttp(hub, { port: 0 });
+  const stuck = await rawWs(server.addr.port, '{"action":"listen","stream":"m"}');
+  await poll(() => hub.info("m")?.listeners === 1, "the socket to listen");
+  // 6 MB: under the socket's bound even if none of it left, far over the budget.
+  for (let i = 0; i < 60 && server.metrics.slowConsumers === 0; i++) {
+    await hub.put("m", "z".repeat(100_000));
+    await new Promise((resolve) => setTimeout(resolve, 1));
+  }
+  assertEquals(server.metrics.slowConsumers, 1, "the socket was cut by the budget");
+  assertEquals(hub.info("m")?.listeners, 0);
+  assertEquals(hub.memory.outbound, 0);
+  stuck.close();
 });
