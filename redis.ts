@@ -156,7 +156,7 @@ return g
 // as one message (two when a delete comes before other operations: the new stream gets its
 // own message): "B<tag> <epoch>\n" then per event "<kind><seq> <length> <text>", kind p, h
 // (empty text: cleared) or e (end); a message that is not its group's last carries the tag
-// "_". The stream's hash is read once and written once per group. Returns, per operation, two
+// "_". The stream's hash is read once and written once per group, its history trimmed once. Returns, per operation, two
 // values: put: seq and epoch; header and delete: 1 (applied) or 0 (a no-op) and ''.
 const BATCH = `
 local g = redis.call('GET', KEYS[1]) or ''
@@ -175,7 +175,7 @@ while a <= #ARGV do
   k, a = k + 2, a + 2
   local st = redis.call('HMGET', meta, 'epoch', 'seq', 'hc')
   local e, seq, hc = st[1], tonumber(st[2]) or 0, tonumber(st[3]) or 0
-  local dirty, has, parts, pe = false, nil, {}, nil
+  local dirty, has, parts, pe, added = false, nil, {}, nil, false
   local function ensure()
     if e and gen_of_epoch(e) == g then return end
     local t = redis.call('TIME')
@@ -201,7 +201,10 @@ while a <= #ARGV do
     if op == 'p' then
       ensure()
       seq, hc, dirty, pe = seq + 1, 0, true, e
-      if maxlen > 0 then redis.call('XADD', hist, 'MAXLEN', maxlen, seq .. '-0', 'k', 'p', 'm', text) end
+      if maxlen > 0 then
+        redis.call('XADD', hist, seq .. '-0', 'k', 'p', 'm', text)
+        added = true
+      end
       parts[#parts + 1] = 'p' .. seq .. ' ' .. len .. ' ' .. text
       out[#out + 1] = seq
       out[#out + 1] = e
@@ -216,7 +219,10 @@ while a <= #ARGV do
         ensure()
         if op == 'h' then redis.call('HSET', meta, 'header', text) end
         has, hc, dirty, pe = op == 'h', hc + 1, true, e
-        if maxlen > 0 then redis.call('XADD', hist, 'MAXLEN', maxlen, seq .. '-' .. hc, 'k', 'h', 'm', text) end
+        if maxlen > 0 then
+          redis.call('XADD', hist, seq .. '-' .. hc, 'k', 'h', 'm', text)
+          added = true
+        end
         parts[#parts + 1] = 'h' .. seq .. ' ' .. len .. ' ' .. text
         out[#out + 1] = 1
       else
@@ -229,7 +235,7 @@ while a <= #ARGV do
         parts[#parts + 1] = 'e' .. seq .. ' 0 '
         redis.call('DEL', meta, hist)
         publish(i == n)
-        e, seq, hc, has, dirty = nil, 0, 0, false, false
+        e, seq, hc, has, dirty, added = nil, 0, 0, false, false, false
         out[#out + 1] = 1
       else
         out[#out + 1] = 0
@@ -238,6 +244,8 @@ while a <= #ARGV do
     end
   end
   if dirty then redis.call('HSET', meta, 'epoch', e, 'seq', seq, 'hc', hc) end
+  -- Trimmed once per group, exactly: no reader sees the history between XADD and XTRIM.
+  if added then redis.call('XTRIM', hist, 'MAXLEN', maxlen) end
   publish(true)
 end
 return out
