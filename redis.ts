@@ -578,7 +578,12 @@ export class RedisEngine implements Engine {
       f.subscribed = Promise.resolve();
       f.active = true;
     }
-    if (this.#subWasUp) this.#sink?.lost();
+    if (this.#subWasUp) {
+      // Redis may be another instance now: the resyncs' scripts wait for the generation to be
+      // verified again, even when the subscription is back before the command connection.
+      this.#verifiedOn = -1;
+      this.#sink?.lost();
+    }
     this.#subWasUp = true;
   }
 
