@@ -43,17 +43,14 @@ Deno.test("GET /streams pages by name: after, limit, Link rel=next, every stream
   assertEquals(small.flat(), sorted);
 
   // A cursor need not be a stream's name; the last page has no Link.
-  const res = await request(`${base}/streams?after=s98&limit=5`);
-  assertEquals(
-    (await res.json()).map((s: { name: string }) => s.name),
-    [
-      "s99",
-      "s990",
-      "s991",
-      "s992",
-      "s993",
-    ].filter((n) => names.includes(n)),
-  );
+  const res = await request(`${base}/streams?after=s2499&limit=5`);
+  assertEquals((await res.json()).map((s: { name: string }) => s.name), [
+    "s25",
+    "s26",
+    "s27",
+    "s28",
+    "s29",
+  ]);
   const last = await request(`${base}/streams?after=s99`);
   assertEquals(last.headers.get("link"), null);
   assertEquals(await last.json(), []);
