@@ -162,7 +162,9 @@ Deno.test("WebSockets that do not read are cut at their bound, a reading one get
     // that do not read fall behind by everything (20 MB).
     while (sent < COUNT && sent - seqs.length < WINDOW) {
       let off = 0;
-      while (off < put.byteLength) off += await pub.write(put.subarray(off));
+      while (off < put.byteLength) {
+        off += await deadline(pub.write(put.subarray(off)), "the server to read a put");
+      }
       sent++;
     }
     const f = await reader.read();
