@@ -66,7 +66,7 @@ function connectHint(e: Error, tls: boolean): string {
     return " (trust the CA that signed the server's certificate: caCerts, or the CLI's --ca;" +
       " see docs/tls.md)";
   }
-  if (text.includes("NotValidForName")) {
+  if (text.includes("NotValidForName") || text.includes("not valid for name")) {
     return " (the server's certificate does not name this host: connect with a name it lists," +
       " or remake it with tools/tls_recipe.sh DIR NAME; see docs/tls.md)";
   }

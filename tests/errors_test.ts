@@ -207,6 +207,29 @@ Deno.test({
         const e = await connect({ port: plain.addr.port, tls: true, caCerts: [files.ca] });
         assert(e.message.endsWith("(the server does not speak TLS there: connect without TLS)"));
       });
+      await t.step("a name the certificate does not list", async () => {
+        await using any = serve({
+          hostname: "0.0.0.0",
+          port: 0,
+          logLevel: "silent",
+          cert: files.cert,
+          key: files.key,
+        });
+        const e = await connect({
+          hostname: "127.0.0.2",
+          port: any.addr.port,
+          tls: true,
+          caCerts: [files.ca],
+        });
+        assertStringIncludes(e.message, 'certificate not valid for name "127.0.0.2"');
+        assert(
+          e.message.endsWith(
+            "(the server's certificate does not name this host: connect with a name it lists," +
+              " or remake it with tools/tls_recipe.sh DIR NAME; see docs/tls.md)",
+          ),
+          e.message,
+        );
+      });
       await t.step("untrusted certificate", async () => {
         const e = await connect({ port: tls.addr.port, tls: true });
         assertStringIncludes(e.message, "UnknownIssuer (trust the CA");
