@@ -191,6 +191,12 @@ export interface ServeOptions extends MessageStreamOptions {
    */
   redisPrefix?: string;
   /**
+   * With `redis`: the URL is a node of a Redis Cluster (each stream in its hash tag's slot).
+   *
+   * @default {false}
+   */
+  redisCluster?: boolean;
+  /**
    * Keep every stream's epoch, seq, header and history in this SQLite file and restore them at
    * start (see docs/durability.md); needs read and write permission on it and its `-wal` and
    * `-shm` side files. Ignored when `hub` or `redis` is given. Off (memory only) unless given.
@@ -325,6 +331,7 @@ class ServerImpl implements MessageServer {
       const engine = new RedisEngine({
         url: options.redis,
         ...(options.redisPrefix !== undefined ? { prefix: options.redisPrefix } : {}),
+        ...(options.redisCluster ? { cluster: true } : {}),
         ...(options.historyMessages !== undefined
           ? { historyMessages: options.historyMessages }
           : {}),
@@ -837,6 +844,14 @@ const SERVE_OPTIONS: readonly OptionSpec[] = [
     arg: "PREFIX",
     help: "prefix of Redis keys and channels (default msgstream:)",
     key: "redisPrefix",
+  },
+  {
+    name: "redis-cluster",
+    kind: "bool",
+    arg: "",
+    help: "with --redis: the URL is a node of a Redis Cluster (see\ndocs/redis.md)",
+    env: null,
+    key: "redisCluster",
   },
   {
     name: "data",
