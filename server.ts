@@ -830,7 +830,9 @@ const SERVE_OPTIONS: readonly OptionSpec[] = [
     apply: (o, v, label) => {
       const url = v as string;
       if (!/^rediss?:\/\//.test(url)) {
-        throw new UsageError(`${label} must be a redis:// or rediss:// URL, got "${url}"`);
+        // Never echo a password: what is before an "@" is left out.
+        const shown = url.replace(/^([^/]*\/\/)?[^@/]*@/, "$1…@");
+        throw new UsageError(`${label} must be a redis:// or rediss:// URL, got "${shown}"`);
       }
       if (Deno.permissions.querySync({ name: "env" }).state !== "granted") {
         throw new UsageError(`${label} needs --allow-env: the Redis client reads the environment`);

@@ -276,3 +276,16 @@ Deno.test("variables that cannot be read are reported at start", async (t) => {
     );
   });
 });
+
+Deno.test("a bad --redis URL is refused without echoing its password", async () => {
+  const r = await runServer(["-N", "--allow-env"], [
+    "--redis",
+    "http://user:hunter2@10.0.0.7:6379",
+  ]);
+  assertEquals(r.code, 1);
+  assertEquals(
+    r.stderr,
+    'msgstream: --redis must be a redis:// or rediss:// URL, got "http://…@10.0.0.7:6379" ' +
+      "(see --help)\n",
+  );
+});
