@@ -57,7 +57,8 @@ import { type Limit, LimitExceededError } from "./budget.ts";
 import { DEFAULT_HTTP_PORT, intOption, parsePosition, waitAtMost } from "./options.ts";
 import { AllowedHosts } from "./hosts.ts";
 import { statusPage } from "./page.ts";
-import { checkPattern, matchPattern } from "./pattern.ts";
+import { checkPattern } from "./pattern.ts";
+import { pickNamesPausing } from "./listing.ts";
 import { isEndId, SseDoor } from "./sse.ts";
 import { WsDoor } from "./ws.ts";
 
@@ -227,9 +228,6 @@ type HttpErrorCode =
   | "invalid_limit"
   | "host_not_allowed";
 
-/** Names a listing walks between yields to the event loop (a few milliseconds' work). */
-const LIST_SLICE = 5000;
-
 const JSON_TYPE = "application/json; charset=utf-8";
 
 /** Measures each stream's message rate from seq samples taken when the list is asked for. */
@@ -275,50 +273,6 @@ class RateMeter {
       const last = s.points[s.points.length - 2] ?? 0;
       if (!exists(name) || last < now - 2 * this.#window) this.#samples.delete(name);
     }
-  }
-}
-
-/** A max-heap of names, kept to the `limit` smallest pushed. */
-class SmallestNames {
-  readonly #limit: number;
-  readonly #heap: string[] = [];
-
-  constructor(limit: number) {
-    this.#limit = limit;
-  }
-
-  /** Offers a name: kept while it is among the `limit` smallest so far. */
-  offer(name: string): void {
-    const h = this.#heap;
-    if (h.length < this.#limit) {
-      let i = h.push(name) - 1;
-      while (i > 0) {
-        const parent = (i - 1) >> 1;
-        if ((h[parent] as string) >= name) break;
-        h[i] = h[parent] as string;
-        i = parent;
-      }
-      h[i] = name;
-      return;
-    }
-    if (name >= (h[0] as string)) return;
-    // Replace the largest and sift down.
-    let i = 0;
-    for (;;) {
-      const l = 2 * i + 1;
-      if (l >= h.length) break;
-      const r = l + 1;
-      const c = r < h.length && (h[r] as string) > (h[l] as string) ? r : l;
-      if ((h[c] as string) <= name) break;
-      h[i] = h[c] as string;
-      i = c;
-    }
-    h[i] = name;
-  }
-
-  /** The names kept, smallest first. */
-  sorted(): string[] {
-    return this.#heap.slice().sort((a, b) => a < b ? -1 : a > b ? 1 : 0);
   }
 }
 
@@ -594,7 +548,7 @@ class HttpDoor {
    * `GET /streams`: one page of the streams the caller may listen to, by name (UTF-16 code unit
    * order), those after `?after=` that match `?pattern=` (pattern.ts: `*` is any run), at most
    * `?limit=` of them: the wire's `list` action over HTTP. The walk over the hub's names
-   * stops every `LIST_SLICE` names to let the event loop run, so a listing never holds
+   * stops every `LIST_SLICE` names (listing.ts) to let the event loop run, so a listing never holds
    * it for long however many streams there are; only the page's streams are looked up.
    */
   async #list(url: URL, grant: Grant | undefined): Promise<Response> {
@@ -607,18 +561,13 @@ class HttpDoor {
     } catch (e) {
       throw new HttpError(400, "invalid_pattern", (e as Error).message);
     }
-    const page = new SmallestNames(limit);
-    let matched = 0;
-    let walked = 0;
-    for (const name of this.hub.names()) {
-      if (++walked % LIST_SLICE === 0) await new Promise((resolve) => setTimeout(resolve, 0));
-      if (name <= after || !matchPattern(pattern, name)) continue;
-      if (grant && !grant.subscribe(name)) continue;
-      matched++;
-      page.offer(name);
-    }
+    const { names, more } = await pickNamesPausing(this.hub.names(), {
+      after,
+      limit,
+      pattern,
+      ...(grant ? { allow: (name: string) => grant.subscribe(name) } : {}),
+    });
     const now = Date.now();
-    const names = page.sorted();
     const out = [];
     for (const name of names) {
       const info = this.hub.info(name);
@@ -635,7 +584,7 @@ class HttpDoor {
     }
     this.#rates.prune(2 * limit, now, (name) => this.hub.info(name) !== undefined);
     const res = json(200, out);
-    if (matched > limit) {
+    if (more) {
       const next = new URLSearchParams({ limit: String(limit), after: names.at(-1) as string });
       if (pattern !== "*") next.set("pattern", pattern);
       res.headers.set("link", `<?${next}>; rel="next"`);

@@ -10,7 +10,8 @@ import { type Auth, forbidden, forbiddenPattern, type Grant } from "./auth.ts";
 import { LimitExceededError } from "./budget.ts";
 import type { Codec } from "./codec.ts";
 import { type SyncHub, syncOf } from "./core.ts";
-import { MAX_PAGE, pageStreams } from "./pattern.ts";
+import { MAX_PAGE } from "./pattern.ts";
+import { pickNames } from "./listing.ts";
 import { encodeFrame } from "./frame.ts";
 import {
   EngineUnavailableError,
@@ -493,13 +494,29 @@ export class Session implements Listener {
         `Field "limit" must be an integer from 1 to ${MAX_PAGE}`,
       );
     }
-    const page = pageStreams(this.#hub.list(), {
+    // One pass over the hub's names, no object per stream; only the page's streams are looked
+    // up (listing.ts, the rule of GET /streams too).
+    const grant = this.#grant;
+    const { names, more } = pickNames(this.#hub.names(), {
       pattern,
       limit,
       ...(typeof after === "string" ? { after } : {}),
-      ...(this.#grant ? { allow: this.#grant.subscribe } : {}),
+      ...(grant ? { allow: (name: string) => grant.subscribe(name) } : {}),
     });
-    if (id !== undefined) this.send({ action: "ok", id, streams: page.streams, next: page.next });
+    const streams = [];
+    for (const stream of names) {
+      const s = this.#hub.info(stream);
+      if (!s) continue;
+      streams.push({
+        stream,
+        epoch: s.epoch,
+        seq: s.seq,
+        listeners: s.listeners,
+        header: s.hasHeader,
+      });
+    }
+    const next = more ? names.at(-1) as string : null;
+    if (id !== undefined) this.send({ action: "ok", id, streams, next });
   }
 
   /** The `pattern` field of a listen or hangup, checked (and, to listen, authorized). */
