@@ -385,10 +385,15 @@ class HttpDoor {
           ? "engine_unavailable"
           : "storage_unavailable";
         this.metrics.error(code);
-        res = new Response(
-          JSON.stringify({ code, message: e.message }),
-          { status: 503, headers: { "content-type": JSON_TYPE } },
-        );
+        // An EventSource given an error status stops for good: a transient failure is an event
+        // stream that ends at once and says to retry (issue 12).
+        res = req.method === "GET" &&
+            (req.headers.get("accept") ?? "").includes("text/event-stream")
+          ? this.#sse.unavailable(code, e.message)
+          : new Response(
+            JSON.stringify({ code, message: e.message }),
+            { status: 503, headers: { "content-type": JSON_TYPE } },
+          );
       } else if (e instanceof Error && e.name === "MessageTooLargeError") {
         this.metrics.error("message_too_large");
         res = new Response(

@@ -240,6 +240,26 @@ export class SseDoor {
   }
 
   /**
+   * The answer to an SSE request that cannot be served for now (the engine or the store is
+   * unreachable): an event stream of `retry:` and `event: close` with the code, then the end.
+   * `EventSource` reconnects after `retry` milliseconds, as after any end; an error status
+   * would make it give up for good.
+   *
+   * @param code The reason's code (`engine_unavailable`, `storage_unavailable`).
+   * @param message The reason, for people.
+   * @returns The response.
+   */
+  unavailable(code: string, message: string): Response {
+    const body = concat([this.#preamble, closeFrame(code, message)]);
+    return new Response(body as Uint8Array<ArrayBuffer>, {
+      headers: {
+        "content-type": "text/event-stream; charset=utf-8",
+        "cache-control": "no-cache",
+      },
+    });
+  }
+
+  /**
    * The SSE text of an event, built once and shared by every response.
    *
    * @param ev The hub's event.

@@ -121,3 +121,36 @@ Deno.test({
     assertEquals(late, []);
   },
 });
+
+Deno.test({
+  name: "Redis down: an SSE request gets an event stream that says retry, not an error status",
+  ignore: !hasRedis,
+  fn: async () => {
+    await using redis = await RedisProcess.start();
+    await using server = serve({
+      port: 0,
+      http: { port: 0 },
+      logLevel: "silent",
+      redis: redis.url,
+    });
+    await redis.stop();
+    const url = `http://127.0.0.1:${server.http?.addr.port}/streams/s`;
+    const res = await fetch(url, { headers: { accept: "text/event-stream" } });
+    const text = await res.text();
+    // EventSource stops for good on an error status; on an ended stream it reconnects.
+    assertEquals([res.status, res.headers.get("content-type")], [
+      200,
+      "text/event-stream; charset=utf-8",
+    ]);
+    const [retry, event, data] = text.split("\n");
+    assertEquals([retry, event], ["retry: 1000", "event: close"]);
+    assertEquals(JSON.parse((data as string).slice("data: ".length)).code, "engine_unavailable");
+    // A REST request still gets the status.
+    const rest = await fetch(url, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: "1",
+    });
+    assertEquals([rest.status, (await rest.json()).code], [503, "engine_unavailable"]);
+  },
+});
