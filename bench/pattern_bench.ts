@@ -2,8 +2,9 @@
 // deno-lint-ignore-file no-console -- a program: its output is the table
 /**
  * Pattern fanout: one listener follows `jobs.*` while one publisher puts round-robin on 1,000
- * streams, against msgstream (`listen` with `pattern`) and Redis (`PSUBSCRIBE jobs.*`, the same
- * load as `PUBLISH`es) in the same run; then how long a pattern join over 100,000 existing
+ * streams, against msgstream (`listen` with `pattern`, and the same streams by name), Redis
+ * (`PSUBSCRIBE jobs.*`, the same load as `PUBLISH`es) and NATS (`SUB jobs.*`, when
+ * `nats-server` is installed) in the same run; then how long a pattern join over 100,000 existing
  * streams blocks the event loop (a bystander timer measures the longest gap).
  *
  * ```sh
@@ -32,6 +33,15 @@ interface Result {
   p99: number;
   gaps: number;
   rssMiB: number | undefined;
+}
+
+function hasNats(): boolean {
+  try {
+    return new Deno.Command("nats-server", { args: ["--version"], stdout: "null", stderr: "null" })
+      .outputSync().success;
+  } catch {
+    return false;
+  }
 }
 
 function freePort(): number {
@@ -236,6 +246,39 @@ async function redis(streams: number, duration: number): Promise<Result> {
   }
 }
 
+async function nats(streams: number, duration: number): Promise<Result> {
+  const port = freePort();
+  const child = new Deno.Command("nats-server", {
+    args: ["-a", "127.0.0.1", "-p", `${port}`],
+    stdout: "null",
+    stderr: "null",
+  }).spawn();
+  try {
+    const sub = await connect(port);
+    const pub = await connect(port);
+    const hello = 'CONNECT {"verbose":false,"pedantic":false}\r\n';
+    await pub.write(enc.encode(hello));
+    await sub.write(enc.encode(hello + "SUB jobs.* 1\r\nPING\r\n"));
+    const rs = sub.readable.getReader();
+    for (let got = ""; !got.includes("PONG");) {
+      got += new TextDecoder().decode((await rs.read()).value);
+    }
+    rs.releaseLock();
+    return await drive(
+      "nats SUB jobs.*",
+      child.pid,
+      pub,
+      sub,
+      (k, text) => `PUB jobs.${k} ${text.length}\r\n${text}\r\n`,
+      streams,
+      duration,
+    );
+  } finally {
+    child.kill();
+    await child.status;
+  }
+}
+
 /** The longest event-loop block while a pattern join catches up on `n` existing streams. */
 async function joinBlock(
   n: number,
@@ -291,6 +334,8 @@ if (import.meta.main) {
   rows.push(await msgstream(streams, duration));
   rows.push(await msgstream(streams, duration, true));
   rows.push(await redis(streams, duration));
+  if (hasNats()) rows.push(await nats(streams, duration));
+  else console.log("(nats-server not installed: no NATS row)");
   console.log(`pattern fanout: 1 listener, 1 publisher, ${streams} streams, 128 B, ${duration} s`);
   console.log("| system | msgs/s | p50 ms | p99 ms | gaps | server RSS MiB |");
   console.log("|---|---|---|---|---|---|");
