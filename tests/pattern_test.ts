@@ -3,8 +3,8 @@
  * first put, end per stream with the pattern kept, resume by a map of positions, nothing from
  * outside the pattern, gapless joins while puts race, and a catch-up that yields.
  */
-import { assertEquals, assertThrows } from "@std/assert";
-import { follow, MessageStream, type StreamEvent } from "../mod.ts";
+import { assertEquals, assertRejects, assertThrows } from "@std/assert";
+import { follow, Inbox, MessageStream, SlowConsumerError, type StreamEvent } from "../mod.ts";
 import { checkPattern, matchPattern, patternCovers } from "../pattern.ts";
 import { deadline } from "./_wait.ts";
 
@@ -223,4 +223,20 @@ Deno.test("follow() follows named streams and a pattern into one inbox until abo
   const seen = (await Array.fromAsync(inbox)).map((ev) => `${ev.stream} ${ev.kind}`);
   assertEquals(seen, ["solo header", "jobs.1 header", "jobs.1 put", "solo put"]);
   assertEquals(hub.stats().listeners, 0);
+});
+
+Deno.test("a pattern listener is one listener with one bound: past it, it alone is cut", async () => {
+  const hub = new MessageStream();
+  for (let i = 0; i < 10; i++) await hub.put(`jobs.${i}`, i);
+  const small = new Inbox({ maxEvents: 4 });
+  const other = recorder();
+  await hub.listen({ pattern: "jobs.*" }, other.queue);
+  // The catch-up alone (10 headers) passes the small inbox's bound.
+  await hub.listen({ pattern: "jobs.*" }, small);
+  const reader = small.getReader();
+  for (let i = 0; i < 4; i++) assertEquals((await reader.read()).value?.kind, "header");
+  await assertRejects(() => reader.read(), SlowConsumerError);
+  await hub.put("jobs.0", "after");
+  assertEquals(other.seen.length, 11);
+  assertEquals(other.seen[10], 'jobs.0 put "after" 2');
 });
