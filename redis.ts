@@ -508,6 +508,7 @@ export class RedisEngine implements Engine {
       ? new Cluster([this.#url], {
         redisOptions: common,
         enableOfflineQueue: false,
+        enableAutoPipelining: true,
         lazyConnect: true,
         clusterRetryStrategy: common.retryStrategy,
       })
@@ -529,8 +530,12 @@ export class RedisEngine implements Engine {
         if (node.status === "wait") node.connect().catch(() => {});
       });
     }
-    // First argument of msgstreamBatch: the number of keys.
-    cmd.defineCommand("msgstreamBatch", { lua: this.#cluster ? BATCH_CLUSTER : BATCH });
+    // One stream's two keys in a cluster (its first argument is a key, so auto-pipelining routes
+    // it by its slot); else the first argument is the number of keys.
+    cmd.defineCommand(
+      "msgstreamBatch",
+      this.#cluster ? { numberOfKeys: 2, lua: BATCH_CLUSTER } : { lua: BATCH },
+    );
     cmd.defineCommand("msgstreamSync", {
       numberOfKeys: this.#cluster ? 2 : 4,
       lua: this.#cluster ? SYNC_CLUSTER : SYNC,
@@ -804,7 +809,7 @@ export class RedisEngine implements Engine {
         const nonce = `${this.#node}${(this.#counter++).toString(16)}`;
         const args: (string | number)[] = [this.#historyMessages, tag, this.#createdChannel, nonce];
         group(stream, args);
-        calls.push([[stream], cmd.msgstreamBatch(2, ...this.#keys(stream).slice(0, 2), ...args)]);
+        calls.push([[stream], cmd.msgstreamBatch(...this.#keys(stream).slice(0, 2), ...args)]);
       }
     }
     await Promise.all(
