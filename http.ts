@@ -566,7 +566,10 @@ class HttpDoor {
     } catch (e) {
       throw new HttpError(400, "invalid_pattern", (e as Error).message);
     }
-    const { names, more } = await pickNamesPausing(this.hub.names(), {
+    // With an engine, the whole service as the engine holds it, not just what this node follows.
+    const engine = this.hub.engine;
+    const all = engine?.streams ? await engineNames(engine.streams(pattern)) : this.hub.names();
+    const { names, more } = await pickNamesPausing(all, {
       after,
       limit,
       pattern,
@@ -575,7 +578,7 @@ class HttpDoor {
     const now = Date.now();
     const out = [];
     for (const name of names) {
-      const info = this.hub.info(name);
+      const info = engine ? await this.#engineInfo(name) : this.hub.info(name);
       if (!info) continue; // deleted during the walk
       const rate = this.#rates.rate(name, info.epoch, info.seq, now);
       out.push({
@@ -595,6 +598,20 @@ class HttpDoor {
       res.headers.set("link", `<?${next}>; rel="next"`);
     }
     return res;
+  }
+
+  /** A stream as the engine holds it, for a listing (`listeners` counts this node's). */
+  async #engineInfo(
+    name: string,
+  ): Promise<{ listeners: number; seq: number; epoch: string; hasHeader: boolean } | undefined> {
+    const stat = await this.hub.stat(name);
+    if (!stat) return undefined;
+    return {
+      listeners: stat.listeners,
+      seq: stat.seq,
+      epoch: stat.epoch,
+      hasHeader: stat.header !== null,
+    };
   }
 
   /** The page size a listing asks for (`?limit=`), within the door's maximum. */
@@ -779,6 +796,13 @@ class HttpDoor {
     this.#sse.cut();
     this.#ws.cut();
   }
+}
+
+/** Every name an engine lists, its pages joined. */
+async function engineNames(pages: AsyncIterable<string[]>): Promise<string[]> {
+  const out: string[] = [];
+  for await (const page of pages) out.push(...page);
+  return out;
 }
 
 function allow(method: string, methods: string[]): void {

@@ -154,3 +154,32 @@ Deno.test({
     assertEquals([rest.status, (await rest.json()).code], [503, "engine_unavailable"]);
   },
 });
+
+Deno.test({
+  name:
+    "Redis: REST shows the whole service: POST answers the epoch, GET /streams lists every node's",
+  ignore: !hasRedis,
+  fn: async () => {
+    await using redis = await RedisProcess.start();
+    await using a = serve({ port: 0, http: { port: 0 }, logLevel: "silent", redis: redis.url });
+    await using b = serve({ port: 0, http: { port: 0 }, logLevel: "silent", redis: redis.url });
+    const onA = `http://127.0.0.1:${a.http?.addr.port}`;
+    const onB = `http://127.0.0.1:${b.http?.addr.port}`;
+    const posted = await (await fetch(`${onA}/streams/j`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: "1",
+    })).json();
+    assertEquals(typeof posted.epoch, "string");
+    assertEquals(posted.seq, 1);
+    // Node B follows nothing: it answers from Redis.
+    const one = await fetch(`${onB}/streams/j`);
+    const stream = await one.json();
+    assertEquals([one.status, stream.seq, stream.epoch], [200, 1, posted.epoch]);
+    const list = await (await fetch(`${onB}/streams`)).json();
+    assertEquals(
+      list.map((s: { name: string; seq: number; epoch: string }) => [s.name, s.seq, s.epoch]),
+      [["j", 1, posted.epoch]],
+    );
+  },
+});
