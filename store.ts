@@ -357,9 +357,33 @@ export class DurableStore {
    * @throws {StorageUnavailableError} When the file cannot be read or marked.
    */
   load(): StoredStream[] {
+    const out: StoredStream[] = [];
+    const byName = new Map<string, StoredEntry[]>();
+    this.loadEach((s) => {
+      const history: StoredEntry[] = [];
+      byName.set(s.name, history);
+      out.push({ ...s, history });
+    }, (name, entry) => byName.get(name)!.push(entry));
+    return out;
+  }
+
+  /**
+   * Reads every stream back like {@linkcode load}, without holding them all at once: each
+   * stream (with an empty `history`) is handed to `onStream` first, in name order, then every
+   * history entry to `onEntry`, in put order over all streams (the order the global history
+   * bound trims in). History rows of a stream the file does not hold are dropped.
+   *
+   * @param onStream Takes each stream, its `history` empty.
+   * @param onEntry Takes each history entry and its stream's name, after every stream.
+   * @throws {StorageUnavailableError} When the file cannot be read (or a callback throws).
+   * @throws {TypeError} When the store was loaded already.
+   */
+  loadEach(
+    onStream: (stream: StoredStream) => void,
+    onEntry: (name: string, entry: StoredEntry) => void,
+  ): void {
     if (this.#loaded) throw new TypeError("The store was loaded already");
     this.#loaded = true;
-    const out: StoredStream[] = [];
     let jump = 0;
     /** Streams whose lost ranges the jump took past the bound: [ranges, name]. */
     const capped: [string, string][] = [];
@@ -371,28 +395,7 @@ export class DurableStore {
       this.unclean = meta.get("clean") === "0";
       // Listeners see a put before its commit under every policy, so any unclean stop jumps.
       jump = this.unclean ? Number(meta.get("max_pending") ?? "0") + 1 : 0;
-      const byName = new Map<string, StoredEntry[]>();
-      const rows = this.#db.prepare(
-        `SELECT id, name, ${RAW_NAME}, no, seq, kind, frame FROM history ORDER BY id`,
-      ).iterate();
-      for (const r of rows) {
-        const name = nameOf(r);
-        const id = r.id as number;
-        let list = byName.get(name);
-        let kept = this.#rows.get(name);
-        if (!list || !kept) {
-          byName.set(name, list = []);
-          this.#rows.set(name, kept = { firstNo: r.no as number, ids: [], head: 0 });
-        }
-        kept.ids.push(id);
-        if (id >= this.#nextId) this.#nextId = id + 1;
-        list.push({
-          no: r.no as number,
-          seq: r.seq as number,
-          header: r.kind === 1,
-          frame: r.frame as Uint8Array,
-        });
-      }
+      const known = new Set<string>();
       const streams = this.#db.prepare(
         `SELECT name, ${RAW_NAME}, epoch, seq, header, trimmed_to, lost FROM streams ORDER BY name`,
       ).iterate();
@@ -409,18 +412,41 @@ export class DurableStore {
             capped.push([JSON.stringify(lost), name]);
           }
         }
-        out.push({
+        known.add(name);
+        onStream({
           name,
           epoch: r.epoch as string,
           seq,
           header: (r.header as string | null) ?? undefined,
           trimmedTo,
           lost: lost.filter(([, upTo]) => upTo >= trimmedTo),
-          history: byName.get(name) ?? [],
+          history: [],
+        });
+      }
+      const rows = this.#db.prepare(
+        `SELECT id, name, ${RAW_NAME}, no, seq, kind, frame FROM history ORDER BY id`,
+      ).iterate();
+      for (const r of rows) {
+        const name = nameOf(r);
+        const id = r.id as number;
+        if (id >= this.#nextId) this.#nextId = id + 1;
+        if (!known.has(name)) {
+          // Not the history of a stream the file holds: the next commit drops it.
+          this.#deleteIds.push(id);
+          continue;
+        }
+        let kept = this.#rows.get(name);
+        if (!kept) this.#rows.set(name, kept = { firstNo: r.no as number, ids: [], head: 0 });
+        kept.ids.push(id);
+        onEntry(name, {
+          no: r.no as number,
+          seq: r.seq as number,
+          header: r.kind === 1,
+          frame: r.frame as Uint8Array,
         });
       }
     } catch (e) {
-      throw this.#fail(e, "read");
+      throw e instanceof StorageUnavailableError ? e : this.#fail(e, "read");
     }
     this.#firstPendingId = this.#nextId;
     // The jump and the in-use mark, in one transaction. On a full disk it fails: the store
@@ -450,7 +476,6 @@ export class DurableStore {
       this.#schedule(this.intervalMs);
       this.onCommit?.(this.#error);
     }
-    return out;
   }
 
   /** Whether writes are accepted: false after a failed commit, until a retry succeeds. */
@@ -871,36 +896,52 @@ class DurableCore extends MemoryCore {
     this.#always = store.fsync === "always";
     this.#restoring = true;
     try {
-      for (const s of store.load()) this.#restore(s);
+      this.#restore();
     } finally {
       this.#restoring = false;
     }
   }
 
-  #restore(s: StoredStream): void {
-    const state = this.create(s.name, s.epoch) as DurableState;
-    state.nextNo = s.history[0]?.no ?? 0;
-    for (const e of s.history) {
+  /**
+   * Restores every stream from the store, one row at a time: the streams first (header, lost
+   * ranges), then their history in put order, as it was recorded (so the global bound trims the
+   * oldest first, as before the restart), then each stream's position.
+   */
+  #restore(): void {
+    const restored = new Map<string, { state: DurableState; stored: StoredStream }>();
+    this.#store.loadEach((stored) => {
+      const state = this.create(stored.name, stored.epoch) as DurableState;
+      state.nextNo = -1;
+      // The header first: a stream with one is never forgotten while its history loads.
+      state.header = stored.header === undefined ? undefined : this.codec.decode(stored.header);
+      state.headerText = stored.header;
+      state.lost = stored.lost;
+      restored.set(stored.name, { state, stored });
+    }, (name, e) => {
+      const state = restored.get(name)!.state;
+      if (state.nextNo < 0) state.nextNo = e.no;
       state.seq = e.seq;
       this.budget.record(state, {
-        stream: s.name,
+        stream: name,
         kind: e.header ? "header" : "put",
         message: null,
         seq: e.seq,
-        epoch: s.epoch,
+        epoch: state.epoch,
         frame: e.frame,
       } as StreamEvent);
+    });
+    for (const { state, stored } of restored.values()) {
+      if (state.nextNo < 0) state.nextNo = 0;
+      state.seq = stored.seq;
+      state.trimmedTo = Math.max(state.trimmedTo, stored.trimmedTo);
+      state.storedNo = state.nextNo;
+      this.collect(state);
+      // A stream that holds nothing is forgotten, as in memory: its next use is a new epoch.
+      // (On a store that starts unavailable the row stays; the next start forgets it again.)
+      if (this.streams.get(stored.name) !== state && this.#store.available) {
+        this.#store.delete(stored.name);
+      }
     }
-    state.seq = s.seq;
-    state.trimmedTo = Math.max(state.trimmedTo, s.trimmedTo);
-    state.header = s.header === undefined ? undefined : this.codec.decode(s.header);
-    state.headerText = s.header;
-    state.lost = s.lost;
-    state.storedNo = state.nextNo;
-    this.collect(state);
-    // A stream that holds nothing is forgotten, as in memory: its next use is a new epoch.
-    // (On a store that starts unavailable the row stays; the next start forgets it again.)
-    if (this.streams.get(s.name) !== state && this.#store.available) this.#store.delete(s.name);
   }
 
   override header(stream: string, message: unknown): Promise<void> {
