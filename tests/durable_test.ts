@@ -320,3 +320,26 @@ Deno.test("A durable hub's stream expiry survives a store that refuses writes", 
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("After a restart the global history bound still trims the oldest entries first", async () => {
+  const { dir, path } = await tempPath();
+  try {
+    const big = "x".repeat(1000);
+    const hubWith = () =>
+      new MessageStream({ store: DurableStore.open(path), maxHistoryBytes: 2500 });
+    const hub = hubWith();
+    // Put order: "b" first, then "a" (name order is the other way round).
+    await hub.put("b", big);
+    await hub.put("a", big);
+    await hub.close();
+
+    const again = hubWith();
+    assertEquals([again.info("a")?.seq, again.info("b")?.seq], [1, 1]);
+    // A third entry does not fit: the oldest one goes, which is b's.
+    await again.put("c", big);
+    assertEquals([again.info("a")?.seq, again.info("b"), again.info("c")?.seq], [1, undefined, 1]);
+    await again.close();
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
