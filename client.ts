@@ -190,6 +190,8 @@ interface Followed {
   position: Position | undefined;
   /** `listen()` calls waiting for the server to confirm the upstream listen. */
   waiters: PromiseWithResolvers<Position>[];
+  /** Listened with `create: false`: listening again never makes the stream anew. */
+  existing: boolean;
 }
 
 /** A pattern this client listens to upstream, and its local queues. */
@@ -377,6 +379,7 @@ export class RemoteStream implements Streamer, AsyncDisposable {
     if (!this.#conn) return; // the reconnect listens again to every followed stream
     const frame: Record<string, unknown> = { action: "listen", stream };
     if (since) frame.since = { epoch: since.epoch, seq: since.seq };
+    if (f.existing) frame.create = false;
     this.#request(frame, "drop").then((ok) => {
       const position = { epoch: ok.epoch as string, seq: ok.seq as number };
       f.position ??= position;
@@ -385,7 +388,14 @@ export class RemoteStream implements Streamer, AsyncDisposable {
       if (e instanceof LostConnection) return; // the reconnect listens again
       // The server refused: the local queues of this stream hear nothing more.
       if (this.#streams.get(stream) === f) this.#streams.delete(stream);
+      const waiting = f.waiters.length > 0;
       for (const w of f.waiters.splice(0)) w.reject(e);
+      if (!waiting && e instanceof ProtocolError && e.code === "not_found") {
+        // Listened again after a reconnect, and the stream is gone (deleted meanwhile, or lost
+        // in a restart): its listeners hear the end instead of waiting for it forever.
+        const end = this.#event(stream, "end", null, f.position ?? { epoch: "", seq: 0 });
+        for (const q of [...f.queues]) this.#deliver(q, end);
+      }
     });
   }
 
@@ -722,6 +732,7 @@ export class RemoteStream implements Streamer, AsyncDisposable {
       header: undefined,
       position: options?.since,
       waiters: [Promise.withResolvers()],
+      existing: options?.create === false,
     };
     this.#streams.set(stream, f);
     queue.attached?.(this);

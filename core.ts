@@ -159,6 +159,26 @@ export const DEFAULT_MAX_MESSAGE_BYTES: number = (1 << 20) - 4096;
 const utf8 = new TextEncoder();
 
 /**
+ * Thrown (code `not_found` on the wire) by a `listen` with `create: false` when the stream does
+ * not exist.
+ */
+export class StreamNotFoundError extends Error {
+  /** The stream's name. */
+  readonly stream: string;
+
+  /**
+   * Creates the error.
+   *
+   * @param stream The stream's name.
+   */
+  constructor(stream: string) {
+    super(`No stream "${stream.slice(0, 100)}": not created, as asked (create: false)`);
+    this.name = "StreamNotFoundError";
+    this.stream = stream;
+  }
+}
+
+/**
  * Thrown (and answered with code `message_too_large` on every door) when a put's or header's
  * message, as the codec encodes it, is larger than the hub's `maxMessageBytes`.
  */

@@ -46,6 +46,7 @@ import {
   MemoryCore,
   MessageTooLargeError,
   registerSync,
+  StreamNotFoundError,
 } from "./core.ts";
 import { type Engine, EngineCore } from "./engine.ts";
 import { intOption } from "./options.ts";
@@ -94,7 +95,7 @@ export {
 export { Inbox, type InboxOptions, SlowConsumerError } from "./inbox.ts";
 export { follow, type FollowOptions } from "./follow.ts";
 export { matchPattern, patternCovers } from "./pattern.ts";
-export { logListenerError, MessageTooLargeError };
+export { logListenerError, MessageTooLargeError, StreamNotFoundError };
 export { type Limit, LimitExceededError, MemoryBudget, type MemoryParts } from "./budget.ts";
 
 /** Options for {@linkcode MessageStream}. */
@@ -502,7 +503,19 @@ export class MessageStream implements Streamer {
         (options as PatternListenOptions | undefined)?.since,
       );
     }
-    return this.#core.listen(target, queue, (options as ListenOptions | undefined)?.since);
+    const o = options as ListenOptions | undefined;
+    if (o?.create === false) return this.#listenExisting(target, queue as Listener, o.since);
+    return this.#core.listen(target, queue, o?.since);
+  }
+
+  /** A listen that must not create the stream (`create: false`). */
+  async #listenExisting(
+    stream: string,
+    queue: Listener,
+    since: Position | undefined,
+  ): Promise<Position> {
+    if (!(await this.#core.stat(stream))) throw new StreamNotFoundError(stream);
+    return this.#core.listen(stream, queue, since);
   }
 
   /**

@@ -41,6 +41,7 @@ export type ErrorCode =
   | "engine_unavailable"
   | "storage_unavailable"
   | "message_too_large"
+  | "not_found"
   | "not_connected"
   | "limit_exceeded"
   | "internal";
@@ -335,6 +336,20 @@ export class Session implements Listener {
         const since = f.since === undefined || f.since === null
           ? undefined
           : parseSince(f.since, stream);
+        if (f.create === false) {
+          // Only an existing stream: one that is gone (deleted, lost in a restart) is not made
+          // anew, and the client hears so at once.
+          const sync = syncOf(this.#hub);
+          const gone = () => new ProtocolError("not_found", `No stream "${stream}"`, stream);
+          if (sync) {
+            if (!sync.statNow(stream)) throw gone();
+          } else {
+            return this.#hub.stat(stream).then((st) => {
+              if (!st) throw gone();
+              return this.#actions.listen(stream, since, id);
+            });
+          }
+        }
         // The reply follows the catch-up events (header or replay): its position is the join's.
         return this.#actions.listen(stream, since, id);
       }

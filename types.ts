@@ -167,6 +167,15 @@ export interface ListenOptions {
    * `reset` event, then the header, then live puts.
    */
   since?: Position;
+  /**
+   * With `false`, only an existing stream is followed: a stream that does not exist (deleted,
+   * or lost in a restart without `--data`) is not created anew; the listen fails at once with
+   * `StreamNotFoundError` (`not_found` on the wire). A `RemoteStream` that listens again after
+   * a reconnect and finds the stream gone gives its listeners an `end` event.
+   *
+   * @default {true}
+   */
+  create?: boolean;
 }
 
 /**
