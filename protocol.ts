@@ -14,6 +14,7 @@ import { MAX_PAGE } from "./pattern.ts";
 import { pickNames } from "./listing.ts";
 import { encodeFrame } from "./frame.ts";
 import {
+  type Engine,
   EngineUnavailableError,
   type Listener,
   type MessageStream,
@@ -494,9 +495,9 @@ export class Session implements Listener {
   /**
    * One page of the streams the hub holds, ordered by name: those `pattern` matches (every
    * stream without one) and the token may listen to, after the cursor `after`, at most
-   * `limit` (default 100, at most 1000). With an engine, the streams this node follows.
+   * `limit` (default 100, at most 1000). With an engine, every stream the engine holds.
    */
-  #list(f: Frame, id: unknown): void {
+  #list(f: Frame, id: unknown): void | Promise<void> {
     const pattern = f.pattern === undefined ? "*" : this.#pattern(f, false);
     const after = f.after;
     if (after !== undefined && after !== null && typeof after !== "string") {
@@ -507,6 +508,16 @@ export class Session implements Listener {
       throw new ProtocolError(
         "invalid_frame",
         `Field "limit" must be an integer from 1 to ${MAX_PAGE}`,
+      );
+    }
+    const engine = this.#hub.engine;
+    if (engine?.streams) {
+      return this.#listEngine(
+        engine,
+        pattern,
+        limit,
+        typeof after === "string" ? after : undefined,
+        id,
       );
     }
     // One pass over the hub's names, no object per stream; only the page's streams are looked
@@ -528,6 +539,45 @@ export class Session implements Listener {
         seq: s.seq,
         listeners: s.listeners,
         header: s.hasHeader,
+      });
+    }
+    const next = more ? names.at(-1) as string : null;
+    if (id !== undefined) this.send({ action: "ok", id, streams, next });
+  }
+
+  /**
+   * `list` with an engine: the streams the engine holds, wherever they were made (one pass over
+   * its listing, e.g. Redis' `SCAN`), the page's streams read with `stat`; `listeners` counts
+   * this node's.
+   */
+  async #listEngine(
+    engine: Engine,
+    pattern: string,
+    limit: number,
+    after: string | undefined,
+    id: unknown,
+  ): Promise<void> {
+    const all = new Set<string>();
+    for await (const page of engine.streams!(pattern)) for (const name of page) all.add(name);
+    const grant = this.#grant;
+    const { names, more } = pickNames(all, {
+      pattern,
+      limit,
+      ...(after !== undefined ? { after } : {}),
+      ...(grant ? { allow: (name: string) => grant.subscribe(name) } : {}),
+    });
+    const stats = await Promise.all(names.map((name) => engine.stat(name)));
+    const streams = [];
+    for (let i = 0; i < names.length; i++) {
+      const stream = names[i] as string;
+      const st = stats[i];
+      if (!st) continue; // deleted meanwhile
+      streams.push({
+        stream,
+        epoch: st.epoch,
+        seq: st.seq,
+        listeners: this.#hub.info(stream)?.listeners ?? 0,
+        header: st.header !== undefined,
       });
     }
     const next = more ? names.at(-1) as string : null;

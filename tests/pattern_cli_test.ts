@@ -5,7 +5,7 @@ import { assertEquals } from "@std/assert";
 import { TextLineStream } from "@std/streams/text-line-stream";
 import { serve } from "../server.ts";
 import { deadline } from "./_wait.ts";
-import { engineOptions, testRedis } from "./_server.ts";
+import { engineOptions } from "./_server.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname;
 
@@ -74,8 +74,6 @@ Deno.test("msgstream listen --pattern prints each stream's header first, announc
 Deno.test({
   name:
     "msgstream ls [PATTERN] lists stream, seq, listeners and whether a header is set, across pages",
-  // With an engine, list shows the streams this node holds a copy of (see PROTOCOL.md).
-  ignore: testRedis !== undefined,
   fn: async () => {
     await using server = serve({ port: 0, logLevel: "silent", ...engineOptions() });
     const hub = server.hub;

@@ -10,7 +10,7 @@ import { ProtocolError, RemoteStream } from "../client.ts";
 import { connectRaw, type Frame } from "./_raw_client.ts";
 import { collect } from "./_recorder.ts";
 import { TcpProxy } from "./_proxy.ts";
-import { engineOptions, testRedis } from "./_server.ts";
+import { engineOptions } from "./_server.ts";
 
 function brief(f: Frame): string {
   if (f.action === "ok") return `ok ${f.pattern ?? f.stream} ${f.streams ?? ""}`.trim();
@@ -200,8 +200,6 @@ Deno.test("RemoteStream resumes a pattern after a cut connection: no gap, no dup
 
 Deno.test({
   name: "TCP: list pages through the streams a pattern matches, ordered by name, within the grant",
-  // With an engine, list shows the streams this node holds a copy of (see PROTOCOL.md).
-  ignore: testRedis !== undefined,
   fn: async () => {
     await using server = serve({
       port: 0,
