@@ -33,6 +33,7 @@ const CODES: Record<ErrorCode, true> = {
   engine_unavailable: true,
   storage_unavailable: true,
   message_too_large: true,
+  not_found: true,
   not_connected: true,
   limit_exceeded: true,
   internal: true,
