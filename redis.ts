@@ -354,6 +354,8 @@ interface Follow {
   syncs: Map<string, Sync>;
   /** Events held back between a marker and its snapshot's reply. */
   held: string[] | undefined;
+  /** Releases the events held past a snapshot, on the next macrotask (see #complete). */
+  releaseTimer: ReturnType<typeof setTimeout> | undefined;
   /** This node's own requests waiting for their event to reach local listeners, by tag. */
   waiters: Map<string, () => void>;
 }
@@ -603,6 +605,8 @@ export class RedisEngine implements Engine {
     f.subscribed = undefined;
     f.active = false;
     f.held = undefined;
+    clearTimeout(f.releaseTimer);
+    f.releaseTimer = undefined;
     const syncs = [...f.syncs.values()];
     f.syncs.clear();
     for (const s of syncs) s.reject(unavailable("Redis subscription lost"));
@@ -1028,6 +1032,7 @@ export class RedisEngine implements Engine {
         active: false,
         syncs: new Map(),
         held: undefined,
+        releaseTimer: undefined,
         waiters: new Map(),
       };
       this.#follows.set(stream, f);
@@ -1137,7 +1142,15 @@ export class RedisEngine implements Engine {
     } catch (e) {
       sync.reject(e as Error);
     }
-    this.#release(f);
+    // The joiner's answer (an `ok` to listen, sent when its promise settles, through microtasks
+    // only) must reach its connection before any event after the snapshot: those events, and
+    // any that come in the same read, wait for the next macrotask.
+    f.held ??= [];
+    clearTimeout(f.releaseTimer);
+    f.releaseTimer = setTimeout(() => {
+      f.releaseTimer = undefined;
+      this.#release(f);
+    }, 0);
   }
 
   /** Processes events held behind a marker, until the next marker waiting for its reply. */
