@@ -4,7 +4,7 @@
  * gapless and duplicate-free, and acknowledgements come only after the script returned.
  */
 
-import { assertEquals, assertInstanceOf } from "@std/assert";
+import { assertEquals, assertInstanceOf, assertThrows } from "@std/assert";
 import { EngineUnavailableError, MessageStream, type StreamEvent } from "../mod.ts";
 import { RedisEngine, type RedisEngineOptions } from "../redis.ts";
 import { Recorder } from "./_recorder.ts";
@@ -50,70 +50,80 @@ async function withHubs(
   }
 }
 
+/** Rounds of a burst on `a` racing joins (fresh and resumed) on `b`; every listener is checked. */
+function raceRounds(rounds: number, options: RedisEngineOptions = {}): Promise<void> {
+  return withHubs(async (a, b) => {
+    const log = burstLog();
+    for (let round = 0; round < rounds; round++) {
+      const stream = `race${round}`;
+      await a.header(stream, "h0");
+      const first = new Recorder(`first ${round}`);
+      await b.listen(stream, first);
+      const fresh: { rec: Recorder; joined: Promise<{ seq: number }> }[] = [];
+      const resumed: { rec: Recorder; from: number; joined: Promise<unknown> }[] = [];
+      const puts: Promise<{ seq: number; epoch: string }>[] = [];
+      const headers: Promise<void>[] = [];
+      for (let i = 1; i <= PUTS; i++) {
+        puts.push(a.put(stream, i));
+        if (i % HEADER_EVERY === 0) headers.push(a.header(stream, `h${i}`));
+        if (i % CHUNK === 0) {
+          const rec = new Recorder(`fresh ${round}.${i}`);
+          fresh.push({ rec, joined: b.listen(stream, rec) });
+          // Resume from a put acknowledged earlier (its batch is back), while later ones fly.
+          if (i > CHUNK) {
+            const at = await deadline(puts[i - CHUNK - 1]!, `put ${i - CHUNK} of ${round}`);
+            const r = new Recorder(`resumed ${round}.${i}`);
+            resumed.push({ rec: r, from: at.seq, joined: b.listen(stream, r, { since: at }) });
+          }
+        }
+      }
+      const acks = await deadline(Promise.all(puts), `the burst of round ${round}`);
+      await deadline(Promise.all(headers), `the headers of round ${round}`);
+      assertEquals(acks.map((p) => p.seq), Array.from({ length: PUTS }, (_, i) => i + 1));
+      await first.waitFor(1 + log.length);
+      assertEquals(view(first.events), [["header", "h0", 0], ...log], `round ${round}: first`);
+      for (const { rec, joined } of fresh) {
+        const at = (await deadline(joined, `${rec.name} joined`)).seq;
+        // The join header as of the join, then everything after it, in order. A header
+        // change at the join's seq falls before or after the join: both are gapless.
+        const after = log.filter(([, , seq]) => seq > at);
+        const got = view(await rec.waitForEvent((e) => e.kind === "put" && e.seq === PUTS));
+        const before = got.length === after.length + 2;
+        assertEquals(
+          got,
+          [
+            ["header", headerAt(before ? at - 1 : at), at],
+            ...(before ? [["header", `h${at}`, at] as Row] : []),
+            ...after,
+          ],
+          `${rec.name}: joined at ${at}`,
+        );
+      }
+      for (const { rec, from, joined } of resumed) {
+        await deadline(joined, `${rec.name} joined`);
+        const got = await rec.waitForEvent((e) => e.kind === "put" && e.seq === PUTS);
+        assertEquals(
+          view(got),
+          log.filter(([kind, , seq]) => seq > from || (kind === "header" && seq === from)),
+          `${rec.name}: replay and live from ${from}`,
+        );
+      }
+      await a.delete(stream);
+    }
+  }, options);
+}
+
 Deno.test({
   name:
     "RedisEngine: joins on one node racing batched bursts from another lose nothing (40 rounds)",
   ignore: !hasRedis,
-  fn: () =>
-    withHubs(async (a, b) => {
-      const log = burstLog();
-      for (let round = 0; round < ROUNDS; round++) {
-        const stream = `race${round}`;
-        await a.header(stream, "h0");
-        const first = new Recorder(`first ${round}`);
-        await b.listen(stream, first);
-        const fresh: { rec: Recorder; joined: Promise<{ seq: number }> }[] = [];
-        const resumed: { rec: Recorder; from: number; joined: Promise<unknown> }[] = [];
-        const puts: Promise<{ seq: number; epoch: string }>[] = [];
-        const headers: Promise<void>[] = [];
-        for (let i = 1; i <= PUTS; i++) {
-          puts.push(a.put(stream, i));
-          if (i % HEADER_EVERY === 0) headers.push(a.header(stream, `h${i}`));
-          if (i % CHUNK === 0) {
-            const rec = new Recorder(`fresh ${round}.${i}`);
-            fresh.push({ rec, joined: b.listen(stream, rec) });
-            // Resume from a put acknowledged earlier (its batch is back), while later ones fly.
-            if (i > CHUNK) {
-              const at = await deadline(puts[i - CHUNK - 1]!, `put ${i - CHUNK} of ${round}`);
-              const r = new Recorder(`resumed ${round}.${i}`);
-              resumed.push({ rec: r, from: at.seq, joined: b.listen(stream, r, { since: at }) });
-            }
-          }
-        }
-        const acks = await deadline(Promise.all(puts), `the burst of round ${round}`);
-        await deadline(Promise.all(headers), `the headers of round ${round}`);
-        assertEquals(acks.map((p) => p.seq), Array.from({ length: PUTS }, (_, i) => i + 1));
-        await first.waitFor(1 + log.length);
-        assertEquals(view(first.events), [["header", "h0", 0], ...log], `round ${round}: first`);
-        for (const { rec, joined } of fresh) {
-          const at = (await deadline(joined, `${rec.name} joined`)).seq;
-          // The join header as of the join, then everything after it, in order. A header
-          // change at the join's seq falls before or after the join: both are gapless.
-          const after = log.filter(([, , seq]) => seq > at);
-          const got = view(await rec.waitForEvent((e) => e.kind === "put" && e.seq === PUTS));
-          const before = got.length === after.length + 2;
-          assertEquals(
-            got,
-            [
-              ["header", headerAt(before ? at - 1 : at), at],
-              ...(before ? [["header", `h${at}`, at] as Row] : []),
-              ...after,
-            ],
-            `${rec.name}: joined at ${at}`,
-          );
-        }
-        for (const { rec, from, joined } of resumed) {
-          await deadline(joined, `${rec.name} joined`);
-          const got = await rec.waitForEvent((e) => e.kind === "put" && e.seq === PUTS);
-          assertEquals(
-            view(got),
-            log.filter(([kind, , seq]) => seq > from || (kind === "header" && seq === from)),
-            `${rec.name}: replay and live from ${from}`,
-          );
-        }
-        await a.delete(stream);
-      }
-    }),
+  fn: () => raceRounds(ROUNDS),
+});
+
+Deno.test({
+  name: "RedisEngine: the same race with batches of 3 writes, one batch in flight (20 rounds)",
+  ignore: !hasRedis,
+  fn: () => raceRounds(20, { maxBatch: 3, maxBatchesInFlight: 1 }),
 });
 
 /** Calls of each command Redis counted so far (INFO commandstats), scripts' own calls included. */
@@ -184,4 +194,11 @@ Deno.test({
       }
       assertEquals(settled, 20);
     }),
+});
+
+Deno.test("RedisEngine refuses batch bounds that are not positive integers", () => {
+  for (const [name, value] of [["maxBatch", 0], ["maxBatch", 10_001], ["maxBatchesInFlight", 0]]) {
+    assertThrows(() => new RedisEngine({ [name as string]: value }), RangeError, name as string);
+  }
+  new RedisEngine({ maxBatch: 1, maxBatchesInFlight: 1 }); // the smallest bounds are valid
 });
