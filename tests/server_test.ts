@@ -388,7 +388,9 @@ Deno.test("RemoteStream that may not reconnect reports the server's shutdown via
   await server.shutdown();
   const why = await remote.closed();
   assert(why instanceof Error);
-  assertEquals(await Array.fromAsync(inbox), []); // the local inbox ended too
+  // The local inbox ended too, with the reason (issue 12).
+  const ended = await Array.fromAsync(inbox).then(() => undefined, (e: Error) => e);
+  assertEquals(ended, why);
   await remote.close();
 });
 
