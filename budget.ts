@@ -13,7 +13,8 @@
  * - **headers**: each set header costs {@linkcode HEADER_COST_FACTOR} times its frame's bytes
  *   (the decoded message and the join frame listeners get).
  * - **streams**: {@linkcode STREAM_COST} bytes per stream held (an estimate of its state).
- * - **listens**: {@linkcode LISTEN_COST} bytes per listener registration.
+ * - **listens**: {@linkcode LISTEN_COST} bytes per listener registration and
+ *   {@linkcode PATTERN_COST} per pattern listen.
  * - **lines** and **outbound**: the doors report the bytes of unfinished request lines they
  *   hold and of frames queued but not yet written (see {@linkcode MemoryBudget.lines}).
  *
@@ -83,6 +84,13 @@ export const STREAM_COST = 1024;
 
 /** Estimated bytes one listener registration costs (set entries on both sides). */
 export const LISTEN_COST = 256;
+
+/**
+ * Estimated bytes one pattern listen costs (its text, map entries, its share of the sets
+ * streams point to; measured about 0.7 KiB): it counts as this many bytes of the `listens`
+ * part, {@linkcode LISTEN_COST} times four.
+ */
+export const PATTERN_COST = 4 * LISTEN_COST;
 
 /** How many times its frame's bytes a set header costs: the decoded message, the join frame. */
 export const HEADER_COST_FACTOR = 2;

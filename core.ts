@@ -27,6 +27,7 @@ import {
   LimitExceededError,
   LISTEN_COST,
   MemoryBudget,
+  PATTERN_COST,
   STREAM_COST,
 } from "./budget.ts";
 import type { Codec } from "./codec.ts";
@@ -282,6 +283,7 @@ export abstract class Streams<S extends StreamState> implements Core {
     try {
       checkPattern(pattern, this.maxName);
       this.checkQueue(pattern, queue);
+      if (!this.patterns.has(pattern, queue)) this.admitPattern(pattern, queue);
       return this.patterns.listen(pattern, queue, since);
     } catch (e) {
       return Promise.reject(e);
@@ -352,7 +354,8 @@ export abstract class Streams<S extends StreamState> implements Core {
         return core.streams.size;
       },
       get listenCount() {
-        return core.listenerCount;
+        // A pattern counts as PATTERN_COST / LISTEN_COST registrations.
+        return core.listenerCount + core.patternCount * (PATTERN_COST / LISTEN_COST);
       },
       get historyBytes() {
         return core.historyBytes();
@@ -406,7 +409,7 @@ export abstract class Streams<S extends StreamState> implements Core {
   protected admitListen(stream: string, queue: Listener): void {
     const what = `Cannot listen to stream "${stream.slice(0, 100)}"`;
     const max = this.limits.maxListens;
-    const n = this.following.get(queue)?.size ?? 0;
+    const n = (this.following.get(queue)?.size ?? 0) + this.patternsOf(queue);
     if (n >= max) {
       throw new LimitExceededError(
         "max_listens",
@@ -415,6 +418,38 @@ export abstract class Streams<S extends StreamState> implements Core {
     }
     if (this.streams.has(stream)) this.limits.memory.admit(LISTEN_COST, what);
     else this.admitStream(what, LISTEN_COST);
+  }
+
+  /**
+   * Refuses a pattern listen past the limits: each pattern counts as one of the listener's
+   * `maxListens` and costs {@linkcode PATTERN_COST} of the budget (every pattern is matched
+   * against each new stream's name, so their number must be bounded too).
+   *
+   * @param pattern The pattern.
+   * @param queue The listener.
+   * @throws {LimitExceededError} With `max_listens` or `max_memory`.
+   */
+  protected admitPattern(pattern: string, queue: Listener): void {
+    const what = `Cannot listen to pattern "${pattern.slice(0, 100)}"`;
+    const max = this.limits.maxListens;
+    const n = (this.following.get(queue)?.size ?? 0) + this.patternsOf(queue);
+    if (n >= max) {
+      throw new LimitExceededError(
+        "max_listens",
+        `${what}: this connection follows ${n} streams and patterns, the limit (max_listens)`,
+      );
+    }
+    this.limits.memory.admit(PATTERN_COST, what);
+  }
+
+  /** How many patterns the listener listens to. */
+  protected patternsOf(queue: Listener): number {
+    return this.patterns.countOf(queue);
+  }
+
+  /** How many patterns are listened to, over every listener. */
+  protected get patternCount(): number {
+    return this.patterns.count;
   }
 
   /**

@@ -240,6 +240,8 @@ export class EngineCore extends Streams<EngineStream> {
   readonly #source: Detachable;
   /** The pattern listeners, by queue. */
   readonly #proxies: Map<Listener, PatternProxy> = new Map();
+  /** Patterns over every proxy (the budget counts them). */
+  #patternCount = 0;
   /** The engine's creation notices, once asked for. */
   #watching: Promise<void> | undefined;
 
@@ -468,9 +470,11 @@ export class EngineCore extends Streams<EngineStream> {
     }
     let proxy = this.#proxies.get(queue);
     if (proxy?.patterns.has(pattern)) return { pattern, streams: 0 };
+    this.admitPattern(pattern, queue);
     if (!proxy) this.#proxies.set(queue, proxy = new PatternProxy(queue, this));
     const join = {};
     proxy.patterns.set(pattern, join);
+    this.#patternCount++;
     queue.attached?.(this.#source);
     try {
       if (!this.#watching) {
@@ -540,6 +544,7 @@ export class EngineCore extends Streams<EngineStream> {
   override hangupPattern(pattern: string, queue: Listener): void {
     const proxy = this.#proxies.get(queue);
     if (!proxy?.patterns.delete(pattern)) return;
+    this.#patternCount--;
     for (const name of [...proxy.seen]) {
       if (!proxy.matches(name)) {
         proxy.seen.delete(name);
@@ -558,8 +563,19 @@ export class EngineCore extends Streams<EngineStream> {
     const proxy = this.#proxies.get(queue);
     if (proxy) {
       this.#proxies.delete(queue);
+      this.#patternCount -= proxy.patterns.size;
       super.endqueue(proxy);
     }
+  }
+
+  /** How many patterns the listener listens to (its proxy's). */
+  protected override patternsOf(queue: Listener): number {
+    return this.#proxies.get(queue)?.patterns.size ?? 0;
+  }
+
+  /** How many patterns are listened to here, over every listener. */
+  protected override get patternCount(): number {
+    return this.#patternCount;
   }
 
   /** Whether the queue listens to the stream by name here (a pattern proxy skips it then). */

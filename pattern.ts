@@ -40,33 +40,41 @@ import type { Listener, PatternJoin, Position, StreamEvent } from "./types.ts";
 
 /**
  * Glob matching with `*` only. Characters of `subject` that are `*` can only be taken by a `*`
- * of `glob` (which is what makes the same function decide covering).
+ * of `glob` (which is what makes the same function decide covering): the literal runs between
+ * the pattern's stars hold no `*`. The pattern's head must begin the subject and its tail end
+ * it; each run between stars is placed at its leftmost place after the previous one (which is
+ * never worse for the runs after it). `indexOf` does the searching, so a hostile pattern such
+ * as `*aaaa…ab` against `aaaa…a` costs about the lengths added, not their product.
  */
 function glob(pattern: string, subject: string): boolean {
-  let p = 0;
-  let s = 0;
-  let star = -1;
-  let mark = 0;
-  while (s < subject.length) {
-    const c = pattern.charCodeAt(p);
-    if (p < pattern.length && c !== STAR && c === subject.charCodeAt(s)) {
-      p++;
-      s++;
-    } else if (p < pattern.length && c === STAR) {
-      star = p++;
-      mark = s;
-    } else if (star >= 0) {
-      p = star + 1;
-      s = ++mark;
-    } else {
+  const first = pattern.indexOf("*");
+  if (first < 0) return pattern === subject;
+  const last = pattern.lastIndexOf("*");
+  const tail = pattern.length - last - 1;
+  const end = subject.length - tail;
+  if (end < first) return false;
+  for (let i = 0; i < first; i++) {
+    if (pattern.charCodeAt(i) !== subject.charCodeAt(i)) return false;
+  }
+  for (let i = 1; i <= tail; i++) {
+    if (pattern.charCodeAt(pattern.length - i) !== subject.charCodeAt(subject.length - i)) {
       return false;
     }
   }
-  while (p < pattern.length && pattern.charCodeAt(p) === STAR) p++;
-  return p === pattern.length;
+  let at = first;
+  let p = first + 1;
+  while (p < last) {
+    const q = pattern.indexOf("*", p);
+    if (q > p) {
+      const run = pattern.slice(p, q);
+      const found = subject.indexOf(run, at);
+      if (found < 0 || found + run.length > end) return false;
+      at = found + run.length;
+    }
+    p = q + 1;
+  }
+  return true;
 }
-
-const STAR = 42; // "*"
 
 /**
  * Whether a stream name matches a pattern (`*` matches any run of characters).
@@ -230,9 +238,14 @@ export class PatternFollows<S extends PatternStream> {
    * The sets of pattern queues streams point to, one per distinct membership, by key (the
    * queues' numbers). Streams share them, so a join over many streams allocates nothing per
    * stream (and old streams gain no pointers to young objects, which keeps the collector's
-   * pauses short).
+   * pauses short). Each counts the streams that point to it and is forgotten at none, so
+   * memberships no stream has any more (every step of many queues joining) are not kept.
    */
-  readonly #shared: Map<string, ReadonlySet<Listener>> = new Map();
+  readonly #shared: Map<string, Shared> = new Map();
+  /** The record of each shared set. */
+  readonly #records: WeakMap<ReadonlySet<Listener>, Shared> = new WeakMap();
+  /** Patterns listened to, over every queue. */
+  #count = 0;
   readonly #ids: WeakMap<Listener, number> = new WeakMap();
   #nextId = 0;
   readonly #sliceMs: number;
@@ -251,6 +264,21 @@ export class PatternFollows<S extends PatternStream> {
   /** How many queues listen to a pattern. */
   get size(): number {
     return this.#follows.size;
+  }
+
+  /** How many patterns are listened to, over every queue (a queue's patterns each count). */
+  get count(): number {
+    return this.#count;
+  }
+
+  /**
+   * How many patterns a queue listens to.
+   *
+   * @param queue The queue.
+   * @returns Its number of patterns.
+   */
+  countOf(queue: Listener): number {
+    return this.#follows.get(queue)?.patterns.size ?? 0;
   }
 
   /**
@@ -287,6 +315,7 @@ export class PatternFollows<S extends PatternStream> {
     if (!follow) this.#follows.set(queue, follow = new Follow());
     const join = {};
     follow.patterns.set(pattern, join);
+    this.#count++;
     this.#host.attached(queue);
     // From here on, streams created are announced by `created`; the ones held now are caught
     // up below. A put on one of them before its turn is covered by its catch-up (the header as
@@ -295,6 +324,8 @@ export class PatternFollows<S extends PatternStream> {
     let streams = 0;
     let started = performance.now();
     let i = 0;
+    // Streams share few sets: each set plus the queue is made once per join, not per stream.
+    const plus: Map<ReadonlySet<Listener> | undefined, ReadonlySet<Listener>> = new Map();
     for (const state of this.#host.snapshot()) {
       if ((++i & 15) === 0 && performance.now() - started > this.#sliceMs) {
         await new Promise((resolve) => setTimeout(resolve, 0));
@@ -306,7 +337,7 @@ export class PatternFollows<S extends PatternStream> {
       // A queue that listens to the stream by name has its events already.
       const at = since?.[state.name];
       if (!state.listeners.has(queue) && !this.#host.catchUp(state, queue, at)) break;
-      this.#attach(state, queue, follow);
+      this.#attach(state, queue, follow, plus);
       streams++;
     }
     // Streams named in `since` that are gone: the queue learns they ended.
@@ -329,12 +360,15 @@ export class PatternFollows<S extends PatternStream> {
    */
   hangup(pattern: string, queue: Listener): void {
     const follow = this.#follows.get(queue);
-    if (!follow?.patterns.delete(pattern)) return;
-    if (follow.patterns.size === 0) return this.drop(queue);
+    if (!follow?.patterns.has(pattern)) return;
+    if (follow.patterns.size === 1) return this.drop(queue);
+    follow.patterns.delete(pattern);
+    this.#count--;
+    const minus = new Map();
     for (const s of follow.streams) {
       if (!follow.matches(s.name)) {
         follow.streams.delete(s);
-        this.#remove(s, queue);
+        this.#remove(s, queue, minus);
       }
     }
   }
@@ -348,10 +382,11 @@ export class PatternFollows<S extends PatternStream> {
     const follow = this.#follows.get(queue);
     if (!follow) return;
     this.#follows.delete(queue);
-    for (const s of follow.streams) this.#remove(s, queue);
+    this.#count -= follow.patterns.size;
+    // The shared sets that hold the queue are forgotten as their last stream leaves them.
+    const minus = new Map();
+    for (const s of follow.streams) this.#remove(s, queue, minus);
     follow.streams.clear();
-    // Forget the shared sets that hold the queue.
-    for (const [key, set] of this.#shared) if (set.has(queue)) this.#shared.delete(key);
   }
 
   /**
@@ -363,12 +398,20 @@ export class PatternFollows<S extends PatternStream> {
   created(state: S): void {
     if (this.#follows.size === 0) return;
     let ev: StreamEvent | undefined;
+    const joined: Listener[] = [];
     for (const [queue, follow] of this.#follows) {
       if (!follow.matches(state.name)) continue;
       ev ??= buildEvent(this.#host.codec, "header", state, null, state.seq, state.epoch, "join");
       if (this.#host.deliver(queue, ev) && this.#follows.get(queue) === follow) {
-        this.#attach(state, queue, follow);
+        joined.push(queue);
+        follow.streams.add(state);
+        if (state.fanning > 0) (state.joinedDuringFanout ??= new Set()).add(queue);
       }
+    }
+    // One shared set for every queue that joined (not one per queue added).
+    if (joined.length > 0) {
+      const before = state.patternQueues;
+      this.#point(state, this.#intern(before ? [...new Set([...before, ...joined])] : joined));
     }
   }
 
@@ -383,7 +426,7 @@ export class PatternFollows<S extends PatternStream> {
   ended(state: S, end: StreamEvent, got?: Set<Listener>): void {
     const queues = state.patternQueues;
     if (!queues || queues.size === 0) return;
-    state.patternQueues = undefined;
+    this.#point(state, undefined);
     for (const q of queues) {
       this.#follows.get(q)?.streams.delete(state);
       if (!got?.has(q)) this.#host.deliver(q, end);
@@ -396,33 +439,75 @@ export class PatternFollows<S extends PatternStream> {
     return id;
   }
 
-  /** The shared set of `members`, made once. */
+  /** The shared set of `members`, made once (while some stream points to it). */
   #intern(members: Listener[]): ReadonlySet<Listener> | undefined {
     if (members.length === 0) return undefined;
     const key = members.map((q) => this.#id(q)).sort((a, b) => a - b).join(",");
-    let set = this.#shared.get(key);
-    if (!set) this.#shared.set(key, set = new Set(members));
-    return set;
+    let record = this.#shared.get(key);
+    if (!record) {
+      record = { set: new Set(members), key, streams: 0 };
+      this.#shared.set(key, record);
+      this.#records.set(record.set, record);
+    }
+    return record.set;
   }
 
-  #with(
-    set: ReadonlySet<Listener> | undefined,
+  /** Points a stream to a shared set (the one place a stream's set changes). */
+  #point(state: S, set: ReadonlySet<Listener> | undefined): void {
+    const before = state.patternQueues;
+    if (before === set) return;
+    if (before) {
+      const record = this.#records.get(before);
+      if (record && --record.streams === 0 && this.#shared.get(record.key) === record) {
+        this.#shared.delete(record.key);
+      }
+    }
+    if (set) {
+      const record = this.#records.get(set)!;
+      if (record.streams++ === 0 && !this.#shared.has(record.key)) {
+        this.#shared.set(record.key, record);
+      }
+    }
+    state.patternQueues = set;
+  }
+
+  #remove(
+    state: S,
     queue: Listener,
-  ): ReadonlySet<Listener> | undefined {
-    if (set?.has(queue)) return set;
-    return this.#intern(set ? [...set, queue] : [queue]);
-  }
-
-  #remove(state: S, queue: Listener): void {
+    memo: Map<ReadonlySet<Listener>, ReadonlySet<Listener> | undefined>,
+  ): void {
     const set = state.patternQueues;
-    if (set?.has(queue)) state.patternQueues = this.#intern([...set].filter((q) => q !== queue));
+    if (!set?.has(queue)) return;
+    let next = memo.get(set);
+    if (next === undefined && !memo.has(set)) {
+      memo.set(set, next = this.#intern([...set].filter((q) => q !== queue)));
+    }
+    this.#point(state, next);
   }
 
-  #attach(state: S, queue: Listener, follow: Follow<S>): void {
-    state.patternQueues = this.#with(state.patternQueues, queue);
+  #attach(
+    state: S,
+    queue: Listener,
+    follow: Follow<S>,
+    memo: Map<ReadonlySet<Listener> | undefined, ReadonlySet<Listener>>,
+  ): void {
+    const set = state.patternQueues;
+    let next: ReadonlySet<Listener> | undefined = set;
+    if (!set?.has(queue)) {
+      next = memo.get(set);
+      if (!next) memo.set(set, next = this.#intern(set ? [...set, queue] : [queue])!);
+    }
+    this.#point(state, next);
     if (state.fanning > 0) (state.joinedDuringFanout ??= new Set()).add(queue);
     follow.streams.add(state);
   }
+}
+
+/** A shared set of pattern queues and how many streams point to it. */
+interface Shared {
+  readonly set: ReadonlySet<Listener>;
+  readonly key: string;
+  streams: number;
 }
 
 function isPosition(at: unknown): at is Position {
