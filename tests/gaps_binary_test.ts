@@ -76,3 +76,17 @@ Deno.test("the binary's permissions serve --token-file and --http-port", async (
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("the binary's permissions serve --data (a durable store)", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "msgstream-bin-" });
+  try {
+    const { line, stderr } = await firstLine(["--data", `${dir}/streams.db`]);
+    assertEquals(
+      line.replace(/:\d+$/, ":PORT"),
+      "msgstream listening on tcp://127.0.0.1:PORT",
+      stderr,
+    );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

@@ -2,7 +2,8 @@
 // place so that a test can run cli.ts with exactly them and try every server option.
 //
 // - net: every door, and the Redis engine.
-// - read: TLS certificate and key files, token files, --ca files.
+// - read: TLS certificate and key files, token files, --ca files, the --data database.
+// - write: the --data database (SQLite, its WAL and journal files beside it).
 // - env: MSGSTREAM_* defaults, and --redis: the Redis client reads the environment (a list of
 //   variables is not enough for it, so the whole environment is granted).
 
@@ -10,5 +11,6 @@
 export const BINARY_PERMISSIONS: readonly string[] = [
   "--allow-net",
   "--allow-read",
+  "--allow-write",
   "--allow-env",
 ];
