@@ -29,13 +29,14 @@
 
 /// <reference types="./std_types.d.ts" />
 import { concat } from "@std/bytes/concat";
-import { type Codec, defaultCodec } from "./codec.ts";
+import { type Codec, defaultCodec, JsonCodec } from "./codec.ts";
 import { buildEvent } from "./frame.ts";
 import {
   type EventKind,
   type Listener,
   type ListenOptions,
   logListenerError,
+  MessageTooLargeError,
   type PatternJoin,
   type PatternListenOptions,
   type PatternTarget,
@@ -156,6 +157,15 @@ export interface RemoteStreamOptions {
    * @default {8388608}
    */
   maxLineBytes?: number;
+  /**
+   * Largest message `put` and `header` send, in bytes as the codec encodes it; a larger one is
+   * refused with {@linkcode MessageTooLargeError} before it is sent, as the hub refuses it,
+   * instead of a line the server cuts the connection for. The default is the server's default
+   * `--max-message-bytes`; a server with a smaller bound answers `message_too_large`.
+   *
+   * @default {1044480}
+   */
+  maxMessageBytes?: number;
 }
 
 /** A lifecycle change of a {@linkcode RemoteStream}. */
@@ -277,6 +287,7 @@ export class RemoteStream implements Streamer, AsyncDisposable {
       maxPingsOut: options.maxPingsOut ?? 2,
       maxPendingBytes: options.maxPendingBytes ?? 8 << 20,
       maxLineBytes: intOption("maxLineBytes", options.maxLineBytes, 8 << 20, 1),
+      maxMessageBytes: intOption("maxMessageBytes", options.maxMessageBytes, (1 << 20) - 4096, 1),
     };
   }
 
@@ -518,6 +529,10 @@ export class RemoteStream implements Streamer, AsyncDisposable {
    */
   async put(stream: string, message: unknown): Promise<Position> {
     if (message === undefined) throw new TypeError(`Cannot put on stream "${stream}": no message`);
+    if (typeof message === "function" || typeof message === "symbol") {
+      // As the hub refuses it: JSON has no form for it.
+      throw new TypeError(`Cannot put on stream "${stream}": a ${typeof message} is not a message`);
+    }
     const ok = await this.#request({ action: "put", stream, message }, "reject");
     return { epoch: ok.epoch as string, seq: ok.seq as number };
   }
@@ -889,6 +904,14 @@ export class RemoteStream implements Streamer, AsyncDisposable {
     } catch (e) {
       return Promise.reject(new TypeError(`Cannot encode request: ${(e as Error).message}`));
     }
+    const limit = this.#opts.maxMessageBytes;
+    if (bytes.byteLength > limit && (frame.action === "put" || frame.action === "header")) {
+      // Refused here, as the hub refuses it, not sent as a line the server may cut us off for.
+      const size = encoder.encode(this.#opts.codec.encode(frame.message ?? null)).byteLength;
+      if (size > limit) {
+        return Promise.reject(new MessageTooLargeError(String(frame.stream), size, limit));
+      }
+    }
     if (!this.#conn && this.#outboxBytes + bytes.byteLength > this.#opts.maxPendingBytes) {
       return Promise.reject(
         new ProtocolError("not_connected", "Not connected, and the pending request buffer is full"),
@@ -981,7 +1004,14 @@ export class RemoteStream implements Streamer, AsyncDisposable {
     try {
       f = this.#opts.codec.decode(line) as Record<string, unknown>;
     } catch {
-      return; // not ours to fix; the server only sends valid frames
+      // A message nested to the codec's depth limit is one level deeper inside its frame: the
+      // hub accepts it, so take it as frameMessage() does rather than leave a gap.
+      if (!(this.#opts.codec instanceof JsonCodec)) return; // the server only sends valid frames
+      try {
+        f = JSON.parse(line);
+      } catch {
+        return;
+      }
     }
     if (!f || typeof f !== "object") return;
     const stream = f.stream as string;

@@ -66,6 +66,7 @@ export interface JsonCodecOptions {
   /**
    * The deepest nesting of arrays and objects that `decode` accepts. Deeper input is refused
    * with a `SyntaxError` before it is parsed, so a hostile frame cannot exhaust the stack.
+   * `encode` refuses a value nesting deeper, as `decode` would refuse the text.
    *
    * @default {64}
    */
@@ -160,7 +161,8 @@ export class JsonCodec implements Codec {
    *
    * @param value Any JSON value, or an instance of a registered class (also nested).
    * @returns JSON text with no newline.
-   * @throws {TypeError} When the value cannot be encoded (a cycle, a `BigInt`).
+   * @throws {TypeError} When the value cannot be encoded (a cycle, a `BigInt`), or nests deeper
+   * than `maxDepth`: `decode` would refuse the text.
    *
    * @example Encoding
    * ```ts
@@ -171,15 +173,23 @@ export class JsonCodec implements Codec {
    * ```
    */
   encode(value: unknown): string {
-    if (this.#byClass.size === 0) return JSON.stringify(value) ?? "null";
     const byClass = this.#byClass;
-    return JSON.stringify(value, function (_key, v) {
+    const text = byClass.size === 0 ? JSON.stringify(value) : JSON.stringify(value, (_key, v) => {
       if (v !== null && typeof v === "object") {
         const reg = byClass.get(v.constructor);
         if (reg) return { ".class": reg.name, ".version": reg.version, ".state": { ...v } };
       }
       return v;
-    }) ?? "null";
+    });
+    if (text === undefined) return "null";
+    // Refuse here what no decoder (the server's, a client's) would accept, rather than send it
+    // and have it dropped there.
+    try {
+      checkDepth(text, this.#maxDepth);
+    } catch (e) {
+      throw new TypeError(`Cannot encode value: ${(e as Error).message}`);
+    }
+    return text;
   }
 
   /**

@@ -521,6 +521,10 @@ export abstract class Streams<S extends StreamState> implements Core {
   /** Checks a put's message. */
   protected checkMessage(stream: string, message: unknown): void {
     if (message === undefined) throw new TypeError(`Cannot put on stream "${stream}": no message`);
+    if (typeof message === "function" || typeof message === "symbol") {
+      // JSON has no form for it: the wire would carry a put without a message.
+      throw new TypeError(`Cannot put on stream "${stream}": a ${typeof message} is not a message`);
+    }
   }
 
   /**

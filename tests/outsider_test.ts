@@ -1,0 +1,115 @@
+/**
+ * What outsiders found (issue 10, brief A10): the same program on `MessageStream` in process and
+ * on `RemoteStream` to a server meets the same refusals for the same bad input, and a refusal
+ * never leaves a request pending, costs the connection, or becomes a silent gap.
+ */
+import { assertEquals, assertInstanceOf, assertRejects } from "@std/assert";
+import { Inbox, MessageStream, MessageTooLargeError } from "../mod.ts";
+import { RemoteStream } from "../client.ts";
+import { serve } from "../server.ts";
+import { deadline } from "./_wait.ts";
+
+/** A value nested `levels` deep: `[[...[1]...]]`. */
+function nested(levels: number): unknown {
+  let value: unknown = 1;
+  for (let i = 0; i < levels; i++) value = [value];
+  return value;
+}
+
+Deno.test("RemoteStream.put() of a message nested past the codec's depth is refused, not left pending", async () => {
+  await using server = serve({ port: 0, logLevel: "error" });
+  await using remote = await RemoteStream.connect(`127.0.0.1:${server.addr.port}`);
+  const put = remote.put("deep", nested(70));
+  const error = await deadline(
+    put.then(() => undefined, (e) => e as Error),
+    "the deep put's answer",
+  );
+  assertInstanceOf(error, TypeError);
+  assertEquals(
+    error.message,
+    "Cannot encode request: Cannot encode value: JSON nests deeper than 64 levels",
+  );
+  // The connection still serves: the next put is the stream's first.
+  assertEquals((await remote.put("deep", 1)).seq, 1);
+});
+
+Deno.test("MessageStream.put() refuses a message nested past the codec's depth, as the wire does", async () => {
+  const hub = new MessageStream();
+  const inbox = new Inbox();
+  await hub.listen("deep", inbox);
+  await assertRejects(
+    () => hub.put("deep", nested(70)),
+    TypeError,
+    "Cannot encode value: JSON nests deeper than 64 levels",
+  );
+  assertEquals((await hub.put("deep", 1)).seq, 1);
+  inbox.close();
+  const seqs: number[] = [];
+  for await (const ev of inbox) seqs.push(ev.seq);
+  assertEquals(seqs, [1]);
+  await hub.close();
+});
+
+Deno.test("A RemoteStream listener gets every put the hub accepted, however deep (no silent gap)", async () => {
+  await using server = serve({ port: 0, logLevel: "error" });
+  await using remote = await RemoteStream.connect(`127.0.0.1:${server.addr.port}`);
+  const inbox = new Inbox();
+  await remote.listen("deep", inbox);
+  // The deepest message the hub accepts still reaches a remote listener.
+  for (const levels of [62, 63, 64, 65, 70]) {
+    await server.hub.put("deep", nested(levels)).catch(() => undefined);
+  }
+  await server.hub.put("deep", "last");
+  const seqs: number[] = [];
+  const reader = inbox.getReader();
+  for (;;) {
+    const { value } = await deadline(reader.read(), () => `the put after ${seqs.join(",")}`);
+    seqs.push(value!.seq);
+    if (value!.message === "last") break;
+  }
+  const last = seqs.at(-1)!;
+  assertEquals(seqs, Array.from({ length: last }, (_, i) => i + 1));
+  reader.releaseLock();
+  inbox.close();
+});
+
+Deno.test("MessageStream.put() and RemoteStream.put() refuse a function or a symbol alike", async () => {
+  const hub = new MessageStream();
+  await using server = serve({ port: 0, logLevel: "error" });
+  await using remote = await RemoteStream.connect(`127.0.0.1:${server.addr.port}`);
+  for (const message of [() => 1, Symbol("s")]) {
+    for (const s of [hub, remote]) {
+      await assertRejects(
+        () => s.put("job", message),
+        TypeError,
+        `Cannot put on stream "job": a ${typeof message} is not a message`,
+      );
+    }
+  }
+  assertEquals(await hub.stat("job"), undefined);
+  assertEquals(await remote.stat("job"), undefined);
+  await hub.close();
+});
+
+Deno.test("RemoteStream.put() of a message over the limit is refused locally and keeps the connection", async () => {
+  await using server = serve({ port: 0, logLevel: "error" });
+  await using remote = await RemoteStream.connect(`127.0.0.1:${server.addr.port}`);
+  const inbox = new Inbox();
+  await remote.listen("big", inbox);
+  const hub = new MessageStream();
+  const big = "x".repeat(2 << 20);
+  const local = await hub.put("big", big).then(() => undefined, (e) => e as Error);
+  const wire = await deadline(
+    remote.put("big", big).then(() => undefined, (e) => e as Error),
+    "the big put's answer",
+  );
+  assertInstanceOf(local, MessageTooLargeError);
+  assertInstanceOf(wire, MessageTooLargeError);
+  assertEquals(wire.message, local.message);
+  // Nothing dropped the connection: the listener goes on from the same join.
+  assertEquals((await remote.put("big", 1)).seq, 1);
+  const { value } = await deadline(inbox.getReader().read(), "the put after the refusal");
+  assertEquals([value?.kind, value?.seq, value?.message], ["put", 1, 1]);
+  inbox.close();
+  await hub.close();
+});
