@@ -173,6 +173,13 @@ export interface HttpOptions {
    * @default {15000}
    */
   maxConnections?: number;
+  /**
+   * With tokens, milliseconds a WebSocket has to authenticate (credentials on the upgrade, or
+   * `hello`) before it is closed with `unauthorized` (`--auth-timeout`).
+   *
+   * @default {10000}
+   */
+  authTimeout?: number;
   /** Aborting it shuts the server down ({@linkcode serveHttp} only). */
   signal?: AbortSignal;
   /**
@@ -329,6 +336,7 @@ class HttpDoor {
     this.#ws = new WsDoor(hub, this.metrics, this.auth, {
       maxOutboundBytes: intOption("maxOutboundBytes", options.maxOutboundBytes, 8 << 20, 1),
       maxMessageBytes: this.maxBody,
+      authTimeout: intOption("authTimeout", options.authTimeout, 10_000, 1),
     });
     this.#rates = new RateMeter(intOption("rateWindow", options.rateWindow, 10_000, 1));
     this.#listPageMax = intOption("maxListPage", options.maxListPage, 1000, 1);

@@ -396,6 +396,7 @@ class ServerImpl implements MessageServer {
         tokens: options.tokens,
         maxBodyBytes: this.#tcp.maxLineBytes,
         maxOutboundBytes: this.#tcp.maxOutbound,
+        authTimeout: this.#tcp.authTimeout,
         shutdownTimeout,
         maxConnections,
         ...(options.http.allowedHosts !== undefined

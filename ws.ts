@@ -57,6 +57,11 @@ export interface WsLimits {
   maxOutboundBytes: number;
   /** Largest incoming message, in bytes (`line_too_long` beyond). */
   maxMessageBytes: number;
+  /**
+   * With tokens, milliseconds a socket has to authenticate (credentials on the upgrade, or
+   * `hello`) before it is closed with `unauthorized`.
+   */
+  authTimeout: number;
 }
 
 /** Every WebSocket of one HTTP door: their sessions, the shared frame text, shutdown. */
@@ -71,6 +76,8 @@ export class WsDoor {
   readonly maxOutbound: number;
   /** Largest incoming message, in bytes. */
   readonly maxMessage: number;
+  /** With tokens, how long a socket may go without a grant (see {@linkcode WsLimits}). */
+  readonly authTimeout: number;
   readonly #conns = new Set<WsConnection>();
   readonly #text = new WeakMap<Uint8Array, string>();
   /**
@@ -93,6 +100,7 @@ export class WsDoor {
     this.auth = auth;
     this.maxOutbound = limits.maxOutboundBytes;
     this.maxMessage = limits.maxMessageBytes;
+    this.authTimeout = limits.authTimeout;
   }
 
   /**
@@ -202,6 +210,8 @@ export class WsConnection implements Transport {
   /** Bytes queued here (not yet handed to the socket). */
   #queued = 0;
   #timer: ReturnType<typeof setTimeout> | undefined;
+  /** The authentication deadline, while the socket has no grant. */
+  #authTimer: ReturnType<typeof setTimeout> | undefined;
   /** The current pause between polls, in milliseconds. */
   #wait = 1;
   /** Close once the queue has drained (a session's `close`). */
@@ -225,7 +235,22 @@ export class WsConnection implements Transport {
     socket.onerror = () => {
       // onclose follows: nothing else to do.
     };
+    if (door.auth && !this.session.authorized) {
+      this.#authTimer = setTimeout(this.#authExpired, door.authTimeout);
+    }
   }
+
+  /** The authentication deadline passed: a socket without a grant goes, as on TCP. */
+  #authExpired = (): void => {
+    this.#authTimer = undefined;
+    if (this.#closing || this.session.authorized) return;
+    this.session.error(
+      "unauthorized",
+      `No valid "hello" within ${this.#door.authTimeout} ms: closing connection`,
+    );
+    this.#closeCode = 1008;
+    this.session.close();
+  };
 
   /** Says `close` and closes the socket with 1001 (Going Away) once its queue has drained. */
   goAway(): void {
@@ -362,6 +387,7 @@ export class WsConnection implements Transport {
     if (this.#closed) return;
     this.#closed = true;
     this.#closing = true;
+    clearTimeout(this.#authTimer);
     this.#drop();
     this.session.drop();
     this.#door.remove(this);
