@@ -74,6 +74,8 @@ export interface EngineSnapshot extends Position {
   readonly reset?: ResetReason | undefined;
   /** With `since` and covered: the events after it, oldest first. */
   readonly events?: readonly EngineEvent[] | undefined;
+  /** `true` when the stream does not exist (only when a sync asked for an existing stream). */
+  readonly absent?: boolean | undefined;
 }
 
 /** What an engine reports to its hub. Calls for one stream come in that stream's order. */
@@ -142,12 +144,16 @@ export interface Engine {
    * @param stream The stream's name.
    * @param since With a position: the snapshot also holds the events after it, or why not.
    * @param onSnapshot Called once, in order with the sink's events.
+   * @param existing When `true`, a stream that does not exist is not created: the snapshot
+   * then has `absent: true` (a pattern join must not bring back a stream deleted after it was
+   * listed).
    * @throws {EngineUnavailableError} When the engine cannot be reached.
    */
   sync(
     stream: string,
     since: Position | undefined,
     onSnapshot: (snapshot: EngineSnapshot) => void,
+    existing?: boolean,
   ): Promise<void>;
   /**
    * Reads a stream's state without following it, and without creating it.
@@ -311,8 +317,17 @@ export class EngineCore extends Streams<EngineStream> {
     return this.#engine.close();
   }
 
-  /** Joins from the local copy when it is in step (and no `since`), else from a snapshot. */
-  async listen(stream: string, queue: Listener, since: Position | undefined): Promise<Position> {
+  /**
+   * Joins from the local copy when it is in step (and no `since`), else from a snapshot. With
+   * `existing`, a stream the engine does not hold is not created: the queue joins nothing and
+   * the position is `{epoch: "", seq: 0}`.
+   */
+  async listen(
+    stream: string,
+    queue: Listener,
+    since: Position | undefined,
+    existing?: boolean,
+  ): Promise<Position> {
     this.checkName(stream);
     this.checkQueue(stream, queue);
     let state = this.streams.get(stream);
@@ -338,7 +353,7 @@ export class EngineCore extends Streams<EngineStream> {
     try {
       await this.#engine.sync(stream, since, (snap) => {
         position = this.#joined(joining, snap, [queue], since);
-      });
+      }, existing);
     } catch (e) {
       if (joining.pending?.delete(queue)) {
         this.following.get(queue)?.delete(joining);
@@ -372,6 +387,14 @@ export class EngineCore extends Streams<EngineStream> {
     queues: Iterable<Listener>,
     since: Position | undefined,
   ): Position {
+    if (snap.absent) {
+      // Asked for an existing stream, and there is none: nobody joins, nothing is made.
+      for (const q of queues) {
+        if (state.pending?.delete(q)) this.following.get(q)?.delete(state);
+      }
+      this.collect(state);
+      return { epoch: "", seq: 0 };
+    }
     if (!state.live) {
       state.epoch = snap.epoch;
       state.seq = snap.seq;
@@ -510,24 +533,38 @@ export class EngineCore extends Streams<EngineStream> {
           return n;
         }
         if (!matchPattern(pattern, name)) continue;
-        await this.#joinProxy(proxy, name, since?.[name]);
-        n++;
+        if (await this.#joinProxy(proxy, name, since?.[name])) n++;
       }
     }
     return n;
   }
 
-  /** Joins a pattern proxy to one stream (once). */
-  async #joinProxy(proxy: PatternProxy, name: string, since: Position | undefined): Promise<void> {
+  /**
+   * Joins a pattern proxy to one stream (once), only if the stream exists: one listed or
+   * announced may be deleted before its turn, and must not be made anew by the join. Returns
+   * whether the stream exists.
+   */
+  async #joinProxy(
+    proxy: PatternProxy,
+    name: string,
+    since: Position | undefined,
+  ): Promise<boolean> {
     const state = this.streams.get(name);
-    if (state && (state.listeners.has(proxy) || state.pending?.has(proxy))) return;
+    if (state && (state.listeners.has(proxy) || state.pending?.has(proxy))) return true;
     // Resuming: what is missed comes as a replay (or a reset), no header is made up.
-    if (since && since.seq > 0) proxy.seen.add(name);
-    const at = await this.listen(name, proxy, since);
+    const resuming = since !== undefined && since.seq > 0 && !proxy.seen.has(name);
+    if (resuming) proxy.seen.add(name);
+    const at = await this.listen(name, proxy, since, true);
+    if (at.epoch === "") {
+      // Gone before its turn: a resumed position learns it ended (see listenPattern).
+      if (resuming) proxy.seen.delete(name);
+      return false;
+    }
     // A stream without a header gave nothing yet: its position is the explicit first event.
     if (!proxy.seen.has(name) && this.streams.get(name)?.listeners.has(proxy)) {
       proxy.put(buildEvent(this.codec, "header", { name }, null, at.seq, at.epoch, "join"));
     }
+    return true;
   }
 
   /** A stream was created (on any node): proxies of matching patterns join it from its start. */

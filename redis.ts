@@ -251,8 +251,14 @@ end
 return out
 `;
 
-// ARGV: [1] token, [2] channel, [3] since epoch ('' for none), [4] since seq.
+// ARGV: [1] token, [2] channel, [3] since epoch ('' for none), [4] since seq, [5] and [6] unused
+// (the cluster variant's), [7] '1': only an existing stream (else the reply is {''}, nothing made).
 const SYNC = EPOCH + `
+if ARGV[7] == '1' and redis.call('EXISTS', KEYS[1]) == 0 then
+  -- Asked for an existing stream (a pattern join): none is made; the marker still orders it.
+  redis.call('PUBLISH', ARGV[2], 'm' .. ARGV[1])
+  return {''}
+end
 local e = epoch_of(KEYS[1], KEYS[3])
 local state = redis.call('HMGET', KEYS[1], 'seq', 'hc', 'header')
 local seq, hc = tonumber(state[1]), tonumber(state[2])
@@ -296,7 +302,7 @@ function variant(script: string, edits: [string, string][]): string {
 }
 
 // KEYS: the stream's hash and history; ARGV: [1..4] as SYNC, [5] the creation channel, [6] a
-// nonce.
+// nonce, [7] as SYNC.
 const SYNC_CLUSTER = variant(SYNC, [
   ["redis.call('GET', KEYS[4]) or ''", RUN_GEN],
   ["redis.call('INCR', counter)", "ARGV[6]"],
@@ -954,6 +960,7 @@ export class RedisEngine implements Engine {
     stream: string,
     since: Position | undefined,
     onSnapshot: (snapshot: EngineSnapshot) => void,
+    existing?: boolean,
   ): Promise<void> {
     const cmd = await this.#client();
     const f = this.#follow(stream);
@@ -975,14 +982,16 @@ export class RedisEngine implements Engine {
     let reply: unknown[];
     try {
       const args = [token, f.channel, since?.epoch ?? "", since?.seq ?? 0];
+      const only = existing ? "1" : "";
       reply = await (this.#cluster
         ? cmd.msgstreamSync(
           ...this.#keys(stream).slice(0, 2),
           ...args,
           this.#createdChannel,
           `${this.#node}${(this.#counter++).toString(16)}`,
+          only,
         )
-        : cmd.msgstreamSync(...this.#keys(stream), ...args));
+        : cmd.msgstreamSync(...this.#keys(stream), ...args, "", "", only));
     } catch (e) {
       if (f.syncs.delete(token) && sync.marked) this.#release(f);
       throw unavailable(e);
@@ -1003,6 +1012,7 @@ export class RedisEngine implements Engine {
       ResetReason | "" | undefined,
       [string, string[]][] | undefined,
     ];
+    if (epoch === "") return { epoch, seq: 0, header: undefined, absent: true };
     const events: EngineEvent[] = [];
     for (const [id, fields] of entries ?? []) {
       const kind = fields[1] === "h" ? "header" : "put";
