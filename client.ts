@@ -30,6 +30,7 @@
 /// <reference types="./std_types.d.ts" />
 import { concat } from "@std/bytes/concat";
 import { type Codec, defaultCodec, JsonCodec } from "./codec.ts";
+import { checkSince } from "./core.ts";
 import { buildEvent } from "./frame.ts";
 import {
   type EventKind,
@@ -52,6 +53,10 @@ import { DEFAULT_PORT, intOption, parseHostPort } from "./options.ts";
 
 export { ProtocolError } from "./protocol.ts";
 export type { ErrorCode } from "./protocol.ts";
+export type { StreamListing, StreamPage } from "./pattern.ts";
+
+/** What {@linkcode RemoteStream.list} asks for: a pattern, a cursor and a page size. */
+export type ListOptions = Omit<PageOptions, "allow">;
 
 /**
  * A one-line hint for a failed first connection: what to fix for the TLS mistakes that otherwise
@@ -558,7 +563,7 @@ export class RemoteStream implements Streamer, AsyncDisposable {
    * } while (after);
    * ```
    */
-  async list(options?: Omit<PageOptions, "allow">): Promise<StreamPage> {
+  async list(options?: ListOptions): Promise<StreamPage> {
     const frame: Record<string, unknown> = { action: "list" };
     if (options?.pattern !== undefined) frame.pattern = options.pattern;
     if (options?.after !== undefined) frame.after = options.after;
@@ -619,6 +624,7 @@ export class RemoteStream implements Streamer, AsyncDisposable {
    * @param queue The listener.
    * @param options Where to resume; applies when this client does not follow the stream yet.
    * @returns The stream's position when the queue joined.
+   * @throws {TypeError} When `since` is not `{epoch: string, seq: non-negative integer}`.
    * @throws {ProtocolError} When the server refuses (`forbidden`, `invalid_stream`, …).
    */
   async listen<H = unknown, M = unknown>(
@@ -660,6 +666,8 @@ export class RemoteStream implements Streamer, AsyncDisposable {
         (options as PatternListenOptions | undefined)?.since,
       );
     }
+    // Refused here with the hub's error, whether or not this client follows the stream yet.
+    checkSince(target, (options as ListenOptions | undefined)?.since);
     return await this.#listenStream(target, queue, options as ListenOptions | undefined);
   }
 

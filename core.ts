@@ -225,6 +225,28 @@ export function logListenerError(error: unknown, stream: string): void {
 }
 
 /**
+ * Refuses a resume position that is not `{epoch: string, seq: non-negative integer}`, as the
+ * wire refuses it (`invalid_since`): one the hub cannot compare would join without a reset.
+ *
+ * @param stream The stream's name, for the message.
+ * @param since The position given, or `undefined` for none.
+ * @throws {TypeError} When `since` is given and is not such a position.
+ */
+export function checkSince(stream: string, since: unknown): void {
+  if (since === undefined) return;
+  const s = since as { epoch?: unknown; seq?: unknown } | null;
+  if (
+    s === null || typeof s !== "object" || typeof s.epoch !== "string" ||
+    typeof s.seq !== "number" || !Number.isSafeInteger(s.seq) || s.seq < 0
+  ) {
+    throw new TypeError(
+      `Cannot listen to stream "${String(stream).slice(0, 100)}": since must be ` +
+        "{epoch: string, seq: non-negative integer}",
+    );
+  }
+}
+
+/**
  * What both cores share: the streams by name, who follows what, fanout and delivery. Delivery is
  * synchronous; a listener that throws is removed from every stream.
  */

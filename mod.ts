@@ -40,6 +40,7 @@
 import { MemoryBudget } from "./budget.ts";
 import { type Codec, defaultCodec } from "./codec.ts";
 import {
+  checkSince,
   type Core,
   DEFAULT_MAX_MESSAGE_BYTES,
   logListenerError,
@@ -428,7 +429,8 @@ export class MessageStream implements Streamer {
    * @param queue The listener.
    * @param options Where to resume.
    * @returns The stream's position when the listener joined.
-   * @throws {TypeError} When the name is not a non-empty string or `queue` has no `put`.
+   * @throws {TypeError} When the name is not a non-empty string, `queue` has no `put`, or
+   * `since` is not `{epoch: string, seq: non-negative integer}`.
    * @throws {EngineUnavailableError} When the hub's engine cannot be reached.
    *
    * @example Resuming from a position
@@ -504,6 +506,11 @@ export class MessageStream implements Streamer {
       );
     }
     const o = options as ListenOptions | undefined;
+    try {
+      checkSince(target, o?.since);
+    } catch (e) {
+      return Promise.reject(e);
+    }
     if (o?.create === false) return this.#listenExisting(target, queue as Listener, o.since);
     return this.#core.listen(target, queue, o?.since);
   }

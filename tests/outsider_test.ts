@@ -113,3 +113,38 @@ Deno.test("RemoteStream.put() of a message over the limit is refused locally and
   inbox.close();
   await hub.close();
 });
+
+Deno.test("MessageStream.listen() and RemoteStream.listen() refuse a malformed since alike", async (t) => {
+  const hub = new MessageStream();
+  await using server = serve({ port: 0, logLevel: "error" });
+  await using remote = await RemoteStream.connect(`127.0.0.1:${server.addr.port}`);
+  await remote.listen("job", new Inbox()); // this client follows it already: still refused
+  const bad = [{ epoch: "e", seq: -1 }, { epoch: "e", seq: 1.5 }, { epoch: 5, seq: 1 }, { seq: 1 }];
+  for (const since of bad) {
+    await t.step(JSON.stringify(since), async () => {
+      for (const s of [hub, remote]) {
+        await assertRejects(
+          () => s.listen("job", new Inbox(), { since: since as never }),
+          TypeError,
+          'Cannot listen to stream "job": since must be {epoch: string, seq: non-negative integer}',
+        );
+      }
+    });
+  }
+  assertEquals(await hub.stat("job"), undefined);
+  await hub.close();
+});
+
+Deno.test("The client entry names the types of RemoteStream.list()", async () => {
+  const { RemoteStream: _ } = await import("../client.ts");
+  const page: import("../client.ts").StreamPage = { streams: [], next: null };
+  const options: import("../client.ts").ListOptions = { pattern: "jobs.*", limit: 1 };
+  const row: import("../client.ts").StreamListing = {
+    stream: "a",
+    epoch: "e",
+    seq: 0,
+    listeners: 0,
+    header: false,
+  };
+  assertEquals([page.next, options.limit, row.seq], [null, 1, 0]);
+});
