@@ -120,6 +120,11 @@ export const UNAUTHENTICATED_LINE_BYTES = 64 * 1024;
 /** Accept errors that mean the process is out of descriptors (or buffers): back off. */
 const EXHAUSTED = /os error (23|24|105|12)\b|too many open files/i;
 const encoder = new TextEncoder();
+/** Connections with frames queued and no flush running yet: flushed by one microtask. */
+const dirty: Connection[] = [];
+let flushQueued = false;
+/** The one microtask that starts every dirty connection's flush. */
+const flushDirty = (): void => Connection.flushAll();
 /** The ping sent to a silent connection, live or maybe of the original protocol. */
 const PING = encoder.encode(JSON.stringify({ action: "ping" }) + "\n");
 const LEGACY_PING = encoder.encode(JSON.stringify(unprompted({ action: "ping" }, false)) + "\n");
@@ -356,12 +361,24 @@ class Connection implements Transport {
   lastPinged = 0;
   /** Queued chunks, ending with the open run [#runStart, #runEnd) of #runBuf, if any. */
   #chunks: Uint8Array[] = [];
+  /** The chunk list the flush took last, emptied: the next #take swaps it in (no new array). */
+  #spareChunks: Uint8Array[] = [];
   #runBuf: ArrayBufferLike | undefined = undefined;
   #runFrame: Uint8Array | undefined = undefined;
   #runStart = 0;
   #runEnd = 0;
   #queued = 0;
   #writing = false;
+  /** The flush's place: the list it took, the next chunk in it, the buffer being written. */
+  #wChunks: Uint8Array[] | undefined = undefined;
+  /** Whether the flush holds a take whose pins #written must release once written. */
+  #wTaken = false;
+  #wIndex = 0;
+  #wBuf: Uint8Array | undefined = undefined;
+  #wOff = 0;
+  /** The flush's write callbacks, made on the first write. */
+  #onWrote: ((n: number) => void) | undefined = undefined;
+  #onWriteFailed: (() => void) | undefined = undefined;
   #closing = false;
   #closed = false;
   readonly #door: TcpDoor;
@@ -374,13 +391,15 @@ class Connection implements Transport {
    * written or dropped; its unfinished line goes into `lines` (#lineBytes, after each read).
    */
   readonly #memory: MemoryBudget;
-  /** Shared buffers pinned for what is queued and not yet taken by the flush. */
+  /** Shared buffers pinned for what is queued and not yet taken by the flush: the first, the rest. */
+  #pin0: ArrayBufferLike | undefined = undefined;
   #pins: ArrayBufferLike[] = [];
   /** The buffer pinned last: a run of frames in it pins it once. */
   #lastPin: ArrayBufferLike | undefined = undefined;
   /** Bytes of small buffers of its own queued and not yet taken by the flush. */
   #direct = 0;
   /** What the flush is writing: its pins and direct bytes, released once written. */
+  #writingPin0: ArrayBufferLike | undefined = undefined;
   #writingPins: ArrayBufferLike[] = [];
   #writingDirect = 0;
   #lineBytes = 0;
@@ -427,7 +446,8 @@ class Connection implements Transport {
         this.#memory.outbound += buffer.byteLength;
       } else {
         this.#door.pin(buffer);
-        this.#pins.push(buffer);
+        if (this.#pin0 === undefined) this.#pin0 = buffer;
+        else this.#pins.push(buffer);
         this.#lastPin = buffer;
       }
     }
@@ -442,8 +462,20 @@ class Connection implements Transport {
     }
     if (!this.#writing) {
       this.#writing = true;
-      queueMicrotask(this.#flush);
+      dirty.push(this);
+      if (!flushQueued) {
+        flushQueued = true;
+        queueMicrotask(flushDirty);
+      }
     }
+  }
+
+  /** Starts the flush of every connection that got frames since the last one: one microtask. */
+  static flushAll(): void {
+    flushQueued = false;
+    // A flush writes at once (no await before its first write), so none joins the list here.
+    for (let i = 0; i < dirty.length; i++) (dirty[i] as Connection).#flush();
+    dirty.length = 0;
   }
 
   #closeRun(): Uint8Array {
@@ -458,37 +490,56 @@ class Connection implements Transport {
   }
 
   /** Takes everything queued, or undefined when nothing is. */
-  #take(): Uint8Array[] | undefined {
-    if (this.#runFrame) this.#chunks.push(this.#closeRun());
-    if (this.#chunks.length === 0) return undefined;
-    const chunks = this.#chunks;
-    this.#chunks = [];
+  #take(): Uint8Array | Uint8Array[] | undefined {
+    let taken: Uint8Array | Uint8Array[];
+    if (this.#chunks.length === 0) {
+      // One run (a connection that gets one frame, or one burst, per flush): no list at all.
+      if (this.#runFrame === undefined) return undefined;
+      taken = this.#closeRun();
+    } else {
+      if (this.#runFrame) this.#chunks.push(this.#closeRun());
+      taken = this.#chunks;
+      const next = this.#spareChunks;
+      next.length = 0; // emptied by the flush already, unless a failed write cut it short
+      this.#chunks = next;
+      this.#spareChunks = taken;
+    }
     this.#queued = 0;
     // What the flush writes now pins what was queued; what is queued next pins anew.
+    // #writingPins is empty here (#written ran): the two lists swap, no new array.
+    const spare = this.#writingPins;
     this.#writingPins = this.#pins;
+    this.#writingPin0 = this.#pin0;
     this.#writingDirect = this.#direct;
-    this.#pins = [];
+    this.#pins = spare;
+    this.#pin0 = undefined;
     this.#lastPin = undefined;
     this.#direct = 0;
-    return chunks;
+    return taken;
   }
 
   /** Takes what the flush has written (or dropped) out of the memory budget. */
   #written(): void {
-    for (const buffer of this.#writingPins) this.#door.unpin(buffer);
+    if (this.#writingPin0 !== undefined) this.#door.unpin(this.#writingPin0);
+    this.#writingPin0 = undefined;
+    const pins = this.#writingPins;
+    for (let i = 0; i < pins.length; i++) this.#door.unpin(pins[i] as ArrayBufferLike);
     this.#memory.outbound -= this.#writingDirect;
-    this.#writingPins = [];
+    pins.length = 0;
     this.#writingDirect = 0;
   }
 
   #drop(): void {
-    this.#chunks = [];
+    this.#chunks.length = 0;
     this.#runFrame = undefined;
     this.#runBuf = undefined;
     this.#queued = 0;
-    for (const buffer of this.#pins) this.#door.unpin(buffer);
+    if (this.#pin0 !== undefined) this.#door.unpin(this.#pin0);
+    this.#pin0 = undefined;
+    const pins = this.#pins;
+    for (let i = 0; i < pins.length; i++) this.#door.unpin(pins[i] as ArrayBufferLike);
     this.#memory.outbound -= this.#direct;
-    this.#pins = [];
+    pins.length = 0;
     this.#lastPin = undefined;
     this.#direct = 0;
   }
@@ -532,40 +583,95 @@ class Connection implements Transport {
       );
       this.#chunks.push(frame);
       this.#writing = true;
-      queueMicrotask(this.#flush);
+      queueMicrotask(() => this.#flush());
     }
   }
 
-  #flush = async (): Promise<void> => {
+  /**
+   * Writes what is queued, one `conn.write` at a time, until nothing is: a loop of callbacks
+   * rather than an async function, so a flush allocates no generator and no extra promise per
+   * write (a delivery to a connection costs one flush; see BENCHMARKS.md, issue 17).
+   */
+  #flush(): void {
     try {
-      let chunks: Uint8Array[] | undefined;
-      while (!this.#closed && (chunks = this.#take()) !== undefined) {
-        // Small chunks are joined into one write; large ones (slab runs) are written as they
-        // are: copying them would cost more than the extra write.
-        for (let i = 0; i < chunks.length && !this.#closed;) {
-          let j = i + 1;
-          let size = (chunks[i] as Uint8Array).byteLength;
-          if (size < JOIN_BELOW) {
-            while (j < chunks.length && (chunks[j] as Uint8Array).byteLength < JOIN_BELOW) {
-              size += (chunks[j++] as Uint8Array).byteLength;
-            }
+      let buf = this.#wBuf;
+      if (buf === undefined) {
+        if (this.#closed) return this.#flushEnd();
+        const chunks = this.#wChunks;
+        if (chunks !== undefined && this.#wIndex < chunks.length) {
+          buf = this.#nextWrite(chunks);
+        } else {
+          if (this.#wTaken) {
+            // What the last take held is written.
+            if (chunks !== undefined) chunks.length = 0; // let go of the views
+            this.#wChunks = undefined;
+            this.#wTaken = false;
+            this.#written();
           }
-          const buf = j === i + 1 ? chunks[i] as Uint8Array : concat(chunks.slice(i, j));
-          i = j;
-          let off = 0;
-          while (off < buf.byteLength) off += await this.conn.write(buf.subarray(off));
-          this.#door.metrics.bytesOut += buf.byteLength;
+          const taken = this.#take();
+          if (taken === undefined) return this.#flushEnd();
+          this.#wTaken = true;
+          if (taken instanceof Uint8Array) buf = taken;
+          else {
+            this.#wChunks = taken;
+            this.#wIndex = 0;
+            buf = this.#nextWrite(taken);
+          }
         }
-        this.#written();
+        this.#wBuf = buf;
+        this.#wOff = 0;
       }
+      const off = this.#wOff;
+      this.conn.write(off === 0 ? buf : buf.subarray(off)).then(
+        this.#onWrote ??= (n: number) => this.#wrote(n),
+        this.#onWriteFailed ??= () => this.#writeFailed(),
+      );
     } catch {
-      // The peer is gone: stop listening; the reader sees the end too.
-      this.session.drop();
-      this.#closing = true;
+      this.#writeFailed();
     }
+  }
+
+  /**
+   * The next write of a taken list: small chunks are joined into one write; large ones (slab
+   * runs) are written as they are (copying them would cost more than the extra write).
+   */
+  #nextWrite(chunks: Uint8Array[]): Uint8Array {
+    const i = this.#wIndex;
+    let j = i + 1;
+    if ((chunks[i] as Uint8Array).byteLength < JOIN_BELOW) {
+      while (j < chunks.length && (chunks[j] as Uint8Array).byteLength < JOIN_BELOW) j++;
+    }
+    this.#wIndex = j;
+    return j === i + 1 ? chunks[i] as Uint8Array : concat(chunks.slice(i, j));
+  }
+
+  /** A write took `n` bytes: the rest of the buffer, or the next one. */
+  #wrote(n: number): void {
+    const buf = this.#wBuf as Uint8Array;
+    this.#wOff += n;
+    if (this.#wOff >= buf.byteLength) {
+      this.#door.metrics.bytesOut += buf.byteLength;
+      this.#wBuf = undefined;
+    }
+    this.#flush();
+  }
+
+  /** The peer is gone: stop listening; the reader sees the end too. */
+  #writeFailed(): void {
+    this.session.drop();
+    this.#closing = true;
+    this.#flushEnd();
+  }
+
+  /** The flush stops: nothing left, or the connection is closed or failed. */
+  #flushEnd(): void {
+    this.#wBuf = undefined;
+    if (this.#wChunks !== undefined) this.#wChunks.length = 0;
+    this.#wChunks = undefined;
+    this.#wTaken = false;
     this.#writing = false;
     if (this.#closing) this.#end();
-  };
+  }
 
   /** Reports the unfinished line this connection holds now. */
   #holdLine(bytes: number): void {
