@@ -30,7 +30,7 @@
 /// <reference types="./std_types.d.ts" />
 import { concat } from "@std/bytes/concat";
 import { type Codec, defaultCodec, JsonCodec } from "./codec.ts";
-import { checkSince, checkStreamName } from "./core.ts";
+import { checkSince } from "./core.ts";
 import { buildEvent } from "./frame.ts";
 import {
   type EventKind,
@@ -519,10 +519,8 @@ export class RemoteStream implements Streamer, AsyncDisposable {
    * @param message The header, or `null`/`undefined` to clear it.
    * @throws {ProtocolError} When the server refuses (e.g. `forbidden`) or the connection is
    * lost (`not_connected`).
-   * @throws {TypeError} When the name is not a non-empty, well-formed string (as the hub).
    */
   async header(stream: string, message: unknown): Promise<void> {
-    checkStreamName(stream, Infinity);
     await this.#request({ action: "header", stream, message: message ?? null }, "retry");
   }
 
@@ -533,11 +531,8 @@ export class RemoteStream implements Streamer, AsyncDisposable {
    * @param message The message.
    * @returns The put's position: the stream's epoch and the put's seq.
    * @throws {ProtocolError} When the server refuses or the connection is lost.
-   * @throws {TypeError} When the name is not a non-empty, well-formed string, or there is no
-   * message (as the hub).
    */
   async put(stream: string, message: unknown): Promise<Position> {
-    checkStreamName(stream, Infinity);
     if (message === undefined) throw new TypeError(`Cannot put on stream "${stream}": no message`);
     if (typeof message === "function" || typeof message === "symbol") {
       // As the hub refuses it: JSON has no form for it.
@@ -594,10 +589,8 @@ export class RemoteStream implements Streamer, AsyncDisposable {
    * const stat = await remote.stat("job42");
    * if (stat) console.log(stat.seq, stat.header);
    * ```
-   * @throws {TypeError} When the name is not a non-empty, well-formed string (as the hub).
    */
   async stat(stream: string): Promise<StreamStat | undefined> {
-    checkStreamName(stream, Infinity);
     const ok = await this.#request({ action: "stat", stream }, "retry");
     const s = ok.stat as Omit<StreamStat, "stream"> | null | undefined;
     if (!s) return undefined;
@@ -615,10 +608,8 @@ export class RemoteStream implements Streamer, AsyncDisposable {
    *
    * @param stream The stream's name.
    * @throws {ProtocolError} When the server refuses or the connection is lost.
-   * @throws {TypeError} When the name is not a non-empty, well-formed string (as the hub).
    */
   async delete(stream: string): Promise<void> {
-    checkStreamName(stream, Infinity);
     await this.#request({ action: "delete", stream }, "retry");
   }
 
@@ -633,8 +624,7 @@ export class RemoteStream implements Streamer, AsyncDisposable {
    * @param queue The listener.
    * @param options Where to resume; applies when this client does not follow the stream yet.
    * @returns The stream's position when the queue joined.
-   * @throws {TypeError} When the name is not a non-empty, well-formed string, or `since` is not
-   * `{epoch: string, seq: non-negative integer}` (as the hub).
+   * @throws {TypeError} When `since` is not `{epoch: string, seq: non-negative integer}`.
    * @throws {ProtocolError} When the server refuses (`forbidden`, `invalid_stream`, …).
    */
   async listen<H = unknown, M = unknown>(
@@ -677,7 +667,6 @@ export class RemoteStream implements Streamer, AsyncDisposable {
       );
     }
     // Refused here with the hub's error, whether or not this client follows the stream yet.
-    checkStreamName(target, Infinity);
     checkSince(target, (options as ListenOptions | undefined)?.since);
     return await this.#listenStream(target, queue, options as ListenOptions | undefined);
   }

@@ -225,32 +225,6 @@ export function logListenerError(error: unknown, stream: string): void {
 }
 
 /**
- * Refuses what cannot be a stream's name, with the hub's errors (RemoteStream checks the same
- * before it asks a server).
- *
- * @param stream The name given.
- * @param max The longest name accepted, in UTF-16 code units.
- * @throws {TypeError} When it is not a string, is empty, or has a lone surrogate.
- * @throws {RangeError} When it is longer than `max`.
- */
-export function checkStreamName(stream: unknown, max: number): asserts stream is string {
-  if (typeof stream !== "string") {
-    throw new TypeError(
-      `Stream name must be a string, got ${stream === null ? "null" : typeof stream}`,
-    );
-  }
-  if (stream.length === 0) throw new TypeError("Stream name must not be empty");
-  if (!stream.isWellFormed()) {
-    // A lone surrogate has no UTF-8 form: on the wire and in an engine's keys it would
-    // become U+FFFD and share a stream with another name.
-    throw new TypeError("Stream name must be well-formed Unicode: it has a lone surrogate");
-  }
-  if (stream.length > max) {
-    throw new RangeError(`Stream name is ${stream.length} characters long: the limit is ${max}`);
-  }
-}
-
-/**
  * Refuses a resume position that is not `{epoch: string, seq: non-negative integer}`, as the
  * wire refuses it (`invalid_since`): one the hub cannot compare would join without a reset.
  *
@@ -548,7 +522,22 @@ export abstract class Streams<S extends StreamState> implements Core {
 
   /** Checks a stream name. */
   protected checkName(stream: unknown): asserts stream is string {
-    checkStreamName(stream, this.maxName);
+    if (typeof stream !== "string") {
+      throw new TypeError(
+        `Stream name must be a string, got ${stream === null ? "null" : typeof stream}`,
+      );
+    }
+    if (stream.length === 0) throw new TypeError("Stream name must not be empty");
+    if (!stream.isWellFormed()) {
+      // A lone surrogate has no UTF-8 form: on the wire and in an engine's keys it would
+      // become U+FFFD and share a stream with another name.
+      throw new TypeError("Stream name must be well-formed Unicode: it has a lone surrogate");
+    }
+    if (stream.length > this.maxName) {
+      throw new RangeError(
+        `Stream name is ${stream.length} characters long: the limit is ${this.maxName}`,
+      );
+    }
   }
 
   /** Checks a put's message. */

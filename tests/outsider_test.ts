@@ -148,37 +148,3 @@ Deno.test("The client entry names the types of RemoteStream.list()", async () =>
   };
   assertEquals([page.next, options.limit, row.seq], [null, 1, 0]);
 });
-
-Deno.test("MessageStream and RemoteStream refuse what cannot be a stream's name alike", async (t) => {
-  const hub = new MessageStream();
-  await using server = serve({ port: 0, logLevel: "error" });
-  await using remote = await RemoteStream.connect(`127.0.0.1:${server.addr.port}`);
-  const names: [string, unknown, string][] = [
-    ["empty", "", "Stream name must not be empty"],
-    ["a number", 5, "Stream name must be a string, got number"],
-    [
-      "a lone surrogate",
-      "a\ud800",
-      "Stream name must be well-formed Unicode: it has a lone surrogate",
-    ],
-  ];
-  for (const [what, name, message] of names) {
-    await t.step(what, async () => {
-      for (const s of [hub, remote]) {
-        const stream = name as string;
-        for (
-          const call of [
-            () => s.put(stream, 1),
-            () => s.header(stream, 1),
-            () => s.delete(stream),
-            () => s.stat(stream),
-            () => s.listen(stream, new Inbox()),
-          ]
-        ) {
-          await assertRejects(call, TypeError, message);
-        }
-      }
-    });
-  }
-  await hub.close();
-});
