@@ -550,12 +550,23 @@ export class EngineCore extends Streams<EngineStream> {
     since: Position | undefined,
   ): Promise<boolean> {
     const state = this.streams.get(name);
+    if (state?.pending?.has(proxy) && since?.seq === 0) {
+      // Announced while its join is in flight: if that join finds it absent, join it again.
+      proxy.again.set(name, since);
+      return true;
+    }
     if (state && (state.listeners.has(proxy) || state.pending?.has(proxy))) return true;
     // Resuming: what is missed comes as a replay (or a reset), no header is made up.
     const resuming = since !== undefined && since.seq > 0 && !proxy.seen.has(name);
     if (resuming) proxy.seen.add(name);
     const at = await this.listen(name, proxy, since, true);
+    const again = proxy.again.get(name);
+    // Announced anew and the join found that stream, or none: nothing is left to do later.
+    // Else the join found the older stream, whose end is on its way (see PatternProxy.put).
+    if (again && (at.epoch === "" || at.epoch === again.epoch)) proxy.again.delete(name);
     if (at.epoch === "") {
+      // Made anew after the join looked: follow the new stream from its start.
+      if (again) return this.#joinProxy(proxy, name, again);
       // Gone before its turn: a resumed position learns it ended (see listenPattern).
       if (resuming) proxy.seen.delete(name);
       return false;
@@ -565,6 +576,21 @@ export class EngineCore extends Streams<EngineStream> {
       proxy.put(buildEvent(this.codec, "header", { name }, null, at.seq, at.epoch, "join"));
     }
     return true;
+  }
+
+  /**
+   * A pattern proxy got the `end` of a stream that was announced anew while its join was in
+   * flight: it joins the new stream from its start.
+   *
+   * @param proxy The proxy.
+   * @param name The stream's name.
+   * @param first The new stream's first position.
+   */
+  rejoinAnnounced(proxy: PatternProxy, name: string, first: Position): void {
+    if (this.#proxies.get(proxy.queue) !== proxy || !proxy.matches(name)) return;
+    this.#joinProxy(proxy, name, first).catch(() => {
+      // Unreachable: the engine calls lost() when it is back, and the rescan finds it.
+    });
   }
 
   /** A stream was created (on any node): proxies of matching patterns join it from its start. */
@@ -659,6 +685,8 @@ export class PatternProxy implements Listener {
   readonly patterns: Map<string, object> = new Map();
   /** Streams it forwarded a first event of (and not yet an end). */
   readonly seen: Set<string> = new Set();
+  /** Streams announced as created while a join of them was in flight: their first position. */
+  readonly again: Map<string, Position> = new Map();
   readonly #core: EngineCore;
 
   /**
@@ -690,8 +718,16 @@ export class PatternProxy implements Listener {
    */
   put(ev: StreamEvent): void {
     if (this.#core.listensByName(ev.stream, this.queue)) return;
-    if (ev.kind === "end") this.seen.delete(ev.stream);
-    else if (!this.seen.has(ev.stream)) {
+    if (ev.kind === "end") {
+      this.seen.delete(ev.stream);
+      const again = this.again.get(ev.stream);
+      if (again && again.epoch !== ev.epoch) {
+        // Made anew while the join of the one that ended was in flight: follow the new one,
+        // once the end has left every listener.
+        this.again.delete(ev.stream);
+        queueMicrotask(() => this.#core.rejoinAnnounced(this, ev.stream, again));
+      }
+    } else if (!this.seen.has(ev.stream)) {
       this.seen.add(ev.stream);
       if (ev.kind === "put") {
         const seq = ev.seq - 1;

@@ -1,12 +1,15 @@
 /**
  * Attacks on pattern listens (issue 13) that broke something, each kept as a test: a stream
- * deleted while a pattern join is under way must stay deleted.
+ * deleted while a pattern join is under way must stay deleted, and one made anew meanwhile must
+ * still be followed.
  */
 import { assertEquals } from "@std/assert";
 import { Inbox, MessageStream, type StreamEvent } from "../mod.ts";
 import { RedisEngine } from "../redis.ts";
+import { joinProbes } from "../engine.ts";
 import { hasRedis, RedisProcess } from "./_redis.ts";
 import { collect } from "./_recorder.ts";
+import { deadline } from "./_wait.ts";
 
 const brief = (e: StreamEvent) => `${e.stream} ${e.kind} ${JSON.stringify(e.message)} ${e.seq}`;
 
@@ -51,6 +54,105 @@ Deno.test({
       assertEquals((await collect(watcher, 2)).map(brief), [
         "jobs.gone end null 1",
         "jobs.kept put 2 2",
+      ]);
+    } finally {
+      await b.close();
+      await a.close();
+    }
+  },
+});
+
+Deno.test({
+  name: "redis: a stream made anew while a pattern join finds it deleted is still followed",
+  ignore: !hasRedis,
+  fn: async () => {
+    await using redis = await RedisProcess.start();
+    const prefix = `p${crypto.randomUUID().slice(0, 8)}:`;
+    const a = new MessageStream({ engine: new RedisEngine({ url: redis.url, prefix }) });
+    const announced = Promise.withResolvers<void>();
+    // Node B lists jobs.x, then A deletes it: B's catch-up finds it absent. Before B places that
+    // answer, A makes jobs.x anew, and B hears of the new stream while the join is in flight.
+    class Racing extends RedisEngine {
+      override async *streams(pattern: string): AsyncIterable<string[]> {
+        for await (const names of super.streams(pattern)) {
+          await a.delete("jobs.x");
+          yield names;
+        }
+      }
+      override watchCreated(onCreated: (stream: string, epoch: string) => void): Promise<void> {
+        return super.watchCreated((stream, epoch) => {
+          onCreated(stream, epoch);
+          if (stream === "jobs.x") announced.resolve();
+        });
+      }
+    }
+    const engine = new Racing({ url: redis.url, prefix });
+    let once = true;
+    joinProbes.set(engine, {
+      snapshotReplied: async (stream) => {
+        if (stream !== "jobs.x" || !once) return;
+        once = false;
+        await a.put("jobs.x", 2);
+        await deadline(announced.promise, "node B hears that jobs.x was made anew");
+      },
+    });
+    const b = new MessageStream({ engine });
+    try {
+      await a.put("jobs.x", 1);
+      const inbox = new Inbox();
+      await b.listen({ pattern: "jobs.*" }, inbox);
+      await a.put("jobs.x", 3);
+      const got = (await collect(inbox, 3)).map(brief);
+      assertEquals(got, ["jobs.x header null 0", "jobs.x put 2 1", "jobs.x put 3 2"]);
+    } finally {
+      await b.close();
+      await a.close();
+    }
+  },
+});
+
+Deno.test({
+  name: "redis: a stream deleted and made anew while a pattern join catches up is followed again",
+  ignore: !hasRedis,
+  fn: async () => {
+    await using redis = await RedisProcess.start();
+    const prefix = `p${crypto.randomUUID().slice(0, 8)}:`;
+    const a = new MessageStream({ engine: new RedisEngine({ url: redis.url, prefix }) });
+    const announced = Promise.withResolvers<void>();
+    class Watching extends RedisEngine {
+      override watchCreated(onCreated: (stream: string, epoch: string) => void): Promise<void> {
+        return super.watchCreated((stream, epoch) => {
+          onCreated(stream, epoch);
+          if (stream === "jobs.x") announced.resolve();
+        });
+      }
+    }
+    const engine = new Watching({ url: redis.url, prefix });
+    let once = true;
+    // B has the snapshot of jobs.x; before it places it, A deletes jobs.x and makes it anew,
+    // and B hears of the new stream while the join is in flight.
+    joinProbes.set(engine, {
+      snapshotReplied: async (stream) => {
+        if (stream !== "jobs.x" || !once) return;
+        once = false;
+        await a.delete("jobs.x");
+        await a.put("jobs.x", 2);
+        await deadline(announced.promise, "node B hears that jobs.x was made anew");
+      },
+    });
+    const b = new MessageStream({ engine });
+    try {
+      await a.put("jobs.x", 1);
+      const inbox = new Inbox();
+      await b.listen({ pattern: "jobs.*" }, inbox);
+      await a.put("jobs.x", 3);
+      const got = (await collect(inbox, 5)).map(brief);
+      assertEquals(got, [
+        "jobs.x header null 1",
+        "jobs.x end null 1",
+        "jobs.x header null 0",
+        "jobs.x put 2 1",
+        "jobs.x put 3 2",
       ]);
     } finally {
       await b.close();
