@@ -87,6 +87,16 @@ export interface RedisEngineOptions {
    */
   maxBatchesInFlight?: number;
   /**
+   * Most characters of messages waiting on this node for a batch (beyond the batches in
+   * flight). A write that would pass it is refused at once with
+   * {@linkcode EngineUnavailableError} (`engine_unavailable`: retry later), so a Redis that
+   * cannot keep up never makes a node hold writes without bound. A write always goes through
+   * when nothing waits.
+   *
+   * @default {67108864}
+   */
+  maxQueuedChars?: number;
+  /**
    * Milliseconds to wait for a connection to Redis.
    *
    * @default {10000}
@@ -425,6 +435,9 @@ export class RedisEngine implements Engine {
   #flushing = false;
   /** Script calls sent and not answered yet. */
   #inFlight = 0;
+  readonly #maxQueued: number;
+  /** Characters of the messages in #queue. */
+  #queuedChars = 0;
   #sink: EngineSink | undefined;
   #codec: Codec | undefined;
   #started: Promise<void> | undefined;
@@ -463,6 +476,7 @@ export class RedisEngine implements Engine {
     this.#maxBatch = intOption("maxBatch", options?.maxBatch, 512, 1, 10_000);
     this.#cluster = options?.cluster ?? false;
     this.#maxInFlight = intOption("maxBatchesInFlight", options?.maxBatchesInFlight, 4, 1, 1000);
+    this.#maxQueued = intOption("maxQueuedChars", options?.maxQueuedChars, 64 * 1024 * 1024, 0);
     this.#onStatus = options?.onStatus;
   }
 
@@ -740,8 +754,17 @@ export class RedisEngine implements Engine {
   /** Queues a write for the next batch; resolves with its result once it reached this node. */
   #enqueue(stream: string, op: Op["op"], text: string): Promise<[number, string]> {
     if (this.#closed) return Promise.reject(new EngineUnavailableError("Engine closed"));
+    if (this.#queue.length > 0 && this.#queuedChars + text.length > this.#maxQueued) {
+      return Promise.reject(
+        new EngineUnavailableError(
+          `Cannot reach Redis fast enough: ${this.#queuedChars} characters of writes wait on ` +
+            `this node (maxQueuedChars ${this.#maxQueued}); retry later`,
+        ),
+      );
+    }
     const { promise, resolve, reject } = Promise.withResolvers<[number, string]>();
     this.#queue.push({ stream, op, text, resolve, reject });
+    this.#queuedChars += text.length;
     if (!this.#flushing && this.#inFlight < this.#maxInFlight) {
       this.#flushing = true;
       queueMicrotask(this.#flush);
@@ -762,6 +785,7 @@ export class RedisEngine implements Engine {
         ? this.#queue
         : this.#queue.slice(0, this.#maxBatch);
       this.#queue = ops === this.#queue ? [] : this.#queue.slice(this.#maxBatch);
+      for (const o of ops) this.#queuedChars -= o.text.length;
       this.#inFlight++;
       this.#send(ops).finally(() => {
         this.#inFlight--;

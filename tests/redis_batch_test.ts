@@ -197,8 +197,35 @@ Deno.test({
 });
 
 Deno.test("RedisEngine refuses batch bounds that are not positive integers", () => {
-  for (const [name, value] of [["maxBatch", 0], ["maxBatch", 10_001], ["maxBatchesInFlight", 0]]) {
+  for (
+    const [name, value] of [
+      ["maxBatch", 0],
+      ["maxBatch", 10_001],
+      ["maxBatchesInFlight", 0],
+      ["maxQueuedChars", -1],
+    ]
+  ) {
     assertThrows(() => new RedisEngine({ [name as string]: value }), RangeError, name as string);
   }
   new RedisEngine({ maxBatch: 1, maxBatchesInFlight: 1 }); // the smallest bounds are valid
+});
+
+Deno.test({
+  name: "RedisEngine refuses writes past maxQueuedChars while Redis is slow, and goes on after",
+  ignore: !hasRedis,
+  fn: () =>
+    withHubs(async (a, _b, redis) => {
+      await a.put("job", 0);
+      await redis.cli("CLIENT", "PAUSE", "60000", "WRITE");
+      const first = a.put("job", "x".repeat(10)); // the one batch in flight, held by the pause
+      await Promise.resolve(); // its batch goes out (a microtask)
+      const queued = a.put("job", "y".repeat(10)); // waits on the node: nothing waited before
+      const refused = await a.put("job", "z").then(() => undefined, (e) => e);
+      assertInstanceOf(refused, EngineUnavailableError);
+      assertEquals(refused.message.includes("maxQueuedChars 12"), true, refused.message);
+      await redis.cli("CLIENT", "UNPAUSE");
+      const done = await deadline(Promise.all([first, queued]), "the held writes");
+      assertEquals(done.map((p) => p.seq), [2, 3]);
+      assertEquals((await a.put("job", "after")).seq, 4);
+    }, { maxBatchesInFlight: 1, maxQueuedChars: 12 }),
 });
