@@ -109,7 +109,7 @@ export interface TcpOptions {
 }
 
 /** The smallest and largest read buffer of one connection (it grows on full reads, shrinks when idle). */
-const READ_MIN = 1024;
+const READ_MIN = 256;
 const READ_MAX = 64 * 1024;
 /** Queued chunks smaller than this are joined into one write. */
 const JOIN_BELOW = 4096;
