@@ -32,7 +32,7 @@ import { parseArgs } from "@std/cli/parse-args";
 import { parseTokenSpec } from "./auth.ts";
 import { LineError, readLines } from "./framer.ts";
 import { ProtocolError, RemoteStream, type RemoteStreamOptions } from "./client.ts";
-import { Inbox, type Position, type StreamEvent } from "./mod.ts";
+import { Inbox, MessageTooLargeError, type Position, type StreamEvent } from "./mod.ts";
 import { DEFAULT_PORT, env, intFlag, parseHostPort, parsePosition, UsageError } from "./options.ts";
 import { main as serve } from "./server.ts";
 import denoJson from "./deno.json" with { type: "json" };
@@ -699,6 +699,14 @@ export async function main(argv?: string[]): Promise<number> {
     if (e instanceof Deno.errors.NotCapable || e instanceof Deno.errors.PermissionDenied) {
       printError(`${(e as Error).message}`);
       return 2;
+    }
+    if (
+      e instanceof MessageTooLargeError ||
+      (e instanceof TypeError && e.message.startsWith("Cannot encode request: "))
+    ) {
+      // A message the client refuses before sending (too large, nested too deep): bad input.
+      printError(e.message);
+      return 1;
     }
     throw e;
   }

@@ -148,3 +148,51 @@ Deno.test("The client entry names the types of RemoteStream.list()", async () =>
   };
   assertEquals([page.next, options.limit, row.seq], [null, 1, 0]);
 });
+
+Deno.test("msgstream put of a message the client refuses says why and exits 1, without a trace", async (t) => {
+  await using server = serve({ port: 0, logLevel: "error" });
+  const deep = "[".repeat(70) + "]".repeat(70);
+  const cases: [string, string, string, string[]][] = [
+    ["nested too deep, on stdin", deep, "nests deeper than 64 levels", []],
+    ["nested too deep, as an argument", "", "nests deeper than 64 levels", [deep]],
+    ["too large, on stdin", JSON.stringify("x".repeat(1 << 20)), "the limit is 1044480", []],
+  ];
+  for (const [what, message, why, argument] of cases) {
+    await t.step(what, async () => {
+      const file = await Deno.makeTempFile();
+      try {
+        await Deno.writeTextFile(file, message + "\n");
+        const out = await new Deno.Command(Deno.execPath(), {
+          args: [
+            "run",
+            "-N",
+            "cli.ts",
+            "put",
+            "big",
+            ...argument,
+            "--max-line-bytes",
+            String(4 << 20),
+            "--server",
+            `127.0.0.1:${server.addr.port}`,
+          ],
+          cwd: new URL("..", import.meta.url),
+          stdin: "piped",
+          stdout: "piped",
+          stderr: "piped",
+          env: { NO_COLOR: "1" },
+        }).spawn();
+        const writer = out.stdin.getWriter();
+        await writer.write(await Deno.readFile(file));
+        await writer.close();
+        const { code, stderr } = await deadline(out.output(), `msgstream put (${what}) to exit`);
+        const text = new TextDecoder().decode(stderr);
+        assertEquals(code, 1, text);
+        assertEquals(text.includes(why), true, text);
+        assertEquals(text.includes("    at "), false, text);
+      } finally {
+        await Deno.remove(file);
+      }
+    });
+  }
+  assertEquals(await server.hub.stat("big"), undefined);
+});
