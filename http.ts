@@ -437,7 +437,18 @@ class HttpDoor {
   }
 
   #route(req: Request): Promise<Response> | Response {
-    const url = new URL(req.url);
+    let url: URL;
+    try {
+      url = new URL(req.url);
+    } catch {
+      // The runtime builds the URL from the Host header: `127.0.0.1:80:x` or `a b` make none.
+      const host = req.headers.get("host") ?? "";
+      throw new HttpError(
+        421,
+        "host_not_allowed",
+        `Host "${host.slice(0, 100)}" is not a host name and port (see --allowed-hosts)`,
+      );
+    }
     const path = url.pathname;
     const method = req.method;
     const host = this.#host(req, url);
