@@ -261,6 +261,8 @@ export class RemoteStream implements Streamer, AsyncDisposable {
   #statusListeners = new Set<(s: Status) => void>();
   /** The `closed` status, once the client has closed: iterators made later get it and end. */
   #final: Status | undefined;
+  /** Listens asked for again later (see #later); cleared when the client closes. */
+  #retries = new Set<ReturnType<typeof setTimeout>>();
   /** Wakes the reconnect loop from its backoff sleep (close() calls it). */
   #wakeBackoff: (() => void) | undefined;
   #pingTimer: ReturnType<typeof setInterval> | undefined;
@@ -402,6 +404,13 @@ export class RemoteStream implements Streamer, AsyncDisposable {
       for (const w of f.waiters.splice(0)) w.resolve(position);
     }, (e: Error) => {
       if (e instanceof LostConnection) return; // the reconnect listens again
+      if (f.waiters.length === 0 && isTransient(e)) {
+        // Listening again after a reconnect while the server's engine or store is down: ask
+        // again later rather than leave the local queues waiting for nothing.
+        return this.#later(() => {
+          if (this.#streams.get(stream) === f) this.#relisten(stream, f);
+        });
+      }
       // The server refused: the local queues of this stream hear nothing more.
       if (this.#streams.get(stream) === f) this.#streams.delete(stream);
       const waiting = f.waiters.length > 0;
@@ -429,9 +438,25 @@ export class RemoteStream implements Streamer, AsyncDisposable {
       for (const w of p.waiters.splice(0)) w.resolve(join);
     }, (e: Error) => {
       if (e instanceof LostConnection) return; // the reconnect listens again
+      if (p.waiters.length === 0 && isTransient(e)) {
+        // As for a stream (see #relisten): the pattern is asked for again later.
+        return this.#later(() => {
+          if (this.#patterns.get(p.pattern) === p) this.#relistenPattern(p);
+        });
+      }
       if (this.#patterns.get(p.pattern) === p) this.#patterns.delete(p.pattern);
       for (const w of p.waiters.splice(0)) w.reject(e);
     });
+  }
+
+  /** Runs `retry` after the reconnect wait, unless the client closes first. */
+  #later(retry: () => void): void {
+    const o = this.#opts;
+    const timer = setTimeout(() => {
+      this.#retries.delete(timer);
+      if (!this.#closing) retry();
+    }, o.reconnectTimeWait + Math.random() * o.reconnectJitter);
+    this.#retries.add(timer);
   }
 
   #ping(): void {
@@ -849,6 +874,8 @@ export class RemoteStream implements Streamer, AsyncDisposable {
     if (this.#closing) return void await this.#closed.promise;
     this.#closing = true;
     clearInterval(this.#pingTimer);
+    for (const timer of this.#retries) clearTimeout(timer);
+    this.#retries.clear();
     this.#wakeBackoff?.();
     const conn = this.#conn;
     if (conn) {
@@ -870,6 +897,8 @@ export class RemoteStream implements Streamer, AsyncDisposable {
 
   #finish(error: Error | undefined): void {
     this.#closing = true;
+    for (const timer of this.#retries) clearTimeout(timer);
+    this.#retries.clear();
     this.#conn = undefined;
     clearInterval(this.#pingTimer);
     const err = error ?? new ProtocolError("not_connected", "Client closed");
@@ -1223,3 +1252,9 @@ function closeQuietly(q: Listener, reason: Error | undefined): void {
 
 /** A connection-bound request ended with its connection; the reconnect redoes it. */
 class LostConnection extends Error {}
+
+/** Whether a refusal passes: the server's engine or store is down for now. */
+function isTransient(e: Error): boolean {
+  return e instanceof ProtocolError &&
+    (e.code === "engine_unavailable" || e.code === "storage_unavailable");
+}

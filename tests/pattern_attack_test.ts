@@ -7,9 +7,22 @@ import { assertEquals } from "@std/assert";
 import { Inbox, MessageStream, type StreamEvent } from "../mod.ts";
 import { RedisEngine } from "../redis.ts";
 import { joinProbes } from "../engine.ts";
+import { RemoteStream } from "../client.ts";
+import { ProtocolError } from "../protocol.ts";
+import { serve } from "../server.ts";
+import { TcpProxy } from "./_proxy.ts";
 import { hasRedis, RedisProcess } from "./_redis.ts";
 import { collect } from "./_recorder.ts";
-import { deadline } from "./_wait.ts";
+import { deadline, TIMEOUT, TimeoutError } from "./_wait.ts";
+
+/** Asks `test` every 10 ms until it holds; fails after {@linkcode TIMEOUT}. */
+async function until(test: () => Promise<boolean>, what: string): Promise<void> {
+  const end = performance.now() + TIMEOUT;
+  while (!(await test())) {
+    if (performance.now() > end) throw new TimeoutError(what, TIMEOUT);
+    await new Promise((ok) => setTimeout(ok, 10));
+  }
+}
 
 const brief = (e: StreamEvent) => `${e.stream} ${e.kind} ${JSON.stringify(e.message)} ${e.seq}`;
 
@@ -153,6 +166,49 @@ Deno.test({
         "jobs.x header null 0",
         "jobs.x put 2 1",
         "jobs.x put 3 2",
+      ]);
+    } finally {
+      await b.close();
+      await a.close();
+    }
+  },
+});
+
+Deno.test({
+  name:
+    "redis: RemoteStream follows its pattern again when the listen after a reconnect met Redis down",
+  ignore: !hasRedis,
+  fn: async () => {
+    await using redis = await RedisProcess.start();
+    const prefix = `p${crypto.randomUUID().slice(0, 8)}:`;
+    const a = new MessageStream({ engine: new RedisEngine({ url: redis.url, prefix }) });
+    const b = new MessageStream({ engine: new RedisEngine({ url: redis.url, prefix }) });
+    try {
+      await using server = serve({ port: 0, hub: b, logLevel: "silent" });
+      await using proxy = new TcpProxy(server.addr.port);
+      await using remote = await RemoteStream.connect({
+        port: proxy.port,
+        reconnectTimeWait: 20,
+        reconnectJitter: 0,
+      });
+      await a.put("jobs.1", 1);
+      const inbox = new Inbox();
+      await remote.listen({ pattern: "jobs.*" }, inbox);
+      assertEquals((await collect(inbox, 1)).map(brief), ["jobs.1 header null 1"]);
+      // Redis goes down, then the connection is cut: the client's listen again is refused.
+      await redis.stop();
+      proxy.cut();
+      await until(async () => {
+        const e = await remote.stat("jobs.1").then(() => undefined, (e) => e);
+        return e instanceof ProtocolError && e.code === "engine_unavailable";
+      }, "the client reconnected and heard engine_unavailable");
+      await redis.restart();
+      // Redis came back empty: the stream the client resumes is gone, and it hears so.
+      assertEquals((await collect(inbox, 1)).map(brief), ["jobs.1 end null 1"]);
+      await until(() => a.put("jobs.1", 2).then(() => true, () => false), "node A writes again");
+      assertEquals((await collect(inbox, 2)).map(brief), [
+        "jobs.1 header null 0",
+        "jobs.1 put 2 1",
       ]);
     } finally {
       await b.close();
