@@ -761,7 +761,8 @@ class HttpDoor {
     if (grant && !grant.subscribePattern(pattern)) {
       throw new HttpError(403, "forbidden", forbiddenPattern(pattern));
     }
-    return this.#sse.openPattern(pattern);
+    // EventSource sends back the id of the pattern response it had: it may have missed events.
+    return this.#sse.openPattern(pattern, Boolean(req.headers.get("last-event-id")));
   }
 
   #serveSse(req: Request, url: URL, name: string): Promise<Response> {

@@ -55,6 +55,8 @@ import type { Listener, MessageStream, Position, StreamEvent } from "./mod.ts";
 
 const encoder = new TextEncoder();
 const HEARTBEAT = encoder.encode(": hb\n\n");
+/** The `id:` of every pattern response: a client sends it back when it reconnects. */
+const PATTERN_ID = "pattern";
 /**
  * Most bytes one pull hands to the runtime for a response (64 KiB): blocks queued beyond it
  * wait as references to the bytes every response shares.
@@ -118,6 +120,8 @@ export class SseDoor {
    */
   readonly #held = new Map<Uint8Array, number>();
   readonly #patternText = new WeakMap<StreamEvent, Uint8Array>();
+  /** The `retry:` line and the constant `id:` of a pattern response's first block. */
+  readonly #patternPreamble: Uint8Array;
   #sweeper: ReturnType<typeof setInterval> | undefined;
   #gone: PromiseWithResolvers<void> | undefined;
 
@@ -135,6 +139,7 @@ export class SseDoor {
     this.#heartbeat = limits.heartbeatInterval;
     this.sweepPeriod = Math.max(1, Math.floor(limits.heartbeatInterval / 2));
     this.#preamble = encoder.encode(`retry: ${limits.retry}\n`);
+    this.#patternPreamble = encoder.encode(`retry: ${limits.retry}\nid: ${PATTERN_ID}\n`);
   }
 
   /**
@@ -182,16 +187,21 @@ export class SseDoor {
    * stream its header first (`data` is `{"stream","seq","epoch","message"}`, message `null`
    * when none is set), then its events; a stream created later is announced the same way;
    * `event: end` per stream that goes, and the response stays. Then, once every existing
-   * stream is caught up, `event: joined` with `{"pattern","streams"}`. Blocks carry no `id`:
-   * a reconnect joins anew and gets each stream's header again (its state), not the puts
-   * missed meanwhile.
+   * stream is caught up, `event: joined` with `{"pattern","streams"}`. The first block carries
+   * `id: pattern` (the same for every response), so `EventSource` sends it back as
+   * `Last-Event-ID` when it reconnects: a reconnect joins anew, and as the client may have
+   * missed events meanwhile, each stream of the catch-up comes with `event: reset` (reason
+   * `not_resumable`) before its header; a stream the client held that is not announced before
+   * `joined` is gone.
    *
    * @param pattern The pattern (checked by the caller).
+   * @param rejoin Whether the client is reconnecting (it sent a `Last-Event-ID`).
    * @returns The `text/event-stream` response, once the hub has joined it.
    * @throws {Error} What the hub's `listen` throws.
    */
-  async openPattern(pattern: string): Promise<Response> {
-    const conn = new SseConnection(this, this.#preamble, true);
+  async openPattern(pattern: string, rejoin: boolean = false): Promise<Response> {
+    const conn = new SseConnection(this, this.#patternPreamble, true);
+    if (rejoin) conn.rejoining();
     this.#conns.add(conn);
     this.metrics.opened("sse");
     if (this.#sweeper === undefined) {
@@ -237,6 +247,25 @@ export class SseDoor {
       this.#patternText.set(ev, bytes);
     }
     return bytes;
+  }
+
+  /**
+   * The `event: reset` block a reconnected pattern response sends before a stream's header:
+   * `data` is `{"stream","seq","epoch","message":{"reason":"not_resumable"}}` at the header's
+   * position.
+   *
+   * @param ev The stream's join header.
+   * @returns The block's bytes.
+   */
+  patternReset(ev: StreamEvent): Uint8Array {
+    let data = this.hub.codec.encode({
+      stream: ev.stream,
+      seq: ev.seq,
+      epoch: ev.epoch,
+      message: { reason: "not_resumable" },
+    });
+    if (/[\r\n]/.test(data)) data = data.split(/\r\n|\r|\n/).join("\ndata: ");
+    return encoder.encode(`event: reset\ndata: ${data}\n\n`);
   }
 
   /**
@@ -375,6 +404,8 @@ export class SseConnection implements Listener {
   #sentId = false;
   /** Whether the response follows a pattern (see `SseDoor.openPattern`). */
   readonly #pattern: boolean;
+  /** A reconnected pattern response until `joined`: the streams it has sent an event of. */
+  #rejoin: Set<string> | undefined;
 
   /**
    * Creates a response; `preamble` (the `retry:` line) goes out with its first block.
@@ -407,7 +438,15 @@ export class SseConnection implements Listener {
    */
   put(event: StreamEvent): void {
     if (this.#closing) return;
-    if (this.#pattern) return this.#block(this.#door.patternFrame(event));
+    if (this.#pattern) {
+      const rejoin = this.#rejoin;
+      if (rejoin !== undefined && !rejoin.has(event.stream)) {
+        // A reconnect's catch-up: the client may have missed this stream's events.
+        rejoin.add(event.stream);
+        if (event.kind === "header") this.#block(this.#door.patternReset(event));
+      }
+      return this.#block(this.#door.patternFrame(event));
+    }
     if (this.#resumeAt >= 0) {
       // Header changes replayed at the resume position may include the one the client saw
       // last: send only the newest, so the client never goes back to a stale header.
@@ -440,6 +479,7 @@ export class SseConnection implements Listener {
    * @param streams How many existing streams it was caught up on.
    */
   joined(pattern: string, streams: number): void {
+    this.#rejoin = undefined;
     if (this.#closing) return;
     const data = JSON.stringify({ pattern, streams });
     this.#block(encoder.encode(`event: joined\ndata: ${data}\n\n`));
@@ -454,6 +494,14 @@ export class SseConnection implements Listener {
       bytes = concat([retry, bytes]);
     }
     this.#push(bytes);
+  }
+
+  /**
+   * Marks a pattern response as a reconnect: until `joined`, each stream's header comes after
+   * an `event: reset` (see `SseDoor.openPattern`).
+   */
+  rejoining(): void {
+    this.#rejoin = new Set();
   }
 
   /**
