@@ -1,13 +1,16 @@
 #!/usr/bin/env -S deno run -A
 /**
  * Load tool: drives a msgstream server over TCP through the fanout, many-streams, latency,
- * idle-connections and join-storm scenarios and prints a table. With no `--port` it starts
- * `server.ts` itself (and reads its RSS and CPU from `/proc`, on Linux).
+ * idle-connections and join-storm scenarios, and fanout through the HTTP door (`ws`: WebSocket
+ * listeners, `sse`: Server-Sent Events listeners, a TCP publisher; not in the default set), and
+ * prints a table. With no `--port` it starts `server.ts` itself, with `--http-port 0` (and reads
+ * its RSS and CPU from `/proc`, on Linux); with `--port`, give `--http-port` for `ws`/`sse`.
  *
  * ```sh
  * ulimit -n 30000                       # idle and join-storm open many sockets
  * deno run -A bench/load.ts             # every scenario
  * deno run -A bench/load.ts --scenario fanout --duration 5
+ * deno run -A bench/load.ts --scenario fanout,ws,sse --duration 5   # each door, same run
  * deno run -A bench/load.ts --port 51932 --server-pid 1234   # a server you started
  * ```
  *
@@ -35,6 +38,8 @@ interface Options {
   payload: number;
   follow: number;
   joinRate: number;
+  /** The HTTP door's port (WebSocket and SSE scenarios). */
+  httpPort: number;
 }
 
 /** Server CPU (ticks) and RSS (bytes) from /proc, when the pid is known. */
@@ -347,6 +352,166 @@ async function throughput(o: Options, proc: Proc, kind: "fanout" | "streams"): P
   };
 }
 
+/**
+ * One listener through the HTTP door (WebSocket or SSE): finds our payloads in the text it
+ * gets (`"S<seq>T<time>`, whatever framing is around them), counts them, checks order.
+ */
+class TextSub {
+  got = 0;
+  last = -1;
+  gaps = 0;
+  disorder = 0;
+  closed = false;
+  onProgress: (() => void) | undefined;
+  #carry = "";
+  close: () => void = () => {};
+
+  /** Takes text as it arrives (chunks may split a payload; the tail is kept for the next). */
+  text(chunk: string): void {
+    const t = this.#carry + chunk;
+    const re = /"S(\d{10})T\d{16}/g;
+    let m: RegExpExecArray | null;
+    let end = 0;
+    while ((m = re.exec(t)) !== null) {
+      const seq = Number(m[1]);
+      if (this.last >= 0 && seq !== this.last + 1) {
+        if (seq > this.last + 1) this.gaps++;
+        else this.disorder++;
+      }
+      this.last = seq;
+      this.got++;
+      end = re.lastIndex;
+    }
+    this.#carry = t.length - end > 40 ? t.slice(t.length - 40) : t.slice(end);
+    this.onProgress?.();
+  }
+
+  ended(): void {
+    this.closed = true;
+    this.onProgress?.();
+  }
+}
+
+/** Opens one WebSocket (`GET /ws`) listener of `stream`. */
+async function wsSub(o: Options, stream: string): Promise<TextSub> {
+  const sub = new TextSub();
+  const ws = new WebSocket(`ws://${o.host}:${o.httpPort}/ws`);
+  await new Promise<void>((resolve, reject) => {
+    ws.onopen = () => resolve();
+    ws.onerror = () => reject(new Error("WebSocket did not open"));
+  });
+  ws.onmessage = (e) => sub.text(String(e.data));
+  ws.onclose = () => sub.ended();
+  ws.onerror = () => {};
+  ws.send(JSON.stringify({ action: "listen", stream }));
+  sub.close = () => ws.close();
+  return sub;
+}
+
+/** Opens one SSE (`GET /streams/{name}`, `Accept: text/event-stream`) listener of `stream`. */
+async function sseSub(o: Options, stream: string): Promise<TextSub> {
+  const sub = new TextSub();
+  const ac = new AbortController();
+  const res = await fetch(`http://${o.host}:${o.httpPort}/streams/${stream}`, {
+    headers: { accept: "text/event-stream" },
+    signal: ac.signal,
+  });
+  if (!res.ok || !res.body) throw new Error(`SSE open failed: ${res.status}`);
+  (async () => {
+    try {
+      for await (const chunk of res.body!.pipeThrough(new TextDecoderStream())) sub.text(chunk);
+    } catch {
+      // aborted
+    }
+    sub.ended();
+  })();
+  sub.close = () => ac.abort();
+  return sub;
+}
+
+/**
+ * Fanout through the HTTP door: N WebSocket or SSE listeners of one stream, a TCP publisher,
+ * closed loop (at most 1,000 messages in flight by receipts, as `fanout`). Server CPU per
+ * delivery beside the TCP door's.
+ */
+async function doorFanout(o: Options, proc: Proc, door: "ws" | "sse"): Promise<Row> {
+  const subs: TextSub[] = [];
+  for (let i = 0; i < o.subs; i += 50) {
+    const n = Math.min(50, o.subs - i);
+    subs.push(
+      ...await Promise.all(
+        Array.from({ length: n }, () => door === "ws" ? wsSub(o, "fanout") : sseSub(o, "fanout")),
+      ),
+    );
+  }
+  const pub = await publisher(o);
+  const seq = { n: 0 };
+  // Readiness: probe until every listener has one of our payloads (bounded).
+  const deadline = performance.now() + 30_000;
+  while (subs.some((s) => s.got === 0) && performance.now() < deadline) {
+    await writeAll(pub, enc.encode(putLine("fanout", seq.n++, o.payload)));
+    await new Promise((r) => setTimeout(r, 200));
+  }
+  if (subs.some((s) => s.got === 0)) throw new Error(`${door}: a listener got no probe in 30 s`);
+  for (const s of subs) s.last = -1;
+  const base = subs.map((s) => s.got);
+  const delivered = () => {
+    let d = 0;
+    for (let i = 0; i < subs.length; i++) d += subs[i]!.got - base[i]!;
+    return d;
+  };
+  const done = () => Math.min(...subs.map((s, i) => s.got - base[i]!));
+  let wake: (() => void) | undefined;
+  for (const s of subs) s.onProgress = () => wake?.();
+  let sent = 0;
+  const t0 = performance.now();
+  const tWarm = t0 + o.warmup * 1000;
+  const tEnd = tWarm + o.duration * 1000;
+  let c0 = 0, d0 = 0, cpu0 = 0;
+  let warm = false;
+  while (performance.now() < tEnd && !subs.some((s) => s.closed)) {
+    if (!warm && performance.now() >= tWarm) {
+      warm = true;
+      d0 = delivered();
+      c0 = performance.now();
+      cpu0 = proc.cpu() ?? 0;
+    }
+    const room = 1000 - (sent - done());
+    if (room <= 0) {
+      await new Promise<void>((r) => {
+        wake = r;
+        setTimeout(r, 50);
+      });
+      wake = undefined;
+      continue;
+    }
+    let text = "";
+    for (let i = 0; i < Math.min(room, 256); i++, sent++) {
+      text += putLine("fanout", seq.n++, o.payload);
+    }
+    await writeAll(pub, enc.encode(text));
+  }
+  const d1 = delivered();
+  const c1 = performance.now();
+  const cpu1 = proc.cpu();
+  const secs = (c1 - c0) / 1000;
+  const drainEnd = performance.now() + 5000;
+  while (done() < sent && performance.now() < drainEnd && !subs.some((s) => s.closed)) {
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  const complete = done() >= sent &&
+    subs.every((s) => s.gaps === 0 && s.disorder === 0 && !s.closed);
+  pub.close();
+  for (const s of subs) s.close();
+  return {
+    scenario: `${door} fanout 1→${o.subs}`,
+    "delivered msg/s": Math.round((d1 - d0) / secs),
+    "complete+in order": complete,
+    "server CPU %": cpu1 === undefined ? "" : +((cpu1 - cpu0) / 10 / secs).toFixed(1),
+    "server ns/delivery": cpu1 === undefined ? "" : Math.round(((cpu1 - cpu0) * 1e6) / (d1 - d0)),
+  };
+}
+
 /** Open-loop publisher at a fixed rate to N subscribers; latency from send to read. */
 async function latency(o: Options, proc: Proc): Promise<Row> {
   const lat: number[] = [];
@@ -550,7 +715,9 @@ function table(rows: Row[]): string {
   return out.join("\n");
 }
 
-async function startServer(): Promise<{ port: number; pid: number; stop: () => Promise<void> }> {
+async function startServer(): Promise<
+  { port: number; httpPort: number; pid: number; stop: () => Promise<void> }
+> {
   const server = new URL("../server.ts", import.meta.url);
   const child = new Deno.Command(Deno.execPath(), {
     // Scale runs (100,000 headers of 1 KiB: about 430 MB) go past the default memory budget
@@ -565,22 +732,26 @@ async function startServer(): Promise<{ port: number; pid: number; stop: () => P
       "warn",
       "--max-memory",
       "4294967296",
+      "--http-port",
+      "0",
     ],
     stdout: "piped",
     stderr: "inherit",
   }).spawn();
   const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
   let text = "";
-  while (!/:(\d+)\s/.test(text)) {
+  while (!/http on http:\/\/[^:]+:(\d+)\s/.test(text)) {
     const { value, done } = await reader.read();
     if (done) throw new Error("Server exited before listening");
     text += value;
   }
   reader.releaseLock();
   child.stdout.cancel().catch(() => {});
-  const port = Number(/:(\d+)\s/.exec(text)![1]);
+  const port = Number(/listening on tcp:\/\/[^:]+:(\d+)\s/.exec(text)![1]);
+  const httpPort = Number(/http on http:\/\/[^:]+:(\d+)\s/.exec(text)![1]);
   return {
     port,
+    httpPort,
     pid: child.pid,
     stop: async () => {
       child.kill("SIGTERM");
@@ -607,6 +778,7 @@ export async function main(argv: string[]): Promise<void> {
       "follow",
       "join-rate",
       "count",
+      "http-port",
     ],
     default: { host: "127.0.0.1", scenario: "fanout,streams,latency,idle,join-storm" },
   });
@@ -623,14 +795,16 @@ export async function main(argv: string[]): Promise<void> {
     payload: Math.max(28, num("payload", 128)),
     follow: num("follow", 3),
     joinRate: num("join-rate", 5000),
+    httpPort: num("http-port", 0),
   };
   const rows: Row[] = [];
   for (const sc of String(a.scenario).split(",")) {
     const spawned = o.port === 0 || a.port === undefined ? await startServer() : undefined;
-    const opts = { ...o, port: spawned?.port ?? o.port };
+    const opts = { ...o, port: spawned?.port ?? o.port, httpPort: spawned?.httpPort ?? o.httpPort };
     const proc = new Proc(spawned?.pid ?? (a["server-pid"] ? Number(a["server-pid"]) : undefined));
     try {
       if (sc === "fanout" || sc === "streams") rows.push(await throughput(opts, proc, sc));
+      else if (sc === "ws" || sc === "sse") rows.push(await doorFanout(opts, proc, sc));
       else if (sc === "latency") rows.push(await latency(opts, proc));
       else if (sc === "idle") rows.push(await idle(opts, proc));
       else if (sc === "headers") rows.push(await headers(opts, proc, num("count", 100_000)));
