@@ -33,6 +33,18 @@ interface Result {
   p99: number;
   gaps: number;
   rssMiB: number | undefined;
+  /** Server CPU (user + system) per delivery over the measured window, ns; NaN when unknown. */
+  cpuNs: number;
+}
+
+/** CPU time (user + system, ms) of one process from /proc, or NaN when unknown. */
+function cpuMs(pid: number): number {
+  try {
+    const f = Deno.readTextFileSync(`/proc/${pid}/stat`).split(") ")[1]!.split(" ");
+    return (Number(f[11]) + Number(f[12])) * 10;
+  } catch {
+    return NaN;
+  }
 }
 
 function hasNats(): boolean {
@@ -127,6 +139,7 @@ async function drive(
   const start = performance.now();
   let t0 = 0;
   let r0 = 0;
+  let c0 = NaN;
   const warm = start + 1000;
   const end = warm + duration * 1000;
   while (performance.now() < end) {
@@ -134,6 +147,7 @@ async function drive(
       measuring = true;
       t0 = performance.now();
       r0 = received;
+      c0 = cpuMs(pid);
     }
     if (sent - received >= window) {
       await new Promise<void>((r) => wake = r);
@@ -150,6 +164,7 @@ async function drive(
   }
   const seconds = (performance.now() - t0) / 1000;
   const delivered = received - r0;
+  const cpuNs = (cpuMs(pid) - c0) * 1e6 / delivered;
   const mem = rss(pid);
   w.releaseLock();
   pub.close();
@@ -157,7 +172,7 @@ async function drive(
   await Promise.allSettled([reading, draining]);
   lat.sort((a, b) => a - b);
   const q = (p: number) => lat[Math.min(lat.length - 1, Math.floor(p * lat.length))] ?? NaN;
-  return { system, delivered, seconds, p50: q(0.5), p99: q(0.99), gaps, rssMiB: mem };
+  return { system, delivered, seconds, p50: q(0.5), p99: q(0.99), gaps, rssMiB: mem, cpuNs };
 }
 
 async function msgstream(streams: number, duration: number, byName = false): Promise<Result> {
@@ -337,13 +352,15 @@ if (import.meta.main) {
   if (hasNats()) rows.push(await nats(streams, duration));
   else console.log("(nats-server not installed: no NATS row)");
   console.log(`pattern fanout: 1 listener, 1 publisher, ${streams} streams, 128 B, ${duration} s`);
-  console.log("| system | msgs/s | p50 ms | p99 ms | gaps | server RSS MiB |");
-  console.log("|---|---|---|---|---|---|");
+  console.log(
+    "| system | msgs/s | server CPU ns/delivery | p50 ms | p99 ms | gaps | server RSS MiB |",
+  );
+  console.log("|---|---|---|---|---|---|---|");
   for (const r of rows) {
     console.log(
       `| ${r.system} | ${Math.round(r.delivered / r.seconds).toLocaleString("en")} | ${
-        r.p50.toFixed(2)
-      } | ${r.p99.toFixed(2)} | ${r.gaps} | ${r.rssMiB?.toFixed(0) ?? "?"} |`,
+        Math.round(r.cpuNs).toLocaleString("en")
+      } | ${r.p50.toFixed(2)} | ${r.p99.toFixed(2)} | ${r.gaps} | ${r.rssMiB?.toFixed(0) ?? "?"} |`,
     );
   }
   const j = await joinBlock(Number(a.join));
