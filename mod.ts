@@ -175,8 +175,8 @@ export interface MessageStreamOptions {
    */
   maxHeaderBytes?: number;
   /**
-   * Most streams one listener (one connection of a server) follows at once; one more listen gets
-   * {@linkcode LimitExceededError} (`max_listens`).
+   * Most streams and patterns one listener (one connection of a server) follows at once (a
+   * pattern counts as one); one more listen gets {@linkcode LimitExceededError} (`max_listens`).
    *
    * @default {10000}
    */

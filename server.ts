@@ -687,7 +687,7 @@ const SERVE_OPTIONS: readonly OptionSpec[] = [
     name: "max-listens",
     kind: "int",
     arg: "N",
-    help: "streams one connection follows at once (default 10000)",
+    help: "streams and patterns one connection follows at once (default 10000)",
     key: "maxListens",
   },
   {
