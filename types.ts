@@ -212,8 +212,9 @@ export interface StreamStat<H = unknown> extends Position {
   /** The stream's header, or `null` when none is set. */
   readonly header: H | null;
   /**
-   * How many listeners follow the stream here: on this hub (with an engine: on this node), or,
-   * from a remote stream, on the server the client is connected to.
+   * How many listeners follow the stream by name here: on this hub (with an engine: on this
+   * node), or, from a remote stream, on the server the client is connected to. Listeners by
+   * pattern are not counted.
    */
   readonly listeners: number;
 }
@@ -304,7 +305,7 @@ export interface Streamer extends Detachable {
 export interface StreamInfo extends Position {
   /** The stream's name. */
   readonly stream: string;
-  /** How many listeners follow it. */
+  /** How many listeners follow it by name (listeners by pattern are not counted). */
   readonly listeners: number;
   /** Whether a header is set. */
   readonly hasHeader: boolean;

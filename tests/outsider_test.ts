@@ -196,3 +196,13 @@ Deno.test("msgstream put of a message the client refuses says why and exits 1, w
   }
   assertEquals(await server.hub.stat("big"), undefined);
 });
+
+Deno.test("stat() and info() count listeners by name, not listeners by pattern, as documented", async () => {
+  const hub = new MessageStream();
+  await hub.listen({ pattern: "p.*" }, { put() {} });
+  await hub.put("p.1", 1);
+  assertEquals([(await hub.stat("p.1"))?.listeners, hub.info("p.1")?.listeners], [0, 0]);
+  await hub.listen("p.1", { put() {} });
+  assertEquals([(await hub.stat("p.1"))?.listeners, hub.info("p.1")?.listeners], [1, 1]);
+  await hub.close();
+});
