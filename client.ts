@@ -544,8 +544,16 @@ export class RemoteStream implements Streamer, AsyncDisposable {
    * @param message The header, or `null`/`undefined` to clear it.
    * @throws {ProtocolError} When the server refuses (e.g. `forbidden`) or the connection is
    * lost (`not_connected`).
+   * @throws {TypeError} When the header is a function or a symbol (as the hub).
    */
   async header(stream: string, message: unknown): Promise<void> {
+    if (typeof message === "function" || typeof message === "symbol") {
+      // As the hub refuses it: sent, it would have no message and clear the header.
+      throw new TypeError(
+        `Cannot set the header of stream "${String(stream).slice(0, 100)}": ` +
+          `a ${typeof message} is not a message`,
+      );
+    }
     await this.#request({ action: "header", stream, message: message ?? null }, "retry");
   }
 

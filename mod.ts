@@ -364,6 +364,15 @@ export class MessageStream implements Streamer {
    * ```
    */
   header(stream: string, message: unknown): Promise<void> {
+    if (typeof message === "function" || typeof message === "symbol") {
+      // JSON has no form for it: the wire would carry a header without a message (a clear).
+      return Promise.reject(
+        new TypeError(
+          `Cannot set the header of stream "${String(stream).slice(0, 100)}": ` +
+            `a ${typeof message} is not a message`,
+        ),
+      );
+    }
     return this.#core.header(stream, message);
   }
 

@@ -206,3 +206,22 @@ Deno.test("stat() and info() count listeners by name, not listeners by pattern, 
   assertEquals([(await hub.stat("p.1"))?.listeners, hub.info("p.1")?.listeners], [1, 1]);
   await hub.close();
 });
+
+Deno.test("MessageStream.header() and RemoteStream.header() refuse a function or a symbol alike", async () => {
+  const hub = new MessageStream();
+  await using server = serve({ port: 0, logLevel: "error" });
+  await using remote = await RemoteStream.connect(`127.0.0.1:${server.addr.port}`);
+  for (const s of [hub, remote]) {
+    await s.header("job", { state: "running" });
+    for (const message of [() => 1, Symbol("s")]) {
+      await assertRejects(
+        () => s.header("job", message),
+        TypeError,
+        `Cannot set the header of stream "job": a ${typeof message} is not a message`,
+      );
+    }
+    // The header stands: the remote one was cleared before.
+    assertEquals((await s.stat("job"))?.header, { state: "running" });
+  }
+  await hub.close();
+});
