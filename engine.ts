@@ -24,6 +24,7 @@
  * @module
  */
 
+import { LISTEN_COST } from "./budget.ts";
 import type { Codec } from "./codec.ts";
 import { Streams, StreamState } from "./core.ts";
 import { buildEvent } from "./frame.ts";
@@ -629,6 +630,17 @@ export class EngineCore extends Streams<EngineStream> {
       this.#patternCount -= proxy.patterns.size;
       super.endqueue(proxy);
     }
+  }
+
+  /**
+   * A pattern proxy's streams do not count against `maxListens` (its pattern counted once, as
+   * a single listen's does): each still costs a listen of the memory budget.
+   */
+  protected override admitListen(stream: string, queue: Listener): void {
+    if (!(queue instanceof PatternProxy)) return super.admitListen(stream, queue);
+    const what = `Cannot follow stream "${stream.slice(0, 100)}" for a pattern`;
+    if (this.streams.has(stream)) this.limits.memory.admit(LISTEN_COST, what);
+    else this.admitStream(what, LISTEN_COST);
   }
 
   /** How many patterns the listener listens to (its proxy's). */

@@ -216,3 +216,41 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name: "redis: a pattern counts as one of maxListens, however many streams it matches",
+  ignore: !hasRedis,
+  fn: async () => {
+    await using redis = await RedisProcess.start();
+    const prefix = `p${crypto.randomUUID().slice(0, 8)}:`;
+    const a = new MessageStream({ engine: new RedisEngine({ url: redis.url, prefix }) });
+    const b = new MessageStream({
+      engine: new RedisEngine({ url: redis.url, prefix }),
+      maxListens: 2,
+    });
+    try {
+      for (let i = 1; i <= 4; i++) await a.put(`jobs.${i}`, i);
+      const inbox = new Inbox();
+      assertEquals(await b.listen({ pattern: "jobs.*" }, inbox), {
+        pattern: "jobs.*",
+        streams: 4,
+      });
+      await a.put("jobs.5", 5);
+      assertEquals((await collect(inbox, 6)).map(brief).sort(), [
+        "jobs.1 header null 1",
+        "jobs.2 header null 1",
+        "jobs.3 header null 1",
+        "jobs.4 header null 1",
+        "jobs.5 header null 0",
+        "jobs.5 put 5 1",
+      ]);
+      // The pattern is one of the two; one more listen fits, a third does not.
+      await b.listen("other.1", inbox);
+      const refused = await b.listen("other.2", inbox).then(() => undefined, (e) => e);
+      assertEquals([refused?.name, refused?.limit], ["LimitExceededError", "max_listens"]);
+    } finally {
+      await b.close();
+      await a.close();
+    }
+  },
+});
