@@ -23,6 +23,7 @@
 
 import {
   type BudgetSource,
+  FOLLOW_COST,
   HEADER_COST_FACTOR,
   LimitExceededError,
   LISTEN_COST,
@@ -376,8 +377,10 @@ export abstract class Streams<S extends StreamState> implements Core {
         return core.streams.size;
       },
       get listenCount() {
-        // A pattern counts as PATTERN_COST / LISTEN_COST registrations.
-        return core.listenerCount + core.patternCount * (PATTERN_COST / LISTEN_COST);
+        // A pattern counts as PATTERN_COST / LISTEN_COST registrations, and each stream it
+        // follows as FOLLOW_COST / LISTEN_COST.
+        return core.listenerCount + core.patternCount * (PATTERN_COST / LISTEN_COST) +
+          core.patterns.following * (FOLLOW_COST / LISTEN_COST);
       },
       get historyBytes() {
         return core.historyBytes();

@@ -246,6 +246,8 @@ export class PatternFollows<S extends PatternStream> {
   readonly #records: WeakMap<ReadonlySet<Listener>, Shared> = new WeakMap();
   /** Patterns listened to, over every queue. */
   #count = 0;
+  /** Streams followed through patterns, over every queue (a queue's streams each count). */
+  #following = 0;
   readonly #ids: WeakMap<Listener, number> = new WeakMap();
   #nextId = 0;
   readonly #sliceMs: number;
@@ -269,6 +271,14 @@ export class PatternFollows<S extends PatternStream> {
   /** How many patterns are listened to, over every queue (a queue's patterns each count). */
   get count(): number {
     return this.#count;
+  }
+
+  /**
+   * How many streams are followed through patterns, over every queue: each stream a queue
+   * follows counts once (the memory budget counts them, see `FOLLOW_COST`).
+   */
+  get following(): number {
+    return this.#following;
   }
 
   /**
@@ -368,6 +378,7 @@ export class PatternFollows<S extends PatternStream> {
     for (const s of follow.streams) {
       if (!follow.matches(s.name)) {
         follow.streams.delete(s);
+        this.#following--;
         this.#remove(s, queue, minus);
       }
     }
@@ -386,6 +397,7 @@ export class PatternFollows<S extends PatternStream> {
     // The shared sets that hold the queue are forgotten as their last stream leaves them.
     const minus = new Map();
     for (const s of follow.streams) this.#remove(s, queue, minus);
+    this.#following -= follow.streams.size;
     follow.streams.clear();
   }
 
@@ -404,6 +416,7 @@ export class PatternFollows<S extends PatternStream> {
       ev ??= buildEvent(this.#host.codec, "header", state, null, state.seq, state.epoch, "join");
       if (this.#host.deliver(queue, ev) && this.#follows.get(queue) === follow) {
         joined.push(queue);
+        if (!follow.streams.has(state)) this.#following++;
         follow.streams.add(state);
         if (state.fanning > 0) (state.joinedDuringFanout ??= new Set()).add(queue);
       }
@@ -428,7 +441,7 @@ export class PatternFollows<S extends PatternStream> {
     if (!queues || queues.size === 0) return;
     this.#point(state, undefined);
     for (const q of queues) {
-      this.#follows.get(q)?.streams.delete(state);
+      if (this.#follows.get(q)?.streams.delete(state)) this.#following--;
       if (!got?.has(q)) this.#host.deliver(q, end);
     }
   }
@@ -499,6 +512,7 @@ export class PatternFollows<S extends PatternStream> {
     }
     this.#point(state, next);
     if (state.fanning > 0) (state.joinedDuringFanout ??= new Set()).add(queue);
+    if (!follow.streams.has(state)) this.#following++;
     follow.streams.add(state);
   }
 }

@@ -6,6 +6,7 @@
 import { assertEquals } from "@std/assert";
 import { Inbox, MessageStream, type StreamEvent } from "../mod.ts";
 import { RedisEngine } from "../redis.ts";
+import { FOLLOW_COST, PATTERN_COST } from "../budget.ts";
 import { joinProbes } from "../engine.ts";
 import { RemoteStream } from "../client.ts";
 import { ProtocolError } from "../protocol.ts";
@@ -253,4 +254,35 @@ Deno.test({
       await a.close();
     }
   },
+});
+
+Deno.test("memory: each stream a pattern listener follows counts in the memory budget", async () => {
+  const hub = new MessageStream({ maxMemory: 1 << 20 });
+  try {
+    for (let i = 0; i < 100; i++) await hub.put(`jobs.${i}`, i);
+    const inboxes = Array.from({ length: 10 }, () => new Inbox());
+    for (const inbox of inboxes) await hub.listen({ pattern: "jobs.*" }, inbox);
+    assertEquals(hub.memory.parts().listens, 10 * PATTERN_COST + 10 * 100 * FOLLOW_COST);
+    // A new stream is followed by all ten; a deleted one by none; a hangup frees its streams.
+    await hub.put("jobs.new", 1);
+    await hub.delete("jobs.0");
+    hub.hangup({ pattern: "jobs.*" }, inboxes[0]!);
+    assertEquals(hub.memory.parts().listens, 9 * PATTERN_COST + 9 * 100 * FOLLOW_COST);
+    // Followed streams fill the budget (about 14 KiB a listener here): then a pattern listen,
+    // and a put that would make one more stream, are refused.
+    let listenRefused: unknown;
+    for (let i = 0; i < 100 && !listenRefused; i++) {
+      listenRefused = await hub.listen({ pattern: "*" }, new Inbox({ maxEvents: 1000 }))
+        .then(() => undefined, (e) => e);
+    }
+    const putRefused = await hub.put("jobs.more", 1).then(() => undefined, (e) => e);
+    assertEquals(
+      [listenRefused, putRefused].map((
+        e,
+      ) => [(e as Error)?.name, (e as { limit?: string })?.limit]),
+      [["LimitExceededError", "max_memory"], ["LimitExceededError", "max_memory"]],
+    );
+  } finally {
+    await hub.close();
+  }
 });
