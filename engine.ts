@@ -506,10 +506,14 @@ export class EngineCore extends Streams<EngineStream> {
         this.#watching.catch(() => this.#watching = undefined);
       }
       await this.#watching;
+      for (const [name, at] of Object.entries(since ?? {})) {
+        if (matchPattern(pattern, name)) proxy.resume.set(name, at);
+      }
       const streams = await this.#scan(proxy, pattern, join, since);
       // Streams named in `since` that are gone: the queue learns they ended.
       for (const [name, at] of Object.entries(since ?? {})) {
         if (!matchPattern(pattern, name) || proxy.seen.has(name)) continue;
+        if (proxy.resume.get(name) === null) continue; // its end went out (see #joinProxy)
         const end = buildEvent(this.codec, "end", { name }, null, at.seq, at.epoch, "own");
         proxy.put(end);
       }
@@ -517,6 +521,8 @@ export class EngineCore extends Streams<EngineStream> {
     } catch (e) {
       this.hangupPattern(pattern, queue);
       throw e;
+    } finally {
+      for (const name of Object.keys(since ?? {})) proxy.resume.delete(name);
     }
   }
 
@@ -557,6 +563,13 @@ export class EngineCore extends Streams<EngineStream> {
       return true;
     }
     if (state && (state.listeners.has(proxy) || state.pending?.has(proxy))) return true;
+    const given = proxy.resume.get(name);
+    if (given && given !== since && given.epoch !== since?.epoch && !proxy.seen.has(name)) {
+      // Made anew (announced) before the resuming join reached it: the stream the listener
+      // followed ended; it learns that before the new stream's header.
+      proxy.resume.set(name, null);
+      proxy.put(buildEvent(this.codec, "end", { name }, null, given.seq, given.epoch, "own"));
+    }
     // Resuming: what is missed comes as a replay (or a reset), no header is made up.
     const resuming = since !== undefined && since.seq > 0 && !proxy.seen.has(name);
     if (resuming) proxy.seen.add(name);
@@ -566,10 +579,11 @@ export class EngineCore extends Streams<EngineStream> {
     // Else the join found the older stream, whose end is on its way (see PatternProxy.put).
     if (again && (at.epoch === "" || at.epoch === again.epoch)) proxy.again.delete(name);
     if (at.epoch === "") {
+      // Gone before its turn: a resumed position learns it ended (see listenPattern, or below
+      // when it was made anew).
+      if (resuming) proxy.seen.delete(name);
       // Made anew after the join looked: follow the new stream from its start.
       if (again) return this.#joinProxy(proxy, name, again);
-      // Gone before its turn: a resumed position learns it ended (see listenPattern).
-      if (resuming) proxy.seen.delete(name);
       return false;
     }
     // A stream without a header gave nothing yet: its position is the explicit first event.
@@ -699,6 +713,11 @@ export class PatternProxy implements Listener {
   readonly seen: Set<string> = new Set();
   /** Streams announced as created while a join of them was in flight: their first position. */
   readonly again: Map<string, Position> = new Map();
+  /**
+   * While a pattern join resumes: the positions it was given (`since`), by stream; `null` once
+   * that stream's `end` went out because it was made anew before the join reached it.
+   */
+  readonly resume: Map<string, Position | null> = new Map();
   readonly #core: EngineCore;
 
   /**
