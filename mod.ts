@@ -184,8 +184,8 @@ export interface MessageStreamOptions {
   /**
    * Milliseconds after which a stream with no listeners (by name) and no puts or header
    * changes is removed, as by `delete`: its listeners by pattern get `end`. 0 keeps streams
-   * until they are deleted, hold nothing, or give way to the memory bounds. Not applied with an
-   * `engine` (Redis keeps streams until deleted).
+   * until they are deleted, hold nothing, or give way to the memory bounds. Refused with an
+   * `engine` (Redis keeps streams until deleted): the constructor throws a `TypeError`.
    *
    * @default {0}
    */
@@ -244,8 +244,15 @@ export class MessageStream implements Streamer {
    *
    * @param options Codec, history bounds and engine.
    * @throws {RangeError} When a bound is not a non-negative integer.
+   * @throws {TypeError} When `streamTtl` is given with an `engine` (it would not be applied).
    */
   constructor(options?: MessageStreamOptions) {
+    const streamTtl = intOption("streamTtl", options?.streamTtl, 0, 0);
+    if (streamTtl > 0 && options?.engine) {
+      throw new TypeError(
+        `Option streamTtl (${streamTtl}) is not applied with an engine: the engine keeps streams until they are deleted`,
+      );
+    }
     this.codec = options?.codec ?? defaultCodec;
     const maxMemory = intOption("maxMemory", options?.maxMemory, 256 << 20, 0);
     const maxHistory = intOption("maxHistoryBytes", options?.maxHistoryBytes, 64 << 20, 0);
@@ -282,7 +289,7 @@ export class MessageStream implements Streamer {
       registerSync(this, core);
       this.#core = core;
     }
-    this.#core.expireAfter?.(intOption("streamTtl", options?.streamTtl, 0, 0));
+    this.#core.expireAfter?.(streamTtl);
     this.#core.maxMessage = intOption(
       "maxMessageBytes",
       options?.maxMessageBytes,

@@ -3,7 +3,7 @@
  * deleted while a pattern join is under way must stay deleted, and one made anew meanwhile must
  * still be followed.
  */
-import { assertEquals } from "@std/assert";
+import { assertEquals, assertThrows } from "@std/assert";
 import { Inbox, MessageStream, type StreamEvent } from "../mod.ts";
 import { RedisEngine } from "../redis.ts";
 import { FOLLOW_COST, PATTERN_COST } from "../budget.ts";
@@ -285,4 +285,37 @@ Deno.test("memory: each stream a pattern listener follows counts in the memory b
   } finally {
     await hub.close();
   }
+});
+
+Deno.test("serve refuses --stream-ttl with --redis instead of ignoring it", async () => {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "-A",
+      new URL("../server.ts", import.meta.url).pathname,
+      "--port",
+      "0",
+      "--redis",
+      "redis://127.0.0.1:1",
+      "--stream-ttl",
+      "100",
+    ],
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const stderr = new TextDecoder().decode(out.stderr);
+  assertEquals([out.code, new TextDecoder().decode(out.stdout)], [2, ""]);
+  assertEquals(
+    stderr,
+    "msgstream: Option streamTtl (100) is not applied with an engine: the engine keeps streams until they are deleted\n",
+  );
+});
+
+Deno.test("MessageStream refuses streamTtl with an engine", () => {
+  assertThrows(
+    () =>
+      new MessageStream({ engine: new RedisEngine({ url: "redis://127.0.0.1:1" }), streamTtl: 1 }),
+    TypeError,
+    "Option streamTtl (1) is not applied with an engine",
+  );
 });
