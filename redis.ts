@@ -995,6 +995,9 @@ export class RedisEngine implements Engine {
     }
     const token = `${this.#node}.${(this.#counter++).toString(36)}`;
     const done = Promise.withResolvers<void>();
+    // A drop may reject it before it is returned (or when the script call fails and it never
+    // is): handled here, so that it is never an unhandled rejection, which ends the process.
+    done.promise.catch(() => {});
     const sync: Sync = {
       onSnapshot,
       snapshot: undefined,
