@@ -167,6 +167,8 @@ export class Session implements Listener {
   readonly #auth: Auth | undefined;
   readonly #metrics: Metrics | undefined;
   #grant: Grant | undefined;
+  /** Failed `hello`s so far (see {@linkcode MAX_FAILED_HELLOS}). */
+  #failedHellos = 0;
   #closed = false;
   /** The hub calls of put, header, delete, listen and stat: picked once (see #hubActions). */
   readonly #actions: HubActions;
@@ -205,7 +207,9 @@ export class Session implements Listener {
     this.#grant = options.grant;
     const sync = syncOf(hub);
     this.#actions = sync ? this.#syncActions(sync) : this.#promiseActions(hub);
-    this.#accept = sync ? (f, id) => this.#run(f, id) : (f, id) => this.#ordered(f, id);
+    // In memory too a request can take more than one turn (a pattern listen's catch-up yields):
+    // the ones after it wait for it, so answers keep the order of the requests.
+    this.#accept = (f, id) => this.#ordered(f, id);
   }
 
   /** Hub events go straight to the transport: the frame was encoded once by the hub. */
@@ -337,8 +341,9 @@ export class Session implements Listener {
   }
 
   /**
-   * With an engine, requests keep the connection's order: puts, headers and deletes go out to
-   * the engine at once (it keeps their order), anything else waits for what came before it.
+   * Requests keep the connection's order: with an engine, puts, headers and deletes go out to
+   * the engine at once (it keeps their order), anything else waits for what came before it; a
+   * listen (in memory, a pattern's, whose catch-up yields) holds back everything after it.
    */
   #ordered(f: Frame, id: unknown): void {
     if (this.#waiting.length > 0 || this.#blocked || (this.#inflight > 0 && !isWrite(f))) {
@@ -510,12 +515,20 @@ export class Session implements Listener {
       // A failed hello drops any earlier grant: the connection is unauthorized again.
       this.#grant = grant;
       if (!grant) {
-        throw new ProtocolError(
-          "unauthorized",
-          typeof token === "string" && token !== ""
-            ? "Invalid token"
-            : 'A token is required: send "hello" with "token"',
-        );
+        const why = typeof token === "string" && token !== ""
+          ? "Invalid token"
+          : 'A token is required: send "hello" with "token"';
+        // Guessing costs a connection every MAX_FAILED_HELLOS tries (it was unbounded: about
+        // 37,000 guesses a second on one connection).
+        if (++this.#failedHellos >= MAX_FAILED_HELLOS) {
+          this.error(
+            "unauthorized",
+            `${why}: ${MAX_FAILED_HELLOS} failed hellos, closing connection`,
+            id,
+          );
+          return this.close();
+        }
+        throw new ProtocolError("unauthorized", why);
       }
     }
     if (id !== undefined) this.send({ action: "ok", id, version: PROTOCOL_VERSION });
@@ -726,6 +739,12 @@ function parseSince(since: unknown, stream: string): Position {
   }
   return { epoch: s.epoch, seq: s.seq };
 }
+
+/**
+ * Failed `hello`s one connection may make: the last of them is answered `unauthorized` and the
+ * connection is closed, so that guessing a token costs a new connection every few tries.
+ */
+export const MAX_FAILED_HELLOS = 3;
 
 /** The protocol version this implementation speaks, sent in `ok` to `hello`. */
 export const PROTOCOL_VERSION = 1;

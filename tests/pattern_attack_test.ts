@@ -12,6 +12,7 @@ import { RemoteStream } from "../client.ts";
 import { ProtocolError } from "../protocol.ts";
 import { serve } from "../server.ts";
 import { TcpProxy } from "./_proxy.ts";
+import { connectRaw } from "./_raw_client.ts";
 import { hasRedis, RedisProcess } from "./_redis.ts";
 import { collect } from "./_recorder.ts";
 import { deadline, TIMEOUT, TimeoutError } from "./_wait.ts";
@@ -318,4 +319,24 @@ Deno.test("MessageStream refuses streamTtl with an engine", () => {
     TypeError,
     "Option streamTtl (1) is not applied with an engine",
   );
+});
+
+Deno.test("memory: requests after a pattern listen are answered after its ok, in order", async () => {
+  const hub = new MessageStream();
+  // Enough streams that the join yields to the event loop (it works in slices of a few ms).
+  for (let i = 0; i < 20_000; i++) await hub.put(`jobs.${i}`, i);
+  await using server = serve({ port: 0, hub, logLevel: "silent" });
+  await using raw = await connectRaw(server.addr.port);
+  await raw.write(
+    JSON.stringify({ action: "listen", pattern: "jobs.*", id: 1 }) + "\n" +
+      JSON.stringify({ action: "hangup", pattern: "jobs.*", id: 2 }) + "\n" +
+      JSON.stringify({ action: "listen", stream: "other", id: 3 }) + "\n",
+  );
+  const answers: unknown[] = [];
+  while (answers.length < 3) {
+    const f = await raw.next();
+    if (f.action === "ok" || f.action === "error") answers.push([f.id, f.action, f.streams]);
+  }
+  assertEquals(answers, [[1, "ok", 20_000], [2, "ok", undefined], [3, "ok", undefined]]);
+  await hub.close();
 });
