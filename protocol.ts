@@ -167,8 +167,6 @@ export class Session implements Listener {
   readonly #auth: Auth | undefined;
   readonly #metrics: Metrics | undefined;
   #grant: Grant | undefined;
-  /** Failed `hello`s so far (see {@linkcode MAX_FAILED_HELLOS}). */
-  #failedHellos = 0;
   #closed = false;
   /** The hub calls of put, header, delete, listen and stat: picked once (see #hubActions). */
   readonly #actions: HubActions;
@@ -515,20 +513,12 @@ export class Session implements Listener {
       // A failed hello drops any earlier grant: the connection is unauthorized again.
       this.#grant = grant;
       if (!grant) {
-        const why = typeof token === "string" && token !== ""
-          ? "Invalid token"
-          : 'A token is required: send "hello" with "token"';
-        // Guessing costs a connection every MAX_FAILED_HELLOS tries (it was unbounded: about
-        // 37,000 guesses a second on one connection).
-        if (++this.#failedHellos >= MAX_FAILED_HELLOS) {
-          this.error(
-            "unauthorized",
-            `${why}: ${MAX_FAILED_HELLOS} failed hellos, closing connection`,
-            id,
-          );
-          return this.close();
-        }
-        throw new ProtocolError("unauthorized", why);
+        throw new ProtocolError(
+          "unauthorized",
+          typeof token === "string" && token !== ""
+            ? "Invalid token"
+            : 'A token is required: send "hello" with "token"',
+        );
       }
     }
     if (id !== undefined) this.send({ action: "ok", id, version: PROTOCOL_VERSION });
@@ -739,12 +729,6 @@ function parseSince(since: unknown, stream: string): Position {
   }
   return { epoch: s.epoch, seq: s.seq };
 }
-
-/**
- * Failed `hello`s one connection may make: the last of them is answered `unauthorized` and the
- * connection is closed, so that guessing a token costs a new connection every few tries.
- */
-export const MAX_FAILED_HELLOS = 3;
 
 /** The protocol version this implementation speaks, sent in `ok` to `hello`. */
 export const PROTOCOL_VERSION = 1;
