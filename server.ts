@@ -1173,6 +1173,14 @@ export async function main(argv?: string[]): Promise<number> {
       console.error(formatLog(options.logFormat ?? "text", note.level, note.message));
     }
   }
+  // The last line of defence: a rejection nobody handled must not end a server that holds
+  // every other client's streams. It is a bug, so it is logged (with its stack), never silent.
+  globalThis.addEventListener("unhandledrejection", (e) => {
+    e.preventDefault();
+    const why = e.reason instanceof Error ? e.reason.stack ?? e.reason.message : String(e.reason);
+    // deno-lint-ignore no-console
+    console.error(formatLog(options.logFormat ?? "text", "error", `unhandled rejection: ${why}`));
+  });
   let server: MessageServer;
   try {
     server = serve(options);
