@@ -421,10 +421,12 @@ export class PatternFollows<S extends PatternStream> {
         if (state.fanning > 0) (state.joinedDuringFanout ??= new Set()).add(queue);
       }
     }
-    // One shared set for every queue that joined (not one per queue added).
-    if (joined.length > 0) {
+    // One shared set for every queue that joined (not one per queue added), less any that a
+    // listener's own code dropped meanwhile (from inside a delivery).
+    const still = joined.filter((q) => this.#follows.get(q)?.streams.has(state));
+    if (still.length > 0) {
       const before = state.patternQueues;
-      this.#point(state, this.#intern(before ? [...new Set([...before, ...joined])] : joined));
+      this.#point(state, this.#intern(before ? [...new Set([...before, ...still])] : still));
     }
   }
 

@@ -130,3 +130,24 @@ Deno.test("hub: 2,000 pattern listeners on * and 50 new streams: each listener g
   assertEquals(hub.memory.parts().listens, 0);
   await hub.close();
 });
+
+Deno.test("hub: a pattern listener that drops another from inside the new stream's header: the other gets nothing more", async () => {
+  const hub = new MessageStream();
+  const got: string[] = [];
+  const b: Listener = { put: (ev: StreamEvent) => void got.push(`b ${ev.stream} ${ev.kind}`) };
+  const a: Listener = {
+    put: (ev: StreamEvent) => {
+      got.push(`a ${ev.stream} ${ev.kind}`);
+      if (ev.stream === "new") hub.endqueue(b);
+    },
+  };
+  // b first: it is handed the new stream's header before a drops it.
+  await hub.listen({ pattern: "*" }, b);
+  await hub.listen({ pattern: "*" }, a);
+  await hub.put("new", 1);
+  await hub.put("new", 2);
+  // After a dropped it, nothing more reaches b.
+  assertEquals(got.filter((l) => l.startsWith("b")), ["b new header"]);
+  assertEquals(got.filter((l) => l.startsWith("a")), ["a new header", "a new put", "a new put"]);
+  await hub.close();
+});
