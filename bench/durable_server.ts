@@ -412,11 +412,16 @@ async function measure(
   o: { window: number; duration: number; rate: number },
 ): Promise<Sample> {
   const dir = await Deno.makeTempDir({ prefix: "msgstream-durable-bench-" });
-  const redis = config.redis ? await startRedis(dir, config.redis) : undefined;
-  const server = await startServer([
-    ...config.args(dir),
-    ...(redis ? ["--redis", redis.url] : []),
-  ]);
+  let redis: Awaited<ReturnType<typeof startRedis>> | undefined;
+  let server: Server;
+  try {
+    redis = config.redis ? await startRedis(dir, config.redis) : undefined;
+    server = await startServer([...config.args(dir), ...(redis ? ["--redis", redis.url] : [])]);
+  } catch (e) {
+    await redis?.stop();
+    await Deno.remove(dir, { recursive: true });
+    throw e;
+  }
   const p = await Putter.connect(server.port, 100);
   const others = new OtherCpu([server.child.pid, ...(redis ? [redis.pid] : [])]);
   try {
