@@ -410,24 +410,30 @@ export class PatternFollows<S extends PatternStream> {
   created(state: S): void {
     if (this.#follows.size === 0) return;
     let ev: StreamEvent | undefined;
-    const joined: Listener[] = [];
+    // The queues that joined go into one plain set the stream points to while they are handed
+    // the header (so that a listener's own code that drops a queue or deletes the stream from
+    // inside a delivery finds them), then into one shared set: not one set per queue added.
+    let joining: Set<Listener> | undefined;
     for (const [queue, follow] of this.#follows) {
+      if (this.#host.current(state.name) !== state) break; // deleted from inside a delivery
       if (!follow.matches(state.name)) continue;
       ev ??= buildEvent(this.#host.codec, "header", state, null, state.seq, state.epoch, "join");
-      if (this.#host.deliver(queue, ev) && this.#follows.get(queue) === follow) {
-        joined.push(queue);
+      if (
+        this.#host.deliver(queue, ev) && this.#follows.get(queue) === follow &&
+        this.#host.current(state.name) === state
+      ) {
         if (!follow.streams.has(state)) this.#following++;
         follow.streams.add(state);
         if (state.fanning > 0) (state.joinedDuringFanout ??= new Set()).add(queue);
+        if (!joining || state.patternQueues !== joining) {
+          joining = new Set(state.patternQueues);
+          this.#point(state, joining);
+        }
+        joining.add(queue);
       }
     }
-    // One shared set for every queue that joined (not one per queue added), less any that a
-    // listener's own code dropped meanwhile (from inside a delivery).
-    const still = joined.filter((q) => this.#follows.get(q)?.streams.has(state));
-    if (still.length > 0) {
-      const before = state.patternQueues;
-      this.#point(state, this.#intern(before ? [...new Set([...before, ...still])] : still));
-    }
+    const set = state.patternQueues;
+    if (set && set === joining) this.#point(state, this.#intern([...set]));
   }
 
   /**
@@ -477,11 +483,10 @@ export class PatternFollows<S extends PatternStream> {
         this.#shared.delete(record.key);
       }
     }
-    if (set) {
-      const record = this.#records.get(set)!;
-      if (record.streams++ === 0 && !this.#shared.has(record.key)) {
-        this.#shared.set(record.key, record);
-      }
+    // A set without a record is a stream's own while its queues join (see `created`).
+    const record = set && this.#records.get(set);
+    if (record && record.streams++ === 0 && !this.#shared.has(record.key)) {
+      this.#shared.set(record.key, record);
     }
     state.patternQueues = set;
   }

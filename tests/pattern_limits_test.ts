@@ -151,3 +151,26 @@ Deno.test("hub: a pattern listener that drops another from inside the new stream
   assertEquals(got.filter((l) => l.startsWith("a")), ["a new header", "a new put", "a new put"]);
   await hub.close();
 });
+
+Deno.test("hub: a pattern listener that deletes the new stream from inside its header: the ones that had it get end", async () => {
+  const hub = new MessageStream();
+  const got: string[] = [];
+  const b: Listener = { put: (ev: StreamEvent) => void got.push(`b ${ev.stream} ${ev.kind}`) };
+  const a: Listener = {
+    put: (ev: StreamEvent) => {
+      got.push(`a ${ev.stream} ${ev.kind}`);
+      if (ev.stream === "new" && ev.kind === "header") void hub.delete("new");
+    },
+  };
+  const c: Listener = { put: (ev: StreamEvent) => void got.push(`c ${ev.stream} ${ev.kind}`) };
+  await hub.listen({ pattern: "*" }, b);
+  await hub.listen({ pattern: "*" }, a);
+  await hub.listen({ pattern: "*" }, c);
+  await hub.put("new", 1);
+  // b had the header when a deleted the stream: it gets end. a, inside its own delivery, and c,
+  // after the delete, follow nothing: the put (to the stream deleted during its creation) reaches
+  // nobody.
+  assertEquals(got, ["b new header", "a new header", "b new end"]);
+  assertEquals(hub.info("new"), undefined);
+  await hub.close();
+});
