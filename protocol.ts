@@ -380,7 +380,13 @@ export class Session implements Listener {
       case "put": {
         const stream = this.#stream(f, "publish");
         if (!("message" in f) || f.message === undefined) {
-          throw new ProtocolError("missing_message", 'A "put" needs a "message"', stream);
+          // The original client leaves out a falsy message (0, "", [], {}, false, null) and its
+          // server read the absence as None: a peer of that protocol (not live) puts null, as
+          // it always did. A peer that said hello or ping must send the message it means.
+          if (this.live) {
+            throw new ProtocolError("missing_message", 'A "put" needs a "message"', stream);
+          }
+          return this.#actions.put(stream, null, id);
         }
         return this.#actions.put(stream, f.message, id);
       }

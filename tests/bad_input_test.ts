@@ -117,6 +117,8 @@ Deno.test("A missing, empty, non-string or too long stream name gets invalid_str
 
 Deno.test("A put without a message gets missing_message and puts nothing", async () => {
   await misbehaving(async (server, bad) => {
+    await bad.send({ action: "ping" }); // a peer of this protocol, not the original
+    assertEquals((await bad.next()).action, "pong");
     await bad.send({ action: "put", stream: "bystander", id: "m1" });
     const e = await bad.next();
     assertError(e, "missing_message", "m1");
@@ -278,5 +280,17 @@ Deno.test("A listener vanishing while the server writes to it costs the others n
     await connectionGone(server);
     assertEquals(listenerCount(server.hub, "flood"), 0);
     assertEquals(listenerCount(server.hub, "bystander"), 1);
+  });
+});
+
+Deno.test("A client of the original protocol that leaves out a falsy message puts null, as its server did", async () => {
+  await misbehaving(async (server, bad) => {
+    // The original client writes no "message" when the message is falsy (0, "", [], None).
+    await bad.send({ action: "put", stream: "legacy", id: "z" });
+    const ok = await bad.next();
+    const stat = await server.hub.stat("legacy");
+    assertEquals(ok, { action: "ok", id: "z", stream: "legacy", seq: 1, epoch: stat?.epoch });
+    assertEquals(stat?.seq, 1);
+    await assertStillServed(bad);
   });
 });

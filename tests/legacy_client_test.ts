@@ -102,15 +102,19 @@ Deno.test("A client of the original protocol listens, puts, sets headers and han
   await pub.close();
 });
 
-Deno.test("A put the original client sends without a message is refused in a frame it can read", async () => {
+Deno.test("A put the original client sends without a message is put as null, as its server did", async () => {
   await using server = serve({ port: 0, ...engineOptions() });
+  await using listener = await connectRaw(server.addr.port);
+  await listener.send({ action: "listen", stream: "M1", id: 1 }); // joined before the puts
+  assertEquals((await recv(listener))[0], "ok");
   await using raw = await connectRaw(server.addr.port);
-  await sendcommand(raw, "put", "M1", 0); // the original dropped falsy messages
+  await sendcommand(raw, "put", "M1", 0); // the original drops a falsy message from the frame
+  await sendcommand(raw, "put", "M1", 7);
+  assertEquals(await recvPuts(listener, 2), [["M1", null], ["M1", 7]]);
+  await sendcommand(raw, "bogus"); // a frame the server cannot place on a stream: readable
   const [action, stream] = await recv(raw);
-  assertEquals([action, stream], ["error", "M1"]);
-  await sendcommand(raw, "bogus"); // and a frame the server cannot place on a stream
-  assertEquals((await recv(raw))[0], "error");
-  assertEquals(await seqOf(server.hub, "M1"), undefined);
+  assertEquals([action, stream], ["error", null]);
+  assertEquals(await seqOf(server.hub, "M1"), 2);
 });
 
 Deno.test("A client of the original protocol can read the server's pings", async () => {
