@@ -158,28 +158,40 @@ export class History {
     return this.#tail + len <= head ? this.#tail : -1;
   }
 
-  /** Copies the kept frames, oldest first, to the start of a buffer of `cap` bytes. */
+  /**
+   * Copies the kept frames, oldest first, to the start of a buffer of `cap` bytes. They lie
+   * back to back from the oldest's start to the end (to `#wrapAt`, then from 0 to `#tail` when
+   * wrapped): one or two copies, then each entry's start moves by its part's offset.
+   */
   #relayout(cap: number): void {
     const buf = new Uint8Array(cap);
-    let off = 0;
-    for (let i = 0; i < this.count; i++) {
-      const k = this.#slot(i);
-      const start = this.#meta[k + 1] as number;
-      const len = this.#meta[k + 2] as number;
-      buf.set(this.#buf.subarray(start, start + len), off);
-      this.#meta[k + 1] = off;
-      off += len;
+    if (this.count > 0) {
+      const head = this.#meta[(this.#first << 2) + 1] as number;
+      const end = this.#wrapAt === -1 ? this.#tail : this.#wrapAt;
+      buf.set(this.#buf.subarray(head, end), 0);
+      const firstPart = end - head;
+      if (this.#wrapAt !== -1) buf.set(this.#buf.subarray(0, this.#tail), firstPart);
+      for (let i = 0; i < this.count; i++) {
+        const k = this.#slot(i) + 1;
+        const start = this.#meta[k] as number;
+        // Before the wrap (at or after the oldest's start): moves down by head; after: up.
+        this.#meta[k] = start >= head ? start - head : start + firstPart;
+      }
     }
     this.#buf = buf;
-    this.#tail = off;
+    this.#tail = this.bytes;
     this.#wrapAt = -1;
   }
 
+  /** Doubles the entry ring, the oldest entry first: one or two copies. */
   #growMeta(): void {
-    const meta = new Float64Array(this.#meta.length * 2);
-    for (let i = 0; i < this.count; i++) {
-      meta.set(this.#meta.subarray(this.#slot(i), this.#slot(i) + 4), i * 4);
-    }
+    const old = this.#meta;
+    const meta = new Float64Array(old.length * 2);
+    const from = this.#first << 2;
+    const used = this.count << 2;
+    const firstPart = Math.min(used, old.length - from);
+    meta.set(old.subarray(from, from + firstPart), 0);
+    if (firstPart < used) meta.set(old.subarray(0, used - firstPart), firstPart);
     this.#meta = meta;
     this.#first = 0;
   }
