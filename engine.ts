@@ -586,8 +586,10 @@ export class EngineCore extends Streams<EngineStream> {
       if (again) return this.#joinProxy(proxy, name, again);
       return false;
     }
-    // A stream without a header gave nothing yet: its position is the explicit first event.
-    if (!proxy.seen.has(name) && this.streams.get(name)?.listeners.has(proxy)) {
+    // A stream without a header gave nothing yet (or only a reset): its position is the
+    // explicit first event, as in memory.
+    const reset = proxy.resets.delete(name);
+    if ((reset || !proxy.seen.has(name)) && this.streams.get(name)?.listeners.has(proxy)) {
       proxy.put(buildEvent(this.codec, "header", { name }, null, at.seq, at.epoch, "join"));
     }
     return true;
@@ -711,6 +713,8 @@ export class PatternProxy implements Listener {
   readonly patterns: Map<string, object> = new Map();
   /** Streams it forwarded a first event of (and not yet an end). */
   readonly seen: Set<string> = new Set();
+  /** Streams whose last event forwarded is a reset (no header followed it yet). */
+  readonly resets: Set<string> = new Set();
   /** Streams announced as created while a join of them was in flight: their first position. */
   readonly again: Map<string, Position> = new Map();
   /**
@@ -749,6 +753,8 @@ export class PatternProxy implements Listener {
    */
   put(ev: StreamEvent): void {
     if (this.#core.listensByName(ev.stream, this.queue)) return;
+    if (ev.kind === "reset") this.resets.add(ev.stream);
+    else this.resets.delete(ev.stream);
     if (ev.kind === "end") {
       this.seen.delete(ev.stream);
       const again = this.again.get(ev.stream);

@@ -340,3 +340,37 @@ Deno.test("memory: requests after a pattern listen are answered after its ok, in
   assertEquals(answers, [[1, "ok", 20_000], [2, "ok", undefined], [3, "ok", undefined]]);
   await hub.close();
 });
+
+for (const kind of ["memory", "redis"] as const) {
+  Deno.test({
+    name: `${kind}: a pattern resume that gets a reset gets the stream's join frame after it`,
+    ignore: kind === "redis" && !hasRedis,
+    fn: async () => {
+      await using redis = kind === "redis" ? await RedisProcess.start() : undefined;
+      const prefix = `p${crypto.randomUUID().slice(0, 8)}:`;
+      const hub = () =>
+        new MessageStream(redis ? { engine: new RedisEngine({ url: redis.url, prefix }) } : {});
+      const a = hub();
+      const b = redis ? hub() : a;
+      try {
+        await a.put("jobs.1", 1);
+        const first = await a.stat("jobs.1");
+        await a.delete("jobs.1");
+        const again = await a.put("jobs.1", 2);
+        const inbox = new Inbox();
+        await b.listen({ pattern: "jobs.*" }, inbox, {
+          since: { "jobs.1": { epoch: first!.epoch, seq: 1 } },
+        });
+        const got = await collect(inbox, 2);
+        assertEquals(got.map(brief), [
+          'jobs.1 reset {"reason":"epoch_changed"} 1',
+          "jobs.1 header null 1",
+        ]);
+        assertEquals(got.map((e) => e.epoch), [again.epoch, again.epoch]);
+      } finally {
+        await a.close();
+        if (b !== a) await b.close();
+      }
+    },
+  });
+}
