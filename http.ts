@@ -776,7 +776,13 @@ class HttpDoor {
         throw new HttpError(400, "invalid_since", 'A resume position must be "<epoch>:<seq>"');
       }
     }
-    return this.#sse.open(name, since);
+    // ?create=false: a stream that does not exist (deleted while the client was away) ends the
+    // response instead of being made anew.
+    const create = url.searchParams.get("create");
+    if (create !== null && create !== "true" && create !== "false") {
+      throw new HttpError(400, "invalid_frame", 'Query "create" must be "true" or "false"');
+    }
+    return this.#sse.open(name, since, create !== "false");
   }
 
   #websocket(req: Request): Response {

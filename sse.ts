@@ -52,6 +52,7 @@ import { concat } from "@std/bytes/concat";
 import { CONNECTION_SHARE } from "./budget.ts";
 import type { Metrics } from "./metrics.ts";
 import type { Listener, MessageStream, Position, StreamEvent } from "./mod.ts";
+import { StreamNotFoundError } from "./core.ts";
 
 const encoder = new TextEncoder();
 const HEARTBEAT = encoder.encode(": hb\n\n");
@@ -147,10 +148,12 @@ export class SseDoor {
    *
    * @param stream The stream.
    * @param since Where the client is (its `Last-Event-ID`), if it resumes.
+   * @param create With `false`, a stream that does not exist is not made anew: the response
+   * is `event: end` alone (its id ends in `:end`, so `EventSource`'s reconnect gets 204).
    * @returns The `text/event-stream` response, once the hub has joined it.
    * @throws {Error} What the hub's `listen` throws (e.g. `EngineUnavailableError`).
    */
-  async open(stream: string, since: Position | undefined): Promise<Response> {
+  async open(stream: string, since: Position | undefined, create = true): Promise<Response> {
     const conn = new SseConnection(this, this.#preamble);
     this.#conns.add(conn);
     this.metrics.opened("sse");
@@ -161,9 +164,10 @@ export class SseDoor {
     if (since) conn.resuming(since.seq);
     let at: Position;
     try {
-      at = await this.hub.listen(stream, conn, since ? { since } : {});
+      at = await this.hub.listen(stream, conn, { ...(since ? { since } : {}), create });
     } catch (e) {
       conn.cut();
+      if (e instanceof StreamNotFoundError) return this.#ended(since);
       throw e;
     }
     conn.resumed();
@@ -266,6 +270,21 @@ export class SseDoor {
     });
     if (/[\r\n]/.test(data)) data = data.split(/\r\n|\r|\n/).join("\ndata: ");
     return encoder.encode(`event: reset\ndata: ${data}\n\n`);
+  }
+
+  /**
+   * The answer to a listen with `create: false` of a stream that does not exist: `event: end`
+   * at the client's position, then the end of the response.
+   */
+  #ended(since: Position | undefined): Response {
+    const id = `${since ? `${since.epoch}:${since.seq}` : ""}:end`;
+    const body = concat([this.#preamble, encoder.encode(`id: ${id}\nevent: end\ndata: null\n\n`)]);
+    return new Response(body as Uint8Array<ArrayBuffer>, {
+      headers: {
+        "content-type": "text/event-stream; charset=utf-8",
+        "cache-control": "no-cache",
+      },
+    });
   }
 
   /**
