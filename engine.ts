@@ -549,15 +549,17 @@ export class EngineCore extends Streams<EngineStream> {
   /**
    * Joins a pattern proxy to one stream (once), only if the stream exists: one listed or
    * announced may be deleted before its turn, and must not be made anew by the join. Returns
-   * whether the stream exists.
+   * whether the stream exists. `notice`: `since` is a creation notice's first position (not
+   * the listener's).
    */
   async #joinProxy(
     proxy: PatternProxy,
     name: string,
     since: Position | undefined,
+    notice = false,
   ): Promise<boolean> {
     const state = this.streams.get(name);
-    if (state?.pending?.has(proxy) && since?.seq === 0) {
+    if (state?.pending?.has(proxy) && notice && since) {
       // Announced while its join is in flight: if that join finds it absent, join it again.
       proxy.again.set(name, since);
       return true;
@@ -573,7 +575,14 @@ export class EngineCore extends Streams<EngineStream> {
     // Resuming: what is missed comes as a replay (or a reset), no header is made up.
     const resuming = since !== undefined && since.seq > 0 && !proxy.seen.has(name);
     if (resuming) proxy.seen.add(name);
-    const at = await this.listen(name, proxy, since, true);
+    const announced = notice && !proxy.seen.has(name);
+    if (announced) proxy.announced.add(name);
+    let at: Position;
+    try {
+      at = await this.listen(name, proxy, since, true);
+    } finally {
+      if (announced) proxy.announced.delete(name);
+    }
     const again = proxy.again.get(name);
     // Announced anew and the join found that stream, or none: nothing is left to do later.
     // Else the join found the older stream, whose end is on its way (see PatternProxy.put).
@@ -583,7 +592,7 @@ export class EngineCore extends Streams<EngineStream> {
       // when it was made anew).
       if (resuming) proxy.seen.delete(name);
       // Made anew after the join looked: follow the new stream from its start.
-      if (again) return this.#joinProxy(proxy, name, again);
+      if (again) return this.#joinProxy(proxy, name, again, true);
       return false;
     }
     // A stream without a header gave nothing yet (or only a reset): its position is the
@@ -605,7 +614,7 @@ export class EngineCore extends Streams<EngineStream> {
    */
   rejoinAnnounced(proxy: PatternProxy, name: string, first: Position): void {
     if (this.#proxies.get(proxy.queue) !== proxy || !proxy.matches(name)) return;
-    this.#joinProxy(proxy, name, first).catch(() => {
+    this.#joinProxy(proxy, name, first, true).catch(() => {
       // Unreachable: the engine calls lost() when it is back, and the rescan finds it.
     });
   }
@@ -614,7 +623,7 @@ export class EngineCore extends Streams<EngineStream> {
   #created(stream: string, epoch: string): void {
     for (const proxy of this.#proxies.values()) {
       if (!proxy.matches(stream)) continue;
-      this.#joinProxy(proxy, stream, { epoch, seq: 0 }).catch(() => {
+      this.#joinProxy(proxy, stream, { epoch, seq: 0 }, true).catch(() => {
         // Unreachable: the engine calls lost() when it is back, and the rescan finds it.
       });
     }
@@ -713,6 +722,8 @@ export class PatternProxy implements Listener {
   readonly patterns: Map<string, object> = new Map();
   /** Streams it forwarded a first event of (and not yet an end). */
   readonly seen: Set<string> = new Set();
+  /** Streams being joined from a creation notice (their first position is the notice's). */
+  readonly announced: Set<string> = new Set();
   /** Streams whose last event forwarded is a reset (no header followed it yet). */
   readonly resets: Set<string> = new Set();
   /** Streams announced as created while a join of them was in flight: their first position. */
@@ -753,8 +764,12 @@ export class PatternProxy implements Listener {
    */
   put(ev: StreamEvent): void {
     if (this.#core.listensByName(ev.stream, this.queue)) return;
-    if (ev.kind === "reset") this.resets.add(ev.stream);
-    else this.resets.delete(ev.stream);
+    if (ev.kind === "reset") {
+      this.resets.add(ev.stream);
+      // Joining a stream announced as created: the queue never had a position in it, so a
+      // reset (it went and came back meanwhile) says nothing; its join frame follows.
+      if (this.announced.has(ev.stream) && !this.seen.has(ev.stream)) return;
+    } else this.resets.delete(ev.stream);
     if (ev.kind === "end") {
       this.seen.delete(ev.stream);
       const again = this.again.get(ev.stream);

@@ -374,3 +374,43 @@ for (const kind of ["memory", "redis"] as const) {
     },
   });
 }
+
+Deno.test({
+  name: "redis: a stream announced, then made anew before its join, starts with its join frame",
+  ignore: !hasRedis,
+  fn: async () => {
+    await using redis = await RedisProcess.start();
+    const prefix = `p${crypto.randomUUID().slice(0, 8)}:`;
+    const a = new MessageStream({ engine: new RedisEngine({ url: redis.url, prefix }) });
+    let first: Promise<void> | undefined;
+    // Node B hears that jobs.x was made; before it joins it, A deletes it and makes it anew (B
+    // hears of the new one after it began to join the first).
+    class Late extends RedisEngine {
+      override watchCreated(onCreated: (stream: string, epoch: string) => void): Promise<void> {
+        return super.watchCreated((stream, epoch) => {
+          if (stream !== "jobs.x") return onCreated(stream, epoch);
+          if (first) return void first.then(() => onCreated(stream, epoch));
+          first = (async () => {
+            await a.delete("jobs.x");
+            await a.put("jobs.x", 2);
+            onCreated(stream, epoch);
+          })();
+        });
+      }
+    }
+    const b = new MessageStream({ engine: new Late({ url: redis.url, prefix }) });
+    try {
+      const inbox = new Inbox();
+      await b.listen({ pattern: "jobs.*" }, inbox);
+      await a.put("jobs.x", 1);
+      const joined = await collect(inbox, 1);
+      await a.put("jobs.x", 3);
+      const got = [...joined, ...await collect(inbox, 1)];
+      // No reset: the listener never had a position in the stream that went.
+      assertEquals(got.map(brief), ["jobs.x header null 1", "jobs.x put 3 2"]);
+    } finally {
+      await b.close();
+      await a.close();
+    }
+  },
+});
