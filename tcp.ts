@@ -108,8 +108,13 @@ export interface TcpOptions {
   log?: Log | undefined;
 }
 
-/** The smallest and largest read buffer of one connection (it grows on full reads, shrinks when idle). */
-const READ_MIN = 256;
+/**
+ * A connection's first read buffer (small: most connections only listen), the smallest it
+ * shrinks back to once it has grown, and the largest (it grows on full reads, shrinks when its
+ * reads stay small). A floor below 1 KiB cost a publisher of small bursts reads of a line or two.
+ */
+const READ_FIRST = 256;
+const READ_MIN = 1024;
 const READ_MAX = 64 * 1024;
 /** Queued chunks smaller than this are joined into one write. */
 const JOIN_BELOW = 4096;
@@ -727,7 +732,7 @@ class Connection implements Transport {
     const metrics = this.#door.metrics;
     const framer = new LineFramer({ maxLineBytes: this.#door.maxLineBytes });
     const session = this.session;
-    let buf = new Uint8Array(READ_MIN);
+    let buf = new Uint8Array(READ_FIRST);
     let quiet = 0; // consecutive small reads
     try {
       while (!session.closed) {
