@@ -237,6 +237,29 @@ type HttpErrorCode =
 
 const JSON_TYPE = "application/json; charset=utf-8";
 
+/**
+ * A query parameter, decoded strictly (`+` is a space): `null` when absent. `URLSearchParams`
+ * reads bytes that are not UTF-8 (e.g. `%ED%A0%80`, what a lone surrogate would be) as U+FFFD,
+ * which would follow a name or pattern nobody asked for.
+ *
+ * @throws {URIError} When the value is not valid percent-encoded UTF-8.
+ */
+function strictParam(url: URL, key: string): string | null {
+  for (const part of url.search.slice(1).split("&")) {
+    const eq = part.indexOf("=");
+    const name = eq < 0 ? part : part.slice(0, eq);
+    let decoded: string;
+    try {
+      decoded = decodeURIComponent(name.replaceAll("+", " "));
+    } catch {
+      continue; // another parameter's malformed name: not this one
+    }
+    if (decoded !== key) continue;
+    return eq < 0 ? "" : decodeURIComponent(part.slice(eq + 1).replaceAll("+", " "));
+  }
+  return null;
+}
+
 /** Measures each stream's message rate from seq samples taken when the list is asked for. */
 class RateMeter {
   readonly #window: number;
@@ -748,7 +771,12 @@ class HttpDoor {
 
   /** `GET /sse?pattern=P`: every stream P matches, as Server-Sent Events (see sse.ts). */
   #servePattern(req: Request, url: URL): Promise<Response> {
-    const pattern = url.searchParams.get("pattern") ?? "";
+    let pattern: string;
+    try {
+      pattern = strictParam(url, "pattern") ?? "";
+    } catch {
+      throw new HttpError(400, "invalid_pattern", 'Query "pattern" is not valid percent-encoding');
+    }
     const max = this.hub.maxStreamNameLength;
     if (pattern.length === 0 || pattern.length > max || !pattern.isWellFormed()) {
       throw new HttpError(

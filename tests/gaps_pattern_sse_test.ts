@@ -62,3 +62,23 @@ Deno.test("a reconnected pattern EventSource gets a reset per stream before its 
     es.close();
   }
 });
+
+Deno.test("GET /sse?pattern= refuses a pattern that is not valid percent-encoded UTF-8", async () => {
+  await using server = serve({ port: 0, http: { port: 0 }, logLevel: "silent" });
+  const base = `http://127.0.0.1:${(server.http!.addr as Deno.NetAddr).port}`;
+  // "x" and the bytes a lone surrogate (U+D800) would have: no UTF-8 form. The query parser
+  // reads them as U+FFFD, and the server followed "x\ufffd", a pattern nobody asked for.
+  for (const raw of ["x%ED%A0%80", "x%ff", "x%E2%82"]) {
+    const res = await fetch(`${base}/sse?pattern=${raw}`, {
+      headers: { accept: "text/event-stream" },
+    });
+    assertEquals(res.status, 400, raw);
+    assertEquals((await res.json()).code, "invalid_pattern", raw);
+  }
+  // Valid percent-encoding (and + for a space) still works.
+  const res = await fetch(`${base}/sse?pattern=${encodeURIComponent("jobs é*")}`, {
+    headers: { accept: "text/event-stream" },
+  });
+  assertEquals(res.status, 200);
+  await res.body!.cancel();
+});
