@@ -559,8 +559,14 @@ export class EngineCore extends Streams<EngineStream> {
     notice = false,
   ): Promise<boolean> {
     const state = this.streams.get(name);
-    if (state?.pending?.has(proxy) && notice && since) {
+    if (notice && since && state?.pending?.has(proxy)) {
       // Announced while its join is in flight: if that join finds it absent, join it again.
+      proxy.again.set(name, since);
+      return true;
+    }
+    if (notice && since && state?.listeners.has(proxy) && state.epoch !== since.epoch) {
+      // Announced anew before the end of the one followed reached this node (its events may
+      // wait behind a snapshot; notices do not): join the new one after that end.
       proxy.again.set(name, since);
       return true;
     }
