@@ -54,6 +54,7 @@ export type ErrorCode =
 const PLAIN_PUT = '{"action":"put","stream":"';
 const PLAIN_MESSAGE = '","message":"';
 /** A backslash (an escape) or a control character: a line the plain-put scan leaves alone. */
+// deno-lint-ignore no-control-regex -- control characters are what it looks for
 const NOT_PLAIN = /[\\\x00-\x1f]/;
 
 /**
