@@ -188,6 +188,8 @@ export class Session implements Listener {
    * `error` not about a stream) carry `"stream": null`.
    */
   live = false;
+  /** Failed `hello`s on this connection (see {@linkcode MAX_FAILED_HELLOS}). */
+  #failedHellos = 0;
 
   /**
    * Creates a session.
@@ -520,12 +522,16 @@ export class Session implements Listener {
       // A failed hello drops any earlier grant: the connection is unauthorized again.
       this.#grant = grant;
       if (!grant) {
-        throw new ProtocolError(
-          "unauthorized",
-          typeof token === "string" && token !== ""
-            ? "Invalid token"
-            : 'A token is required: send "hello" with "token"',
-        );
+        const why = typeof token === "string" && token !== ""
+          ? "Invalid token"
+          : 'A token is required: send "hello" with "token"';
+        // Guessing is bounded: the connection goes after MAX_FAILED_HELLOS failures.
+        if (++this.#failedHellos >= MAX_FAILED_HELLOS) {
+          this.error("unauthorized", `${why}: ${MAX_FAILED_HELLOS} failed hellos, closing`, id);
+          this.close();
+          return;
+        }
+        throw new ProtocolError("unauthorized", why);
       }
     }
     if (id !== undefined) this.send({ action: "ok", id, version: PROTOCOL_VERSION });
@@ -738,4 +744,10 @@ function parseSince(since: unknown, stream: string): Position {
 }
 
 /** The protocol version this implementation speaks, sent in `ok` to `hello`. */
+/**
+ * How many failed `hello`s a connection may send: the last is answered `unauthorized` and the
+ * connection is closed, so one connection cannot guess tokens at the speed of the loop.
+ */
+export const MAX_FAILED_HELLOS = 16;
+
 export const PROTOCOL_VERSION = 1;
