@@ -743,11 +743,11 @@ function parseSince(since: unknown, stream: string): Position {
   return { epoch: s.epoch, seq: s.seq };
 }
 
-/** The protocol version this implementation speaks, sent in `ok` to `hello`. */
 /**
  * How many failed `hello`s a connection may send: the last is answered `unauthorized` and the
  * connection is closed, so one connection cannot guess tokens at the speed of the loop.
  */
 export const MAX_FAILED_HELLOS = 16;
 
+/** The protocol version this implementation speaks, sent in `ok` to `hello`. */
 export const PROTOCOL_VERSION = 1;
