@@ -48,12 +48,10 @@
  */
 
 /// <reference types="./std_types.d.ts" />
-import { concat } from "@std/bytes/concat";
 import type { MessageStream, Position } from "./mod.ts";
-import type { ErrorCode } from "./protocol.ts";
 import { Auth, forbidden, forbiddenPattern, type Grant, type Right, type Token } from "./auth.ts";
 import { Metrics, prometheus } from "./metrics.ts";
-import { type Limit, LimitExceededError } from "./budget.ts";
+import { LimitExceededError } from "./budget.ts";
 import { DEFAULT_HTTP_PORT, intOption, parsePosition, waitAtMost } from "./options.ts";
 import { AllowedHosts } from "./hosts.ts";
 import { statusPage } from "./page.ts";
@@ -61,6 +59,17 @@ import { checkPattern } from "./pattern.ts";
 import { pickNamesPausing } from "./listing.ts";
 import { isEndId, SseDoor } from "./sse.ts";
 import { WsDoor } from "./ws.ts";
+import {
+  allow,
+  engineNames,
+  HttpError,
+  json,
+  JSON_TYPE,
+  LIMIT_STATUS,
+  RateMeter,
+  readBody,
+  strictParam,
+} from "./rest.ts";
 
 export { Metrics } from "./metrics.ts";
 export type { Door } from "./metrics.ts";
@@ -221,106 +230,6 @@ export interface MessageHttpServer extends AsyncDisposable {
    * Safe to call more than once.
    */
   shutdown(): Promise<void>;
-}
-
-/** Error codes of the HTTP door beyond the wire protocol's. */
-type HttpErrorCode =
-  | ErrorCode
-  | "not_found"
-  | "method_not_allowed"
-  | "payload_too_large"
-  | "unsupported_media_type"
-  | "upgrade_required"
-  | "shutting_down"
-  | "invalid_limit"
-  | "host_not_allowed";
-
-const JSON_TYPE = "application/json; charset=utf-8";
-
-/**
- * A query parameter, decoded strictly (`+` is a space): `null` when absent. `URLSearchParams`
- * reads bytes that are not UTF-8 (e.g. `%ED%A0%80`, what a lone surrogate would be) as U+FFFD,
- * which would follow a name or pattern nobody asked for.
- *
- * @throws {URIError} When the value is not valid percent-encoded UTF-8.
- */
-function strictParam(url: URL, key: string): string | null {
-  for (const part of url.search.slice(1).split("&")) {
-    const eq = part.indexOf("=");
-    const name = eq < 0 ? part : part.slice(0, eq);
-    let decoded: string;
-    try {
-      decoded = decodeURIComponent(name.replaceAll("+", " "));
-    } catch {
-      continue; // another parameter's malformed name: not this one
-    }
-    if (decoded !== key) continue;
-    return eq < 0 ? "" : decodeURIComponent(part.slice(eq + 1).replaceAll("+", " "));
-  }
-  return null;
-}
-
-/** Measures each stream's message rate from seq samples taken when the list is asked for. */
-class RateMeter {
-  readonly #window: number;
-  #samples = new Map<string, { epoch: string; points: number[] }>();
-
-  constructor(window: number) {
-    this.#window = window;
-  }
-
-  rate(name: string, epoch: string, seq: number, now: number): number {
-    let s = this.#samples.get(name);
-    if (!s || s.epoch !== epoch) {
-      s = { epoch, points: [] };
-      this.#samples.set(name, s);
-    }
-    const p = s.points; // flat [time, seq, time, seq, …], oldest first
-    if (p.length === 0 || now - (p[p.length - 2] as number) >= 200) p.push(now, seq);
-    // Keep the newest sample older than the window, so the rate spans the whole window.
-    while (p.length >= 4 && (p[2] as number) <= now - this.#window) p.splice(0, 2);
-    const t0 = p[0] as number;
-    const s0 = p[1] as number;
-    const dt = now - t0;
-    return dt >= 500 ? Math.max(0, seq - s0) * 1000 / dt : 0;
-  }
-
-  #sweep: Iterator<[string, { epoch: string; points: number[] }]> | undefined;
-
-  /**
-   * Forgets up to `count` samples, going round: those of streams gone and those not asked for
-   * over two windows (a bounded step per page, never a walk over every stream).
-   */
-  prune(count: number, now: number, exists: (name: string) => boolean): void {
-    for (let i = 0; i < count && this.#samples.size > 0; i++) {
-      this.#sweep ??= this.#samples.entries();
-      const next = this.#sweep.next();
-      if (next.done) {
-        this.#sweep = undefined;
-        continue;
-      }
-      const [name, s] = next.value;
-      const last = s.points[s.points.length - 2] ?? 0;
-      if (!exists(name) || last < now - 2 * this.#window) this.#samples.delete(name);
-    }
-  }
-}
-
-class HttpError extends Error {
-  readonly status: number;
-  readonly code: HttpErrorCode;
-  readonly headers: Record<string, string>;
-  constructor(
-    status: number,
-    code: HttpErrorCode,
-    message: string,
-    headers: Record<string, string> = {},
-  ) {
-    super(message);
-    this.status = status;
-    this.code = code;
-    this.headers = headers;
-  }
 }
 
 /** The door's state: routes requests, tracks SSE responses and WebSockets. */
@@ -675,7 +584,7 @@ class HttpDoor {
     const grant = this.#grant(req, url);
     if (method === "POST") {
       this.#permit(grant, "publish", name);
-      const message = await this.#body(req);
+      const message = await readBody(req, this.maxBody, this.metrics, this.hub.codec);
       const { seq, epoch } = await this.hub.put(name, message);
       return json(200, { seq, epoch });
     }
@@ -705,7 +614,7 @@ class HttpDoor {
     const grant = this.#grant(req, url);
     if (method === "PUT") {
       this.#permit(grant, "publish", name);
-      await this.hub.header(name, await this.#body(req));
+      await this.hub.header(name, await readBody(req, this.maxBody, this.metrics, this.hub.codec));
       return new Response(null, { status: 204 });
     }
     if (method === "DELETE") {
@@ -719,54 +628,6 @@ class HttpDoor {
     return new Response(this.hub.codec.encode(header), {
       headers: { "content-type": JSON_TYPE },
     });
-  }
-
-  async #body(req: Request): Promise<unknown> {
-    // A JSON type is required, never assumed: a cross-site page can send a body without one
-    // (a Blob in a no-cors fetch) but cannot send application/json without a CORS preflight.
-    const type = req.headers.get("content-type");
-    const mime = type === null ? "" : (type.split(";")[0] as string).trim().toLowerCase();
-    if (mime !== "application/json" && !mime.endsWith("+json")) {
-      throw new HttpError(
-        415,
-        "unsupported_media_type",
-        type === null
-          ? "Content-Type must be application/json, got none"
-          : `Content-Type must be application/json, got "${type.slice(0, 100)}"`,
-      );
-    }
-    const max = this.maxBody;
-    const tooLarge = () => new HttpError(413, "payload_too_large", `Body larger than ${max} bytes`);
-    const length = req.headers.get("content-length");
-    if (length !== null && Number(length) > max) throw tooLarge();
-    const chunks: Uint8Array[] = [];
-    let size = 0;
-    if (req.body) {
-      const reader = req.body.getReader();
-      for (;;) {
-        const { done, value } = await reader.read();
-        if (done) break;
-        size += value.byteLength;
-        if (size > max) {
-          await reader.cancel();
-          throw tooLarge();
-        }
-        chunks.push(value);
-      }
-    }
-    this.metrics.bytesIn += size;
-    if (size === 0) throw new HttpError(400, "missing_message", "The body must be the message");
-    let text: string;
-    try {
-      text = new TextDecoder("utf-8", { fatal: true }).decode(concat(chunks));
-    } catch {
-      throw new HttpError(400, "invalid_utf8", "Body is not valid UTF-8");
-    }
-    try {
-      return this.hub.codec.decode(text);
-    } catch (e) {
-      throw new HttpError(400, "invalid_json", `Cannot decode body: ${(e as Error).message}`);
-    }
   }
 
   /** `GET /sse?pattern=P`: every stream P matches, as Server-Sent Events (see sse.ts). */
@@ -850,45 +711,6 @@ class HttpDoor {
     this.#sse.cut();
     this.#ws.cut();
   }
-}
-
-/** Every name an engine lists, its pages joined. */
-async function engineNames(pages: AsyncIterable<string[]>): Promise<string[]> {
-  const out: string[] = [];
-  for await (const page of pages) out.push(...page);
-  return out;
-}
-
-function allow(method: string, methods: string[]): void {
-  // Wherever GET is, HEAD is too (RFC 9110, 9.3.2): it is answered as GET, without the body.
-  const all = methods.flatMap((m) => m === "GET" ? ["GET", "HEAD"] : [m]);
-  if (!all.includes(method)) {
-    throw new HttpError(
-      405,
-      "method_not_allowed",
-      `Method ${method} not allowed here: use ${all.join(", ")}`,
-      { allow: all.join(", ") },
-    );
-  }
-}
-
-/**
- * The REST status of each limit: 507 (Insufficient Storage) when the server is full, 413 for a
- * header too large, 429 for a client that follows too many streams.
- */
-const LIMIT_STATUS: Record<Limit, number> = {
-  max_memory: 507,
-  max_streams: 507,
-  max_header_bytes: 413,
-  max_listens: 429,
-  max_connections: 503,
-};
-
-function json(status: number, body: unknown): Response {
-  return new Response(JSON.stringify(body), {
-    status,
-    headers: { "content-type": JSON_TYPE },
-  });
 }
 
 /**
