@@ -28,8 +28,7 @@
  */
 
 /// <reference types="./std_types.d.ts" />
-import { concat } from "@std/bytes/concat";
-import { type Codec, defaultCodec, JsonCodec } from "./codec.ts";
+import { JsonCodec } from "./codec.ts";
 import { checkSince } from "./core.ts";
 import { buildEvent } from "./frame.ts";
 import {
@@ -37,7 +36,6 @@ import {
   type Listener,
   type ListenOptions,
   logListenerError,
-  MessageTooLargeError,
   type PatternJoin,
   type PatternListenOptions,
   type PatternTarget,
@@ -49,181 +47,30 @@ import {
 import { type ErrorCode, ProtocolError } from "./protocol.ts";
 import { readLines } from "./framer.ts";
 import { matchPattern, type PageOptions, type StreamListing, type StreamPage } from "./pattern.ts";
-import { DEFAULT_PORT, intOption, parseHostPort } from "./options.ts";
+import { DEFAULT_PORT, parseHostPort } from "./options.ts";
+import {
+  Backoff,
+  type ClientOptions,
+  connectHint,
+  type Followed,
+  type FollowedPattern,
+  isTransient,
+  LostConnection,
+  Outbox,
+  type PatternStreamSeen,
+  type RemoteStreamOptions,
+  resolveOptions,
+  type Status,
+  statusIterable,
+} from "./connection.ts";
 
 export { ProtocolError } from "./protocol.ts";
 export type { ErrorCode } from "./protocol.ts";
 export type { StreamListing, StreamPage } from "./pattern.ts";
+export type { RemoteStreamOptions, Status } from "./connection.ts";
 
 /** What {@linkcode RemoteStream.list} asks for: a pattern, a cursor and a page size. */
 export type ListOptions = Omit<PageOptions, "allow">;
-
-/**
- * A one-line hint for a failed first connection: what to fix for the TLS mistakes that otherwise
- * read as a closed connection or a rustls error name.
- */
-function connectHint(e: Error, tls: boolean): string {
-  const text = e.message;
-  if (text.includes("CaUsedAsEndEntity")) {
-    return " (the server's certificate is a CA certificate, which Deno refuses as a server's own:" +
-      " make one with tools/tls_recipe.sh, see docs/tls.md)";
-  }
-  if (text.includes("UnknownIssuer")) {
-    return " (trust the CA that signed the server's certificate: caCerts, or the CLI's --ca;" +
-      " see docs/tls.md)";
-  }
-  if (text.includes("NotValidForName") || text.includes("not valid for name")) {
-    return " (the server's certificate does not name this host: connect with a name it lists," +
-      " or remake it with tools/tls_recipe.sh DIR NAME; see docs/tls.md)";
-  }
-  if (tls && text.includes("InvalidContentType")) {
-    return " (the server does not speak TLS there: connect without TLS)";
-  }
-  if (!tls && text.includes("Connection closed before the server answered hello")) {
-    return " (a TLS server closes plain connections: connect with tls, the CLI's --tls or --ca)";
-  }
-  return "";
-}
-
-/** Options for {@linkcode RemoteStream.connect}. */
-export interface RemoteStreamOptions {
-  /**
-   * The server's host name or address.
-   *
-   * @default {"127.0.0.1"}
-   */
-  hostname?: string;
-  /**
-   * The server's port.
-   *
-   * @default {51932}
-   */
-  port?: number;
-  /**
-   * Encodes requests and decodes events; must match the server's.
-   *
-   * @default {defaultCodec}
-   */
-  codec?: Codec;
-  /** The secret sent in `hello`, for servers that require a token. */
-  token?: string;
-  /**
-   * Connect with TLS.
-   *
-   * @default {false}
-   */
-  tls?: boolean;
-  /** Extra CA certificates (PEM) to trust for TLS, e.g. a self-signed server's. */
-  caCerts?: string[];
-  /**
-   * Milliseconds to wait between reconnect attempts.
-   *
-   * @default {2000}
-   */
-  reconnectTimeWait?: number;
-  /**
-   * Up to this many milliseconds are added at random to each wait, so that many clients do not
-   * reconnect at once.
-   *
-   * @default {100}
-   */
-  reconnectJitter?: number;
-  /**
-   * Reconnect attempts after a connection drops before giving up (-1: never give up; 0: do
-   * not reconnect).
-   *
-   * @default {10}
-   */
-  maxReconnectAttempts?: number;
-  /**
-   * Milliseconds between pings that check the server is alive.
-   *
-   * @default {30000}
-   */
-  pingInterval?: number;
-  /**
-   * Pings left unanswered before the connection is taken as dead and reconnected.
-   *
-   * @default {2}
-   */
-  maxPingsOut?: number;
-  /**
-   * Most bytes of requests buffered while disconnected; requests beyond it fail at once
-   * with `not_connected`.
-   *
-   * @default {8388608}
-   */
-  maxPendingBytes?: number;
-  /**
-   * Longest frame accepted from the server, in bytes; a longer one is taken as a broken
-   * connection (it is dropped and reconnected). The default is the server's default
-   * `maxOutboundBytes`, which no frame from a server with default limits can exceed.
-   *
-   * @default {8388608}
-   */
-  maxLineBytes?: number;
-  /**
-   * Largest message `put` and `header` send, in bytes as the codec encodes it; a larger one is
-   * refused with {@linkcode MessageTooLargeError} before it is sent, as the hub refuses it,
-   * instead of a line the server cuts the connection for. The default is the server's default
-   * `--max-message-bytes`; a server with a smaller bound answers `message_too_large`.
-   *
-   * @default {1044480}
-   */
-  maxMessageBytes?: number;
-}
-
-/** A lifecycle change of a {@linkcode RemoteStream}. */
-export interface Status {
-  /** What happened. */
-  type: "connecting" | "connected" | "disconnected" | "reconnecting" | "closed";
-  /** The reconnect attempt (from 1), for `reconnecting`. */
-  attempt?: number;
-  /** Why, for `disconnected` and a `closed` that was not asked for. */
-  error?: Error;
-}
-
-/** What happens to a request that was written but not answered when the connection drops. */
-type OnLost =
-  | "retry" // idempotent (header, delete): sent again after the reconnect
-  | "reject" // not idempotent (put): fails with not_connected, never sent twice
-  | "drop"; // part of the connection (hello, listen): redone by the reconnect itself
-
-interface Pending {
-  resolve(frame: Record<string, unknown>): void;
-  reject(error: Error): void;
-  onLost: OnLost;
-  frame: Uint8Array;
-  written: boolean;
-}
-
-interface Followed {
-  queues: Set<Listener>;
-  /** The last header message seen, or undefined when none is set. */
-  header: unknown;
-  /** The last position delivered. */
-  position: Position | undefined;
-  /** `listen()` calls waiting for the server to confirm the upstream listen. */
-  waiters: PromiseWithResolvers<Position>[];
-  /** Listened with `create: false`: listening again never makes the stream anew. */
-  existing: boolean;
-}
-
-/** A pattern this client listens to upstream, and its local queues. */
-interface FollowedPattern {
-  pattern: string;
-  queues: Set<Listener>;
-  /** `listen()` calls waiting for the server to confirm the upstream listen. */
-  waiters: PromiseWithResolvers<PatternJoin>[];
-}
-
-/** What this client last saw of a stream it follows through a pattern. */
-interface PatternStreamSeen {
-  /** The last header message seen, or undefined when none is set. */
-  header: unknown;
-  /** The last position delivered. */
-  position: Position;
-}
 
 const encoder = new TextEncoder();
 
@@ -242,16 +89,12 @@ const encoder = new TextEncoder();
  * outage, and a `reset` event (then the header) when it does not.
  */
 export class RemoteStream implements Streamer, AsyncDisposable {
-  readonly #opts: Required<Omit<RemoteStreamOptions, "token" | "caCerts">> & {
-    token: string | undefined;
-    caCerts: string[] | undefined;
-  };
+  readonly #opts: ClientOptions;
   #conn: Deno.Conn | undefined;
-  #nextId = 1;
-  #pending = new Map<number, Pending>();
-  #outbox: Uint8Array[] = [];
-  #outboxBytes = 0;
-  #writing = false;
+  /** Requests, their answers and the write path (see connection.ts). */
+  readonly #wire: Outbox;
+  /** The reconnect loop and the listens asked for again later (see connection.ts). */
+  readonly #backoff: Backoff;
   #streams = new Map<string, Followed>();
   #patterns = new Map<string, FollowedPattern>();
   /** Streams seen through patterns: where each is, for resuming after a reconnect. */
@@ -261,10 +104,6 @@ export class RemoteStream implements Streamer, AsyncDisposable {
   #statusListeners = new Set<(s: Status) => void>();
   /** The `closed` status, once the client has closed: iterators made later get it and end. */
   #final: Status | undefined;
-  /** Listens asked for again later (see #later); cleared when the client closes. */
-  #retries = new Set<ReturnType<typeof setTimeout>>();
-  /** Wakes the reconnect loop from its backoff sleep (close() calls it). */
-  #wakeBackoff: (() => void) | undefined;
   #pingTimer: ReturnType<typeof setInterval> | undefined;
   #pingsOut = 0;
   #reconnecting: Promise<void> | undefined;
@@ -280,22 +119,9 @@ export class RemoteStream implements Streamer, AsyncDisposable {
   #draining = new Map<string, number>();
 
   private constructor(options: RemoteStreamOptions) {
-    this.#opts = {
-      hostname: options.hostname ?? "127.0.0.1",
-      port: options.port ?? DEFAULT_PORT,
-      codec: options.codec ?? defaultCodec,
-      token: options.token,
-      tls: options.tls ?? false,
-      caCerts: options.caCerts,
-      reconnectTimeWait: options.reconnectTimeWait ?? 2000,
-      reconnectJitter: options.reconnectJitter ?? 100,
-      maxReconnectAttempts: options.maxReconnectAttempts ?? 10,
-      pingInterval: options.pingInterval ?? 30_000,
-      maxPingsOut: options.maxPingsOut ?? 2,
-      maxPendingBytes: options.maxPendingBytes ?? 8 << 20,
-      maxLineBytes: intOption("maxLineBytes", options.maxLineBytes, 8 << 20, 1),
-      maxMessageBytes: intOption("maxMessageBytes", options.maxMessageBytes, (1 << 20) - 4096, 1),
-    };
+    this.#opts = resolveOptions(options);
+    this.#wire = new Outbox(this.#opts, () => this.#conn, () => this.#closing);
+    this.#backoff = new Backoff(this.#opts, () => this.#closing);
   }
 
   /**
@@ -353,11 +179,11 @@ export class RemoteStream implements Streamer, AsyncDisposable {
     // hello goes first, ahead of anything buffered while disconnected.
     const hello: Record<string, unknown> = { action: "hello", version: 1 };
     if (o.token !== undefined) hello.token = o.token;
-    const ready = this.#request(hello, "drop", true);
+    const ready = this.#wire.request(hello, "drop", true);
     // Listen again to what we follow, from where we are.
     for (const [stream, f] of this.#streams) this.#relisten(stream, f);
     for (const p of this.#patterns.values()) this.#relistenPattern(p);
-    this.#flush();
+    this.#wire.flush();
     this.#handshaking = true;
     // Pings run from the start: a server that accepts but never answers hello fails the
     // attempt after maxPingsOut unanswered pings instead of hanging it forever.
@@ -398,7 +224,7 @@ export class RemoteStream implements Streamer, AsyncDisposable {
     const frame: Record<string, unknown> = { action: "listen", stream };
     if (since) frame.since = { epoch: since.epoch, seq: since.seq };
     if (f.existing) frame.create = false;
-    this.#request(frame, "drop").then((ok) => {
+    this.#wire.request(frame, "drop").then((ok) => {
       const position = { epoch: ok.epoch as string, seq: ok.seq as number };
       f.position ??= position;
       for (const w of f.waiters.splice(0)) w.resolve(position);
@@ -407,7 +233,7 @@ export class RemoteStream implements Streamer, AsyncDisposable {
       if (f.waiters.length === 0 && isTransient(e)) {
         // Listening again after a reconnect while the server's engine or store is down: ask
         // again later rather than leave the local queues waiting for nothing.
-        return this.#later(() => {
+        return this.#backoff.later(() => {
           if (this.#streams.get(stream) === f) this.#relisten(stream, f);
         });
       }
@@ -433,30 +259,20 @@ export class RemoteStream implements Streamer, AsyncDisposable {
       if (matchPattern(p.pattern, stream)) (since ??= {})[stream] = seen.position;
     }
     if (since) frame.since = since;
-    this.#request(frame, "drop").then((ok) => {
+    this.#wire.request(frame, "drop").then((ok) => {
       const join = { pattern: p.pattern, streams: typeof ok.streams === "number" ? ok.streams : 0 };
       for (const w of p.waiters.splice(0)) w.resolve(join);
     }, (e: Error) => {
       if (e instanceof LostConnection) return; // the reconnect listens again
       if (p.waiters.length === 0 && isTransient(e)) {
         // As for a stream (see #relisten): the pattern is asked for again later.
-        return this.#later(() => {
+        return this.#backoff.later(() => {
           if (this.#patterns.get(p.pattern) === p) this.#relistenPattern(p);
         });
       }
       if (this.#patterns.get(p.pattern) === p) this.#patterns.delete(p.pattern);
       for (const w of p.waiters.splice(0)) w.reject(e);
     });
-  }
-
-  /** Runs `retry` after the reconnect wait, unless the client closes first. */
-  #later(retry: () => void): void {
-    const o = this.#opts;
-    const timer = setTimeout(() => {
-      this.#retries.delete(timer);
-      if (!this.#closing) retry();
-    }, o.reconnectTimeWait + Math.random() * o.reconnectJitter);
-    this.#retries.add(timer);
   }
 
   #ping(): void {
@@ -466,7 +282,7 @@ export class RemoteStream implements Streamer, AsyncDisposable {
       return;
     }
     this.#pingsOut++;
-    this.#send(encoder.encode('{"action":"ping"}\n'));
+    this.#wire.send(encoder.encode('{"action":"ping"}\n'));
   }
 
   /**
@@ -481,46 +297,7 @@ export class RemoteStream implements Streamer, AsyncDisposable {
    * ```
    */
   status(): AsyncIterable<Status> {
-    const listeners = this.#statusListeners;
-    const final = (): Status | undefined => this.#final;
-    return {
-      [Symbol.asyncIterator](): AsyncIterator<Status> {
-        const queue: Status[] = [];
-        const closedAlready = final();
-        if (closedAlready) {
-          // Taken after the client closed: the closed status, then the end.
-          queue.push(closedAlready);
-        }
-        let wake: (() => void) | undefined;
-        let done = false;
-        const listener = (s: Status) => {
-          if (queue.length < 1000) queue.push(s);
-          wake?.();
-        };
-        if (!closedAlready) listeners.add(listener);
-        const finish = () => {
-          done = true;
-          listeners.delete(listener);
-        };
-        return {
-          async next(): Promise<IteratorResult<Status>> {
-            while (queue.length === 0 && !done) {
-              await new Promise<void>((r) => wake = r);
-              wake = undefined;
-            }
-            const value = queue.shift();
-            if (value === undefined) return { done: true, value: undefined };
-            if (value.type === "closed") finish();
-            return { done: false, value };
-          },
-          return(): Promise<IteratorResult<Status>> {
-            finish();
-            wake?.();
-            return Promise.resolve({ done: true, value: undefined });
-          },
-        };
-      },
-    };
+    return statusIterable(this.#statusListeners, () => this.#final);
   }
 
   #emit(s: Status): void {
@@ -554,7 +331,7 @@ export class RemoteStream implements Streamer, AsyncDisposable {
           `a ${typeof message} is not a message`,
       );
     }
-    await this.#request({ action: "header", stream, message: message ?? null }, "retry");
+    await this.#wire.request({ action: "header", stream, message: message ?? null }, "retry");
   }
 
   /**
@@ -571,7 +348,7 @@ export class RemoteStream implements Streamer, AsyncDisposable {
       // As the hub refuses it: JSON has no form for it.
       throw new TypeError(`Cannot put on stream "${stream}": a ${typeof message} is not a message`);
     }
-    const ok = await this.#request({ action: "put", stream, message }, "reject");
+    const ok = await this.#wire.request({ action: "put", stream, message }, "reject");
     return { epoch: ok.epoch as string, seq: ok.seq as number };
   }
 
@@ -601,7 +378,7 @@ export class RemoteStream implements Streamer, AsyncDisposable {
     if (options?.pattern !== undefined) frame.pattern = options.pattern;
     if (options?.after !== undefined) frame.after = options.after;
     if (options?.limit !== undefined) frame.limit = options.limit;
-    const ok = await this.#request(frame, "retry");
+    const ok = await this.#wire.request(frame, "retry");
     return {
       streams: Array.isArray(ok.streams) ? ok.streams as StreamListing[] : [],
       next: typeof ok.next === "string" ? ok.next : null,
@@ -624,7 +401,7 @@ export class RemoteStream implements Streamer, AsyncDisposable {
    * ```
    */
   async stat(stream: string): Promise<StreamStat | undefined> {
-    const ok = await this.#request({ action: "stat", stream }, "retry");
+    const ok = await this.#wire.request({ action: "stat", stream }, "retry");
     const s = ok.stat as Omit<StreamStat, "stream"> | null | undefined;
     if (!s) return undefined;
     return {
@@ -643,7 +420,7 @@ export class RemoteStream implements Streamer, AsyncDisposable {
    * @throws {ProtocolError} When the server refuses or the connection is lost.
    */
   async delete(stream: string): Promise<void> {
-    await this.#request({ action: "delete", stream }, "retry");
+    await this.#wire.request({ action: "delete", stream }, "retry");
   }
 
   /**
@@ -823,7 +600,7 @@ export class RemoteStream implements Streamer, AsyncDisposable {
       // Until the server answers, frames of the stream already under way are the old
       // subscription's: a listen made meanwhile must not get them (see #onEvent).
       const frame: Record<string, unknown> = { action: "hangup", stream };
-      this.#request(frame, "drop").catch(() => {});
+      this.#wire.request(frame, "drop").catch(() => {});
       if (typeof frame.id === "number") {
         this.#hangups.set(frame.id, stream);
         this.#draining.set(stream, (this.#draining.get(stream) ?? 0) + 1);
@@ -840,7 +617,7 @@ export class RemoteStream implements Streamer, AsyncDisposable {
       if (!this.#patternMatched(stream)) this.#patternStreams.delete(stream);
     }
     if (this.#conn) {
-      this.#request({ action: "hangup", pattern: target.pattern }, "drop").catch(() => {});
+      this.#wire.request({ action: "hangup", pattern: target.pattern }, "drop").catch(() => {});
     }
   }
 
@@ -882,13 +659,12 @@ export class RemoteStream implements Streamer, AsyncDisposable {
     if (this.#closing) return void await this.#closed.promise;
     this.#closing = true;
     clearInterval(this.#pingTimer);
-    for (const timer of this.#retries) clearTimeout(timer);
-    this.#retries.clear();
-    this.#wakeBackoff?.();
+    this.#backoff.clearRetries();
+    this.#backoff.wake();
     const conn = this.#conn;
     if (conn) {
-      this.#send(encoder.encode('{"action":"close"}\n'));
-      await this.#drain();
+      this.#wire.send(encoder.encode('{"action":"close"}\n'));
+      await this.#wire.drain();
       try {
         conn.close();
       } catch { /* closed */ }
@@ -905,15 +681,11 @@ export class RemoteStream implements Streamer, AsyncDisposable {
 
   #finish(error: Error | undefined): void {
     this.#closing = true;
-    for (const timer of this.#retries) clearTimeout(timer);
-    this.#retries.clear();
+    this.#backoff.clearRetries();
     this.#conn = undefined;
     clearInterval(this.#pingTimer);
     const err = error ?? new ProtocolError("not_connected", "Client closed");
-    for (const p of this.#pending.values()) p.reject(err);
-    this.#pending.clear();
-    this.#outbox = [];
-    this.#outboxBytes = 0;
+    this.#wire.fail(err);
     for (const f of this.#streams.values()) {
       for (const w of f.waiters.splice(0)) w.reject(err);
       // Every listener hears that the stream stopped, and why when it was a failure (an Inbox's
@@ -930,99 +702,6 @@ export class RemoteStream implements Streamer, AsyncDisposable {
     this.#final = error ? { type: "closed", error } : { type: "closed" };
     this.#emit(this.#final);
     this.#closed.resolve(error);
-  }
-
-  /** Sends a request with an id; resolves with the `ok` frame. */
-  #request(
-    frame: Record<string, unknown>,
-    onLost: OnLost,
-    first = false,
-  ): Promise<Record<string, unknown>> {
-    if (this.#closing) {
-      return Promise.reject(new ProtocolError("not_connected", "Client closed"));
-    }
-    const id = this.#nextId++;
-    frame.id = id;
-    let bytes: Uint8Array;
-    try {
-      bytes = encoder.encode(this.#opts.codec.encode(frame) + "\n");
-    } catch (e) {
-      return Promise.reject(new TypeError(`Cannot encode request: ${(e as Error).message}`));
-    }
-    const limit = this.#opts.maxMessageBytes;
-    if (bytes.byteLength > limit && (frame.action === "put" || frame.action === "header")) {
-      // Refused here, as the hub refuses it, not sent as a line the server may cut us off for.
-      const size = encoder.encode(this.#opts.codec.encode(frame.message ?? null)).byteLength;
-      if (size > limit) {
-        return Promise.reject(new MessageTooLargeError(String(frame.stream), size, limit));
-      }
-    }
-    if (!this.#conn && this.#outboxBytes + bytes.byteLength > this.#opts.maxPendingBytes) {
-      return Promise.reject(
-        new ProtocolError("not_connected", "Not connected, and the pending request buffer is full"),
-      );
-    }
-    const { promise, resolve, reject } = Promise.withResolvers<Record<string, unknown>>();
-    this.#pending.set(id, { resolve, reject, onLost, frame: bytes, written: false });
-    if (first) {
-      this.#outbox.unshift(bytes);
-      this.#outboxBytes += bytes.byteLength;
-    } else {
-      this.#send(bytes);
-    }
-    return promise;
-  }
-
-  #send(bytes: Uint8Array): void {
-    this.#outbox.push(bytes);
-    this.#outboxBytes += bytes.byteLength;
-    if (this.#conn && !this.#writing) {
-      this.#writing = true;
-      queueMicrotask(this.#flushNow);
-    }
-  }
-
-  #flush(): void {
-    if (this.#conn && !this.#writing && this.#outbox.length > 0) {
-      this.#writing = true;
-      queueMicrotask(this.#flushNow);
-    }
-  }
-
-  #drained: PromiseWithResolvers<void> | undefined;
-
-  #drain(): Promise<void> {
-    if (!this.#writing && this.#outbox.length === 0) return Promise.resolve();
-    this.#drained ??= Promise.withResolvers();
-    return this.#drained.promise;
-  }
-
-  #flushNow = async (): Promise<void> => {
-    const conn = this.#conn;
-    try {
-      while (conn && this.#conn === conn && this.#outbox.length > 0) {
-        const chunks = this.#outbox;
-        this.#outbox = [];
-        this.#outboxBytes = 0;
-        const buf = chunks.length === 1 ? chunks[0] as Uint8Array : concat(chunks);
-        this.#markWritten(chunks);
-        let off = 0;
-        while (off < buf.byteLength) off += await conn.write(buf.subarray(off));
-      }
-    } catch {
-      // The reader sees the failure too and reconnects.
-    }
-    this.#writing = false;
-    if (this.#outbox.length === 0 || !this.#conn) {
-      this.#drained?.resolve();
-      this.#drained = undefined;
-    }
-  };
-
-  #markWritten(chunks: Uint8Array[]): void {
-    if (this.#pending.size === 0) return;
-    const set = new Set(chunks);
-    for (const p of this.#pending.values()) if (set.has(p.frame)) p.written = true;
   }
 
   async #read(conn: Deno.Conn): Promise<void> {
@@ -1071,11 +750,7 @@ export class RemoteStream implements Streamer, AsyncDisposable {
         return this.#onEvent(stream, "reset", f);
       case "ok": {
         this.#answered(f.id);
-        const p = this.#pending.get(f.id as number);
-        if (p) {
-          this.#pending.delete(f.id as number);
-          p.resolve(f);
-        }
+        this.#wire.take(f.id)?.resolve(f);
         return;
       }
       case "error": {
@@ -1085,9 +760,8 @@ export class RemoteStream implements Streamer, AsyncDisposable {
           typeof stream === "string" ? stream : undefined,
         );
         if (f.id !== undefined) this.#answered(f.id);
-        const p = f.id === undefined ? undefined : this.#pending.get(f.id as number);
+        const p = f.id === undefined ? undefined : this.#wire.take(f.id);
         if (p) {
-          this.#pending.delete(f.id as number);
           p.reject(err);
         } else if (err.code === "slow_consumer") {
           this.#lost(err);
@@ -1095,7 +769,7 @@ export class RemoteStream implements Streamer, AsyncDisposable {
         return;
       }
       case "ping":
-        this.#send(encoder.encode('{"action":"pong"}\n'));
+        this.#wire.send(encoder.encode('{"action":"pong"}\n'));
         return;
       case "close":
         // The server is shutting down: reconnect (a restart) unless we are closing.
@@ -1192,62 +866,15 @@ export class RemoteStream implements Streamer, AsyncDisposable {
     this.#hangups.clear();
     this.#draining.clear();
     if (!handshaking) this.#emit({ type: "disconnected", error });
-    // Unanswered requests: resend what is safe to, fail what is ambiguous, and leave hello and
-    // listens to the reconnect. Frames that need no answer (hangup, ping) are not kept: the
-    // reconnect listens only to what is still followed.
-    const keep: Uint8Array[] = [];
-    for (const [id, p] of this.#pending) {
-      if (p.onLost === "drop") {
-        this.#pending.delete(id);
-        p.reject(new LostConnection(undefined, { cause: error }));
-      } else if (!p.written || p.onLost === "retry") {
-        p.written = false;
-        keep.push(p.frame);
-      } else {
-        this.#pending.delete(id);
-        p.reject(
-          new ProtocolError(
-            "not_connected",
-            "Connection lost before the server answered: the put may or may not have been applied",
-            undefined,
-            { cause: error },
-          ),
-        );
-      }
+    this.#wire.lost(error);
+    if (!handshaking) {
+      this.#reconnecting = this.#backoff.reconnect(
+        error,
+        () => this.#connect(),
+        (st) => this.#emit(st),
+        (e) => this.#finish(e),
+      );
     }
-    this.#outbox = keep;
-    this.#outboxBytes = keep.reduce((n, b) => n + b.byteLength, 0);
-    if (!handshaking) this.#reconnecting = this.#reconnect(error);
-  }
-
-  async #reconnect(lastError: Error): Promise<void> {
-    const o = this.#opts;
-    for (
-      let attempt = 1;
-      o.maxReconnectAttempts < 0 || attempt <= o.maxReconnectAttempts;
-      attempt++
-    ) {
-      const wait = o.reconnectTimeWait + Math.random() * o.reconnectJitter;
-      // close() cuts the sleep short.
-      await new Promise<void>((resolve) => {
-        const timer = setTimeout(() => this.#wakeBackoff?.(), wait);
-        this.#wakeBackoff = () => {
-          clearTimeout(timer);
-          this.#wakeBackoff = undefined;
-          resolve();
-        };
-      });
-      if (this.#closing) return;
-      this.#emit({ type: "reconnecting", attempt });
-      try {
-        await this.#connect();
-        return;
-      } catch (e) {
-        lastError = e as Error;
-        if (e instanceof ProtocolError && e.code === "unauthorized") break;
-      }
-    }
-    if (!this.#closing) this.#finish(lastError);
   }
 }
 
@@ -1256,13 +883,4 @@ function closeQuietly(q: Listener, reason: Error | undefined): void {
   try {
     q.close?.(reason);
   } catch { /* a broken listener must not stop the others hearing */ }
-}
-
-/** A connection-bound request ended with its connection; the reconnect redoes it. */
-class LostConnection extends Error {}
-
-/** Whether a refusal passes: the server's engine or store is down for now. */
-function isTransient(e: Error): boolean {
-  return e instanceof ProtocolError &&
-    (e.code === "engine_unavailable" || e.code === "storage_unavailable");
 }
