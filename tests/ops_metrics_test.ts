@@ -51,7 +51,7 @@ async function healthz(port: number): Promise<[number, unknown]> {
 
 Deno.test("ERROR_CODES lists every code of the wire protocol and of the HTTP door", async () => {
   const wire = await unionOf("protocol.ts", "ErrorCode");
-  const http = await unionOf("http.ts", "HttpErrorCode");
+  const http = await unionOf("rest.ts", "HttpErrorCode");
   assertEquals(wire.length > 10, true, `parsed ${wire.join(", ")}`);
   assertEquals(
     [...new Set([...wire, ...http, "descriptors_exhausted"])].sort(),
