@@ -105,7 +105,7 @@ export interface PollOptions {
  * Checks `test` until it holds: for a state no event announces (e.g. a server's count of open
  * connections). Prefer awaiting an event where there is one.
  *
- * @param test The condition.
+ * @param test The condition (it may answer asynchronously).
  * @param what What is awaited, for the error.
  * @param options The deadline and the interval.
  * @returns When `test()` holds.
@@ -122,13 +122,13 @@ export interface PollOptions {
  * ```
  */
 export async function poll(
-  test: () => boolean,
+  test: () => boolean | Promise<boolean>,
   what: What,
   options: PollOptions = {},
 ): Promise<void> {
   const { ms = TIMEOUT, interval = 5 } = options;
   const end = performance.now() + ms;
-  while (!test()) {
+  while (!(await test())) {
     if (performance.now() >= end) throw new TimeoutError(describe(what), ms);
     await new Promise((r) => setTimeout(r, interval));
   }
@@ -171,7 +171,7 @@ export class Signal {
   /**
    * Waits until `test()` holds, checking at once and after every notification.
    *
-   * @param test The condition.
+   * @param test The condition (it may answer asynchronously).
    * @param what What is awaited, for the error.
    * @param ms The deadline in milliseconds.
    * @returns When `test()` holds.

@@ -15,16 +15,7 @@ import { TcpProxy } from "./_proxy.ts";
 import { connectRaw } from "./_raw_client.ts";
 import { hasRedis, RedisProcess } from "./_redis.ts";
 import { collect } from "./_recorder.ts";
-import { deadline, TIMEOUT, TimeoutError } from "./_wait.ts";
-
-/** Asks `test` every 10 ms until it holds; fails after {@linkcode TIMEOUT}. */
-async function until(test: () => Promise<boolean>, what: string): Promise<void> {
-  const end = performance.now() + TIMEOUT;
-  while (!(await test())) {
-    if (performance.now() > end) throw new TimeoutError(what, TIMEOUT);
-    await new Promise((ok) => setTimeout(ok, 10));
-  }
-}
+import { deadline, poll } from "./_wait.ts";
 
 const brief = (e: StreamEvent) => `${e.stream} ${e.kind} ${JSON.stringify(e.message)} ${e.seq}`;
 
@@ -200,14 +191,14 @@ Deno.test({
       // Redis goes down, then the connection is cut: the client's listen again is refused.
       await redis.stop();
       proxy.cut();
-      await until(async () => {
+      await poll(async () => {
         const e = await remote.stat("jobs.1").then(() => undefined, (e) => e);
         return e instanceof ProtocolError && e.code === "engine_unavailable";
       }, "the client reconnected and heard engine_unavailable");
       await redis.restart();
       // Redis came back empty: the stream the client resumes is gone, and it hears so.
       assertEquals((await collect(inbox, 1)).map(brief), ["jobs.1 end null 1"]);
-      await until(() => a.put("jobs.1", 2).then(() => true, () => false), "node A writes again");
+      await poll(() => a.put("jobs.1", 2).then(() => true, () => false), "node A writes again");
       assertEquals((await collect(inbox, 2)).map(brief), [
         "jobs.1 header null 0",
         "jobs.1 put 2 1",
