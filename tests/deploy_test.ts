@@ -42,14 +42,26 @@ function say(text: string): void {
 
 const OPENSSL = succeeds("openssl", ["version"]);
 const SYSTEMD_ANALYZE = succeeds("systemd-analyze", ["--version"]);
+/** Whether "nobody" can reach the checkout: every directory above it searchable by others. */
+function othersCanRead(path: string): boolean {
+  const parts = path.split("/").filter(Boolean);
+  for (let i = 0; i <= parts.length; i++) {
+    const mode = Deno.statSync("/" + parts.slice(0, i).join("/")).mode ?? 0;
+    if ((mode & 0o005) !== 0o005) return false;
+  }
+  return true;
+}
 /** Run the servers as "nobody", as systemd's DynamicUser and the image's USER would. */
-const AS_NOBODY = Deno.uid() === 0 && succeeds("setpriv", ["--version"]);
+const AS_NOBODY = Deno.uid() === 0 && succeeds("setpriv", ["--version"]) && othersCanRead(ROOT);
 if (!OPENSSL) say("SKIPPED: deploy_test.ts: TLS runs: openssl not installed");
 if (!SYSTEMD_ANALYZE) {
   say("SKIPPED: deploy_test.ts: systemd-analyze verify: systemd is not installed");
 }
 if (!AS_NOBODY) {
-  say("NOTE: deploy_test.ts: not root (or no setpriv): servers run as the current user");
+  say(
+    "NOTE: deploy_test.ts: not root, no setpriv, or the checkout is not readable by others " +
+      "(e.g. under a 0700 directory): servers run as the current user",
+  );
 }
 
 /** A container builder that can run here, or why there is none. */
