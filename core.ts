@@ -62,9 +62,12 @@ export interface SyncHub {
    *
    * @param stream The stream's name.
    * @param message The message.
+   * @param json The message's JSON text when the caller has it (a plain put line's slice):
+   * exactly what the hub's codec encodes `message` to. A JSON codec's frame then takes it as it
+   * is (see `buildEvent` in frame.ts); any other codec ignores it.
    * @returns The put's position (read `epoch` and `seq` only: it is the put's event).
    */
-  putNow(stream: string, message: unknown): Position;
+  putNow(stream: string, message: unknown, json?: string): Position;
   /**
    * Deletes a stream. See `MessageStream.delete`.
    *
@@ -306,7 +309,7 @@ export class MemoryCore extends Streams<MemoryStream> implements SyncHub {
     this.collect(state);
   }
 
-  putNow(stream: string, message: unknown): Position {
+  putNow(stream: string, message: unknown, json?: string): Position {
     this.checkName(stream);
     this.checkMessage(stream, message);
     let state = this.streams.get(stream);
@@ -317,8 +320,8 @@ export class MemoryCore extends Streams<MemoryStream> implements SyncHub {
     state.seq++;
     let ev: StreamEvent;
     try {
-      ev = this.event(state, "put", message);
-      this.checkSize(stream, message, ev.frame.byteLength);
+      ev = this.event(state, "put", message, json);
+      this.checkSize(stream, message, ev.frame.byteLength, json);
     } catch (e) {
       state.seq--;
       this.collect(state);

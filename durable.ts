@@ -215,9 +215,9 @@ export class DurableCore extends MemoryCore {
     super.setHeader(stream, message);
   }
 
-  override putNow(stream: string, message: unknown): Position {
+  override putNow(stream: string, message: unknown, json?: string): Position {
     this.#available();
-    return super.putNow(stream, message);
+    return super.putNow(stream, message, json);
   }
 
   override deleteNow(stream: string): void {

@@ -107,6 +107,10 @@ const ACTIONS: Readonly<Record<EventKind, string>> = {
  * @param seq The seq the event carries.
  * @param epoch The stream's epoch.
  * @param target Where the frame's bytes go.
+ * @param json The message's JSON text, when the caller has it already (a plain put line's slice,
+ * a message read back from an engine): exactly what `codec.encode(message)` gives. With a JSON
+ * codec it goes into the frame as it is, so the message is not encoded again; any other codec
+ * encodes `message` and ignores it.
  * @returns The event.
  * @throws {TypeError} When the codec cannot encode the message.
  *
@@ -132,13 +136,14 @@ export function buildEvent(
   seq: number,
   epoch: string,
   target: FrameTarget,
+  json?: string,
 ): StreamEvent {
   const join = target === "join" || target === "join-slab";
   const action = join ? "put" : ACTIONS[kind];
   let text: string;
-  if (codec instanceof JsonCodec && spliceable(message)) {
+  if (codec instanceof JsonCodec && (json !== undefined || spliceable(message))) {
     const name = stream.jsonName ??= JSON.stringify(stream.name);
-    const body = codec.encode(message);
+    const body = json ?? codec.encode(message);
     text = `{"action":"${action}","stream":${name},"message":${body},` +
       `${join ? '"header":true,' : ""}"seq":${seq},"epoch":${JSON.stringify(epoch)}}\n`;
   } else {

@@ -256,10 +256,11 @@ export class HistoryBudget {
     const bytes = ev.frame.byteLength;
     const limits = this.#limits;
     const header = ev.kind === "header";
-    if (
-      limits.historyMessages === 0 || bytes > limits.historyBytes ||
-      bytes > limits.maxHistoryBytes
-    ) {
+    // The hub's bound is what the rest of the memory budget leaves (a sum over the budget's
+    // parts): read again only when a trim may have changed the rest (a stream left empty may
+    // be forgotten, its pattern listeners told).
+    let maxBytes = limits.maxHistoryBytes;
+    if (limits.historyMessages === 0 || bytes > limits.historyBytes || bytes > maxBytes) {
       // Nothing of this size can be kept: history no longer covers what came before.
       this.drop(owner);
       owner.trimmedTo = header ? ev.seq + 1 : ev.seq;
@@ -273,11 +274,12 @@ export class HistoryBudget {
       this.#trimOldest(owner);
       this.#global.dead++; // still in the global queue
     }
-    while (this.bytes > limits.maxHistoryBytes) {
+    while (this.bytes > maxBytes) {
       const oldest = this.#global.shift();
       if (oldest) {
         this.#trimOldest(oldest);
         this.#onTrimmed(oldest);
+        if (!oldest.history || oldest.history.count === 0) maxBytes = limits.maxHistoryBytes;
       }
     }
     this.#global.compact();

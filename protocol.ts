@@ -58,14 +58,47 @@ const PLAIN_MESSAGE = '","message":"';
 const NOT_PLAIN = /[\\\x00-\x1f]/;
 
 /**
- * Reads a put line of the plain shape `{"action":"put","stream":"S","message":"M"}` (those keys
+ * Finds a put line of the plain shape `{"action":"put","stream":"S","message":"M"}` (those keys
  * in that order, no spaces, no `id`; S and M strings without escapes or control characters)
- * without the JSON parser: what publishers send most. It gives the frame a {@linkcode JsonCodec}
- * decodes from the line (its depth is 1; its reviver leaves an object without `".class"` as it
- * is), or `undefined` for any other line, which then takes the full decode.
+ * without the JSON parser: what publishers send most. Such a line is what a {@linkcode JsonCodec}
+ * decodes to `{action: "put", stream: S, message: M}` (its depth is 1; its reviver leaves an
+ * object without `".class"` as it is), and the message's JSON text is the slice from the index
+ * returned to the line's last character (exclusive): `"M"`, byte for byte what the codec encodes
+ * M to.
  *
  * @param line A request line, without its newline.
- * @returns The put frame, or `undefined` when the line is not of the plain shape.
+ * @returns The index of the message's opening quote, or -1 when the line is not of the plain
+ * shape (it then takes the full decode).
+ *
+ * @example
+ * ```ts
+ * import { scanPlainPut } from "./protocol.ts";
+ * import { assertEquals } from "@std/assert";
+ *
+ * const line = '{"action":"put","stream":"job","message":"50%"}';
+ * const at = scanPlainPut(line);
+ * assertEquals(line.slice(at, -1), '"50%"');
+ * assertEquals(scanPlainPut('{"action":"put","stream":"job","message":"a\\"b"}'), -1);
+ * ```
+ */
+export function scanPlainPut(line: string): number {
+  if (!line.startsWith(PLAIN_PUT)) return -1;
+  const end = line.length - 2;
+  if (line.charCodeAt(end) !== 0x22 || line.charCodeAt(end + 1) !== 0x7d) return -1;
+  const nameEnd = line.indexOf('"', PLAIN_PUT.length);
+  if (nameEnd === -1 || !line.startsWith(PLAIN_MESSAGE, nameEnd)) return -1;
+  const start = nameEnd + PLAIN_MESSAGE.length;
+  // Exactly one quote left from the message's start: its closing one, the line's last but one.
+  if (start > end || line.indexOf('"', start) !== end || NOT_PLAIN.test(line)) return -1;
+  return start - 1;
+}
+
+/**
+ * Reads a put line of the plain shape (see {@linkcode scanPlainPut}) without the JSON parser.
+ *
+ * @param line A request line, without its newline.
+ * @returns The put frame, as a {@linkcode JsonCodec} decodes it, or `undefined` when the line is
+ * not of the plain shape.
  *
  * @example
  * ```ts
@@ -82,21 +115,22 @@ const NOT_PLAIN = /[\\\x00-\x1f]/;
 export function decodePlainPut(
   line: string,
 ): { action: "put"; stream: string; message: string } | undefined {
-  if (!line.startsWith(PLAIN_PUT)) return undefined;
-  const end = line.length - 2;
-  if (line.charCodeAt(end) !== 0x22 || line.charCodeAt(end + 1) !== 0x7d) return undefined;
-  const nameEnd = line.indexOf('"', PLAIN_PUT.length);
-  if (nameEnd === -1 || !line.startsWith(PLAIN_MESSAGE, nameEnd)) return undefined;
-  const start = nameEnd + PLAIN_MESSAGE.length;
-  // Exactly one quote left from the message's start: its closing one, the line's last but one.
-  if (start > end || line.indexOf('"', start) !== end || NOT_PLAIN.test(line)) return undefined;
-  return {
-    action: "put",
-    // Copies of their own, as JSON.parse gives: a slice would keep the whole read chunk's text
-    // (the line is a slice of it) alive for as long as the name or the message is kept.
-    stream: (" " + line.slice(PLAIN_PUT.length, nameEnd)).slice(1),
-    message: (" " + line.slice(start, end)).slice(1),
-  };
+  const at = scanPlainPut(line);
+  if (at === -1) return undefined;
+  return { action: "put", stream: plainName(line, at), message: copy(line.slice(at + 1, -2)) };
+}
+
+/** The stream name of a plain put line whose message starts at `at`. */
+function plainName(line: string, at: number): string {
+  return copy(line.slice(PLAIN_PUT.length, at + 1 - PLAIN_MESSAGE.length));
+}
+
+/**
+ * A copy of its own of a string, as JSON.parse gives: a slice would keep the whole read chunk's
+ * text (the line is a slice of it) alive for as long as it is kept.
+ */
+function copy(s: string): string {
+  return (" " + s).slice(1);
 }
 
 function blank(line: string): boolean {
@@ -171,6 +205,8 @@ export class Session implements Listener {
   #closed = false;
   /** The hub calls of put, header, delete, listen and stat: picked once (see #hubActions). */
   readonly #actions: HubActions;
+  /** A memory hub's put that takes the message's JSON text (see #plainPut); else undefined. */
+  readonly #putJson: SyncHub["putNow"] | undefined;
   /**
    * Takes a decoded request: at once on a memory hub (#run), or kept in the connection's order
    * behind requests in flight when the hub has an engine (#ordered). Picked once.
@@ -208,6 +244,9 @@ export class Session implements Listener {
     this.#grant = options.grant;
     const sync = syncOf(hub);
     this.#actions = sync ? this.#syncActions(sync) : this.#promiseActions(hub);
+    this.#putJson = sync
+      ? (stream, message, json) => sync.putNow(stream, message, json)
+      : undefined;
     // In memory too a request can take more than one turn (a pattern listen's catch-up yields):
     // the ones after it wait for it, so answers keep the order of the requests.
     this.#accept = (f, id) => this.#ordered(f, id);
@@ -280,8 +319,15 @@ export class Session implements Listener {
     if (this.#metrics) this.#metrics.framesIn++;
     if (blank(line)) return; // blank (whitespace-only) lines are keep-alives
     if (this.#plainJson) {
-      const put = decodePlainPut(line);
-      if (put !== undefined) return this.#accept(put, undefined);
+      const at = scanPlainPut(line);
+      if (at !== -1) {
+        // Nothing ahead of it on a memory hub: put at once, the message's text as it came.
+        if (this.#putJson && this.#waiting.length === 0 && !this.#blocked && this.#inflight === 0) {
+          return this.#plainPut(line, at, this.#putJson);
+        }
+        const message = copy(line.slice(at + 1, -2));
+        return this.#accept({ action: "put", stream: plainName(line, at), message }, undefined);
+      }
     }
     let frame: unknown;
     try {
@@ -301,6 +347,26 @@ export class Session implements Listener {
       return;
     }
     this.#accept(f, id);
+  }
+
+  /**
+   * A plain put line (see {@linkcode scanPlainPut}) on a memory hub: the checks of `put`, then the
+   * hub's put with the message's JSON text sliced from the line, so that the frame is built
+   * without decoding a frame object or encoding the message again.
+   */
+  #plainPut(line: string, at: number, putJson: SyncHub["putNow"]): void {
+    const name = plainName(line, at);
+    try {
+      if (this.#auth && !this.#grant) {
+        throw new ProtocolError("unauthorized", 'Send "hello" with a valid token first');
+      }
+      const stream = this.#streamName(name, "publish");
+      // The message's copy is the event's (an in-process listener may keep it); the JSON text
+      // is only spliced into the frame, so a slice of the line will do.
+      putJson(stream, copy(line.slice(at + 1, -2)), line.slice(at, -1));
+    } catch (e) {
+      this.#fail(e, undefined, name);
+    }
   }
 
   #run(f: Frame, id: unknown): void {
@@ -677,7 +743,11 @@ export class Session implements Listener {
   }
 
   #stream(f: Frame, right: "publish" | "subscribe" | undefined): string {
-    const stream = f.stream;
+    return this.#streamName(f.stream, right);
+  }
+
+  /** A request's stream name, checked (and authorized for `right`). */
+  #streamName(stream: unknown, right: "publish" | "subscribe" | undefined): string {
     const max = this.#hub.maxStreamNameLength;
     if (typeof stream !== "string" || stream.length === 0 || stream.length > max) {
       throw new ProtocolError(

@@ -18,7 +18,7 @@ import {
   PATTERN_COST,
   STREAM_COST,
 } from "./budget.ts";
-import type { Codec } from "./codec.ts";
+import { type Codec, JsonCodec } from "./codec.ts";
 import { buildEvent } from "./frame.ts";
 import type { History } from "./history.ts";
 import { checkPattern, PatternFollows } from "./pattern.ts";
@@ -545,11 +545,15 @@ export abstract class Streams<S extends StreamState> implements Core {
    * @param message The message.
    * @param bound An upper bound on its size when known (its event frame's): a frame within the
    * limit spares encoding the message again.
+   * @param json The message's JSON text when the caller had it (see `buildEvent`).
    * @throws {MessageTooLargeError} When it is larger.
    */
-  protected checkSize(stream: string, message: unknown, bound?: number): void {
+  protected checkSize(stream: string, message: unknown, bound?: number, json?: string): void {
     if (bound !== undefined && bound <= this.maxMessage) return;
-    const size = utf8.encode(this.codec.encode(message)).byteLength;
+    const text = json !== undefined && this.codec instanceof JsonCodec
+      ? json
+      : this.codec.encode(message);
+    const size = utf8.encode(text).byteLength;
     if (size > this.maxMessage) throw new MessageTooLargeError(stream, size, this.maxMessage);
   }
 
@@ -563,9 +567,12 @@ export abstract class Streams<S extends StreamState> implements Core {
     }
   }
 
-  /** Builds an event of the stream at its current seq, its frame in the shared slab. */
-  protected event(state: S, kind: EventKind, message: unknown): StreamEvent {
-    return buildEvent(this.codec, kind, state, message, state.seq, state.epoch, "slab");
+  /**
+   * Builds an event of the stream at its current seq, its frame in the shared slab (`json`: the
+   * message's JSON text when the caller has it; see `buildEvent`).
+   */
+  protected event(state: S, kind: EventKind, message: unknown, json?: string): StreamEvent {
+    return buildEvent(this.codec, kind, state, message, state.seq, state.epoch, "slab", json);
   }
 
   /** Hands an event to every listener of the stream. */
