@@ -12,7 +12,9 @@
  *   reserve ({@linkcode MemoryBudget.historyReserve}).
  * - **headers**: each set header costs {@linkcode HEADER_COST_FACTOR} times its frame's bytes
  *   (the decoded message and the join frame listeners get).
- * - **streams**: {@linkcode STREAM_COST} bytes per stream held (an estimate of its state).
+ * - **streams**: {@linkcode streamCost} per stream held: {@linkcode STREAM_COST} for its state
+ *   and {@linkcode STREAM_NAME_FACTOR} bytes per character of its name (measured, see
+ *   bench/stream_cost.ts).
  * - **listens**: {@linkcode LISTEN_COST} bytes per listener registration,
  *   {@linkcode PATTERN_COST} per pattern listen and {@linkcode FOLLOW_COST} per stream a pattern
  *   listener follows.
@@ -80,8 +82,38 @@ export class LimitExceededError extends Error {
   }
 }
 
-/** Estimated bytes one stream's state costs while the hub holds it (object, map entry, ring). */
+/**
+ * Estimated bytes one stream's state costs while the hub holds it, its name aside (object, map
+ * entry, history ring with one put; measured: about 950 bytes with a 12-character name, see
+ * bench/stream_cost.ts).
+ */
 export const STREAM_COST = 1024;
+
+/**
+ * Estimated bytes each character of a stream's name costs while the hub holds the stream (the
+ * name is kept twice: as the map key and as JSON text for frames; measured about 2 bytes per
+ * character for names of 12 to 256 characters, bench/stream_cost.ts).
+ */
+export const STREAM_NAME_FACTOR = 2;
+
+/**
+ * What one stream costs in the memory budget: {@linkcode STREAM_COST} plus
+ * {@linkcode STREAM_NAME_FACTOR} bytes per character of its name.
+ *
+ * @param name The stream's name.
+ * @returns Its cost in bytes.
+ *
+ * @example A 110-character name
+ * ```ts
+ * import { streamCost } from "./budget.ts";
+ * import { assertEquals } from "@std/assert";
+ *
+ * assertEquals(streamCost("j".repeat(110)), 1024 + 220);
+ * ```
+ */
+export function streamCost(name: string): number {
+  return STREAM_COST + STREAM_NAME_FACTOR * name.length;
+}
 
 /** Estimated bytes one listener registration costs (set entries on both sides). */
 export const LISTEN_COST = 256;
@@ -114,6 +146,8 @@ export const CONNECTION_SHARE = 64 * 1024;
 export interface BudgetSource {
   /** Streams held. */
   readonly streamCount: number;
+  /** What the streams held cost: the sum of their {@linkcode streamCost}. */
+  readonly streamBytes: number;
   /** Listener registrations over all streams. */
   readonly listenCount: number;
   /** Bytes of history over all streams. */
@@ -132,7 +166,7 @@ export interface MemoryParts {
   readonly history: number;
   /** Headers set (see {@linkcode HEADER_COST_FACTOR}). */
   readonly headers: number;
-  /** Stream state (see {@linkcode STREAM_COST}). */
+  /** Stream state (see {@linkcode streamCost}). */
   readonly streams: number;
   /** Listener registrations (see {@linkcode LISTEN_COST}). */
   readonly listens: number;
@@ -144,6 +178,7 @@ export interface MemoryParts {
 
 const NO_SOURCE: BudgetSource = {
   streamCount: 0,
+  streamBytes: 0,
   listenCount: 0,
   historyBytes: 0,
   trimHistory() {},
@@ -214,7 +249,7 @@ export class MemoryBudget {
   /** Bytes held apart from history (which gives way: see {@linkcode MemoryBudget.admit}). */
   get held(): number {
     const s = this.#source;
-    return this.headers + s.streamCount * STREAM_COST + s.listenCount * LISTEN_COST +
+    return this.headers + s.streamBytes + s.listenCount * LISTEN_COST +
       this.lines + this.outbound;
   }
 
@@ -257,7 +292,7 @@ export class MemoryBudget {
     return {
       history: s.historyBytes,
       headers: this.headers,
-      streams: s.streamCount * STREAM_COST,
+      streams: s.streamBytes,
       listens: s.listenCount * LISTEN_COST,
       lines: this.lines,
       outbound: this.outbound,

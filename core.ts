@@ -40,6 +40,7 @@ export {
   DEFAULT_MAX_MESSAGE_BYTES,
   logListenerError,
   MessageTooLargeError,
+  StreamMap,
   StreamNotFoundError,
   Streams,
   StreamState,
@@ -276,7 +277,7 @@ export class MemoryCore extends Streams<MemoryStream> implements SyncHub {
     if (message === null) {
       if (!state || state.header === undefined) return;
     } else if (!state) {
-      this.admitStream(`Cannot set the header of stream "${stream.slice(0, 100)}"`);
+      this.admitStream(stream, `Cannot set the header of stream "${stream.slice(0, 100)}"`);
       state = this.create(stream);
     }
     const change = this.event(state, "header", message);
@@ -314,7 +315,7 @@ export class MemoryCore extends Streams<MemoryStream> implements SyncHub {
     this.checkMessage(stream, message);
     let state = this.streams.get(stream);
     if (!state) {
-      this.admitStream(`Cannot put on stream "${stream.slice(0, 100)}"`);
+      this.admitStream(stream, `Cannot put on stream "${stream.slice(0, 100)}"`);
       state = this.create(stream);
     }
     state.seq++;

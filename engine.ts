@@ -671,7 +671,7 @@ export class EngineCore extends Streams<EngineStream> {
     if (!(queue instanceof PatternProxy)) return super.admitListen(stream, queue);
     const what = `Cannot follow stream "${stream.slice(0, 100)}" for a pattern`;
     if (this.streams.has(stream)) this.limits.memory.admit(LISTEN_COST, what);
-    else this.admitStream(what, LISTEN_COST);
+    else this.admitStream(stream, what, LISTEN_COST);
   }
 
   /** How many patterns the listener listens to (its proxy's). */

@@ -16,7 +16,7 @@ import {
   LISTEN_COST,
   MemoryBudget,
   PATTERN_COST,
-  STREAM_COST,
+  streamCost,
 } from "./budget.ts";
 import { type Codec, JsonCodec } from "./codec.ts";
 import { buildEvent } from "./frame.ts";
@@ -70,6 +70,45 @@ export class StreamState {
   constructor(name: string, epoch: string) {
     this.name = name;
     this.epoch = epoch;
+  }
+}
+
+/**
+ * The streams a core holds, by name: a `Map` that keeps what they cost in the memory budget
+ * (each its {@linkcode streamCost}) as they are added and removed.
+ */
+export class StreamMap<S> extends Map<string, S> {
+  /** The sum of the held streams' {@linkcode streamCost}. */
+  bytes = 0;
+
+  /**
+   * Adds or replaces a stream.
+   *
+   * @param name Its name.
+   * @param state Its state.
+   * @returns This map.
+   */
+  override set(name: string, state: S): this {
+    if (!super.has(name)) this.bytes += streamCost(name);
+    return super.set(name, state);
+  }
+
+  /**
+   * Removes a stream.
+   *
+   * @param name Its name.
+   * @returns Whether it was held.
+   */
+  override delete(name: string): boolean {
+    if (!super.delete(name)) return false;
+    this.bytes -= streamCost(name);
+    return true;
+  }
+
+  /** Removes every stream. */
+  override clear(): void {
+    super.clear();
+    this.bytes = 0;
   }
 }
 
@@ -247,7 +286,7 @@ export abstract class Streams<S extends StreamState> implements Core {
   /** Told when a listener threw and was removed (set by the hub). */
   onListenerError: (error: unknown, stream: string) => void = logListenerError;
   /** The streams held, by name. */
-  protected readonly streams: Map<string, S> = new Map();
+  protected readonly streams: StreamMap<S> = new StreamMap();
   /** The streams each listener follows. */
   protected readonly following: WeakMap<Listener, Set<S>> = new WeakMap();
   /** Listener registrations over all streams. */
@@ -362,6 +401,9 @@ export abstract class Streams<S extends StreamState> implements Core {
       get streamCount() {
         return core.streams.size;
       },
+      get streamBytes() {
+        return core.streams.bytes;
+      },
       get listenCount() {
         // A pattern counts as PATTERN_COST / LISTEN_COST registrations, and each stream it
         // follows as FOLLOW_COST / LISTEN_COST.
@@ -394,11 +436,12 @@ export abstract class Streams<S extends StreamState> implements Core {
   /**
    * Refuses a stream past the limits: one more than `maxStreams`, or no room in the budget.
    *
+   * @param stream The stream's name (its length counts: {@linkcode streamCost}).
    * @param what What is refused, for the message.
    * @param extra Bytes the caller keeps beside the stream's state (a listen's).
    * @throws {LimitExceededError} With `max_streams` or `max_memory`.
    */
-  protected admitStream(what: string, extra = 0): void {
+  protected admitStream(stream: string, what: string, extra = 0): void {
     const max = this.limits.maxStreams;
     if (this.streams.size >= max) {
       throw new LimitExceededError(
@@ -406,7 +449,7 @@ export abstract class Streams<S extends StreamState> implements Core {
         `${what}: the server holds ${max} streams, its limit (max_streams)`,
       );
     }
-    this.limits.memory.admit(STREAM_COST + extra, what);
+    this.limits.memory.admit(streamCost(stream) + extra, what);
   }
 
   /**
@@ -428,7 +471,7 @@ export abstract class Streams<S extends StreamState> implements Core {
       );
     }
     if (this.streams.has(stream)) this.limits.memory.admit(LISTEN_COST, what);
-    else this.admitStream(what, LISTEN_COST);
+    else this.admitStream(stream, what, LISTEN_COST);
   }
 
   /**

@@ -3,7 +3,7 @@
 // Past a limit only the requester is refused (limit_exceeded, naming the limit); the hub, the
 // TCP door, REST and a server process are each driven past them.
 import { assert, assertEquals, assertRejects } from "@std/assert";
-import { HEADER_COST_FACTOR, LISTEN_COST, STREAM_COST } from "../budget.ts";
+import { HEADER_COST_FACTOR, LISTEN_COST, STREAM_COST, streamCost } from "../budget.ts";
 import { LimitExceededError, MessageStream, type StreamEvent } from "../mod.ts";
 import { serve } from "../server.ts";
 import { DurableStore } from "../store.ts";
@@ -100,12 +100,14 @@ Deno.test("The memory budget counts headers, streams and listens, and stops head
     `Cannot set the header of stream "h${accepted}": the server's memory budget of ${max} bytes is spent`,
   );
   const parts = hub.memory.parts();
-  // Each header costs HEADER_COST_FACTOR times its frame (about 100,080 bytes) and a stream;
-  // an eighth of the budget is history's reserve.
+  // Each header costs HEADER_COST_FACTOR times its frame (about 100,080 bytes) and a stream
+  // (STREAM_COST and 2 bytes per character of its 2-character name); an eighth of the budget is
+  // history's reserve.
   assertEquals(hub.memory.historyReserve, max / 8);
   const perHeader = parts.headers / accepted;
-  assertEquals(accepted, Math.floor((max - max / 8) / (perHeader + STREAM_COST)));
-  assertEquals(parts.streams, accepted * STREAM_COST);
+  assertEquals(streamCost("h0"), STREAM_COST + 4);
+  assertEquals(accepted, Math.floor((max - max / 8) / (perHeader + streamCost("h0"))));
+  assertEquals(parts.streams, accepted * streamCost("h0"));
   assert(perHeader > HEADER_COST_FACTOR * 100_000 && perHeader < HEADER_COST_FACTOR * 100_200);
   assertEquals(hub.stats().streams, accepted);
   // A listen costs LISTEN_COST; a delete gives back its stream's share.
@@ -166,7 +168,7 @@ Deno.test("Headers restored from a store count in the memory budget as when they
     await first.close();
     const second = new MessageStream({ store: DurableStore.open(path) });
     assertEquals(second.memory.parts().headers, charged);
-    assertEquals(second.memory.parts().streams, STREAM_COST);
+    assertEquals(second.memory.parts().streams, streamCost("job"));
     await second.delete("job");
     assertEquals(second.memory.parts().headers, 0);
     await second.close();
@@ -221,6 +223,34 @@ Deno.test("TCP: past each limit the requester gets limit_exceeded naming it; a b
     await bad.send({ action: "delete", stream: "s4", id: 11 });
     assertEquals((await bad.next()).id, 11);
   });
+});
+
+Deno.test("TCP: a stream is charged by its name's length; a flood of long names stops at the budget", async () => {
+  // 1 MiB, an eighth of it history's: 917,504 bytes for the rest. A stream of a 250-character
+  // name costs 1,024 + 2 x 250 = 1,524 bytes, and a listen holding it 256 more, so 515 such
+  // listens fit (716 at a flat 1 KiB per stream). (A stream holding only history gives way.)
+  const max = 1 << 20;
+  await using server = serve({ port: 0, logLevel: "silent", maxMemory: max });
+  const raw = await connectRaw(server.addr.port);
+  try {
+    const name = (i: number) => `${"n".repeat(246)}${String(i).padStart(4, "0")}`;
+    assertEquals(streamCost(name(0)), 1524);
+    // One request at a time: no reply or partial line is held while the next one is admitted.
+    let ok = 0;
+    let refusal: Record<string, unknown> | undefined;
+    for (let i = 0; i < 700 && !refusal; i++) {
+      await raw.send({ action: "listen", stream: name(i), id: i });
+      const f = await raw.next();
+      if (f.action === "ok") ok++;
+      else refusal = f;
+    }
+    assertEquals(ok, Math.floor((max - max / 8) / (1524 + LISTEN_COST)));
+    assertEquals(ok, 515);
+    assertEquals([refusal?.code, refusal?.limit], ["limit_exceeded", "max_memory"]);
+    assertEquals(server.hub.memory.parts().streams, 515 * 1524);
+  } finally {
+    raw.close();
+  }
 });
 
 Deno.test("TCP: while the rest of the memory budget is spent, a connection holding over 64 KiB of a line is closed with max_memory", async () => {

@@ -158,10 +158,11 @@ Deno.test("GET /metrics counts an SSE response and a REST put with exact values"
     'msgstream_limit_exceeded_total{limit="max_listens"}': 0,
     'msgstream_limit_exceeded_total{limit="max_connections"}': 0,
     msgstream_history_bytes: hub.stats().historyBytes,
-    // The memory budget by part: one stream (1024 estimated), one listen (256), its history.
+    // The memory budget by part: one stream (1024 estimated, and 2 bytes for each of the 3
+    // characters of its name), one listen (256), its history.
     'msgstream_memory_bytes{part="history"}': hub.stats().historyBytes,
     'msgstream_memory_bytes{part="headers"}': 0,
-    'msgstream_memory_bytes{part="streams"}': 1024,
+    'msgstream_memory_bytes{part="streams"}': 1024 + 2 * 3,
     'msgstream_memory_bytes{part="listens"}': 256,
     'msgstream_memory_bytes{part="lines"}': 0,
     'msgstream_memory_bytes{part="outbound"}': 0,
