@@ -174,6 +174,21 @@ export interface ServeOptions extends MessageStreamOptions {
    * @default {"batch"}
    */
   fsync?: FsyncPolicy;
+  /**
+   * Serve with this many worker threads sharing the TCP port (`reusePort`, Linux), the
+   * streams partitioned between them by a hash of their names (`workers.ts`). Only
+   * `serveWorkers()` and the command line read it; `serve()` is always one worker.
+   *
+   * @default {1}
+   */
+  workers?: number;
+  /**
+   * Bind the TCP door with `reusePort`, so that other listeners of this process may share the
+   * port (what each worker of `serveWorkers()` does; needs `--unstable-net`).
+   *
+   * @default {false}
+   */
+  reusePort?: boolean;
 }
 
 /** How the server writes its log lines. */
@@ -542,6 +557,16 @@ const SERVE_OPTIONS: readonly OptionSpec[] = [
       "every 50 ms) or never (let the OS flush) (default batch)",
     values: FSYNC_POLICIES,
     key: "fsync",
+  },
+  {
+    name: "workers",
+    kind: "int",
+    arg: "N",
+    help: "worker threads sharing the TCP port, streams partitioned\n" +
+      "between them (default 1; more needs --unstable-net, no --data/--redis)",
+    min: 1,
+    max: 64,
+    key: "workers",
   },
 ];
 

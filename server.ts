@@ -38,6 +38,7 @@ import {
   UsageError,
 } from "./options.ts";
 import { TcpDoor } from "./tcp.ts";
+import { serveWorkers } from "./workers.ts";
 import {
   LOG_FORMATS,
   type LogFormat,
@@ -204,6 +205,7 @@ class ServerImpl implements MessageServer {
     const tcp = {
       hostname,
       port: options.port ?? DEFAULT_PORT,
+      reusePort: options.reusePort,
       metrics: this.metrics,
       auth: Auth.from(options.tokens),
       cert: options.cert,
@@ -399,9 +401,11 @@ export async function main(argv?: string[]): Promise<number> {
     // deno-lint-ignore no-console
     console.error(formatLog(options.logFormat ?? "text", "error", `unhandled rejection: ${why}`));
   });
-  let server: MessageServer;
+  let server: Pick<MessageServer, "addr" | "finished" | "shutdown"> & {
+    readonly http: { readonly addr: Deno.NetAddr } | undefined;
+  };
   try {
-    server = serve(options);
+    server = (options.workers ?? 1) > 1 ? await serveWorkers(options) : serve(options);
   } catch (e) {
     const message = (e as Error).message;
     const flag = message.includes("(the HTTP door)") ? "--http-port" : "--port";

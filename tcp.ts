@@ -40,6 +40,8 @@ export interface TcpOptions {
   hostname: string;
   /** The port to listen on; 0 picks a free one (read it from `door.addr.port`). */
   port: number;
+  /** Share the port with other listeners (`reusePort`; Linux; needs `--unstable-net`). */
+  reusePort?: boolean | undefined;
   /** The counters of every door. */
   metrics: Metrics;
   /** Required tokens; without, every client may do everything. */
@@ -207,7 +209,7 @@ export class TcpDoor {
     this.tls = cert !== undefined;
     this.#listener = cert !== undefined && key !== undefined
       ? Deno.listenTls({ hostname, port, cert, key })
-      : Deno.listen({ hostname, port });
+      : Deno.listen({ hostname, port, ...(options.reusePort ? { reusePort: true } : {}) });
     this.addr = this.#listener.addr as Deno.NetAddr;
     this.accepting = this.#acceptLoop();
     if (this.#pingInterval > 0) {

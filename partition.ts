@@ -1,0 +1,560 @@
+/**
+ * The partition engine: the hub of one worker of a multi-core server (`--workers N`,
+ * `workers.ts`), sharing streams with the other workers of the process. Each stream has one
+ * owner worker, picked by a hash of its name ({@linkcode ownerOf}); the owner keeps the
+ * stream's state (epoch, seq, header, bounded history), assigns each put its seq and sends
+ * every event, in order, to the workers that follow the stream. The other workers forward
+ * their puts, header changes, deletes and joins to the owner over a `MessagePort` per pair of
+ * workers. On each worker an `EngineCore` (engine.ts) fans the events out to that worker's
+ * connections, and joins them gaplessly from the owner's snapshots, as with Redis.
+ *
+ * Why the join is gapless: a port delivers messages in the order they were posted. The owner
+ * handles a sync request in one step (add the follower, read the snapshot) and posts the
+ * snapshot on the same port as the events, so events before it reached the follower before
+ * it and events after it follow it: what {@linkcode Engine.sync} promises.
+ *
+ * Messages cross ports as the codec's text (encoded once by the sender, decoded once by each
+ * receiving worker); a tick's messages to one peer go as one batch.
+ *
+ * @example Two engines, two hubs, one stream
+ * ```ts
+ * import { MessageStream } from "./mod.ts";
+ * import { PartitionEngine } from "./partition.ts";
+ * import { assertEquals } from "@std/assert";
+ *
+ * const { port1, port2 } = new MessageChannel();
+ * const a = new MessageStream({ engine: new PartitionEngine({ index: 0, peers: [undefined, port1] }) });
+ * const b = new MessageStream({ engine: new PartitionEngine({ index: 1, peers: [port2, undefined] }) });
+ * await a.put("job", 1);
+ * assertEquals((await b.info("job"))?.seq, 1);
+ * await a.close();
+ * await b.close();
+ * ```
+ *
+ * @module
+ */
+
+import { LimitExceededError } from "./budget.ts";
+import type { Codec } from "./codec.ts";
+import type { Engine, EngineEvent, EngineSink, EngineSnapshot } from "./engine.ts";
+import { EngineUnavailableError } from "./engine.ts";
+import type { Position, ResetReason } from "./types.ts";
+
+/** Options of a {@linkcode PartitionEngine}. */
+export interface PartitionOptions {
+  /** This worker's index among the workers (0 ≤ index < peers.length). */
+  index: number;
+  /**
+   * One port per worker, by index, to talk to that worker (`undefined` at this worker's own
+   * index).
+   */
+  peers: readonly (MessagePort | undefined)[];
+  /**
+   * Most events each owned stream keeps for resuming listeners.
+   *
+   * @default {1000}
+   */
+  historyMessages?: number | undefined;
+  /**
+   * Most bytes (of message text) each owned stream's history keeps.
+   *
+   * @default {1048576}
+   */
+  historyBytes?: number | undefined;
+  /**
+   * Most bytes of history over every stream this worker owns; past it the oldest events of
+   * the streams go first.
+   *
+   * @default {67108864}
+   */
+  maxHistoryBytes?: number | undefined;
+  /**
+   * Most streams this worker owns at once; a put, header or join that would create one more
+   * gets `limit_exceeded` (`max_streams`).
+   *
+   * @default {100000}
+   */
+  maxStreams?: number | undefined;
+}
+
+/**
+ * The worker that owns a stream: FNV-1a of its name, modulo the number of workers. Every
+ * worker computes the same owner for the same name.
+ *
+ * @param stream The stream's name.
+ * @param workers How many workers share the streams.
+ * @returns The owner's index.
+ *
+ * @example
+ * ```ts
+ * import { ownerOf } from "./partition.ts";
+ * import { assertEquals } from "@std/assert";
+ *
+ * assertEquals(ownerOf("job", 1), 0);
+ * assertEquals(ownerOf("job", 2), ownerOf("job", 2));
+ * ```
+ */
+export function ownerOf(stream: string, workers: number): number {
+  let h = 0x811c9dc5;
+  for (let i = 0; i < stream.length; i++) {
+    h ^= stream.charCodeAt(i);
+    h = Math.imul(h, 0x01000193);
+  }
+  return (h >>> 0) % workers;
+}
+
+// Message kinds on a port. Requests (to the owner) carry an id; replies name it.
+const PUT = 0; // [PUT, id, stream, text]
+const HEADER = 1; // [HEADER, id, stream, text | null]
+const DELETE = 2; // [DELETE, id, stream]
+const SYNC = 3; // [SYNC, id, stream, sinceEpoch | null, sinceSeq, existing]
+const STAT = 4; // [STAT, id, stream]
+const UNFOLLOW = 5; // [UNFOLLOW, stream]
+const EVENT = 6; // [EVENT, stream, kind, text | null, seq, epoch]
+const REPLY = 7; // [REPLY, id, value]
+const FAIL = 8; // [FAIL, id, name, limit, message]
+
+type Wire = readonly unknown[];
+type Kind = "put" | "header";
+
+/** The reply of a sync or stat, as it crosses a port (message texts, not values). */
+interface WireSnapshot {
+  epoch: string;
+  seq: number;
+  header: string | null;
+  reset?: ResetReason;
+  events?: [Kind, string | null, number][];
+  absent?: boolean;
+}
+
+/** A stream this worker owns: its state and its bounded history. */
+class Owned {
+  seq = 0;
+  header: string | null = null;
+  /** History entries from `head` on: kind, text, seq. */
+  readonly kinds: Kind[] = [];
+  readonly texts: (string | null)[] = [];
+  readonly seqs: number[] = [];
+  head = 0;
+  bytes = 0;
+  /** A listener at a seq below this missed trimmed events. */
+  trimmedTo = 0;
+  /** The workers that follow the stream. */
+  readonly followers: Set<number> = new Set();
+
+  constructor(readonly name: string, readonly epoch: string) {}
+
+  get count(): number {
+    return this.seqs.length - this.head;
+  }
+}
+
+interface Pending {
+  resolve(value: unknown): void;
+  reject(error: Error): void;
+}
+
+const epochBase = (() => {
+  const b = crypto.getRandomValues(new Uint8Array(5));
+  return Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
+})();
+let epochCounter = 0;
+
+/**
+ * The engine of one worker: owner of the streams that hash to it, forwarder for the others.
+ * See the module's documentation.
+ */
+export class PartitionEngine implements Engine {
+  readonly #index: number;
+  readonly #workers: number;
+  readonly #peers: readonly (MessagePort | undefined)[];
+  readonly #out: Wire[][];
+  #flushing = false;
+  #sink: EngineSink | undefined;
+  #codec: Codec | undefined;
+  readonly #owned: Map<string, Owned> = new Map();
+  readonly #pending: Map<number, Pending> = new Map();
+  #nextId = 1;
+  #closed = false;
+  #historyTotal = 0;
+  readonly #historyMessages: number;
+  readonly #historyBytes: number;
+  readonly #maxHistoryBytes: number;
+  readonly #maxStreams: number;
+  /** Messages forwarded to other workers (each event to each following worker counts). */
+  forwarded = 0;
+
+  /**
+   * Creates the engine and starts reading its peers' ports.
+   *
+   * @param options The worker's index, its ports and the bounds of what it owns.
+   * @throws {RangeError} When the index is not one of the peers'.
+   */
+  constructor(options: PartitionOptions) {
+    const { index, peers } = options;
+    if (!Number.isInteger(index) || index < 0 || index >= peers.length) {
+      throw new RangeError(`Invalid worker index ${index} of ${peers.length} workers`);
+    }
+    this.#index = index;
+    this.#workers = peers.length;
+    this.#peers = peers;
+    this.#out = peers.map(() => []);
+    this.#historyMessages = options.historyMessages ?? 1000;
+    this.#historyBytes = options.historyBytes ?? 1 << 20;
+    this.#maxHistoryBytes = options.maxHistoryBytes ?? 64 << 20;
+    this.#maxStreams = options.maxStreams ?? 100_000;
+    peers.forEach((port, from) => {
+      if (!port) return;
+      port.onmessage = (e: MessageEvent) => {
+        for (const m of e.data as Wire[]) this.#receive(from, m);
+      };
+    });
+  }
+
+  /** Binds the hub's sink and codec. */
+  bind(sink: EngineSink, codec: Codec): void {
+    this.#sink = sink;
+    this.#codec = codec;
+  }
+
+  /** How many streams this worker owns. */
+  get owned(): number {
+    return this.#owned.size;
+  }
+
+  /** Puts at the owner; resolves once this worker's listeners have the put. */
+  put(stream: string, message: unknown): Promise<Position> {
+    const owner = ownerOf(stream, this.#workers);
+    const text = this.#codecOf().encode(message);
+    if (owner === this.#index) {
+      try {
+        return Promise.resolve(this.#put(stream, text, message));
+      } catch (e) {
+        return Promise.reject(e);
+      }
+    }
+    return this.#request(owner, [PUT, 0, stream, text]) as Promise<Position>;
+  }
+
+  /** Sets or clears the header at the owner. */
+  async header(stream: string, message: unknown): Promise<void> {
+    const owner = ownerOf(stream, this.#workers);
+    const text = message === null ? null : this.#codecOf().encode(message);
+    if (owner === this.#index) this.#header(stream, text, message);
+    else await this.#request(owner, [HEADER, 0, stream, text]);
+  }
+
+  /** Deletes the stream at the owner. */
+  async delete(stream: string): Promise<void> {
+    const owner = ownerOf(stream, this.#workers);
+    if (owner === this.#index) this.#delete(stream);
+    else await this.#request(owner, [DELETE, 0, stream]);
+  }
+
+  /** Follows the stream at its owner and places the snapshot among its events. */
+  async sync(
+    stream: string,
+    since: Position | undefined,
+    onSnapshot: (snapshot: EngineSnapshot) => void,
+    existing?: boolean,
+  ): Promise<void> {
+    const owner = ownerOf(stream, this.#workers);
+    const snap = owner === this.#index
+      ? this.#sync(this.#index, stream, since?.epoch ?? null, since?.seq ?? 0, existing === true)
+      : await this.#request(owner, [
+        SYNC,
+        0,
+        stream,
+        since?.epoch ?? null,
+        since?.seq ?? 0,
+        existing === true,
+      ]) as WireSnapshot;
+    onSnapshot(this.#snapshot(snap));
+  }
+
+  /** Reads the stream at its owner. */
+  async stat(stream: string): Promise<EngineSnapshot | undefined> {
+    const owner = ownerOf(stream, this.#workers);
+    const snap = owner === this.#index
+      ? this.#stat(stream)
+      : await this.#request(owner, [STAT, 0, stream]) as WireSnapshot | null;
+    return snap ? this.#snapshot(snap) : undefined;
+  }
+
+  /** Stops following the stream. */
+  unfollow(stream: string): void {
+    const owner = ownerOf(stream, this.#workers);
+    if (owner === this.#index) this.#unfollowed(stream, this.#index);
+    else this.#post(owner, [UNFOLLOW, stream]);
+  }
+
+  /** Refuses requests from now on; requests in flight fail. */
+  close(): Promise<void> {
+    this.#closed = true;
+    for (const port of this.#peers) port?.close();
+    const error = new EngineUnavailableError("Cannot reach the stream's owner: the engine closed");
+    for (const p of this.#pending.values()) p.reject(error);
+    this.#pending.clear();
+    return Promise.resolve();
+  }
+
+  #codecOf(): Codec {
+    if (!this.#codec) throw new Error("The partition engine is not bound to a hub");
+    return this.#codec;
+  }
+
+  #request(owner: number, message: unknown[]): Promise<unknown> {
+    if (this.#closed) {
+      return Promise.reject(new EngineUnavailableError("Cannot reach the stream's owner: closed"));
+    }
+    const id = this.#nextId++;
+    message[1] = id;
+    return new Promise((resolve, reject) => {
+      this.#pending.set(id, { resolve, reject });
+      this.#post(owner, message);
+    });
+  }
+
+  /** Queues a message for a peer; the tick's messages go as one batch. */
+  #post(to: number, message: Wire): void {
+    if (this.#closed) return;
+    (this.#out[to] as Wire[]).push(message);
+    if (!this.#flushing) {
+      this.#flushing = true;
+      queueMicrotask(() => this.#flush());
+    }
+  }
+
+  #flush(): void {
+    this.#flushing = false;
+    for (let i = 0; i < this.#workers; i++) {
+      const batch = this.#out[i] as Wire[];
+      if (batch.length === 0) continue;
+      this.#out[i] = [];
+      this.forwarded += batch.length;
+      this.#peers[i]?.postMessage(batch);
+    }
+  }
+
+  #receive(from: number, m: Wire): void {
+    switch (m[0]) {
+      case EVENT: {
+        const text = m[3] as string | null;
+        const message = text === null ? null : this.#codecOf().decode(text);
+        this.#sink?.event(
+          m[1] as string,
+          m[2] as "put" | "header" | "end",
+          message,
+          m[4] as number,
+          m[5] as string,
+        );
+        return;
+      }
+      case REPLY: {
+        const p = this.#pending.get(m[1] as number);
+        this.#pending.delete(m[1] as number);
+        p?.resolve(m[2]);
+        return;
+      }
+      case FAIL: {
+        const p = this.#pending.get(m[1] as number);
+        this.#pending.delete(m[1] as number);
+        p?.reject(
+          m[2] === "LimitExceededError"
+            ? new LimitExceededError("max_streams", m[4] as string)
+            : new Error(m[4] as string),
+        );
+        return;
+      }
+      case UNFOLLOW:
+        this.#unfollowed(m[1] as string, from);
+        return;
+    }
+    // A request: the owner answers on the same port, after any event it sent before.
+    const id = m[1] as number;
+    const stream = m[2] as string;
+    try {
+      let value: unknown = null;
+      if (m[0] === PUT) value = this.#put(stream, m[3] as string, undefined);
+      else if (m[0] === HEADER) this.#header(stream, m[3] as string | null, undefined);
+      else if (m[0] === DELETE) this.#delete(stream);
+      else if (m[0] === SYNC) {
+        value = this.#sync(from, stream, m[3] as string | null, m[4] as number, m[5] === true);
+      } else if (m[0] === STAT) value = this.#stat(stream);
+      this.#post(from, [REPLY, id, value]);
+    } catch (e) {
+      const error = e instanceof Error ? e : new Error(String(e));
+      this.#post(from, [FAIL, id, error.name, null, error.message]);
+    }
+  }
+
+  /** The owned stream, made when asked to and within `maxStreams`. */
+  #stream(name: string, what: string): Owned {
+    let s = this.#owned.get(name);
+    if (s) return s;
+    if (this.#owned.size >= this.#maxStreams) {
+      throw new LimitExceededError(
+        "max_streams",
+        `${what}: its owner worker holds ${this.#maxStreams} streams, its limit (max_streams)`,
+      );
+    }
+    s = new Owned(name, epochBase + (epochCounter++).toString(36));
+    this.#owned.set(name, s);
+    const waiting = this.#followersOnly.get(name);
+    if (waiting) {
+      for (const w of waiting) s.followers.add(w);
+      this.#followersOnly.delete(name);
+    }
+    return s;
+  }
+
+  /** Sends an event of an owned stream to every follower; the local one gets `local`. */
+  #emit(
+    s: Owned,
+    kind: "put" | "header" | "end",
+    text: string | null,
+    local: unknown,
+  ): void {
+    for (const w of s.followers) {
+      if (w !== this.#index) this.#post(w, [EVENT, s.name, kind, text, s.seq, s.epoch]);
+    }
+    if (s.followers.has(this.#index)) {
+      const message = local !== undefined
+        ? local
+        : text === null
+        ? null
+        : this.#codecOf().decode(text);
+      this.#sink?.event(s.name, kind, message, s.seq, s.epoch);
+    }
+  }
+
+  #put(stream: string, text: string, local: unknown): Position {
+    const s = this.#stream(stream, `Cannot put to stream "${stream}"`);
+    s.seq++;
+    this.#record(s, "put", text);
+    this.#emit(s, "put", text, local);
+    return { epoch: s.epoch, seq: s.seq };
+  }
+
+  #header(stream: string, text: string | null, local: unknown): void {
+    const s = this.#stream(stream, `Cannot set the header of stream "${stream}"`);
+    s.header = text;
+    this.#record(s, "header", text);
+    this.#emit(s, "header", text, local);
+  }
+
+  #delete(stream: string): void {
+    const s = this.#owned.get(stream);
+    if (!s) return;
+    this.#owned.delete(stream);
+    this.#historyTotal -= s.bytes;
+    this.#emit(s, "end", null, null);
+    // The followers still follow the name: a new stream of that name reaches them.
+    if (s.followers.size > 0) this.#followersOnly.set(stream, new Set(s.followers));
+  }
+
+  /** A worker stopped following a stream (alive or deleted). */
+  #unfollowed(stream: string, worker: number): void {
+    this.#owned.get(stream)?.followers.delete(worker);
+    const waiting = this.#followersOnly.get(stream);
+    if (waiting?.delete(worker) && waiting.size === 0) this.#followersOnly.delete(stream);
+  }
+
+  /**
+   * Followers of deleted streams (or of names not created yet), kept so that the stream's
+   * next life reaches them; dropped when they unfollow or the stream is made again.
+   */
+  readonly #followersOnly: Map<string, Set<number>> = new Map();
+
+  #record(s: Owned, kind: Kind, text: string | null): void {
+    const bytes = text === null ? 16 : text.length + 16;
+    s.kinds.push(kind);
+    s.texts.push(text);
+    s.seqs.push(s.seq);
+    s.bytes += bytes;
+    this.#historyTotal += bytes;
+    while (
+      s.count > 0 && (s.count > this.#historyMessages || s.bytes > this.#historyBytes)
+    ) this.#trim(s);
+    if (this.#historyTotal > this.#maxHistoryBytes) {
+      for (const other of this.#owned.values()) {
+        while (other.count > 0 && this.#historyTotal > this.#maxHistoryBytes) this.#trim(other);
+        if (this.#historyTotal <= this.#maxHistoryBytes) break;
+      }
+    }
+  }
+
+  #trim(s: Owned): void {
+    const i = s.head++;
+    const text = s.texts[i] as string | null;
+    const bytes = text === null ? 16 : text.length + 16;
+    s.bytes -= bytes;
+    this.#historyTotal -= bytes;
+    const seq = s.seqs[i] as number;
+    s.trimmedTo = Math.max(s.trimmedTo, s.kinds[i] === "put" ? seq : seq + 1);
+    s.texts[i] = null;
+    if (s.head > 64 && s.head * 2 > s.seqs.length) {
+      s.kinds.splice(0, s.head);
+      s.texts.splice(0, s.head);
+      s.seqs.splice(0, s.head);
+      s.head = 0;
+    }
+  }
+
+  #sync(
+    from: number,
+    stream: string,
+    sinceEpoch: string | null,
+    sinceSeq: number,
+    existing: boolean,
+  ): WireSnapshot {
+    let s = this.#owned.get(stream);
+    if (!s && existing) {
+      return { epoch: "", seq: 0, header: null, absent: true };
+    }
+    s ??= this.#stream(stream, `Cannot listen to stream "${stream}"`);
+    s.followers.add(from);
+    const snap: WireSnapshot = { epoch: s.epoch, seq: s.seq, header: s.header };
+    if (sinceEpoch === null) return snap;
+    const reset: ResetReason | undefined = sinceEpoch !== s.epoch
+      ? "epoch_changed"
+      : sinceSeq > s.seq
+      ? "ahead_of_stream"
+      : sinceSeq < s.trimmedTo
+      ? "history_trimmed"
+      : undefined;
+    if (reset !== undefined) return { ...snap, reset };
+    const events: [Kind, string | null, number][] = [];
+    for (let i = s.head; i < s.seqs.length; i++) {
+      const seq = s.seqs[i] as number;
+      const kind = s.kinds[i] as Kind;
+      if (kind === "put" ? seq > sinceSeq : seq >= sinceSeq) {
+        events.push([kind, s.texts[i] as string | null, seq]);
+      }
+    }
+    return { ...snap, events };
+  }
+
+  #stat(stream: string): WireSnapshot | null {
+    const s = this.#owned.get(stream);
+    return s ? { epoch: s.epoch, seq: s.seq, header: s.header } : null;
+  }
+
+  /** A snapshot from its wire form: texts decoded with the hub's codec. */
+  #snapshot(w: WireSnapshot): EngineSnapshot {
+    const codec = this.#codecOf();
+    const events: EngineEvent[] | undefined = w.events?.map(([kind, text, seq]) => ({
+      kind,
+      message: text === null ? null : codec.decode(text),
+      seq,
+    }));
+    return {
+      epoch: w.epoch,
+      seq: w.seq,
+      header: w.header === null ? undefined : codec.decode(w.header),
+      ...(w.reset !== undefined ? { reset: w.reset } : {}),
+      ...(events !== undefined ? { events } : {}),
+      ...(w.absent ? { absent: true } : {}),
+    };
+  }
+}
