@@ -26,7 +26,7 @@
  * const a = new MessageStream({ engine: new PartitionEngine({ index: 0, peers: [undefined, port1] }) });
  * const b = new MessageStream({ engine: new PartitionEngine({ index: 1, peers: [port2, undefined] }) });
  * await a.put("job", 1);
- * assertEquals((await b.info("job"))?.seq, 1);
+ * assertEquals((await b.stat("job"))?.seq, 1);
  * await a.close();
  * await b.close();
  * ```
@@ -113,6 +113,7 @@ const UNFOLLOW = 5; // [UNFOLLOW, stream]
 const EVENT = 6; // [EVENT, stream, kind, text | null, seq, epoch]
 const REPLY = 7; // [REPLY, id, value]
 const FAIL = 8; // [FAIL, id, name, limit, message]
+const LOCAL = 9; // [LOCAL, fn]: this worker's own reply or snapshot, in order (never sent)
 
 type Wire = readonly unknown[];
 type Kind = "put" | "header";
@@ -152,6 +153,8 @@ class Owned {
 interface Pending {
   resolve(value: unknown): void;
   reject(error: Error): void;
+  /** Called with the reply in order with the port's other messages (a snapshot's join). */
+  apply?: ((value: unknown) => void) | undefined;
 }
 
 const epochBase = (() => {
@@ -174,6 +177,17 @@ export class PartitionEngine implements Engine {
   #codec: Codec | undefined;
   readonly #owned: Map<string, Owned> = new Map();
   readonly #pending: Map<number, Pending> = new Map();
+  /** Streams whose events wait behind a snapshot just placed, until the next macrotask. */
+  readonly #held: Map<string, (() => boolean)[]> = new Map();
+  #releaseTimer: ReturnType<typeof setTimeout> | undefined;
+  /** Events, replies and snapshots for this worker's hub, until the next macrotask. */
+  #inbox: Wire[] = [];
+  #inboxTimer: ReturnType<typeof setTimeout> | undefined;
+  /**
+   * Followers of deleted streams, kept so that the stream's next life reaches them; dropped
+   * when they unfollow or the stream is made again.
+   */
+  readonly #followersOnly: Map<string, Set<number>> = new Map();
   #nextId = 1;
   #closed = false;
   #historyTotal = 0;
@@ -181,8 +195,10 @@ export class PartitionEngine implements Engine {
   readonly #historyBytes: number;
   readonly #maxHistoryBytes: number;
   readonly #maxStreams: number;
-  /** Messages forwarded to other workers (each event to each following worker counts). */
+  /** Messages sent to other workers (requests, replies, events: each to each worker counts). */
   forwarded = 0;
+  /** Batches posted to other workers (one `postMessage` each). */
+  batches = 0;
 
   /**
    * Creates the engine and starts reading its peers' ports.
@@ -206,7 +222,12 @@ export class PartitionEngine implements Engine {
     peers.forEach((port, from) => {
       if (!port) return;
       port.onmessage = (e: MessageEvent) => {
-        for (const m of e.data as Wire[]) this.#receive(from, m);
+        for (const m of e.data as Wire[]) {
+          // What goes to this worker's hub waits for the next macrotask (see #later); what
+          // it owns is handled now.
+          if (m[0] === EVENT || m[0] === REPLY || m[0] === FAIL) this.#queue(m);
+          else this.#receive(from, m);
+        }
       };
     });
   }
@@ -226,57 +247,147 @@ export class PartitionEngine implements Engine {
   put(stream: string, message: unknown): Promise<Position> {
     const owner = ownerOf(stream, this.#workers);
     const text = this.#codecOf().encode(message);
-    if (owner === this.#index) {
-      try {
-        return Promise.resolve(this.#put(stream, text, message));
-      } catch (e) {
-        return Promise.reject(e);
-      }
-    }
+    if (owner === this.#index) return this.#local(() => this.#put(stream, text, message));
     return this.#request(owner, [PUT, 0, stream, text]) as Promise<Position>;
+  }
+
+  /**
+   * Runs an operation on a stream this worker owns now; its result reaches the caller in
+   * order with this worker's deliveries (after its own event, and after earlier requests').
+   */
+  #local<T>(op: () => T): Promise<T> {
+    return new Promise((resolve, reject) => {
+      let value: T;
+      try {
+        value = op();
+      } catch (e) {
+        this.#queue([LOCAL, () => reject(e)]);
+        return;
+      }
+      this.#queue([LOCAL, () => resolve(value)]);
+    });
+  }
+
+  /**
+   * Queues a message for this worker's hub: events, replies and snapshots reach it in a
+   * macrotask of their own, in order. Never synchronously: a listen that joined from this
+   * worker's copy of a stream is answered `ok` through microtasks, and a put handled in the
+   * same turn (another connection's read) must not reach that listener before its `ok`.
+   */
+  #queue(m: Wire): void {
+    this.#inbox.push(m);
+    this.#inboxTimer ??= setTimeout(() => {
+      this.#inboxTimer = undefined;
+      const inbox = this.#inbox;
+      this.#inbox = [];
+      for (const item of inbox) this.#take(item);
+    }, 0);
   }
 
   /** Sets or clears the header at the owner. */
   async header(stream: string, message: unknown): Promise<void> {
     const owner = ownerOf(stream, this.#workers);
     const text = message === null ? null : this.#codecOf().encode(message);
-    if (owner === this.#index) this.#header(stream, text, message);
+    if (owner === this.#index) await this.#local(() => this.#header(stream, text, message));
     else await this.#request(owner, [HEADER, 0, stream, text]);
   }
 
   /** Deletes the stream at the owner. */
   async delete(stream: string): Promise<void> {
     const owner = ownerOf(stream, this.#workers);
-    if (owner === this.#index) this.#delete(stream);
+    if (owner === this.#index) await this.#local(() => this.#delete(stream));
     else await this.#request(owner, [DELETE, 0, stream]);
   }
 
-  /** Follows the stream at its owner and places the snapshot among its events. */
-  async sync(
+  /**
+   * Follows the stream at its owner and places the snapshot among its events: events after it
+   * wait for the next macrotask, so that the joiner's `ok` (sent when this promise settles,
+   * through microtasks only) goes out before them, as PROTOCOL.md promises.
+   */
+  sync(
     stream: string,
     since: Position | undefined,
     onSnapshot: (snapshot: EngineSnapshot) => void,
     existing?: boolean,
   ): Promise<void> {
     const owner = ownerOf(stream, this.#workers);
-    const snap = owner === this.#index
-      ? this.#sync(this.#index, stream, since?.epoch ?? null, since?.seq ?? 0, existing === true)
-      : await this.#request(owner, [
-        SYNC,
-        0,
-        stream,
-        since?.epoch ?? null,
-        since?.seq ?? 0,
-        existing === true,
-      ]) as WireSnapshot;
-    onSnapshot(this.#snapshot(snap));
+    return new Promise((resolve, reject) => {
+      const apply = (w: unknown) =>
+        this.#placeSnapshot(stream, () => {
+          try {
+            onSnapshot(this.#snapshot(w as WireSnapshot));
+            resolve();
+          } catch (e) {
+            reject(e);
+          }
+        });
+      const epoch = since?.epoch ?? null;
+      const seq = since?.seq ?? 0;
+      if (owner === this.#index) {
+        try {
+          const snap = this.#sync(this.#index, stream, epoch, seq, existing === true);
+          this.#queue([LOCAL, () => apply(snap)]);
+        } catch (e) {
+          this.#queue([LOCAL, () => reject(e)]);
+        }
+      } else {
+        this.#request(owner, [SYNC, 0, stream, epoch, seq, existing === true], apply)
+          .catch(reject);
+      }
+    });
+  }
+
+  /** Runs a snapshot's join now, or after the events held before it; holds what follows. */
+  #placeSnapshot(stream: string, join: () => void): void {
+    const held = this.#held.get(stream);
+    if (held) {
+      held.push(() => (join(), true));
+      return;
+    }
+    join();
+    this.#hold(stream, []);
+  }
+
+  /** Holds a stream's next events until the next macrotask. */
+  #hold(stream: string, queue: (() => boolean)[]): void {
+    this.#held.set(stream, queue);
+    this.#releaseTimer ??= setTimeout(() => {
+      this.#releaseTimer = undefined;
+      for (const name of [...this.#held.keys()]) this.#release(name);
+    }, 0);
+  }
+
+  /** Delivers a stream's held events, up to the next snapshot (which holds the rest). */
+  #release(stream: string): void {
+    const held = this.#held.get(stream);
+    if (!held) return;
+    this.#held.delete(stream);
+    for (let i = 0; i < held.length; i++) {
+      if ((held[i] as () => boolean)()) {
+        this.#hold(stream, held.slice(i + 1));
+        return;
+      }
+    }
+  }
+
+  /** Hands an event to the hub, or holds it behind a snapshot just placed. */
+  #deliver(
+    stream: string,
+    kind: "put" | "header" | "end",
+    message: unknown,
+    seq: number,
+    epoch: string,
+  ): void {
+    const held = this.#held.size === 0 ? undefined : this.#held.get(stream);
+    if (held) held.push(() => (this.#sink?.event(stream, kind, message, seq, epoch), false));
+    else this.#sink?.event(stream, kind, message, seq, epoch);
   }
 
   /** Reads the stream at its owner. */
   async stat(stream: string): Promise<EngineSnapshot | undefined> {
     const owner = ownerOf(stream, this.#workers);
     const snap = owner === this.#index
-      ? this.#stat(stream)
+      ? await this.#local(() => this.#stat(stream))
       : await this.#request(owner, [STAT, 0, stream]) as WireSnapshot | null;
     return snap ? this.#snapshot(snap) : undefined;
   }
@@ -291,6 +402,10 @@ export class PartitionEngine implements Engine {
   /** Refuses requests from now on; requests in flight fail. */
   close(): Promise<void> {
     this.#closed = true;
+    clearTimeout(this.#releaseTimer);
+    clearTimeout(this.#inboxTimer);
+    this.#inbox = [];
+    this.#held.clear();
     for (const port of this.#peers) port?.close();
     const error = new EngineUnavailableError("Cannot reach the stream's owner: the engine closed");
     for (const p of this.#pending.values()) p.reject(error);
@@ -303,14 +418,18 @@ export class PartitionEngine implements Engine {
     return this.#codec;
   }
 
-  #request(owner: number, message: unknown[]): Promise<unknown> {
+  #request(
+    owner: number,
+    message: unknown[],
+    apply?: (value: unknown) => void,
+  ): Promise<unknown> {
     if (this.#closed) {
       return Promise.reject(new EngineUnavailableError("Cannot reach the stream's owner: closed"));
     }
     const id = this.#nextId++;
     message[1] = id;
     return new Promise((resolve, reject) => {
-      this.#pending.set(id, { resolve, reject });
+      this.#pending.set(id, { resolve, reject, apply });
       this.#post(owner, message);
     });
   }
@@ -332,16 +451,22 @@ export class PartitionEngine implements Engine {
       if (batch.length === 0) continue;
       this.#out[i] = [];
       this.forwarded += batch.length;
+      this.batches++;
       this.#peers[i]?.postMessage(batch);
     }
   }
 
-  #receive(from: number, m: Wire): void {
+  /** Hands a queued message to this worker's hub. */
+  #take(m: Wire): void {
     switch (m[0]) {
+      case LOCAL:
+        (m[1] as () => void)();
+        return;
       case EVENT: {
         const text = m[3] as string | null;
-        const message = text === null ? null : this.#codecOf().decode(text);
-        this.#sink?.event(
+        // A local event carries its message (index 6); a remote one its text.
+        const message = m.length > 6 ? m[6] : text === null ? null : this.#codecOf().decode(text);
+        this.#deliver(
           m[1] as string,
           m[2] as "put" | "header" | "end",
           message,
@@ -353,6 +478,7 @@ export class PartitionEngine implements Engine {
       case REPLY: {
         const p = this.#pending.get(m[1] as number);
         this.#pending.delete(m[1] as number);
+        p?.apply?.(m[2]);
         p?.resolve(m[2]);
         return;
       }
@@ -366,6 +492,12 @@ export class PartitionEngine implements Engine {
         );
         return;
       }
+    }
+  }
+
+  /** Handles a request to this worker as a stream's owner. */
+  #receive(from: number, m: Wire): void {
+    switch (m[0]) {
       case UNFOLLOW:
         this.#unfollowed(m[1] as string, from);
         return;
@@ -424,7 +556,7 @@ export class PartitionEngine implements Engine {
         : text === null
         ? null
         : this.#codecOf().decode(text);
-      this.#sink?.event(s.name, kind, message, s.seq, s.epoch);
+      this.#queue([EVENT, s.name, kind, text, s.seq, s.epoch, message]);
     }
   }
 
@@ -459,12 +591,6 @@ export class PartitionEngine implements Engine {
     const waiting = this.#followersOnly.get(stream);
     if (waiting?.delete(worker) && waiting.size === 0) this.#followersOnly.delete(stream);
   }
-
-  /**
-   * Followers of deleted streams (or of names not created yet), kept so that the stream's
-   * next life reaches them; dropped when they unfollow or the stream is made again.
-   */
-  readonly #followersOnly: Map<string, Set<number>> = new Map();
 
   #record(s: Owned, kind: Kind, text: string | null): void {
     const bytes = text === null ? 16 : text.length + 16;

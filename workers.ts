@@ -52,6 +52,10 @@ type WorkerOptions = Omit<ServeOptions, "hub" | "codec" | "signal">;
 
 /** Rebuilds a worker's error in this thread, keeping `Deno.errors` classes (for hints). */
 function revive(name: string, message: string): Error {
+  if (/Requires (read|import) access/.test(message)) {
+    message = `Cannot start a worker: ${message.split("\n")[0]} (a worker loads the server's ` +
+      `modules itself: give --allow-read of them, or --allow-import for remote ones)`;
+  }
   const errors = Deno.errors as unknown as Record<string, new (m: string) => Error>;
   const Class = name === "RangeError"
     ? RangeError
@@ -73,7 +77,10 @@ class Thread {
     this.worker.onmessage = (e: MessageEvent<FromWorker>) => this.#waiters.shift()?.(e.data);
     this.worker.onerror = (e) => {
       e.preventDefault();
-      onError(e);
+      const waiting = this.#waiters.splice(0);
+      // Still starting: the start fails with the worker's error (a missing permission, say).
+      for (const w of waiting) w({ type: "failed", name: "Error", message: e.message });
+      if (waiting.length === 0) onError(e);
     };
   }
 
@@ -141,12 +148,19 @@ export async function serveWorkers(options: ServeOptions): Promise<WorkersServer
   const first = await start(0, { ...base, reusePort: true });
   if (first.type !== "ready") {
     terminate();
-    throw first.type === "failed" ? revive(first.name, first.message) : new Error("Worker 0 stopped");
+    throw first.type === "failed"
+      ? revive(first.name, first.message)
+      : new Error("Worker 0 stopped");
   }
   const { http: _http, ...others } = base;
   const replies = await Promise.all(
     threads.slice(1).map((_, k) =>
-      start(k + 1, { ...others, port: first.port, reusePort: true, logLevel: base.logLevel ?? "warn" })
+      start(k + 1, {
+        ...others,
+        port: first.port,
+        reusePort: true,
+        logLevel: base.logLevel ?? "warn",
+      })
     ),
   );
   const bad = replies.find((r) => r.type !== "ready");

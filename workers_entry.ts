@@ -21,6 +21,9 @@ interface WorkerScope {
 const scope = globalThis as unknown as WorkerScope;
 let server: MessageServer | undefined;
 let hub: MessageStream | undefined;
+let engine: PartitionEngine | undefined;
+let index = 0;
+let logInfo = false;
 
 // As in the server's main(): a rejection nobody handled is a bug, logged, never the end of a
 // worker that holds other clients' streams.
@@ -41,11 +44,20 @@ scope.onmessage = async (e: MessageEvent) => {
   if (m.type === "shutdown") {
     await server?.shutdown();
     await hub?.close();
+    if (logInfo && engine) {
+      // deno-lint-ignore no-console
+      console.error(
+        `${new Date().toISOString()} info worker stopped worker=${index} owned=${engine.owned} ` +
+          `forwarded=${engine.forwarded} batches=${engine.batches}`,
+      );
+    }
     scope.postMessage({ type: "stopped" });
     return;
   }
   try {
-    const engine = new PartitionEngine({
+    index = m.index;
+    logInfo = m.options.logLevel === "info" || m.options.logLevel === "debug";
+    engine = new PartitionEngine({
       index: m.index,
       peers: m.peers,
       historyMessages: m.options.historyMessages,

@@ -99,6 +99,12 @@ export interface ServerProcessOptions {
    * @default {"keep"}
    */
   stderr?: "keep" | "inherit";
+  /**
+   * Flags for `deno run` before the server's path (e.g. `["--unstable-net"]`).
+   *
+   * @default {[]}
+   */
+  denoArgs?: string[];
 }
 
 /**
@@ -166,7 +172,15 @@ export class ServerProcess implements AsyncDisposable {
   async start(port = 0): Promise<void> {
     for (let attempt = 0;; attempt++) {
       const child = new Deno.Command(Deno.execPath(), {
-        args: ["run", "-N", serverPath, "--port", String(port), ...this.#args],
+        args: [
+          "run",
+          "-N",
+          ...(this.#options.denoArgs ?? []),
+          serverPath,
+          "--port",
+          String(port),
+          ...this.#args,
+        ],
         stdin: "null",
         stdout: "piped",
         stderr: this.#options.stderr === "inherit" ? "inherit" : "piped",

@@ -1,0 +1,199 @@
+/**
+ * `--workers N` (workers.ts, partition.ts): N worker threads on one port, the streams
+ * partitioned between them. Through real sockets, with connections spread by the kernel over
+ * both workers: the hub's guarantees hold when puts race joins, across the forwarding hop.
+ */
+
+import { assert, assertEquals, assertNotEquals } from "@std/assert";
+import { connectRaw, type Frame, type RawClient } from "./_raw_client.ts";
+import { ServerProcess } from "./_server.ts";
+import { poll } from "./_wait.ts";
+import { ownerOf } from "../partition.ts";
+import { MessageStream } from "../mod.ts";
+import { PartitionEngine } from "../partition.ts";
+import { Inbox } from "../inbox.ts";
+
+const WORKERS = ["--workers", "2", "--log-level", "info"];
+const ROOT = new URL("..", import.meta.url).pathname;
+const UNSTABLE = { denoArgs: ["--unstable-net", `--allow-read=${ROOT}`] };
+
+/** Names of streams, half owned by each of two workers. */
+function streamsOfBothOwners(perOwner: number): string[] {
+  const names: string[] = [];
+  const count = [0, 0];
+  for (let i = 0; names.length < 2 * perOwner; i++) {
+    const name = `job.${i}`;
+    const owner = ownerOf(name, 2);
+    if ((count[owner] as number) < perOwner) {
+      count[owner] = (count[owner] as number) + 1;
+      names.push(name);
+    }
+  }
+  return names;
+}
+
+/** The frames of one stream a client read, from its lines. */
+function framesOf(client: RawClient, stream: string): Frame[] {
+  return client.lines.map((l) => JSON.parse(l) as Frame).filter((f) => f.stream === stream);
+}
+
+/** The stream's position as a client read it: its last put's seq, or its join's (-1: none). */
+function lastSeq(client: RawClient, stream: string): number {
+  let last = -1;
+  for (const f of framesOf(client, stream)) {
+    if (f.action === "put" || f.action === "ok") last = Math.max(last, f.seq as number);
+  }
+  return last;
+}
+
+Deno.test("--workers 2: listeners joining while puts race get the header, then every later put in order, once", async () => {
+  await using server = await ServerProcess.start(WORKERS, UNSTABLE);
+  const streams = streamsOfBothOwners(2);
+  const publishers = await Promise.all([0, 1, 2, 3].map(() => connectRaw(server.port)));
+  const listeners = await Promise.all([0, 1, 2, 3, 4, 5, 6, 7].map(() => connectRaw(server.port)));
+  try {
+    const admin = publishers[0] as RawClient;
+    for (const [i, s] of streams.entries()) {
+      await admin.send({ action: "header", stream: s, message: `H-${s}`, id: i });
+    }
+    await poll(
+      () => admin.lines.filter((l) => l.includes('"ok"')).length === streams.length,
+      "the headers' oks",
+    );
+    const PER = 400; // puts per publisher per stream
+    const CHUNK = 20;
+    const joined: Promise<void>[] = [];
+    const writes = publishers.map(async (p, pi) => {
+      for (let from = 0; from < PER; from += CHUNK) {
+        let text = "";
+        for (let i = from; i < from + CHUNK; i++) {
+          for (const s of streams) {
+            text += JSON.stringify({ action: "put", stream: s, message: { p: pi, i } }) + "\n";
+          }
+        }
+        await p.write(text);
+        // Listener k joins every stream once publisher 0 has sent 2k chunks: mid-stream.
+        if (pi === 0 && from % (2 * CHUNK) === 0) {
+          const k = from / CHUNK / 2;
+          const l = listeners[k];
+          if (l) {
+            joined.push((async () => {
+              for (const s of streams) await l.send({ action: "listen", stream: s, id: `j-${s}` });
+            })());
+          }
+        }
+        await new Promise((r) => setTimeout(r, 0)); // let other publishers and joins interleave
+      }
+    });
+    await Promise.all(writes);
+    await Promise.all(joined);
+    const total = publishers.length * PER;
+    await poll(
+      () => listeners.every((l) => streams.every((s) => lastSeq(l, s) === total)),
+      () =>
+        `every listener to reach seq ${total}: ${
+          listeners.map((l) => streams.map((s) => lastSeq(l, s)).join("/")).join(" ")
+        }`,
+    );
+    for (const [li, l] of listeners.entries()) {
+      for (const s of streams) {
+        const frames = framesOf(l, s);
+        const what = `listener ${li}, stream ${s}`;
+        assertEquals(frames[0]?.action, "put", `${what}: the join frame first`);
+        assertEquals(frames[0]?.header, true, `${what}: the join frame is the header`);
+        assertEquals(frames[0]?.message, `H-${s}`, `${what}: the header's message`);
+        assertEquals(frames[1]?.action, "ok", `${what}: the ok after the header`);
+        const at = frames[1]?.seq as number;
+        assertEquals(frames[0]?.seq, at, `${what}: the header at the join position`);
+        const puts = frames.slice(2);
+        assertEquals(puts.length, total - at, `${what}: every put after the join, once`);
+        const next = [0, 0, 0, 0];
+        for (const [k, f] of puts.entries()) {
+          assertEquals(f.action, "put", what);
+          assertEquals(f.seq, at + k + 1, `${what}: no gap, no duplicate, in order`);
+          assertEquals(f.epoch, frames[0]?.epoch, what);
+          const m = f.message as { p: number; i: number };
+          // Each publisher's puts in its order (the first one seen may be any of its puts).
+          if (next[m.p] !== 0) assertEquals(m.i, next[m.p], `${what}: publisher ${m.p}'s order`);
+          next[m.p] = m.i + 1;
+        }
+      }
+    }
+    // Resume by position: exactly the puts after it, then the ok at the stream's position.
+    const resumer = await connectRaw(server.port);
+    try {
+      const epoch = framesOf(listeners[0] as RawClient, streams[0] as string)[0]?.epoch;
+      for (const s of streams) {
+        const e = framesOf(listeners[0] as RawClient, s)[0]?.epoch;
+        await resumer.send({
+          action: "listen",
+          stream: s,
+          since: { epoch: e, seq: total - 300 },
+          id: s,
+        });
+      }
+      await poll(
+        () => streams.every((s) => framesOf(resumer, s).some((f) => f.action === "ok")),
+        "the resumed listens' oks",
+      );
+      for (const s of streams) {
+        const frames = framesOf(resumer, s);
+        assertEquals(frames.length, 300 + 1, `${s}: the last 300 puts, then ok`);
+        frames.slice(0, -1).forEach((f, k) =>
+          assertEquals(f.seq, total - 299 + k, `${s}: resumed`)
+        );
+        assertEquals(frames.at(-1), {
+          action: "ok",
+          id: s,
+          stream: s,
+          seq: total,
+          epoch: frames[0]?.epoch,
+        });
+      }
+      assertNotEquals(epoch, undefined);
+    } finally {
+      resumer.close();
+    }
+  } finally {
+    for (const c of [...publishers, ...listeners]) c.close();
+  }
+  await server.stop();
+  // Both workers served, and messages crossed between them (puts forwarded, events sent back).
+  const stops = server.log.filter((l) => l.includes("worker stopped"));
+  assertEquals(stops.length, 2, server.log.join("\n"));
+  const forwarded = stops.map((l) => Number(l.match(/forwarded=(\d+)/)?.[1]));
+  assert(forwarded.every((n) => n > 0), `both workers forwarded: ${stops.join(" | ")}`);
+});
+
+Deno.test("PartitionEngine: a join on the worker that does not own the stream gets the header first, then later puts", async () => {
+  const { port1, port2 } = new MessageChannel();
+  const a = new MessageStream({
+    engine: new PartitionEngine({ index: 0, peers: [undefined, port1] }),
+  });
+  const b = new MessageStream({
+    engine: new PartitionEngine({ index: 1, peers: [port2, undefined] }),
+  });
+  try {
+    const stream = streamsOfBothOwners(1)[1] as string; // owned by worker 1
+    await b.header(stream, "H");
+    await b.put(stream, 1);
+    const inbox = new Inbox();
+    const at = await a.listen(stream, inbox);
+    assertEquals(at.seq, 1);
+    await b.put(stream, 2);
+    await a.put(stream, 3);
+    const reader = inbox.getReader();
+    const got = [];
+    for (let i = 0; i < 3; i++) {
+      const e = (await reader.read()).value;
+      got.push([e?.kind, e?.message, e?.seq]);
+    }
+    assertEquals(got, [["header", "H", 1], ["put", 2, 2], ["put", 3, 3]]);
+    reader.releaseLock();
+    await a.delete(stream);
+    assertEquals(await b.stat(stream), undefined);
+  } finally {
+    await a.close();
+    await b.close();
+  }
+});
