@@ -38,6 +38,7 @@ import { LimitExceededError } from "./budget.ts";
 import type { Codec } from "./codec.ts";
 import type { Engine, EngineEvent, EngineSink, EngineSnapshot } from "./engine.ts";
 import { EngineUnavailableError } from "./engine.ts";
+import { matchPattern } from "./pattern.ts";
 import type { Position, ResetReason } from "./types.ts";
 
 /** Options of a {@linkcode PartitionEngine}. */
@@ -114,6 +115,9 @@ const EVENT = 6; // [EVENT, stream, kind, text | null, seq, epoch]
 const REPLY = 7; // [REPLY, id, value]
 const FAIL = 8; // [FAIL, id, name, limit, message]
 const LOCAL = 9; // [LOCAL, fn]: this worker's own reply or snapshot, in order (never sent)
+const WATCH = 10; // [WATCH, id]: tell me of every stream you create from now on
+const CREATED = 11; // [CREATED, stream, epoch]
+const NAMES = 12; // [NAMES, id, pattern]: the names you own that match
 
 type Wire = readonly unknown[];
 type Kind = "put" | "header";
@@ -180,6 +184,9 @@ export class PartitionEngine implements Engine {
   /** Streams whose events wait behind a snapshot just placed, until the next macrotask. */
   readonly #held: Map<string, (() => boolean)[]> = new Map();
   #releaseTimer: ReturnType<typeof setTimeout> | undefined;
+  /** The workers told of every stream this worker creates (pattern listens). */
+  readonly #watchers: Set<number> = new Set();
+  #onCreated: ((stream: string, epoch: string) => void) | undefined;
   /** Events, replies and snapshots for this worker's hub, until the next macrotask. */
   #inbox: Wire[] = [];
   #inboxTimer: ReturnType<typeof setTimeout> | undefined;
@@ -225,8 +232,9 @@ export class PartitionEngine implements Engine {
         for (const m of e.data as Wire[]) {
           // What goes to this worker's hub waits for the next macrotask (see #later); what
           // it owns is handled now.
-          if (m[0] === EVENT || m[0] === REPLY || m[0] === FAIL) this.#queue(m);
-          else this.#receive(from, m);
+          if (m[0] === EVENT || m[0] === REPLY || m[0] === FAIL || m[0] === CREATED) {
+            this.#queue(m);
+          } else this.#receive(from, m);
         }
       };
     });
@@ -383,6 +391,41 @@ export class PartitionEngine implements Engine {
     else this.#sink?.event(stream, kind, message, seq, epoch);
   }
 
+  /**
+   * Lists the streams every worker owns whose names match the pattern: a page per worker.
+   *
+   * @param pattern The pattern.
+   * @returns The names, a page per worker.
+   */
+  async *streams(pattern: string): AsyncIterable<string[]> {
+    for (let w = 0; w < this.#workers; w++) {
+      yield w === this.#index
+        ? await this.#local(() => this.#names(pattern))
+        : await this.#request(w, [NAMES, 0, pattern]) as string[];
+    }
+  }
+
+  /**
+   * From now on, every worker tells this one of each stream it creates (pattern listens).
+   *
+   * @param onCreated Takes the stream's name and its first epoch.
+   */
+  async watchCreated(onCreated: (stream: string, epoch: string) => void): Promise<void> {
+    this.#onCreated = onCreated;
+    this.#watchers.add(this.#index);
+    const asks: Promise<unknown>[] = [];
+    for (let w = 0; w < this.#workers; w++) {
+      if (w !== this.#index) asks.push(this.#request(w, [WATCH, 0]));
+    }
+    await Promise.all(asks);
+  }
+
+  #names(pattern: string): string[] {
+    const names: string[] = [];
+    for (const name of this.#owned.keys()) if (matchPattern(pattern, name)) names.push(name);
+    return names;
+  }
+
   /** Reads the stream at its owner. */
   async stat(stream: string): Promise<EngineSnapshot | undefined> {
     const owner = ownerOf(stream, this.#workers);
@@ -462,6 +505,9 @@ export class PartitionEngine implements Engine {
       case LOCAL:
         (m[1] as () => void)();
         return;
+      case CREATED:
+        this.#onCreated?.(m[1] as string, m[2] as string);
+        return;
       case EVENT: {
         const text = m[3] as string | null;
         // A local event carries its message (index 6); a remote one its text.
@@ -513,6 +559,8 @@ export class PartitionEngine implements Engine {
       else if (m[0] === SYNC) {
         value = this.#sync(from, stream, m[3] as string | null, m[4] as number, m[5] === true);
       } else if (m[0] === STAT) value = this.#stat(stream);
+      else if (m[0] === NAMES) value = this.#names(stream);
+      else if (m[0] === WATCH) this.#watchers.add(from);
       this.#post(from, [REPLY, id, value]);
     } catch (e) {
       const error = e instanceof Error ? e : new Error(String(e));
@@ -532,6 +580,11 @@ export class PartitionEngine implements Engine {
     }
     s = new Owned(name, epochBase + (epochCounter++).toString(36));
     this.#owned.set(name, s);
+    for (const w of this.#watchers) {
+      const created = [CREATED, name, s.epoch];
+      if (w === this.#index) this.#queue(created);
+      else this.#post(w, created);
+    }
     const waiting = this.#followersOnly.get(name);
     if (waiting) {
       for (const w of waiting) s.followers.add(w);

@@ -197,3 +197,48 @@ Deno.test("PartitionEngine: a join on the worker that does not own the stream ge
     await b.close();
   }
 });
+
+Deno.test("--workers 2: a pattern listen follows streams of both owners, existing and created later", async () => {
+  await using server = await ServerProcess.start(WORKERS, UNSTABLE);
+  const clients = await Promise.all([0, 1, 2, 3, 4, 5].map(() => connectRaw(server.port)));
+  try {
+    const [publisher, ...listeners] = clients as [RawClient, ...RawClient[]];
+    const names = streamsOfBothOwners(4);
+    const before = names.slice(0, 4);
+    const later = names.slice(4);
+    for (const s of before) await publisher.send({ action: "put", stream: s, message: 1, id: s });
+    await poll(() => publisher.lines.length === before.length, "the first puts' oks");
+    for (const l of listeners) await l.send({ action: "listen", pattern: "job.*", id: "p" });
+    await poll(
+      () => listeners.every((l) => l.lines.some((x) => x.includes('"id":"p"'))),
+      "the pattern listens' oks",
+    );
+    for (const s of names) await publisher.send({ action: "put", stream: s, message: 2 });
+    await poll(
+      () =>
+        listeners.every((l) => names.every((s) => lastSeq(l, s) === (later.includes(s) ? 1 : 2))),
+      () =>
+        `every put: ${listeners.map((l) => names.map((s) => lastSeq(l, s)).join("/")).join(" ")}`,
+    );
+    for (const [li, l] of listeners.entries()) {
+      for (const s of before) {
+        const frames = framesOf(l, s).map((f) => [f.action, f.header ?? false, f.message, f.seq]);
+        assertEquals(
+          frames,
+          [["put", true, null, 1], ["put", false, 2, 2]],
+          `listener ${li}, ${s}`,
+        );
+      }
+      for (const s of later) {
+        const frames = framesOf(l, s).map((f) => [f.action, f.header ?? false, f.message, f.seq]);
+        assertEquals(
+          frames,
+          [["put", true, null, 0], ["put", false, 2, 1]],
+          `listener ${li}, ${s}`,
+        );
+      }
+    }
+  } finally {
+    for (const c of clients) c.close();
+  }
+});
