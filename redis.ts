@@ -40,6 +40,9 @@ import {
   joinProbes,
 } from "./engine.ts";
 import { intOption } from "./options.ts";
+import { settle, WriteQueue } from "./redis_batch.ts";
+import type { RedisEngineOptions } from "./redis_options.ts";
+import { ShardPool } from "./redis_shard.ts";
 import {
   type Client,
   defineScripts,
@@ -56,71 +59,7 @@ import {
 } from "./redis_scripts.ts";
 import type { Position } from "./types.ts";
 
-/** Options for {@linkcode RedisEngine}. */
-export interface RedisEngineOptions {
-  /**
-   * The Redis server, as `redis://[user:password@]host:port[/db]` (or `rediss://` for TLS).
-   *
-   * @default {"redis://127.0.0.1:6379"}
-   */
-  url?: string;
-  /**
-   * Prefix of every key and channel, so that several services can share one Redis.
-   *
-   * @default {"msgstream:"}
-   */
-  prefix?: string;
-  /**
-   * Most events (puts and header changes) kept per stream in Redis for resuming listeners.
-   *
-   * @default {1000}
-   */
-  historyMessages?: number;
-  /**
-   * Whether `url` is a node of a Redis Cluster (any node: the others are found from it). Each
-   * stream lives in its hash tag's slot; its writes run as one script call per stream per batch.
-   *
-   * @default {false}
-   */
-  cluster?: boolean;
-  /**
-   * Most writes (puts, header changes, deletes) sent to Redis in one script call. The writes
-   * of one tick, and those that arrive while `maxBatchesInFlight` calls are out, go together,
-   * so a busy node makes one call per batch, not per put, and publishes one message per stream
-   * per batch.
-   *
-   * @default {512}
-   */
-  maxBatch?: number;
-  /**
-   * Most batches sent to Redis and not answered yet; writes wait in this node's queue beyond
-   * that (they are answered only once their script returned, so none is acknowledged early).
-   *
-   * @default {4}
-   */
-  maxBatchesInFlight?: number;
-  /**
-   * Most characters of messages waiting on this node for a batch (beyond the batches in
-   * flight). A write that would pass it is refused at once with
-   * {@linkcode EngineUnavailableError} (`engine_unavailable`: retry later), so a Redis that
-   * cannot keep up never makes a node hold writes without bound. A write always goes through
-   * when nothing waits.
-   *
-   * @default {67108864}
-   */
-  maxQueuedChars?: number;
-  /**
-   * Milliseconds to wait for a connection to Redis.
-   *
-   * @default {10000}
-   */
-  connectTimeout?: number;
-  /**
-   * Called once when the link to Redis goes down (a connection closed, or none made yet) and
-   * once when it is back (both connections ready), with what happened, for logs and metrics.
-   */
-  onStatus?: (up: boolean, detail: string) => void;
-}
+export type { RedisEngineOptions } from "./redis_options.ts";
 
 /**
  * The Redis engine: give it to a hub (`new MessageStream({ engine })`) or start a server with
@@ -157,19 +96,20 @@ export class RedisEngine implements Engine {
   readonly #historyMessages: number;
   readonly #connectTimeout: number;
   readonly #cluster: boolean;
+  readonly #wantSharded: boolean;
+  /** Sharded pub/sub's subscribers, once the cluster was found to have it (see #detect). */
+  #shards: ShardPool | undefined;
+  /** Whether the cluster's pub/sub mode was decided (#detect). */
+  #detected = false;
+  /** Follows to subscribe again (sharded): retried until they are, then the hub resyncs. */
+  #retryTimer: ReturnType<typeof setTimeout> | undefined;
+  #retryDelay = 0;
+  /** A sharded subscription was lost: the hub must resync once all are back. */
+  #needLost = false;
   readonly #node: string = crypto.randomUUID().slice(0, 8);
   #counter = 0;
-  readonly #maxBatch: number;
-  /** Writes waiting for the next batch, in arrival order. */
-  #queue: Op[] = [];
-  readonly #maxInFlight: number;
-  /** A flush is scheduled. */
-  #flushing = false;
-  /** Script calls sent and not answered yet. */
-  #inFlight = 0;
-  readonly #maxQueued: number;
-  /** Characters of the messages in #queue. */
-  #queuedChars = 0;
+  /** Puts, header changes and deletes waiting for their batch (see `maxBatch`). */
+  readonly #writes: WriteQueue;
   #sink: EngineSink | undefined;
   #codec: Codec | undefined;
   #started: Promise<void> | undefined;
@@ -205,10 +145,15 @@ export class RedisEngine implements Engine {
     this.#prefix = options?.prefix ?? "msgstream:";
     this.#historyMessages = intOption("historyMessages", options?.historyMessages, 1000, 0);
     this.#connectTimeout = intOption("connectTimeout", options?.connectTimeout, 10_000, 0);
-    this.#maxBatch = intOption("maxBatch", options?.maxBatch, 512, 1, 10_000);
+
     this.#cluster = options?.cluster ?? false;
-    this.#maxInFlight = intOption("maxBatchesInFlight", options?.maxBatchesInFlight, 4, 1, 1000);
-    this.#maxQueued = intOption("maxQueuedChars", options?.maxQueuedChars, 64 * 1024 * 1024, 0);
+    this.#wantSharded = options?.shardedPubSub ?? true;
+    this.#writes = new WriteQueue({
+      maxBatch: intOption("maxBatch", options?.maxBatch, 512, 1, 10_000),
+      maxInFlight: intOption("maxBatchesInFlight", options?.maxBatchesInFlight, 4, 1, 1000),
+      maxQueued: intOption("maxQueuedChars", options?.maxQueuedChars, 64 * 1024 * 1024, 0),
+      send: (ops) => this.#send(ops),
+    });
     this.#onStatus = options?.onStatus;
   }
 
@@ -311,7 +256,7 @@ export class RedisEngine implements Engine {
 
   async #subReady(): Promise<void> {
     const sub = this.#sub as Redis;
-    const follows = [...this.#follows.values()];
+    const follows = this.#shards ? [] : [...this.#follows.values()];
     const channels = follows.map((f) => f.channel);
     if (this.#onCreated) channels.push(this.#createdChannel);
     if (channels.length > 0) {
@@ -339,7 +284,7 @@ export class RedisEngine implements Engine {
   #subDown(): void {
     this.#subUp = false;
     this.#linkDown(`lost the connection to ${redactUrl(this.#url)}`);
-    for (const f of this.#follows.values()) this.#drop(f);
+    if (!this.#shards) { for (const f of this.#follows.values()) this.#drop(f); }
   }
 
   /** The subscription is gone: fail its syncs and release its waiters. */
@@ -367,12 +312,70 @@ export class RedisEngine implements Engine {
       });
     }
     const cmd = this.#cmd as Client;
+    if (this.#cluster && !this.#detected) await this.#detect(cmd);
     // In a cluster each script reads its master's run_id itself (see RUN_GEN).
     while (!this.#cluster && this.#verifiedOn !== this.#connects) {
       this.#verifying ??= this.#verify(cmd).finally(() => this.#verifying = undefined);
       await this.#verifying;
     }
     return cmd;
+  }
+
+  /**
+   * Decides, once, whether the cluster has sharded pub/sub (Redis 7 or later): then events go
+   * out with `SPUBLISH` and are followed on one connection per master (see {@linkcode ShardPool}).
+   */
+  async #detect(cmd: Client): Promise<void> {
+    let info: string;
+    try {
+      info = await cmd.info("server");
+    } catch (e) {
+      throw unavailable(e);
+    }
+    if (this.#detected) return;
+    this.#detected = true;
+    const major = Number(/^redis_version:(\d+)/m.exec(info)?.[1] ?? 0);
+    if (!this.#wantSharded || major < 7) return;
+    const cluster = cmd as unknown as Cluster;
+    this.#shards = new ShardPool({
+      url: this.#url,
+      connectTimeout: this.#connectTimeout,
+      masterOf: (slot) => (cluster.slots[slot] as string[] | undefined)?.[0],
+      onMessage: (channel, text) => this.#message(channel, text),
+      onLost: (channels) => {
+        for (const c of channels) {
+          const f = this.#channels.get(c);
+          if (f) this.#drop(f);
+        }
+        this.#needLost = true;
+        this.#retry();
+      },
+    });
+  }
+
+  /**
+   * Sharded: subscribes again every follow whose subscription was lost (its master restarted,
+   * or its slot moved), with a growing delay (at most 1 s), until all are back; then the hub
+   * resyncs (catch-up from history, or reset), as after a lost classic subscription.
+   */
+  #retry(): void {
+    if (this.#retryTimer || this.#closed) return;
+    this.#retryDelay = Math.min(1000, Math.max(50, this.#retryDelay * 2));
+    this.#retryTimer = setTimeout(async () => {
+      const waits: Promise<void>[] = [];
+      for (const f of [...this.#follows.values()]) {
+        if (!f.subscribed) this.#follow(f.stream);
+        if (!f.active && f.subscribed) waits.push(f.subscribed);
+      }
+      const failed = (await Promise.allSettled(waits)).some((r) => r.status === "rejected");
+      this.#retryTimer = undefined;
+      if (this.#closed) return;
+      if (failed) return this.#retry();
+      if (this.#needLost) {
+        this.#needLost = false;
+        this.#sink?.lost();
+      }
+    }, this.#retryDelay);
   }
 
   /** Renews the generation when Redis is not the instance that set it (see VERIFY). */
@@ -464,52 +467,6 @@ export class RedisEngine implements Engine {
     }
   }
 
-  /** Queues a write for the next batch; resolves with its result once it reached this node. */
-  #enqueue(stream: string, op: Op["op"], text: string): Promise<[number, string]> {
-    if (this.#closed) return Promise.reject(new EngineUnavailableError("Engine closed"));
-    if (this.#queue.length > 0 && this.#queuedChars + text.length > this.#maxQueued) {
-      return Promise.reject(
-        new EngineUnavailableError(
-          `Cannot reach Redis fast enough: ${this.#queuedChars} characters of writes wait on ` +
-            `this node (maxQueuedChars ${this.#maxQueued}); retry later`,
-        ),
-      );
-    }
-    const { promise, resolve, reject } = Promise.withResolvers<[number, string]>();
-    this.#queue.push({ stream, op, text, resolve, reject });
-    this.#queuedChars += text.length;
-    if (!this.#flushing && this.#inFlight < this.#maxInFlight) {
-      this.#flushing = true;
-      queueMicrotask(this.#flush);
-    }
-    return promise;
-  }
-
-  /**
-   * Sends the queued writes, at most `maxBatch` per script call and `maxBatchesInFlight` calls
-   * out at once: writes that arrive meanwhile go together in the next call. The calls go out
-   * on one connection, in order. Each write is answered after its script returned (and its
-   * event reached this node's listeners), never before.
-   */
-  readonly #flush = (): void => {
-    this.#flushing = false;
-    while (this.#queue.length > 0 && this.#inFlight < this.#maxInFlight) {
-      const ops = this.#queue.length <= this.#maxBatch
-        ? this.#queue
-        : this.#queue.slice(0, this.#maxBatch);
-      this.#queue = ops === this.#queue ? [] : this.#queue.slice(this.#maxBatch);
-      for (const o of ops) this.#queuedChars -= o.text.length;
-      this.#inFlight++;
-      this.#send(ops).finally(() => {
-        this.#inFlight--;
-        if (this.#queue.length > 0 && !this.#flushing) {
-          this.#flushing = true;
-          queueMicrotask(this.#flush);
-        }
-      });
-    }
-  };
-
   /** Runs one batch: one script call; never throws (each write is answered). */
   async #send(ops: Op[]): Promise<void> {
     // Group by stream, each stream's writes in their order.
@@ -556,57 +513,26 @@ export class RedisEngine implements Engine {
         const nonce = `${this.#node}${(this.#counter++).toString(16)}`;
         const args: (string | number)[] = [this.#historyMessages, tag, this.#createdChannel, nonce];
         group(stream, args);
+        const keys = streamKeys(this.#prefix, stream).slice(0, 2);
         calls.push([
           [stream],
-          cmd.msgstreamBatch(...streamKeys(this.#prefix, stream).slice(0, 2), ...args),
+          this.#shards
+            ? cmd.msgstreamBatchS(...keys, ...args)
+            : cmd.msgstreamBatch(...keys, ...args),
         ]);
       }
     }
     await Promise.all(
-      calls.map(([streams, call]) => this.#settle(streams, groups, tag, call, arrivals)),
+      calls.map(([streams, call]) =>
+        settle(streams, groups, call, arrivals, (stream) => this.#arrived(stream, tag))
+      ),
     );
   }
 
-  /** Answers the writes of one script call once it returned (and reached this node). */
-  async #settle(
-    streams: string[],
-    groups: Map<string, Op[]>,
-    tag: string,
-    call: Promise<(number | string)[]>,
-    arrivals: Map<string, Promise<void>>,
-  ): Promise<void> {
-    let reply: (number | string)[];
-    try {
-      reply = await call;
-    } catch (e) {
-      const error = unavailable(e);
-      for (const stream of streams) {
-        this.#arrived(stream, tag);
-        for (const o of groups.get(stream) as Op[]) o.reject(error);
-      }
-      return;
-    }
-    let r = 0;
-    for (const stream of streams) {
-      const group = groups.get(stream) as Op[];
-      const first = r;
-      let applied = false;
-      for (const _ of group) {
-        if (reply[r] !== 0) applied = true;
-        r += 2;
-      }
-      // Nothing applied (clearing no header, deleting nothing): nothing was published.
-      if (!applied) this.#arrived(stream, tag);
-      const answer = () => {
-        for (let i = 0; i < group.length; i++) {
-          const o = group[i] as Op;
-          o.resolve([Number(reply[first + 2 * i]), String(reply[first + 2 * i + 1])]);
-        }
-      };
-      const arrived = arrivals.get(stream);
-      if (arrived) arrived.then(answer);
-      else answer();
-    }
+  /** Queues a write for the next batch; resolves with its result once it reached this node. */
+  #enqueue(stream: string, op: Op["op"], text: string): Promise<[number, string]> {
+    if (this.#closed) return Promise.reject(new EngineUnavailableError("Engine closed"));
+    return this.#writes.enqueue(stream, op, text);
   }
 
   /** Releases this node's waiter for a batch's events of the stream. */
@@ -732,7 +658,7 @@ export class RedisEngine implements Engine {
       const args = [token, f.channel, since?.epoch ?? "", since?.seq ?? 0];
       const only = existing ? "1" : "";
       reply = await (this.#cluster
-        ? cmd.msgstreamSync(
+        ? cmd[this.#shards ? "msgstreamSyncS" : "msgstreamSync"](
           ...streamKeys(this.#prefix, stream).slice(0, 2),
           ...args,
           this.#createdChannel,
@@ -742,8 +668,15 @@ export class RedisEngine implements Engine {
         : cmd.msgstreamSync(...streamKeys(this.#prefix, stream), ...args, "", "", only));
     } catch (e) {
       if (f.syncs.delete(token) && sync.marked) this.#release(f);
+      if (this.#shards) {
+        // E.g. CLUSTERDOWN from a master that is back but not serving yet: a resync that
+        // failed here is retried (the hub waits for lost()).
+        this.#needLost = true;
+        this.#retry();
+      }
       throw unavailable(e);
     }
+    if (!this.#needLost) this.#retryDelay = 0;
     if (this.#probe?.snapshotReplied) await this.#probe.snapshotReplied(stream);
     if (f.syncs.get(token) !== sync) return done.promise; // the subscription dropped: rejected
     sync.snapshot = snapshotOf(this.#codec as Codec, reply);
@@ -767,7 +700,22 @@ export class RedisEngine implements Engine {
       this.#follows.set(stream, f);
       this.#channels.set(f.channel, f);
     }
-    if (!f.subscribed) {
+    if (!f.subscribed && this.#shards) {
+      const follow = f;
+      const subscribed: Promise<void> = this.#shards.subscribe(f.channel).then(() => {
+        if (follow.subscribed === subscribed) follow.active = true;
+      });
+      f.subscribed = subscribed;
+      subscribed.catch(() => {
+        if (follow.subscribed !== subscribed) return;
+        follow.subscribed = undefined;
+        // A join or resync failed on it: the hub resyncs once it is back.
+        if (this.#follows.get(follow.stream) === follow) {
+          this.#needLost = true;
+          this.#retry();
+        }
+      });
+    } else if (!f.subscribed) {
       const sub = this.#sub as Redis;
       const follow = f;
       f.subscribed = !this.#subUp
@@ -793,7 +741,8 @@ export class RedisEngine implements Engine {
     this.#follows.delete(stream);
     this.#channels.delete(f.channel);
     this.#drop(f);
-    if (this.#subUp && !this.#closed) this.#sub?.unsubscribe(f.channel).catch(() => {});
+    if (this.#shards) this.#shards.unsubscribe(f.channel);
+    else if (this.#subUp && !this.#closed) this.#sub?.unsubscribe(f.channel).catch(() => {});
   }
 
   #message(channel: string, text: string): void {
@@ -908,6 +857,8 @@ export class RedisEngine implements Engine {
     for (const f of this.#follows.values()) this.#drop(f);
     this.#follows.clear();
     this.#channels.clear();
+    clearTimeout(this.#retryTimer);
+    this.#shards?.close();
     await Promise.all([this.#cmd, this.#sub].map((c) => c ? quit(c) : undefined));
   }
 }

@@ -236,10 +236,23 @@ export const BATCH_CLUSTER = variant(BATCH, [
   ["string.sub(KEYS[1], 1, -4) .. 'created'", "ARGV[3]"],
 ]);
 
+// Sharded pub/sub (Redis 7): the stream's events and markers go out with SPUBLISH on its channel,
+// which shares the stream's hash tag, so they stay on the stream's master (the creation notice
+// stays a classic PUBLISH: its channel is in another slot).
+export const BATCH_SHARDED = variant(BATCH_CLUSTER, [
+  ["redis.call('PUBLISH', channel,", "redis.call('SPUBLISH', channel,"],
+]);
+export const SYNC_SHARDED = variant(SYNC_CLUSTER, [
+  ["redis.call('PUBLISH', ARGV[2],", "redis.call('SPUBLISH', ARGV[2],"],
+]);
+
 /** The scripts as commands of the client (see {@linkcode defineScripts}). */
 export interface Scripts {
   msgstreamBatch(...args: (string | number)[]): Promise<(number | string)[]>;
   msgstreamSync(...args: (string | number)[]): Promise<unknown[]>;
+  /** The sharded variants (a cluster only). */
+  msgstreamBatchS(...args: (string | number)[]): Promise<(number | string)[]>;
+  msgstreamSyncS(...args: (string | number)[]): Promise<unknown[]>;
   msgstreamVerify(...args: (string | number)[]): Promise<string>;
 }
 
@@ -295,6 +308,10 @@ export function defineScripts(cmd: Client, cluster: boolean): void {
     lua: cluster ? SYNC_CLUSTER : SYNC,
   });
   cmd.defineCommand("msgstreamVerify", { numberOfKeys: 3, lua: VERIFY });
+  if (cluster) {
+    cmd.defineCommand("msgstreamBatchS", { numberOfKeys: 2, lua: BATCH_SHARDED });
+    cmd.defineCommand("msgstreamSyncS", { numberOfKeys: 2, lua: SYNC_SHARDED });
+  }
 }
 
 /** A stream's keys: its hash, its history, the epoch counter and the generation. */

@@ -1,0 +1,80 @@
+/**
+ * The Redis engine's options (re-exported by `redis.ts`, where they are documented in use).
+ *
+ * @module
+ */
+
+/** Options for {@linkcode RedisEngine}. */
+export interface RedisEngineOptions {
+  /**
+   * The Redis server, as `redis://[user:password@]host:port[/db]` (or `rediss://` for TLS).
+   *
+   * @default {"redis://127.0.0.1:6379"}
+   */
+  url?: string;
+  /**
+   * Prefix of every key and channel, so that several services can share one Redis.
+   *
+   * @default {"msgstream:"}
+   */
+  prefix?: string;
+  /**
+   * Most events (puts and header changes) kept per stream in Redis for resuming listeners.
+   *
+   * @default {1000}
+   */
+  historyMessages?: number;
+  /**
+   * Whether `url` is a node of a Redis Cluster (any node: the others are found from it). Each
+   * stream lives in its hash tag's slot; its writes run as one script call per stream per batch.
+   *
+   * @default {false}
+   */
+  cluster?: boolean;
+  /**
+   * In a cluster whose servers have sharded pub/sub (Redis 7 or later, read from the first
+   * master answering `INFO server`): publish each stream's events with `SPUBLISH`, so they stay
+   * on the stream's master, and follow them on one subscriber connection per master. `false`,
+   * or an older server: classic `PUBLISH`, which the cluster bus forwards to every node.
+   *
+   * @default {true}
+   */
+  shardedPubSub?: boolean;
+  /**
+   * Most writes (puts, header changes, deletes) sent to Redis in one script call. The writes
+   * of one tick, and those that arrive while `maxBatchesInFlight` calls are out, go together,
+   * so a busy node makes one call per batch, not per put, and publishes one message per stream
+   * per batch.
+   *
+   * @default {512}
+   */
+  maxBatch?: number;
+  /**
+   * Most batches sent to Redis and not answered yet; writes wait in this node's queue beyond
+   * that (they are answered only once their script returned, so none is acknowledged early).
+   *
+   * @default {4}
+   */
+  maxBatchesInFlight?: number;
+  /**
+   * Most characters of messages waiting on this node for a batch (beyond the batches in
+   * flight). A write that would pass it is refused at once with
+   * `EngineUnavailableError` (`engine_unavailable`: retry later), so a Redis that
+   * cannot keep up never makes a node hold writes without bound. A write always goes through
+   * when nothing waits.
+   *
+   * @default {67108864}
+   */
+  maxQueuedChars?: number;
+  /**
+   * Milliseconds to wait for a connection to Redis.
+   *
+   * @default {10000}
+   */
+  connectTimeout?: number;
+  /**
+   * Called once when the link to Redis goes down (a connection closed, or none made yet) and
+   * once when it is back (both connections ready), with what happened, for logs and metrics.
+   */
+  onStatus?: (up: boolean, detail: string) => void;
+}
