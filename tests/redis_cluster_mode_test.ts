@@ -9,7 +9,7 @@ import { EngineUnavailableError, MessageStream, type Position, type StreamEvent 
 import { RedisEngine } from "../redis.ts";
 import { Recorder } from "./_recorder.ts";
 import { freePort, hasRedis } from "./_redis.ts";
-import { deadline } from "./_wait.ts";
+import { deadline, poll } from "./_wait.ts";
 
 const view = (evs: StreamEvent[]) => evs.map((e) => [e.kind, e.message, e.seq]);
 
@@ -141,6 +141,42 @@ class LocalCluster implements AsyncDisposable {
     );
   }
 
+  /** Runs a command on a master (redis-cli); returns its output, trimmed. */
+  async cli(m: Master, ...args: string[]): Promise<string> {
+    return (await run("redis-cli", ["-p", String(m.port), ...args])).trim();
+  }
+
+  /**
+   * Moves a slot, with its keys, from one master to another, as `redis-cli --cluster reshard`
+   * does: IMPORTING on the target, MIGRATING on the source, MIGRATE of every key, then the
+   * slot's new owner told to every master.
+   */
+  async moveSlot(slot: number, from: Master, to: Master): Promise<void> {
+    const fromId = await this.cli(from, "CLUSTER", "MYID");
+    const toId = await this.cli(to, "CLUSTER", "MYID");
+    await this.cli(to, "CLUSTER", "SETSLOT", String(slot), "IMPORTING", fromId);
+    await this.cli(from, "CLUSTER", "SETSLOT", String(slot), "MIGRATING", toId);
+    for (;;) {
+      const keys = (await this.cli(from, "CLUSTER", "GETKEYSINSLOT", String(slot), "100"))
+        .split("\n").filter((k) => k !== "");
+      if (keys.length === 0) break;
+      await this.cli(
+        from,
+        "MIGRATE",
+        "127.0.0.1",
+        String(to.port),
+        "",
+        "0",
+        "5000",
+        "KEYS",
+        ...keys,
+      );
+    }
+    for (const m of [to, from, ...this.masters.filter((m) => m !== to && m !== from)]) {
+      await this.cli(m, "CLUSTER", "SETSLOT", String(slot), "NODE", toId);
+    }
+  }
+
   /** The master serving the key's slot. */
   async masterOf(key: string): Promise<Master> {
     const p = String(this.masters[0]!.port);
@@ -169,9 +205,11 @@ class LocalCluster implements AsyncDisposable {
 /** Two hubs (nodes of one service) on the cluster. */
 async function withCluster(
   fn: (c: LocalCluster, a: MessageStream, b: MessageStream) => Promise<void>,
+  shardedPubSub = true,
 ): Promise<void> {
   await using cluster = await LocalCluster.start();
-  const engine = () => new RedisEngine({ url: cluster.url, cluster: true, prefix: "c:" });
+  const engine = () =>
+    new RedisEngine({ url: cluster.url, cluster: true, prefix: "c:", shardedPubSub });
   const a = new MessageStream({ engine: engine() });
   const b = new MessageStream({ engine: engine() });
   try {
@@ -304,3 +342,110 @@ Deno.test({
       assertEquals(view(onKept.events), [["put", 1, 1], ["put", 2, 2]]);
     }),
 });
+
+for (const sharded of [true, false]) {
+  const mode = sharded ? "sharded pub/sub" : "classic pub/sub";
+  Deno.test({
+    name: `RedisEngine on a cluster (${mode}): events travel on the stream's ${
+      sharded ? "master only" : "cluster bus"
+    }`,
+    ignore: !hasRedis,
+    fn: () =>
+      withCluster(async (cluster, a, b) => {
+        const rec = new Recorder("b");
+        await b.listen("job", rec);
+        await a.put("job", 1);
+        await rec.waitFor(1);
+        assertEquals(view(rec.events), [["put", 1, 1]]);
+        const home = await cluster.masterOf("c:{job}:s");
+        for (const m of cluster.masters) {
+          const shard = await cluster.cli(m, "PUBSUB", "SHARDCHANNELS", "c:*");
+          const classic = await cluster.cli(m, "PUBSUB", "CHANNELS", "c:{*");
+          // Sharded: a's and b's subscriptions to the stream's channel, on its master only.
+          assertEquals(
+            shard,
+            sharded && m === home ? "c:{job}:c" : "",
+            `shard channels on ${m.port}`,
+          );
+          assertEquals(
+            classic,
+            !sharded && m === cluster.masters[0] ? "c:{job}:c" : "",
+            `classic channels on ${m.port}`,
+          );
+        }
+      }, sharded),
+  });
+
+  Deno.test({
+    name: `RedisEngine on a cluster (${mode}): a slot moves while puts flow: every put in order ` +
+      "or a reset, no put acknowledged and lost",
+    ignore: !hasRedis,
+    fn: () =>
+      withCluster(async (cluster, a, b) => {
+        const s = "moving";
+        const from = await cluster.masterOf(`c:{${s}}:s`);
+        const to = cluster.masters.find((m) => m !== from)!;
+        const slot = Number(await cluster.cli(from, "CLUSTER", "KEYSLOT", `c:{${s}}:s`));
+        await a.header(s, "h");
+        const recs = [new Recorder("on a"), new Recorder("on b")];
+        await a.listen(s, recs[0]!);
+        await b.listen(s, recs[1]!);
+        // Puts one after another from a; each is acknowledged or refused (engine_unavailable).
+        const acked = new Map<number, Position>();
+        let refused = 0, n = 0, stop = false;
+        const pump = (async () => {
+          while (!stop) {
+            const m = ++n;
+            try {
+              acked.set(m, await a.put(s, m));
+            } catch (e) {
+              assertInstanceOf(e, EngineUnavailableError);
+              refused++;
+            }
+          }
+        })();
+        try {
+          await poll(() => acked.size >= 20, "20 puts before the move");
+          await cluster.moveSlot(slot, from, to);
+          assertEquals((await cluster.masterOf(`c:{${s}}:s`)).port, to.port, "the slot moved");
+          const after = acked.size;
+          await poll(() => acked.size >= after + 20, "20 puts after the move");
+        } finally {
+          stop = true;
+          await deadline(pump, "the last put");
+        }
+        // Until a later put reaches both listeners (a node whose subscription moved follows the
+        // stream again only after a retry): then everything before it was delivered or reset.
+        const last = n;
+        await poll(async () => {
+          const m = ++n;
+          await a.put(s, m).then((at) => acked.set(m, at), (e) => {
+            assertInstanceOf(e, EngineUnavailableError);
+            refused++;
+          });
+          return recs.every((r) => r.events.some((ev) => (ev.message as number) > last));
+        }, "a put after the move to reach both listeners");
+        for (const rec of recs) {
+          const puts = rec.events.filter((ev) => ev.kind === "put");
+          // No duplicate, in order; a put missing only where a reset tells of it.
+          for (let i = 1; i < puts.length; i++) {
+            const p = puts[i - 1]!, q = puts[i]!;
+            assert((q.message as number) > (p.message as number), `${rec} in order`);
+            const between = rec.events.slice(rec.events.indexOf(p), rec.events.indexOf(q));
+            const reset = between.some((ev) => ev.kind === "reset");
+            if (!reset) {
+              assertEquals(q.epoch, p.epoch, `${rec}: a new epoch without a reset`);
+              assertEquals(q.seq, p.seq + 1, `${rec}: a gap without a reset`);
+              for (let m = (p.message as number) + 1; m < (q.message as number); m++) {
+                assert(!acked.has(m), `${rec}: acknowledged put ${m} missing without a reset`);
+              }
+            }
+          }
+        }
+        // No seq handed out twice within an epoch.
+        const positions = [...acked.values()].map((p) => `${p.epoch}/${p.seq}`);
+        assertEquals(new Set(positions).size, positions.length, "reused positions");
+        assert(acked.size >= 40, `puts acknowledged: ${acked.size}, refused: ${refused}`);
+      }, sharded),
+  });
+}
