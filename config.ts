@@ -163,6 +163,13 @@ export interface ServeOptions extends MessageStreamOptions {
    */
   redisCluster?: boolean;
   /**
+   * With `redisCluster`: publish events with classic `PUBLISH` (forwarded by the cluster bus to
+   * every node) even when the servers have sharded pub/sub (Redis 7), which is used otherwise.
+   *
+   * @default {false}
+   */
+  redisClassicPubSub?: boolean;
+  /**
    * Keep every stream's epoch, seq, header and history in this SQLite file and restore them at
    * start (see docs/durability.md); needs read and write permission on it and its `-wal` and
    * `-shm` side files. Ignored when `hub` or `redis` is given. Off (memory only) unless given.
@@ -536,6 +543,15 @@ const SERVE_OPTIONS: readonly OptionSpec[] = [
     help: "with --redis: the URL is a node of a Redis Cluster (see\ndocs/redis.md)",
     env: null,
     key: "redisCluster",
+  },
+  {
+    name: "redis-classic-pubsub",
+    kind: "bool",
+    arg: "",
+    help: "with --redis-cluster: classic PUBLISH through the cluster bus\n" +
+      "instead of sharded pub/sub (Redis 7; see docs/redis.md)",
+    env: null,
+    key: "redisClassicPubSub",
   },
   {
     name: "data",

@@ -173,6 +173,7 @@ class ServerImpl implements MessageServer {
         url: options.redis,
         ...(options.redisPrefix !== undefined ? { prefix: options.redisPrefix } : {}),
         ...(options.redisCluster ? { cluster: true } : {}),
+        ...(options.redisClassicPubSub ? { shardedPubSub: false } : {}),
         ...(options.historyMessages !== undefined
           ? { historyMessages: options.historyMessages }
           : {}),

@@ -4,7 +4,8 @@
 #   mem1    one memory node
 #   redis1  one Redis-engine node
 #   redis2  two Redis-engine nodes, subscribers spread over both (--sub-ports), publisher on the first
-#   cluster2  two nodes on a local 3-master Redis Cluster (--redis-cluster; CLUSTER=1 starts it)
+#   cluster2  two nodes on a local 3-master Redis Cluster (--redis-cluster; sharded pub/sub)
+#   cluster2c the same with --redis-classic-pubsub (PUBLISH through the cluster bus)
 # for the fanout and many-streams scenarios, REPS times interleaved. Besides the harness's JSON line,
 # each run records CPU seconds (utime+stime from /proc/PID/stat) of every node and of redis-server,
 # and the puts Redis ran (XADD calls, one per put, from INFO commandstats), over the whole run.
@@ -74,6 +75,7 @@ start_node() { # $1 port, $2 engine (memory|redis), $3 prefix; prints the pid
   local args=(run -A "$ROOT/server.ts" --port "$1" --log-level warn)
   [ "$2" = redis ] && args+=(--redis "redis://127.0.0.1:$RPORT" --redis-prefix "$3")
   [ "$2" = cluster ] && args+=(--redis "redis://127.0.0.1:${CPORTS[0]}" --redis-cluster --redis-prefix "$3")
+  [ "$2" = clusterc ] && args+=(--redis "redis://127.0.0.1:${CPORTS[0]}" --redis-cluster --redis-classic-pubsub --redis-prefix "$3")
   deno "${args[@]}" >>"$OUT/nodes.log" 2>&1 &
   local pid=$!
   for _ in $(seq 200); do
@@ -93,11 +95,12 @@ for rep in $(seq "$REPS"); do
         redis3) n=3 engine=redis ;;
         cluster1) n=1 engine=cluster ;;
         cluster2) n=2 engine=cluster ;;
+        cluster2c) n=2 engine=clusterc ;;
         *) echo "unknown config $config" >&2; exit 1 ;;
       esac
       prefix="s${rep}${scenario}${config}:"
       MODE=single
-      [ "$engine" = cluster ] && MODE=cluster
+      [[ "$engine" = cluster* ]] && MODE=cluster
       ports=() pids=()
       for i in $(seq "$n"); do
         p=$(free_port)
