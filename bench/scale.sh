@@ -72,7 +72,8 @@ rstat() { local t=0 v; for p in $(ports_of_redis); do v=$(rstat1 "$p" "$1"); t=$
 rcpu() { local t=0; for p in $(pids_of_redis); do t=$((t + $(ticks "$p"))); done; echo "$t"; }
 
 start_node() { # $1 port, $2 engine (memory|redis), $3 prefix; prints the pid
-  local args=(run -A "$ROOT/server.ts" --port "$1" --log-level warn)
+  # NODE_FLAGS: extra deno flags for every node, e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof".
+  local args=(run -A ${NODE_FLAGS:-} "$ROOT/server.ts" --port "$1" --log-level warn)
   [ "$2" = redis ] && args+=(--redis "redis://127.0.0.1:$RPORT" --redis-prefix "$3")
   [ "$2" = cluster ] && args+=(--redis "redis://127.0.0.1:${CPORTS[0]}" --redis-cluster --redis-prefix "$3")
   [ "$2" = clusterc ] && args+=(--redis "redis://127.0.0.1:${CPORTS[0]}" --redis-cluster --redis-classic-pubsub --redis-prefix "$3")
