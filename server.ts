@@ -437,7 +437,8 @@ export async function main(argv?: string[]): Promise<number> {
   }
   await server.finished;
   for (const s of signals) Deno.removeSignalListener(s, stop);
-  return 0;
+  // With --workers: a worker that failed stopped them all (logged then); say so in the status.
+  return "failure" in server && server.failure ? 1 : 0;
 }
 
 if (import.meta.main) Deno.exit(await main());

@@ -37,6 +37,8 @@ export interface WorkersServer extends AsyncDisposable {
   readonly workers: number;
   /** Resolves when every worker has shut down. */
   readonly finished: Promise<void>;
+  /** Why the workers stopped on their own (a worker failed), or `undefined`. */
+  readonly failure: Error | undefined;
   /** Shuts every worker's server down gracefully; safe to call more than once. */
   shutdown(): Promise<void>;
 }
@@ -182,6 +184,9 @@ export async function serveWorkers(options: ServeOptions): Promise<WorkersServer
   };
   signal?.addEventListener("abort", () => void stopAll(), { once: true });
   return {
+    get failure() {
+      return failure;
+    },
     addr: { transport: "tcp", hostname: first.hostname, port: first.port },
     http: first.httpPort !== undefined
       ? { addr: { transport: "tcp", hostname: first.httpHostname ?? "", port: first.httpPort } }

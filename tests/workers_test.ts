@@ -242,3 +242,69 @@ Deno.test("--workers 2: a pattern listen follows streams of both owners, existin
     for (const c of clients) c.close();
   }
 });
+
+Deno.test("--workers 2: a put past the owner's --max-streams gets limit_exceeded, and costs no other client anything", async () => {
+  await using server = await ServerProcess.start([...WORKERS, "--max-streams", "2"], UNSTABLE);
+  const clients = await Promise.all([0, 1, 2, 3].map(() => connectRaw(server.port)));
+  try {
+    // Three streams owned by worker 0: the third is one too many for it, from any connection.
+    const names = streamsOfBothOwners(3).filter((s) => ownerOf(s, 2) === 0);
+    for (const [i, c] of clients.entries()) {
+      await c.send({ action: "put", stream: names[0] as string, message: i, id: `a${i}` });
+    }
+    for (const [i, c] of clients.entries()) {
+      await poll(() => c.lines.some((l) => l.includes(`"id":"a${i}"`)), `client ${i}'s first put`);
+    }
+    await (clients[0] as RawClient).send({
+      action: "put",
+      stream: names[1] as string,
+      message: 0,
+      id: "b",
+    });
+    await poll(
+      () => (clients[0] as RawClient).lines.some((l) => l.includes('"id":"b"')),
+      "the second stream",
+    );
+    for (const [i, c] of clients.entries()) {
+      await c.send({ action: "put", stream: names[2] as string, message: i, id: `c${i}` });
+    }
+    for (const [i, c] of clients.entries()) {
+      await poll(() => c.lines.some((l) => l.includes(`"id":"c${i}"`)), `client ${i}'s answer`);
+      const answer = c.lines.map((l) => JSON.parse(l) as Frame).find((f) => f.id === `c${i}`);
+      assertEquals(answer?.action, "error", `client ${i}: ${JSON.stringify(answer)}`);
+      assertEquals(answer?.code, "limit_exceeded", `client ${i}`);
+      assertEquals(answer?.limit, "max_streams", `client ${i}`);
+      // The connection still works: its stream still takes puts.
+      await c.send({ action: "put", stream: names[0] as string, message: "again", id: `d${i}` });
+      await poll(() => c.lines.some((l) => l.includes(`"id":"d${i}"`)), `client ${i}'s next put`);
+    }
+    const seqs = clients.map((c, i) =>
+      c.lines.map((l) => JSON.parse(l) as Frame).find((f) => f.id === `d${i}`)?.seq as number
+    ).sort((a, b) => a - b);
+    assertEquals(seqs, [5, 6, 7, 8], "the first stream's puts after the refusals");
+  } finally {
+    for (const c of clients) c.close();
+  }
+});
+
+Deno.test("--workers 2 with --data is refused with a message that says why", async () => {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "-A",
+      "--unstable-net",
+      `${ROOT}server.ts`,
+      "--port",
+      "0",
+      "--workers",
+      "2",
+      "--data",
+      "x.db",
+    ],
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const err = new TextDecoder().decode(out.stderr);
+  assertEquals(out.code, 2, err);
+  assert(err.includes('Cannot serve with 2 workers and "data"'), err);
+});
