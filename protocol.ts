@@ -203,15 +203,12 @@ export class Session implements Listener {
   readonly #metrics: Metrics | undefined;
   #grant: Grant | undefined;
   #closed = false;
-  /** The hub calls of put, header, delete, listen and stat: picked once (see #hubActions). */
-  readonly #actions: HubActions;
-  /** A memory hub's put that takes the message's JSON text (see #plainPut); else undefined. */
-  readonly #putJson: SyncHub["putNow"] | undefined;
   /**
-   * Takes a decoded request: at once on a memory hub (#run), or kept in the connection's order
-   * behind requests in flight when the hub has an engine (#ordered). Picked once.
+   * A memory hub's synchronous calls (answered at once), or undefined for a hub with an engine
+   * (promises, answered when they settle): see #put, #header, #delete, #listen, #statOf. Plain
+   * methods that branch on it, not closures per session: an idle connection's session is small.
    */
-  readonly #accept: (f: Frame, id: unknown) => void;
+  readonly #sync: SyncHub | undefined;
   #inflight = 0;
   #blocked = false;
   #waiting: [Frame, unknown][] = [];
@@ -242,14 +239,7 @@ export class Session implements Listener {
     this.#auth = options.auth;
     this.#metrics = options.metrics;
     this.#grant = options.grant;
-    const sync = syncOf(hub);
-    this.#actions = sync ? this.#syncActions(sync) : this.#promiseActions(hub);
-    this.#putJson = sync
-      ? (stream, message, json) => sync.putNow(stream, message, json)
-      : undefined;
-    // In memory too a request can take more than one turn (a pattern listen's catch-up yields):
-    // the ones after it wait for it, so answers keep the order of the requests.
-    this.#accept = (f, id) => this.#ordered(f, id);
+    this.#sync = syncOf(hub);
   }
 
   /** Hub events go straight to the transport: the frame was encoded once by the hub. */
@@ -322,11 +312,12 @@ export class Session implements Listener {
       const at = scanPlainPut(line);
       if (at !== -1) {
         // Nothing ahead of it on a memory hub: put at once, the message's text as it came.
-        if (this.#putJson && this.#waiting.length === 0 && !this.#blocked && this.#inflight === 0) {
-          return this.#plainPut(line, at, this.#putJson);
+        const sync = this.#sync;
+        if (sync && this.#waiting.length === 0 && !this.#blocked && this.#inflight === 0) {
+          return this.#plainPut(line, at, sync);
         }
         const message = copy(line.slice(at + 1, -2));
-        return this.#accept({ action: "put", stream: plainName(line, at), message }, undefined);
+        return this.#ordered({ action: "put", stream: plainName(line, at), message }, undefined);
       }
     }
     let frame: unknown;
@@ -346,7 +337,7 @@ export class Session implements Listener {
       this.error("invalid_frame", 'Field "id" must be a string or a number');
       return;
     }
-    this.#accept(f, id);
+    this.#ordered(f, id);
   }
 
   /**
@@ -354,7 +345,7 @@ export class Session implements Listener {
    * hub's put with the message's JSON text sliced from the line, so that the frame is built
    * without decoding a frame object or encoding the message again.
    */
-  #plainPut(line: string, at: number, putJson: SyncHub["putNow"]): void {
+  #plainPut(line: string, at: number, sync: SyncHub): void {
     const name = plainName(line, at);
     try {
       if (this.#auth && !this.#grant) {
@@ -363,7 +354,7 @@ export class Session implements Listener {
       const stream = this.#streamName(name, "publish");
       // The message's copy is the event's (an in-process listener may keep it); the JSON text
       // is only spliced into the frame, so a slice of the line will do.
-      putJson(stream, copy(line.slice(at + 1, -2)), line.slice(at, -1));
+      sync.putNow(stream, copy(line.slice(at + 1, -2)), line.slice(at, -1));
     } catch (e) {
       this.#fail(e, undefined, name);
     }
@@ -408,7 +399,8 @@ export class Session implements Listener {
   }
 
   /**
-   * Requests keep the connection's order: with an engine, puts, headers and deletes go out to
+   * Takes a decoded request. Requests keep the connection's order (in memory too a request can
+   * take more than one turn: a pattern listen's catch-up yields): with an engine, puts, headers and deletes go out to
    * the engine at once (it keeps their order), anything else waits for what came before it; a
    * listen (in memory, a pattern's, whose catch-up yields) holds back everything after it.
    */
@@ -455,14 +447,14 @@ export class Session implements Listener {
           if (this.live) {
             throw new ProtocolError("missing_message", 'A "put" needs a "message"', stream);
           }
-          return this.#actions.put(stream, null, id);
+          return this.#put(stream, null, id);
         }
-        return this.#actions.put(stream, f.message, id);
+        return this.#put(stream, f.message, id);
       }
       case "header":
-        return this.#actions.header(this.#stream(f, "publish"), f.message ?? null, id);
+        return this.#header(this.#stream(f, "publish"), f.message ?? null, id);
       case "delete":
-        return this.#actions.delete(this.#stream(f, "publish"), id);
+        return this.#delete(this.#stream(f, "publish"), id);
       case "listen": {
         if (f.pattern !== undefined) return this.#listenPattern(f, id);
         const stream = this.#stream(f, "subscribe");
@@ -479,15 +471,15 @@ export class Session implements Listener {
           } else {
             return this.#hub.stat(stream).then((st) => {
               if (!st) throw gone();
-              return this.#actions.listen(stream, since, id);
+              return this.#listen(stream, since, id);
             });
           }
         }
         // The reply follows the catch-up events (header or replay): its position is the join's.
-        return this.#actions.listen(stream, since, id);
+        return this.#listen(stream, since, id);
       }
       case "stat":
-        return this.#actions.stat(this.#stream(f, "subscribe"), id);
+        return this.#statOf(this.#stream(f, "subscribe"), id);
       case "hangup": {
         if (f.pattern !== undefined) {
           const pattern = this.#pattern(f, false);
@@ -517,47 +509,60 @@ export class Session implements Listener {
     }
   }
 
-  /** The hub calls of a memory hub: synchronous, answered at once. */
-  #syncActions(hub: SyncHub): HubActions {
-    return {
-      put: (stream, message, id) => {
-        const at = hub.putNow(stream, message);
-        if (id !== undefined) this.#position(id, stream, at);
-      },
-      header: (stream, message, id) => {
-        hub.setHeader(stream, message);
-        this.#ok(id, stream);
-      },
-      delete: (stream, id) => {
-        hub.deleteNow(stream);
-        this.#ok(id, stream);
-      },
-      listen: (stream, since, id) => {
-        const at = hub.listenNow(stream, this, since);
-        if (id !== undefined) {
-          const ok = { action: "ok", id, stream, seq: at.seq, epoch: at.epoch };
-          this.#transport.send(encodeFrame(this.#codec, ok));
-        }
-      },
-      stat: (stream, id) => this.#stat(id, stream, hub.statNow(stream)),
-    };
+  /** A put: answered at once on a memory hub, when it settles with an engine. */
+  #put(stream: string, message: unknown, id: unknown): void | Promise<void> {
+    const sync = this.#sync;
+    if (sync) {
+      const at = sync.putNow(stream, message);
+      if (id !== undefined) this.#position(id, stream, at);
+      return;
+    }
+    return this.#hub.put(stream, message).then((at) => {
+      if (id !== undefined) this.#position(id, stream, at);
+    });
   }
 
-  /** The hub calls of a hub with an engine: promises, answered when they settle. */
-  #promiseActions(hub: MessageStream): HubActions {
-    return {
-      put: (stream, message, id) =>
-        hub.put(stream, message).then((at) => {
-          if (id !== undefined) this.#position(id, stream, at);
-        }),
-      header: (stream, message, id) => hub.header(stream, message).then(() => this.#ok(id, stream)),
-      delete: (stream, id) => hub.delete(stream).then(() => this.#ok(id, stream)),
-      listen: (stream, since, id) =>
-        hub.listen(stream, this, since ? { since } : undefined).then((at) => {
-          if (id !== undefined) this.#position(id, stream, at);
-        }),
-      stat: (stream, id) => hub.stat(stream).then((stat) => this.#stat(id, stream, stat)),
-    };
+  /** A header change. */
+  #header(stream: string, message: unknown, id: unknown): void | Promise<void> {
+    const sync = this.#sync;
+    if (sync) {
+      sync.setHeader(stream, message);
+      return this.#ok(id, stream);
+    }
+    return this.#hub.header(stream, message).then(() => this.#ok(id, stream));
+  }
+
+  /** A delete. */
+  #delete(stream: string, id: unknown): void | Promise<void> {
+    const sync = this.#sync;
+    if (sync) {
+      sync.deleteNow(stream);
+      return this.#ok(id, stream);
+    }
+    return this.#hub.delete(stream).then(() => this.#ok(id, stream));
+  }
+
+  /** A listen by name; the answer follows the catch-up events. */
+  #listen(stream: string, since: Position | undefined, id: unknown): void | Promise<void> {
+    const sync = this.#sync;
+    if (sync) {
+      const at = sync.listenNow(stream, this, since);
+      if (id !== undefined) {
+        const ok = { action: "ok", id, stream, seq: at.seq, epoch: at.epoch };
+        this.#transport.send(encodeFrame(this.#codec, ok));
+      }
+      return;
+    }
+    return this.#hub.listen(stream, this, since ? { since } : undefined).then((at) => {
+      if (id !== undefined) this.#position(id, stream, at);
+    });
+  }
+
+  /** A stat. */
+  #statOf(stream: string, id: unknown): void | Promise<void> {
+    const sync = this.#sync;
+    if (sync) return this.#stat(id, stream, sync.statNow(stream));
+    return this.#hub.stat(stream).then((stat) => this.#stat(id, stream, stat));
   }
 
   /** Answers a put or a listen with a position. */
@@ -766,18 +771,6 @@ export class Session implements Listener {
     }
     return stream;
   }
-}
-
-/**
- * The hub calls behind a session's put, header, delete, listen and stat. Each answers `ok` when
- * `id` is given; a promise means the answer comes when it settles.
- */
-interface HubActions {
-  put(stream: string, message: unknown, id: unknown): void | Promise<void>;
-  header(stream: string, message: unknown, id: unknown): void | Promise<void>;
-  delete(stream: string, id: unknown): void | Promise<void>;
-  listen(stream: string, since: Position | undefined, id: unknown): void | Promise<void>;
-  stat(stream: string, id: unknown): void | Promise<void>;
 }
 
 /**

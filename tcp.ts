@@ -174,6 +174,11 @@ export class TcpDoor {
   readonly #shutdownTimeout: number;
   #sweeper: ReturnType<typeof setInterval> | undefined;
   #shutdown: Promise<void> | undefined;
+  /** What a connection calls when it has ended: one function for every connection. */
+  readonly #ended = (c: Connection): void => {
+    this.#connections.delete(c);
+    this.metrics.closed("tcp");
+  };
 
   /**
    * Listens and starts accepting.
@@ -253,14 +258,12 @@ export class TcpDoor {
         this.#refuse(conn);
         continue;
       }
-      const c = new Connection(conn, this);
+      const c = new Connection(conn, this, this.#ended);
       this.#connections.add(c);
       this.metrics.opened("tcp");
       if ("setNoDelay" in conn) (conn as Deno.TcpConn).setNoDelay(true);
-      c.serve().finally(() => {
-        this.#connections.delete(c);
-        this.metrics.closed("tcp");
-      });
+      // Ends by calling #ended itself: no promise, reactions and closures per connection.
+      c.serve();
     }
   }
 
@@ -389,6 +392,8 @@ class Connection implements Transport {
   #closing = false;
   #closed = false;
   readonly #door: TcpDoor;
+  /** Told once when {@linkcode Connection.serve} has ended (the door forgets the connection). */
+  readonly #onEnded: (c: Connection) => void;
   #flushed: PromiseWithResolvers<void> | undefined = undefined;
   #authTimer: ReturnType<typeof setTimeout> | undefined;
   /**
@@ -411,16 +416,17 @@ class Connection implements Transport {
   #writingDirect = 0;
   #lineBytes = 0;
 
-  constructor(conn: Deno.Conn, door: TcpDoor) {
+  constructor(conn: Deno.Conn, door: TcpDoor, onEnded: (c: Connection) => void) {
     this.conn = conn;
     this.#door = door;
+    this.#onEnded = onEnded;
     this.#memory = door.hub.memory;
     this.session = new Session(door.hub, this, { auth: door.auth, metrics: door.metrics });
-    if (door.auth) this.#authTimer = setTimeout(this.#authExpired, door.authTimeout);
+    if (door.auth) this.#authTimer = setTimeout(() => this.#authExpired(), door.authTimeout);
   }
 
   /** The authentication deadline passed: a connection without a grant goes. */
-  #authExpired = (): void => {
+  #authExpired(): void {
     this.#authTimer = undefined;
     if (this.#closing || this.session.authorized) return;
     this.#door.log("info", `${this.#peer()}: no hello within the auth timeout, closing`);
@@ -429,7 +435,7 @@ class Connection implements Transport {
       `No valid "hello" within ${this.#door.authTimeout} ms: closing connection`,
     );
     this.session.close();
-  };
+  }
 
   /**
    * Queues one frame. Frames that lie back to back in one buffer (the hub encodes consecutive
@@ -730,79 +736,83 @@ class Connection implements Transport {
    * connection (see BENCHMARKS.md for the profiles behind it).
    */
   async serve(): Promise<void> {
-    if (this.#door.tls && !(await this.#handshake())) return;
-    const metrics = this.#door.metrics;
-    const framer = new LineFramer({ maxLineBytes: this.#door.maxLineBytes });
-    const session = this.session;
-    let buf = new Uint8Array(READ_FIRST);
-    let quiet = 0; // consecutive small reads
     try {
-      while (!session.closed) {
-        const n = await this.conn.read(buf);
-        if (n === null) break;
-        if (n === 0) continue;
-        metrics.bytesIn += n;
-        const lines = framer.push(buf.subarray(0, n));
-        this.#holdLine(framer.pending);
-        if (lines.length > 0 || framer.error) this.lastHeard = Date.now();
-        for (let i = 0; i < lines.length && !session.closed; i++) session.handle(lines[i]!);
-        // A bad line: the good lines before it were served; now refuse.
-        if (framer.error) throw framer.error;
-        // Until its hello succeeds, a connection may hold a small unfinished line only.
-        if (!session.authorized && framer.pending > UNAUTHENTICATED_LINE_BYTES) {
-          throw new LineError(
-            "line_too_long",
-            `More than ${UNAUTHENTICATED_LINE_BYTES} bytes of a line before "hello"`,
-          );
+      if (this.#door.tls && !(await this.#handshake())) return;
+      const metrics = this.#door.metrics;
+      const framer = new LineFramer({ maxLineBytes: this.#door.maxLineBytes });
+      const session = this.session;
+      let buf = new Uint8Array(READ_FIRST);
+      let quiet = 0; // consecutive small reads
+      try {
+        while (!session.closed) {
+          const n = await this.conn.read(buf);
+          if (n === null) break;
+          if (n === 0) continue;
+          metrics.bytesIn += n;
+          const lines = framer.push(buf.subarray(0, n));
+          this.#holdLine(framer.pending);
+          if (lines.length > 0 || framer.error) this.lastHeard = Date.now();
+          for (let i = 0; i < lines.length && !session.closed; i++) session.handle(lines[i]!);
+          // A bad line: the good lines before it were served; now refuse.
+          if (framer.error) throw framer.error;
+          // Until its hello succeeds, a connection may hold a small unfinished line only.
+          if (!session.authorized && framer.pending > UNAUTHENTICATED_LINE_BYTES) {
+            throw new LineError(
+              "line_too_long",
+              `More than ${UNAUTHENTICATED_LINE_BYTES} bytes of a line before "hello"`,
+            );
+          }
+          if (this.#lineBytes > CONNECTION_SHARE && this.#memory.spentBesides(this.#lineBytes)) {
+            // While the rest of the memory budget is spent, a connection may hold only its share
+            // of a line.
+            metrics.limitExceeded("max_memory");
+            session.error(
+              "limit_exceeded",
+              `More than ${CONNECTION_SHARE} bytes of an unfinished line while the server's ` +
+                `memory budget of ${this.#memory.max} bytes is spent: closing connection`,
+              undefined,
+              undefined,
+              { limit: "max_memory" },
+            );
+            session.close();
+            break;
+          }
+          if (n === buf.byteLength && n < READ_MAX) {
+            buf = new Uint8Array(n * 2);
+            quiet = 0;
+          } else if (buf.byteLength > READ_MIN && n * 8 < buf.byteLength && ++quiet >= 16) {
+            buf = new Uint8Array(buf.byteLength / 2);
+            quiet = 0;
+          }
         }
-        if (this.#lineBytes > CONNECTION_SHARE && this.#memory.spentBesides(this.#lineBytes)) {
-          // While the rest of the memory budget is spent, a connection may hold only its share
-          // of a line.
-          metrics.limitExceeded("max_memory");
-          session.error(
-            "limit_exceeded",
-            `More than ${CONNECTION_SHARE} bytes of an unfinished line while the server's ` +
-              `memory budget of ${this.#memory.max} bytes is spent: closing connection`,
-            undefined,
-            undefined,
-            { limit: "max_memory" },
-          );
+        if (!session.closed) {
+          // The peer finished with an unterminated line: it counts, as a TextLineStream has it.
+          for (const line of framer.end()) {
+            this.lastHeard = Date.now();
+            session.handle(line);
+          }
+          if (framer.error) throw framer.error;
+        }
+      } catch (e) {
+        if (e instanceof LineError && !this.#closed) {
+          // With an engine, the good lines before the bad one may still be in flight: answer
+          // them first.
+          const settling = session.settled();
+          if (settling) await settling;
+          session.error(e.code, `${e.message}: closing connection`);
           session.close();
-          break;
         }
-        if (n === buf.byteLength && n < READ_MAX) {
-          buf = new Uint8Array(n * 2);
-          quiet = 0;
-        } else if (buf.byteLength > READ_MIN && n * 8 < buf.byteLength && ++quiet >= 16) {
-          buf = new Uint8Array(buf.byteLength / 2);
-          quiet = 0;
-        }
+        // Otherwise the connection failed or was closed: nothing to tell.
       }
-      if (!session.closed) {
-        // The peer finished with an unterminated line: it counts, as a TextLineStream has it.
-        for (const line of framer.end()) {
-          this.lastHeard = Date.now();
-          session.handle(line);
-        }
-        if (framer.error) throw framer.error;
-      }
-    } catch (e) {
-      if (e instanceof LineError && !this.#closed) {
-        // With an engine, the good lines before the bad one may still be in flight: answer
-        // them first.
-        const settling = session.settled();
-        if (settling) await settling;
-        session.error(e.code, `${e.message}: closing connection`);
-        session.close();
-      }
-      // Otherwise the connection failed or was closed: nothing to tell.
+      // The peer finished sending: flush what is owed (with an engine, answers still to come
+      // too), then close.
+      const settling = session.closed ? undefined : session.settled();
+      if (settling) await settling;
+      session.drop();
+      this.close();
+      await this.flushed;
+    } finally {
+      this.#onEnded(this);
     }
-    // The peer finished sending: flush what is owed (with an engine, answers still to come
-    // too), then close.
-    const settling = session.closed ? undefined : session.settled();
-    if (settling) await settling;
-    session.drop();
-    this.close();
-    await this.flushed;
   }
 }
