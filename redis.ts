@@ -42,7 +42,7 @@ import {
 import { intOption } from "./options.ts";
 import { settle, WriteQueue } from "./redis_batch.ts";
 import type { RedisEngineOptions } from "./redis_options.ts";
-import { ShardPool } from "./redis_shard.ts";
+import { keySlot, ShardPool } from "./redis_shard.ts";
 import {
   type Client,
   defineScripts,
@@ -99,6 +99,8 @@ export class RedisEngine implements Engine {
   readonly #wantSharded: boolean;
   /** Sharded pub/sub's subscribers, once the cluster was found to have it (see #detect). */
   #shards: ShardPool | undefined;
+  /** A cluster of Redis 7: a batch makes one script call per master (see BATCH_MULTI). */
+  #multi = false;
   /** Whether the cluster's pub/sub mode was decided (#detect). */
   #detected = false;
   /** Follows to subscribe again (sharded): retried until they are, then the hub resyncs. */
@@ -335,6 +337,7 @@ export class RedisEngine implements Engine {
     if (this.#detected) return;
     this.#detected = true;
     const major = Number(/^redis_version:(\d+)/m.exec(info)?.[1] ?? 0);
+    this.#multi = major >= 7;
     if (!this.#wantSharded || major < 7) return;
     const cluster = cmd as unknown as Cluster;
     this.#shards = new ShardPool({
@@ -498,7 +501,7 @@ export class RedisEngine implements Engine {
       args.push(streamChannel(this.#prefix, stream), g.length);
       for (const o of g) args.push(o.op, o.text, o.text.length);
     };
-    // One call for every stream; in a cluster, one per stream (a script stays in one slot).
+    // One call for every stream; in a cluster, one per master (Redis 7) or per stream.
     const calls: [string[], Promise<(number | string)[]>][] = [];
     if (!this.#cluster) {
       const keys: string[] = [`${this.#prefix}gen`, `${this.#prefix}epochs`];
@@ -508,6 +511,37 @@ export class RedisEngine implements Engine {
         group(stream, args);
       }
       calls.push([[...groups.keys()], cmd.msgstreamBatch(keys.length, ...keys, ...args)]);
+    } else if (this.#multi) {
+      // Redis 7: one call per master, its streams' keys in several slots (see BATCH_MULTI).
+      const slots = (cmd as unknown as Cluster).slots;
+      const byMaster = new Map<string, string[]>();
+      for (const stream of groups.keys()) {
+        const slot = keySlot(streamChannel(this.#prefix, stream));
+        const master = (slots[slot] as string[] | undefined)?.[0] ?? `slot ${slot}`;
+        const list = byMaster.get(master);
+        if (list) list.push(stream);
+        else byMaster.set(master, [stream]);
+      }
+      for (const streams of byMaster.values()) {
+        const nonce = `${this.#node}${(this.#counter++).toString(16)}`;
+        const args: (string | number)[] = [this.#historyMessages, tag, this.#createdChannel, nonce];
+        for (const stream of streams) {
+          const [meta, hist] = streamKeys(this.#prefix, stream) as [string, string];
+          args.push(meta, hist);
+          group(stream, args);
+        }
+        const keys = streamKeys(this.#prefix, streams[0] as string).slice(0, 2);
+        const call = this.#shards
+          ? cmd.msgstreamBatchMS(...keys, ...args)
+          : cmd.msgstreamBatchM(...keys, ...args);
+        // A stream's slot moved since (nothing applied): the next batches group by the new map.
+        call.catch((e) => {
+          if (/MSGSTREAMSLOT/.test(String(e?.message))) {
+            (cmd as unknown as Cluster).refreshSlotsCache();
+          }
+        });
+        calls.push([streams, call]);
+      }
     } else {
       for (const stream of groups.keys()) {
         const nonce = `${this.#node}${(this.#counter++).toString(16)}`;

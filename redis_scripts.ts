@@ -246,6 +246,41 @@ export const SYNC_SHARDED = variant(SYNC_CLUSTER, [
   ["redis.call('PUBLISH', ARGV[2],", "redis.call('SPUBLISH', ARGV[2],"],
 ]);
 
+// Redis 7 in a cluster: one call per master per batch instead of one per stream. The script may
+// touch keys of several slots served by the master it runs on (flag allow-cross-slot-keys; the
+// declared keys are the first stream's, which route the call). ARGV: [1] history bound, [2] tag,
+// [3] creation channel, [4] nonce, then per stream: its hash, its history, its channel, the number
+// of its operations and the operations as in BATCH. Before writing anything it checks that every
+// stream's keys are served here (a slot moved since the node grouped them): if one is not, it
+// fails with MSGSTREAMSLOT and nothing was applied.
+const BATCH_MULTI_BODY = variant(BATCH_CLUSTER, [
+  ["local meta, hist = KEYS[k], KEYS[k + 1]", "local meta, hist = ARGV[a], ARGV[a + 1]"],
+  [
+    "local channel, n = ARGV[a], tonumber(ARGV[a + 1])",
+    "local channel, n = ARGV[a + 2], tonumber(ARGV[a + 3])",
+  ],
+  ["k, a = k + 2, a + 2", "k, a = k + 2, a + 4"],
+  [
+    "local out = {}",
+    `local out = {}
+local pa = 5
+while pa <= #ARGV do
+  for j = 0, 1 do
+    local r = redis.pcall('EXISTS', ARGV[pa + j])
+    if type(r) == 'table' and r.err then
+      return redis.error_reply('MSGSTREAMSLOT ' .. ARGV[pa + j] .. ' is not served here: ' .. r.err)
+    end
+  end
+  pa = pa + 4 + 3 * tonumber(ARGV[pa + 3])
+end`,
+  ],
+]);
+const CROSS_SLOT = "#!lua flags=allow-cross-slot-keys\n";
+export const BATCH_MULTI = CROSS_SLOT + BATCH_MULTI_BODY;
+export const BATCH_MULTI_SHARDED = CROSS_SLOT + variant(BATCH_MULTI_BODY, [
+  ["redis.call('PUBLISH', channel,", "redis.call('SPUBLISH', channel,"],
+]);
+
 /** The scripts as commands of the client (see {@linkcode defineScripts}). */
 export interface Scripts {
   msgstreamBatch(...args: (string | number)[]): Promise<(number | string)[]>;
@@ -253,6 +288,9 @@ export interface Scripts {
   /** The sharded variants (a cluster only). */
   msgstreamBatchS(...args: (string | number)[]): Promise<(number | string)[]>;
   msgstreamSyncS(...args: (string | number)[]): Promise<unknown[]>;
+  /** One call per master per batch (a cluster of Redis 7), classic and sharded pub/sub. */
+  msgstreamBatchM(...args: (string | number)[]): Promise<(number | string)[]>;
+  msgstreamBatchMS(...args: (string | number)[]): Promise<(number | string)[]>;
   msgstreamVerify(...args: (string | number)[]): Promise<string>;
 }
 
@@ -311,6 +349,8 @@ export function defineScripts(cmd: Client, cluster: boolean): void {
   if (cluster) {
     cmd.defineCommand("msgstreamBatchS", { numberOfKeys: 2, lua: BATCH_SHARDED });
     cmd.defineCommand("msgstreamSyncS", { numberOfKeys: 2, lua: SYNC_SHARDED });
+    cmd.defineCommand("msgstreamBatchM", { numberOfKeys: 2, lua: BATCH_MULTI });
+    cmd.defineCommand("msgstreamBatchMS", { numberOfKeys: 2, lua: BATCH_MULTI_SHARDED });
   }
 }
 

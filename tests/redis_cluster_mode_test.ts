@@ -281,6 +281,18 @@ Deno.test({
       }
       const stat = await a.stat("job0");
       assertEquals([stat?.seq, stat?.header], [20, "h-job0"]);
+      // One tick's puts to streams on three masters: one script call per master.
+      const calls = async () => {
+        let n = 0;
+        for (const m of cluster.masters) {
+          const stats = await cluster.cli(m, "INFO", "commandstats");
+          n += Number(/cmdstat_evalsha:calls=(\d+)/.exec(stats)?.[1] ?? 0);
+        }
+        return n;
+      };
+      const before = await calls();
+      await Promise.all(streams.map((s) => a.put(s, 21)));
+      assertEquals(await calls() - before, 3, "script calls for one batch over three masters");
     }),
 });
 
@@ -449,3 +461,45 @@ for (const sharded of [true, false]) {
       }, sharded),
   });
 }
+
+Deno.test({
+  name:
+    "RedisEngine on a cluster: a batch grouped by a stale slot map is refused whole, then regrouped",
+  ignore: !hasRedis,
+  fn: () =>
+    withCluster(async (cluster, a, b) => {
+      // Two streams on one master, in different slots.
+      const home = await cluster.masterOf("c:{x0}:s");
+      let y = "";
+      for (let i = 1; !y; i++) {
+        if ((await cluster.masterOf(`c:{x${i}}:s`)) === home) y = `x${i}`;
+      }
+      assertEquals((await b.put("x0", 1)).seq, 1);
+      assertEquals((await b.put(y, 1)).seq, 1);
+      // y's slot moves; b's slot map does not know yet. Moved with a's client: b never sees MOVED.
+      const to = cluster.masters.find((m) => m !== home)!;
+      await cluster.moveSlot(
+        Number(await cluster.cli(home, "CLUSTER", "KEYSLOT", `c:{${y}}:s`)),
+        home,
+        to,
+      );
+      // b groups both streams on their old master: its script refuses the whole call before
+      // writing (or, had b's map been refreshed meanwhile, both go through).
+      const first = await Promise.allSettled([b.put("x0", 2), b.put(y, 2)]);
+      for (const r of first) {
+        if (r.status === "rejected") assertInstanceOf(r.reason, EngineUnavailableError);
+      }
+      const refused = first.filter((r) => r.status === "rejected").length;
+      assertEquals(refused === 0 || refused === 2, true, "refused whole or not at all");
+      // Then the puts go through, each stream's seqs in a row: nothing was applied twice.
+      let at: Position[] | undefined;
+      await poll(async () => {
+        at = await Promise.all([b.put("x0", 3), b.put(y, 3)]).catch(() => undefined);
+        return at !== undefined;
+      }, "the puts after the move");
+      const expect = refused === 2 ? 2 : 3;
+      assertEquals((await a.stat("x0"))?.seq, expect);
+      assertEquals((await a.stat(y))?.seq, expect);
+      assertEquals(at?.map((p) => p.seq), [expect, expect]);
+    }),
+});
