@@ -26,7 +26,8 @@ export interface RedisEngineOptions {
   historyMessages?: number;
   /**
    * Whether `url` is a node of a Redis Cluster (any node: the others are found from it). Each
-   * stream lives in its hash tag's slot; its writes run as one script call per stream per batch.
+   * stream lives in its hash tag's slot; a batch's writes run as one script call per master
+   * (Redis 7; per stream on older servers).
    *
    * @default {false}
    */
