@@ -132,6 +132,30 @@ export interface ServeOptions extends MessageStreamOptions {
     /** Its TLS private key (PEM); by default the server's `key`. */
     key?: string;
     /**
+     * Milliseconds a request's headers have to arrive (408 and close beyond).
+     *
+     * @default {10000}
+     */
+    headerTimeout?: number;
+    /**
+     * Milliseconds a whole request, headers and body, has to arrive (408 and close beyond).
+     *
+     * @default {30000}
+     */
+    requestTimeout?: number;
+    /**
+     * Milliseconds a connection may stay idle between requests.
+     *
+     * @default {5000}
+     */
+    keepAliveTimeout?: number;
+    /**
+     * Most bytes of a request's line and headers (431 and close beyond).
+     *
+     * @default {16384}
+     */
+    maxHeadBytes?: number;
+    /**
      * The names a request's `Host` header may carry; others get 421 (see `hosts.ts`).
      *
      * @default {loopback names and addresses when bound to a loopback address; any host
@@ -492,6 +516,63 @@ const SERVE_OPTIONS: readonly OptionSpec[] = [
       }
       o.http = { ...o.http, corsOrigin: origin };
     },
+  },
+  {
+    name: "http-header-timeout",
+    kind: "int",
+    arg: "MS",
+    min: 1,
+    help: "HTTP: a request's headers must arrive within this; else 408 and\n" +
+      "close (default 10000)",
+    apply: (o, v, label) => {
+      if (!o.http) throw new UsageError(`${label} needs --http-port`);
+      o.http = { ...o.http, headerTimeout: v as number };
+    },
+  },
+  {
+    name: "http-request-timeout",
+    kind: "int",
+    arg: "MS",
+    min: 1,
+    help: "HTTP: a whole request (headers and body) must arrive within\n" +
+      "this; else 408 and close (default 30000)",
+    apply: (o, v, label) => {
+      if (!o.http) throw new UsageError(`${label} needs --http-port`);
+      o.http = { ...o.http, requestTimeout: v as number };
+    },
+  },
+  {
+    name: "http-keep-alive-timeout",
+    kind: "int",
+    arg: "MS",
+    min: 1,
+    help: "HTTP: close a connection idle this long between requests\n" +
+      "(default 5000)",
+    apply: (o, v, label) => {
+      if (!o.http) throw new UsageError(`${label} needs --http-port`);
+      o.http = { ...o.http, keepAliveTimeout: v as number };
+    },
+  },
+  {
+    name: "http-max-head-bytes",
+    kind: "int",
+    arg: "N",
+    min: 1,
+    help: "HTTP: largest request line and headers; else 431 and close\n" +
+      "(default 16384)",
+    apply: (o, v, label) => {
+      if (!o.http) throw new UsageError(`${label} needs --http-port`);
+      o.http = { ...o.http, maxHeadBytes: v as number };
+    },
+  },
+  {
+    name: "handshake-timeout",
+    kind: "int",
+    arg: "MS",
+    min: 1,
+    help: "TLS clients (TCP and HTTPS) must finish their handshake within\n" +
+      "this; else they are cut (default 10000)",
+    key: "handshakeTimeout",
   },
   {
     name: "log-level",

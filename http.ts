@@ -59,6 +59,7 @@ import { checkPattern } from "./pattern.ts";
 import { pickNamesPausing } from "./listing.ts";
 import { isEndId, SseDoor } from "./sse.ts";
 import { WsDoor } from "./ws.ts";
+import { HttpTransport, type TransportLimits } from "./http_server.ts";
 import {
   allow,
   engineNames,
@@ -189,6 +190,42 @@ export interface HttpOptions {
    * @default {10000}
    */
   authTimeout?: number;
+  /**
+   * Milliseconds a request's headers have to arrive; beyond, `408` and the connection closes
+   * ({@linkcode serveHttp} only; `--http-header-timeout`).
+   *
+   * @default {10000}
+   */
+  headerTimeout?: number;
+  /**
+   * Milliseconds a whole request, headers and body, has to arrive; beyond, `408` and the
+   * connection closes; at least `headerTimeout` ({@linkcode serveHttp} only;
+   * `--http-request-timeout`).
+   *
+   * @default {30000}
+   */
+  requestTimeout?: number;
+  /**
+   * Milliseconds a connection may stay idle between requests ({@linkcode serveHttp} only;
+   * `--http-keep-alive-timeout`).
+   *
+   * @default {5000}
+   */
+  keepAliveTimeout?: number;
+  /**
+   * Most bytes of a request's head, request line and headers; beyond, `431` and the connection
+   * closes ({@linkcode serveHttp} only; `--http-max-head-bytes`).
+   *
+   * @default {16384}
+   */
+  maxHeadBytes?: number;
+  /**
+   * With `cert`, milliseconds a client has to complete its TLS handshake before it is cut
+   * ({@linkcode serveHttp} only; `--handshake-timeout`).
+   *
+   * @default {10000}
+   */
+  handshakeTimeout?: number;
   /** Aborting it shuts the server down ({@linkcode serveHttp} only). */
   signal?: AbortSignal;
   /**
@@ -225,6 +262,8 @@ export interface MessageHttpServer extends AsyncDisposable {
   readonly metrics: Metrics;
   /** Resolves when the server has shut down. */
   readonly finished: Promise<void>;
+  /** Sockets open now, idle ones included (what `maxConnections` counts). */
+  readonly connections: number;
   /**
    * Ends every SSE response and WebSocket, stops accepting, and waits for open requests.
    * Safe to call more than once.
@@ -713,6 +752,17 @@ class HttpDoor {
   }
 }
 
+/** The transport's bounds among the door's options, those given. */
+function transportLimits(options: HttpOptions): TransportLimits {
+  const limits: TransportLimits = {};
+  if (options.headerTimeout !== undefined) limits.headerTimeout = options.headerTimeout;
+  if (options.requestTimeout !== undefined) limits.requestTimeout = options.requestTimeout;
+  if (options.keepAliveTimeout !== undefined) limits.keepAliveTimeout = options.keepAliveTimeout;
+  if (options.maxHeadBytes !== undefined) limits.maxHeaderBytes = options.maxHeadBytes;
+  if (options.handshakeTimeout !== undefined) limits.handshakeTimeout = options.handshakeTimeout;
+  return limits;
+}
+
 /**
  * Makes the HTTP door's request handler, to embed in a `Deno.serve` app of your own.
  *
@@ -781,86 +831,43 @@ export function serveHttp(hub: MessageStream, options?: HttpOptions): MessageHtt
   const port = intOption("port", options.port, DEFAULT_HTTP_PORT, 0, 65535);
   const hostname = options.hostname ?? "127.0.0.1";
   const maxConnections = intOption("maxConnections", options.maxConnections, 15_000, 1);
-  if ((options.cert === undefined) !== (options.key === undefined)) {
-    throw new TypeError("Options cert and key go together");
-  }
-  const tls = options.cert !== undefined && options.key !== undefined
-    ? { cert: options.cert, key: options.key }
-    : {};
   const metrics = door.metrics;
-  let inflight = 0;
-  const handle = async (req: Request): Promise<Response> => {
-    const open = inflight + metrics.connections.sse + metrics.connections.websocket;
-    if (open >= maxConnections) {
+  const transport = new HttpTransport((req) => door.handle(req), {
+    hostname,
+    port,
+    cert: options.cert,
+    key: options.key,
+    maxConnections,
+    ...transportLimits(options),
+    onRefused() {
       metrics.error("limit_exceeded");
       metrics.limitExceeded("max_connections");
-      const message = `More than ${maxConnections} connections: try again later`;
-      return new Response(
-        JSON.stringify({ code: "limit_exceeded", limit: "max_connections", message }),
-        { status: 503, headers: { "content-type": JSON_TYPE, "retry-after": "1" } },
-      );
-    }
-    inflight++;
-    try {
-      return await door.handle(req);
-    } finally {
-      inflight--;
-    }
-  };
-  // Deno.serve's accept loop ends (its `finished` rejects) when the process runs out of
-  // descriptors: serve again on the same port, backing off, so that the process lives on.
-  const servers = new Set<Deno.HttpServer>();
-  const finished = Promise.withResolvers<void>();
-  let shutdown: Promise<void> | undefined;
-  let pause = 0;
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const listen = (p: number): Deno.NetAddr => {
-    const server = Deno.serve({ hostname, port: p, onListen() {}, ...tls }, handle);
-    servers.add(server);
-    server.finished.then(() => {
-      servers.delete(server);
-      if (shutdown && servers.size === 0) finished.resolve();
-    }, (e: Error) => {
-      servers.delete(server);
-      if (shutdown) {
-        if (servers.size === 0) finished.resolve();
-        return;
-      }
+    },
+    onError(code) {
+      metrics.error(code);
+    },
+    onAcceptFailed() {
       metrics.error("descriptors_exhausted");
-      // deno-lint-ignore no-console
-      console.error(`${new Date().toISOString()} warn http accept failed: ${e.message}; retrying`);
-      retry();
-    });
-    return server.addr;
-  };
-  const retry = (): void => {
-    pause = pause === 0 ? 100 : Math.min(1000, pause * 2);
-    timer = setTimeout(() => {
-      timer = undefined;
-      if (shutdown) return finished.resolve();
-      try {
-        listen(addr.port);
-        pause = 0;
-        // deno-lint-ignore no-console
-        console.error(`${new Date().toISOString()} warn http accepting connections again`);
-      } catch {
-        retry();
-      }
-    }, pause);
-  };
-  const addr = listen(port);
+    },
+  });
+  const shutdownTimeout = intOption("shutdownTimeout", options.shutdownTimeout, 5_000, 0);
+  let shutdown: Promise<void> | undefined;
   const result: MessageHttpServer = {
-    addr,
+    addr: transport.addr,
     hub,
     metrics,
-    finished: finished.promise,
+    finished: transport.finished,
+    get connections() {
+      return transport.connections;
+    },
     shutdown() {
       shutdown ??= (async () => {
-        clearTimeout(timer);
         await door.close();
-        await Promise.all([...servers].map((s) => s.shutdown()));
-        if (servers.size === 0) finished.resolve();
-        await finished.promise;
+        // Requests under way finish; what is still open after the shutdown timeout is cut.
+        const done = transport.shutdown();
+        await waitAtMost(done, shutdownTimeout);
+        transport.cut();
+        await done;
       })();
       return shutdown;
     },

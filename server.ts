@@ -242,6 +242,21 @@ class ServerImpl implements MessageServer {
         authTimeout: this.#tcp.authTimeout,
         shutdownTimeout,
         maxConnections,
+        ...(options.handshakeTimeout !== undefined
+          ? { handshakeTimeout: options.handshakeTimeout }
+          : {}),
+        ...(options.http.headerTimeout !== undefined
+          ? { headerTimeout: options.http.headerTimeout }
+          : {}),
+        ...(options.http.requestTimeout !== undefined
+          ? { requestTimeout: options.http.requestTimeout }
+          : {}),
+        ...(options.http.keepAliveTimeout !== undefined
+          ? { keepAliveTimeout: options.http.keepAliveTimeout }
+          : {}),
+        ...(options.http.maxHeadBytes !== undefined
+          ? { maxHeadBytes: options.http.maxHeadBytes }
+          : {}),
         ...(options.http.allowedHosts !== undefined
           ? { allowedHosts: options.http.allowedHosts }
           : {}),

@@ -39,6 +39,20 @@ import { CONNECTION_SHARE } from "./budget.ts";
 import type { Metrics } from "./metrics.ts";
 import type { MessageStream } from "./mod.ts";
 import { Session, type Transport } from "./protocol.ts";
+import { upgradeOf } from "./http_server.ts";
+import { textFrame, validKey, WireWebSocket } from "./ws_wire.ts";
+
+/**
+ * A frame as a socket takes it: its text (the runtime's WebSocket), or a whole WebSocket frame
+ * (a {@linkcode WireWebSocket}); either is shared by every socket that sends it.
+ */
+export type Payload = string | Uint8Array;
+
+/**
+ * What a {@linkcode WsConnection} needs of its socket: the runtime's `WebSocket` (embedded in a
+ * `Deno.serve` app) or a {@linkcode WireWebSocket} (the door's own transport).
+ */
+export type WsSocket = WebSocket | WireWebSocket;
 
 const decoder = new TextDecoder();
 
@@ -80,11 +94,12 @@ export class WsDoor {
   readonly authTimeout: number;
   readonly #conns = new Set<WsConnection>();
   readonly #text = new WeakMap<Uint8Array, string>();
+  readonly #wire = new WeakMap<Uint8Array, Uint8Array>();
   /**
    * How many socket queues hold each frame text: its bytes count once in the hub's memory
    * budget however many sockets wait to send it.
    */
-  readonly #held = new Map<string, number>();
+  readonly #held = new Map<Payload, number>();
 
   /**
    * Creates the door's WebSocket side.
@@ -112,8 +127,36 @@ export class WsDoor {
    * @throws {TypeError} When the request is not a WebSocket upgrade.
    */
   accept(req: Request, grant?: Grant): Response {
-    const { socket, response } = Deno.upgradeWebSocket(req, { idleTimeout: 60 });
-    this.#conns.add(new WsConnection(this, socket, grant));
+    // Through the door's own transport the socket is handed over; embedded in Deno.serve, the
+    // runtime upgrades the request.
+    const upgrade = upgradeOf(req);
+    let socket: WsSocket;
+    let response: Response;
+    if (upgrade) {
+      const key = req.headers.get("sec-websocket-key");
+      if (!validKey(key) || req.headers.get("sec-websocket-version") !== "13") {
+        return new Response(
+          JSON.stringify({
+            code: "invalid_request",
+            message: "A WebSocket upgrade needs Sec-WebSocket-Key and Sec-WebSocket-Version: 13",
+          }),
+          {
+            status: 400,
+            headers: { "content-type": "application/json", "sec-websocket-version": "13" },
+          },
+        );
+      }
+      socket = WireWebSocket.accept(upgrade.socket, upgrade.head, key, {
+        maxMessageBytes: this.maxMessage,
+        idleTimeout: 60_000,
+      });
+      upgrade.taken = true;
+      // Not sent: the socket has its 101 already.
+      response = new Response(null, { status: 204 });
+    } else ({ socket, response } = Deno.upgradeWebSocket(req, { idleTimeout: 60 }));
+    const conn = new WsConnection(this, socket, grant);
+    if (upgrade) void conn.closed.promise.then(upgrade.released);
+    this.#conns.add(conn);
     this.metrics.opened("websocket");
     return response;
   }
@@ -136,13 +179,30 @@ export class WsDoor {
   }
 
   /**
+   * A wire frame as a whole WebSocket text frame (header and payload), built once per frame and
+   * written as it is by every {@linkcode WireWebSocket}: a copy, never a view of the hub's slab.
+   *
+   * @param frame The frame's bytes.
+   * @returns The WebSocket frame's bytes.
+   */
+  frameWire(frame: Uint8Array): Uint8Array {
+    let wire = this.#wire.get(frame);
+    if (wire === undefined) {
+      const end = frame[frame.byteLength - 1] === 0x0a ? frame.byteLength - 1 : frame.byteLength;
+      wire = textFrame(frame.subarray(0, end));
+      this.#wire.set(frame, wire);
+    }
+    return wire;
+  }
+
+  /**
    * Notes that one more socket queue holds `text`; its bytes go into the memory budget when it
    * is the first.
    *
    * @param text A frame text, as {@linkcode WsDoor.frameText} gave it.
    * @param bytes Its UTF-8 bytes.
    */
-  hold(text: string, bytes: number): void {
+  hold(text: Payload, bytes: number): void {
     const n = this.#held.get(text);
     if (n === undefined) {
       this.#held.set(text, 1);
@@ -157,7 +217,7 @@ export class WsDoor {
    * @param text The frame text.
    * @param bytes Its UTF-8 bytes.
    */
-  release(text: string, bytes: number): void {
+  release(text: Payload, bytes: number): void {
     const n = this.#held.get(text) ?? 1;
     if (n <= 1) {
       this.#held.delete(text);
@@ -197,13 +257,13 @@ export class WsDoor {
 export class WsConnection implements Transport {
   /** The socket's protocol session. */
   readonly session: Session;
-  readonly #socket: WebSocket;
+  readonly #socket: WsSocket;
   readonly #door: WsDoor;
   #closing = false;
   #closed = false;
   #closeCode = 1000;
   /** Shared frame texts waiting for the socket, from `#head` on (sent ones are cleared). */
-  #queue: (string | undefined)[] = [];
+  #queue: (Payload | undefined)[] = [];
   /** The UTF-8 bytes of each queued text. */
   #sizes: number[] = [];
   #head = 0;
@@ -225,16 +285,20 @@ export class WsConnection implements Transport {
    * @param door The door's WebSocket side.
    * @param socket The socket.
    */
-  constructor(door: WsDoor, socket: WebSocket, grant?: Grant) {
+  constructor(door: WsDoor, socket: WsSocket, grant?: Grant) {
     this.#door = door;
     this.#socket = socket;
     this.session = new Session(door.hub, this, { auth: door.auth, metrics: door.metrics, grant });
     socket.binaryType = "arraybuffer";
-    socket.onmessage = (e) => this.#message(e.data);
+    socket.onmessage = (e: { data: unknown }) => this.#message(e.data);
     socket.onclose = () => this.#ended();
     socket.onerror = () => {
       // onclose follows: nothing else to do.
     };
+    if (socket instanceof WireWebSocket) {
+      // A message over the limit is refused as its frames arrive, before it is kept.
+      socket.onoversize = () => this.#oversize();
+    }
     if (door.auth && !this.session.authorized) {
       this.#authTimer = setTimeout(this.#authExpired, door.authTimeout);
     }
@@ -267,10 +331,10 @@ export class WsConnection implements Transport {
     const socket = this.#socket;
     if (this.#closing || socket.readyState !== WebSocket.OPEN) return;
     const door = this.#door;
-    const text = door.frameText(frame);
+    const text = socket instanceof WireWebSocket ? door.frameWire(frame) : door.frameText(frame);
     const bytes = frame[frame.byteLength - 1] === 0x0a ? frame.byteLength - 1 : frame.byteLength;
     if (this.#head === this.#queue.length && socket.bufferedAmount < WS_HIGH_WATER) {
-      socket.send(text);
+      this.#write(text);
       door.metrics.bytesOut += bytes;
       return;
     }
@@ -300,9 +364,9 @@ export class WsConnection implements Transport {
     let sent = 0;
     const door = this.#door;
     while (head < queue.length && socket.bufferedAmount < WS_HIGH_WATER) {
-      const text = queue[head] as string;
+      const text = queue[head] as Payload;
       const bytes = this.#sizes[head++] as number;
-      socket.send(text);
+      this.#write(text);
       door.release(text, bytes);
       queue[head - 1] = undefined;
       sent += bytes;
@@ -328,13 +392,19 @@ export class WsConnection implements Transport {
     this.#timer = setTimeout(this.#drain, this.#wait);
   };
 
+  /** Hands one frame to the socket: a text, or a whole WebSocket frame for a WireWebSocket. */
+  #write(payload: Payload): void {
+    if (typeof payload === "string") (this.#socket as WebSocket).send(payload);
+    else (this.#socket as WireWebSocket).sendRaw(payload);
+  }
+
   /** Drops what is queued and stops polling. */
   #drop(): void {
     clearTimeout(this.#timer);
     this.#timer = undefined;
     const door = this.#door;
     for (let i = this.#head; i < this.#queue.length; i++) {
-      door.release(this.#queue[i] as string, this.#sizes[i] as number);
+      door.release(this.#queue[i] as Payload, this.#sizes[i] as number);
     }
     this.#queue = [];
     this.#sizes = [];
@@ -403,14 +473,16 @@ export class WsConnection implements Transport {
     }
     const bytes = utf8Length(data);
     metrics.bytesIn += bytes;
-    const max = this.#door.maxMessage;
-    if (bytes > max) {
-      this.session.error("line_too_long", `Message longer than ${max} bytes: closing connection`);
-      this.#closeCode = 1009;
-      this.session.close();
-      return;
-    }
+    if (bytes > this.#door.maxMessage) return this.#oversize();
     this.session.handle(data);
+  }
+
+  /** An incoming message passed the limit: say so, close with 1009 (Message Too Big). */
+  #oversize(): void {
+    const max = this.#door.maxMessage;
+    this.session.error("line_too_long", `Message longer than ${max} bytes: closing connection`);
+    this.#closeCode = 1009;
+    this.session.close();
   }
 }
 
