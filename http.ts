@@ -175,10 +175,11 @@ export interface HttpOptions {
    */
   shutdownTimeout?: number;
   /**
-   * Most requests, SSE responses and WebSockets open at once ({@linkcode serveHttp} only);
-   * beyond it a request gets 503 with code `limit_exceeded`. When the process runs out of
-   * descriptors anyway, the listener is restarted (after 100 ms, doubling to 1 s) instead of
-   * ending the process.
+   * Most sockets open at once ({@linkcode serveHttp} only), idle ones, SSE responses and
+   * WebSockets alike; one more gets 503 with code `limit_exceeded` (`max_connections`) and is
+   * closed (over TLS, closed at once). When the process runs out of descriptors anyway, the
+   * listener starts again once descriptors are free (looked for after 100 ms, doubling to 1 s)
+   * instead of ending the process.
    *
    * @default {15000}
    */
@@ -795,8 +796,9 @@ export function handler(hub: MessageStream, options?: HttpOptions): HttpHandler 
 }
 
 /**
- * Serves the HTTP door (SSE, WebSocket, REST, metrics, status page) for `hub` with
- * `Deno.serve`.
+ * Serves the HTTP door (SSE, WebSocket, REST, metrics, status page) for `hub` over HTTP/1.1 (or
+ * HTTPS), through a transport that bounds every phase of a connection (`http_server.ts`: header,
+ * request and keep-alive timeouts, head size, TLS handshake, open sockets; docs/http.md).
  *
  * @param hub The hub to serve; the TCP server's `server.hub` to share it.
  * @param options Address, limits, auth, metrics.

@@ -1,7 +1,10 @@
 /**
  * WebSocket, the HTTP door's way to speak the wire protocol (`GET /ws`): one JSON frame per text
  * message, the same frames as a TCP line, handled by the same {@linkcode Session}. A message
- * over the size limit gets `line_too_long` and close code 1009.
+ * over the size limit gets `line_too_long` and close code 1009. Through the door's own transport
+ * the socket is a {@linkcode WireWebSocket} (ws_wire.ts), which refuses such a message as its
+ * frames arrive, before it is kept, and writes each frame as a WebSocket frame built once for
+ * every socket; embedded in a `Deno.serve` app (`handler()`), it is the runtime's `WebSocket`.
  *
  * ## Outbound: shared frames, one bound
  *
