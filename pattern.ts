@@ -198,13 +198,22 @@ export interface PatternHost<S extends PatternStream> {
   deliver(queue: Listener, ev: StreamEvent): boolean;
   /** Tells the queue what it follows (its `attached`). */
   attached(queue: Listener): void;
+  /**
+   * Makes room for one more stream followed through a pattern, before the queue is caught up
+   * on it (the memory budget's `FOLLOW_COST`); throws when there is none. The join is then
+   * undone: the pattern is dropped, as a `hangup` would.
+   *
+   * @param pattern The pattern joining.
+   */
+  admitFollow?(pattern: string): void;
 }
 
 /** Options of {@linkcode PatternFollows}. */
 export interface PatternFollowsOptions {
   /**
    * Longest run of catch-up work, in milliseconds, before a pattern join yields to the event
-   * loop.
+   * loop. Joins take turns: one slice of one join per turn of the loop, whatever the number
+   * of joins in progress, so that many joins cost the rest of the server what one does.
    *
    * @default {4}
    */
@@ -251,6 +260,12 @@ export class PatternFollows<S extends PatternStream> {
   readonly #ids: WeakMap<Listener, number> = new WeakMap();
   #nextId = 0;
   readonly #sliceMs: number;
+  /** Whether a join is working its slice (joins take turns: see `#waitTurn`). */
+  #turnTaken = false;
+  /** Joins waiting for their next slice, first come first served. */
+  readonly #turns: (() => void)[] = [];
+  /** Whether the next turn is scheduled (one per turn of the event loop). */
+  #turnScheduled = false;
 
   /**
    * Creates an empty registry.
@@ -332,34 +347,91 @@ export class PatternFollows<S extends PatternStream> {
     // of then, or the replay up to then). The core's iterator is live: a stream deleted before
     // its turn is skipped, one created meanwhile was announced already (and is skipped).
     let streams = 0;
-    let started = performance.now();
-    let i = 0;
-    // Streams share few sets: each set plus the queue is made once per join, not per stream.
-    const plus: Map<ReadonlySet<Listener> | undefined, ReadonlySet<Listener>> = new Map();
-    for (const state of this.#host.snapshot()) {
-      if ((++i & 15) === 0 && performance.now() - started > this.#sliceMs) {
-        await new Promise((resolve) => setTimeout(resolve, 0));
-        started = performance.now();
+    // Joins take turns (one slice per turn of the event loop over all of them): a join that
+    // finds another working or waiting waits for its turn.
+    if (this.#turnTaken || this.#turns.length > 0) await this.#waitTurn();
+    else this.#turnTaken = true;
+    try {
+      let started = performance.now();
+      let i = 0;
+      // Streams share few sets: each set plus the queue is made once per join, not per stream.
+      const plus: Map<ReadonlySet<Listener> | undefined, ReadonlySet<Listener>> = new Map();
+      const admit = this.#host.admitFollow;
+      for (const state of this.#host.snapshot()) {
+        if ((++i & 15) === 0 && performance.now() - started > this.#sliceMs) {
+          this.#endTurn();
+          await this.#waitTurn();
+          started = performance.now();
+        }
+        if (this.#follows.get(queue) !== follow || follow.patterns.get(pattern) !== join) break;
+        if (!matchPattern(pattern, state.name) || follow.streams.has(state)) continue;
+        if (this.#host.current(state.name) !== state) continue;
+        if (admit) {
+          try {
+            admit.call(this.#host, pattern);
+          } catch (e) {
+            // No room for one more stream: the join is undone (the streams it caught up on
+            // stop reaching the queue, unless another of its patterns matches them).
+            if (this.#follows.get(queue) === follow && follow.patterns.get(pattern) === join) {
+              this.hangup(pattern, queue);
+            }
+            throw e;
+          }
+        }
+        // A queue that listens to the stream by name has its events already.
+        const at = since?.[state.name];
+        if (!state.listeners.has(queue) && !this.#host.catchUp(state, queue, at)) break;
+        this.#attach(state, queue, follow, plus);
+        streams++;
       }
-      if (this.#follows.get(queue) !== follow || follow.patterns.get(pattern) !== join) break;
-      if (!matchPattern(pattern, state.name) || follow.streams.has(state)) continue;
-      if (this.#host.current(state.name) !== state) continue;
-      // A queue that listens to the stream by name has its events already.
-      const at = since?.[state.name];
-      if (!state.listeners.has(queue) && !this.#host.catchUp(state, queue, at)) break;
-      this.#attach(state, queue, follow, plus);
-      streams++;
-    }
-    // Streams named in `since` that are gone: the queue learns they ended.
-    if (since && this.#follows.get(queue) === follow && follow.patterns.get(pattern) === join) {
-      for (const [name, at] of Object.entries(since)) {
-        if (!matchPattern(pattern, name) || this.#host.current(name)) continue;
-        if (!isPosition(at)) continue;
-        const end = buildEvent(this.#host.codec, "end", { name }, null, at.seq, at.epoch, "own");
-        if (!this.#host.deliver(queue, end)) break;
+      // Streams named in `since` that are gone: the queue learns they ended.
+      if (since && this.#follows.get(queue) === follow && follow.patterns.get(pattern) === join) {
+        for (const [name, at] of Object.entries(since)) {
+          if (!matchPattern(pattern, name) || this.#host.current(name)) continue;
+          if (!isPosition(at)) continue;
+          const end = buildEvent(this.#host.codec, "end", { name }, null, at.seq, at.epoch, "own");
+          if (!this.#host.deliver(queue, end)) break;
+        }
       }
+    } finally {
+      this.#endTurn();
     }
     return { pattern, streams };
+  }
+
+  /** How many joins are working or waiting for their turn (see `sliceMs`). */
+  get joining(): number {
+    return this.#turns.length + (this.#turnTaken ? 1 : 0);
+  }
+
+  /**
+   * Waits for this join's next slice: after every join that waits already, and in a later turn
+   * of the event loop than the slice before it (I/O and timers are served in between).
+   */
+  #waitTurn(): Promise<void> {
+    return new Promise((resolve) => {
+      this.#turns.push(resolve);
+      if (!this.#turnTaken) this.#scheduleTurn();
+    });
+  }
+
+  /** Ends the current join's slice; the next waiting join gets a turn of the loop later. */
+  #endTurn(): void {
+    this.#turnTaken = false;
+    if (this.#turns.length > 0) this.#scheduleTurn();
+  }
+
+  #scheduleTurn(): void {
+    if (this.#turnScheduled) return;
+    this.#turnScheduled = true;
+    setTimeout(() => {
+      this.#turnScheduled = false;
+      if (this.#turnTaken) return; // the turn ended schedules the next
+      const next = this.#turns.shift();
+      if (!next) return;
+      this.#turnTaken = true;
+      next();
+    }, 0);
   }
 
   /**

@@ -320,6 +320,11 @@ export abstract class Streams<S extends StreamState> implements Core {
       catchUp: (state, queue, since) => this.catchUp(state, queue, since),
       deliver: (queue, ev) => this.deliver(queue, ev),
       attached: (queue) => queue.attached?.(source),
+      admitFollow: (pattern) =>
+        this.limits.memory.admit(
+          FOLLOW_COST,
+          `Cannot listen to pattern "${pattern.slice(0, 100)}"`,
+        ),
     });
   }
 

@@ -3,7 +3,7 @@
  * deleted while a pattern join is under way must stay deleted, and one made anew meanwhile must
  * still be followed.
  */
-import { assertEquals, assertThrows } from "@std/assert";
+import { assert, assertEquals, assertThrows } from "@std/assert";
 import { Inbox, MessageStream, type StreamEvent } from "../mod.ts";
 import { RedisEngine } from "../redis.ts";
 import { FOLLOW_COST, PATTERN_COST } from "../budget.ts";
@@ -260,14 +260,23 @@ Deno.test("memory: each stream a pattern listener follows counts in the memory b
     await hub.delete("jobs.0");
     hub.hangup({ pattern: "jobs.*" }, inboxes[0]!);
     assertEquals(hub.memory.parts().listens, 9 * PATTERN_COST + 9 * 100 * FOLLOW_COST);
-    // Followed streams fill the budget (about 14 KiB a listener here): then a pattern listen,
-    // and a put that would make one more stream, are refused.
+    // Followed streams fill the budget (about 14 KiB a listener here): then a pattern listen
+    // is refused mid-way and undone (the budget is as before it, within its maximum), and once
+    // new streams (each followed by every pattern listener) fill the rest, a put that would
+    // make one more stream is refused.
     let listenRefused: unknown;
+    let before = 0;
     for (let i = 0; i < 100 && !listenRefused; i++) {
+      before = hub.memory.parts().listens;
       listenRefused = await hub.listen({ pattern: "*" }, new Inbox({ maxEvents: 1000 }))
         .then(() => undefined, (e) => e);
     }
-    const putRefused = await hub.put("jobs.more", 1).then(() => undefined, (e) => e);
+    assertEquals(hub.memory.parts().listens, before);
+    assert(hub.memory.held <= hub.memory.max - hub.memory.historyReserve, `${hub.memory.held}`);
+    let putRefused: unknown;
+    for (let i = 0; i < 1000 && !putRefused; i++) {
+      putRefused = await hub.put(`jobs.more${i}`, 1).then(() => undefined, (e) => e);
+    }
     assertEquals(
       [listenRefused, putRefused].map((
         e,
