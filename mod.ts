@@ -312,7 +312,8 @@ export class MessageStream implements Streamer {
    * const hub = new MessageStream({ maxMemory: 1 << 20 });
    * await hub.header("job", "running");
    * assertEquals(hub.memory.max, 1 << 20);
-   * assertEquals(hub.memory.parts().streams, 1024);
+   * // One stream: 1 KiB, and 2 bytes for each character of its name.
+   * assertEquals(hub.memory.parts().streams, 1024 + 2 * 3);
    * ```
    */
   get memory(): MemoryBudget {
