@@ -211,7 +211,12 @@ export class Session implements Listener {
   readonly #sync: SyncHub | undefined;
   #inflight = 0;
   #blocked = false;
-  #waiting: [Frame, unknown][] = [];
+  /** Requests waiting behind one in progress, each with its line's length. */
+  #waiting: [Frame, unknown, number][] = [];
+  /** The line lengths of the requests waiting or in flight (see backlog). */
+  #backlog = 0;
+  /** The door waiting for the backlog to fall (see backlogAtMost). */
+  #room: { bytes: number; resolve: () => void } | undefined;
   /** Resolved when no request is in flight or waiting (see settled). */
   #idle: PromiseWithResolvers<void> | undefined;
   /**
@@ -240,6 +245,45 @@ export class Session implements Listener {
     this.#metrics = options.metrics;
     this.#grant = options.grant;
     this.#sync = syncOf(hub);
+  }
+
+  /**
+   * The requests this session holds that are not answered yet: waiting behind a request in
+   * progress (a listen, a pattern join's catch-up, an engine call) or in flight to an engine, as
+   * the characters of their lines. A door that reads faster than they are answered stops
+   * reading past a bound (see {@linkcode Session.backlogAtMost}): backpressure on the peer.
+   */
+  get backlog(): number {
+    return this.#backlog;
+  }
+
+  /**
+   * Waits until {@linkcode Session.backlog} is at most `bytes` (or the session ends).
+   *
+   * @param bytes The bound.
+   * @returns When it is, or `undefined` when it is now.
+   */
+  backlogAtMost(bytes: number): Promise<void> | undefined {
+    if (this.#backlog <= bytes || this.#closed) return undefined;
+    this.#room?.resolve();
+    const wait = Promise.withResolvers<void>();
+    this.#room = { bytes, resolve: wait.resolve };
+    return wait.promise;
+  }
+
+  /**
+   * Told when {@linkcode Session.backlog} fell (requests answered): a door re-reports what its
+   * connection holds.
+   */
+  onBacklog: (() => void) | undefined = undefined;
+
+  #checkRoom(): void {
+    this.onBacklog?.();
+    const room = this.#room;
+    if (room && (this.#backlog <= room.bytes || this.#closed)) {
+      this.#room = undefined;
+      room.resolve();
+    }
   }
 
   /** Hub events go straight to the transport: the frame was encoded once by the hub. */
@@ -289,12 +333,14 @@ export class Session implements Listener {
     this.#hub.endqueue(this);
     this.send(unprompted({ action: "close" }, this.live));
     this.#closed = true;
+    this.#checkRoom();
     this.#transport.close();
   }
 
   /** Stops listening everywhere without sending anything (the peer is gone). */
   drop(): void {
     this.#closed = true;
+    this.#checkRoom();
     this.#hub.endqueue(this);
   }
 
@@ -317,7 +363,11 @@ export class Session implements Listener {
           return this.#plainPut(line, at, sync);
         }
         const message = copy(line.slice(at + 1, -2));
-        return this.#ordered({ action: "put", stream: plainName(line, at), message }, undefined);
+        return this.#ordered(
+          { action: "put", stream: plainName(line, at), message },
+          undefined,
+          line.length,
+        );
       }
     }
     let frame: unknown;
@@ -337,7 +387,7 @@ export class Session implements Listener {
       this.error("invalid_frame", 'Field "id" must be a string or a number');
       return;
     }
-    this.#ordered(f, id);
+    this.#ordered(f, id, line.length);
   }
 
   /**
@@ -360,18 +410,21 @@ export class Session implements Listener {
     }
   }
 
-  #run(f: Frame, id: unknown): void {
+  #run(f: Frame, id: unknown, size = 0): void {
     try {
       const done = this.#dispatch(f, id);
       if (done) {
         // An engine request: count it until it settles, then let waiting frames go.
         this.#inflight++;
+        this.#backlog += size;
         const barrier = f.action === "listen";
         if (barrier) this.#blocked = true;
         done.catch((e) => this.#fail(e, id, f.stream)).finally(() => {
           this.#inflight--;
+          this.#backlog -= size;
           if (barrier) this.#blocked = false;
           this.#drain();
+          this.#checkRoom();
           if (this.#idle && this.#inflight === 0 && (this.#waiting.length === 0 || this.#closed)) {
             this.#idle.resolve();
             this.#idle = undefined;
@@ -404,20 +457,22 @@ export class Session implements Listener {
    * the engine at once (it keeps their order), anything else waits for what came before it; a
    * listen (in memory, a pattern's, whose catch-up yields) holds back everything after it.
    */
-  #ordered(f: Frame, id: unknown): void {
+  #ordered(f: Frame, id: unknown, size: number): void {
     if (this.#waiting.length > 0 || this.#blocked || (this.#inflight > 0 && !isWrite(f))) {
-      this.#waiting.push([f, id]);
+      this.#waiting.push([f, id, size]);
+      this.#backlog += size;
       return;
     }
-    this.#run(f, id);
+    this.#run(f, id, size);
   }
 
   #drain(): void {
     while (this.#waiting.length > 0 && !this.#blocked && !this.#closed) {
-      const [f, id] = this.#waiting[0]!;
+      const [f, id, size] = this.#waiting[0]!;
       if (this.#inflight > 0 && !isWrite(f)) return;
       this.#waiting.shift();
-      this.#run(f, id);
+      this.#backlog -= size;
+      this.#run(f, id, size);
     }
   }
 

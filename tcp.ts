@@ -686,7 +686,10 @@ class Connection implements Transport {
     if (this.#closing) this.#end();
   }
 
-  /** Reports the unfinished line this connection holds now. */
+  /**
+   * Reports the request lines this connection holds now: its unfinished line, and the requests
+   * waiting behind one in progress (the session's backlog).
+   */
   #holdLine(bytes: number): void {
     this.#memory.lines += bytes - this.#lineBytes;
     this.#lineBytes = bytes;
@@ -741,6 +744,10 @@ class Connection implements Transport {
       const metrics = this.#door.metrics;
       const framer = new LineFramer({ maxLineBytes: this.#door.maxLineBytes });
       const session = this.session;
+      // Requests answered after the read that queued them: what the connection holds fell.
+      session.onBacklog = () => {
+        if (!this.#closed) this.#holdLine(framer.pending + session.backlog);
+      };
       let buf = new Uint8Array(READ_FIRST);
       let quiet = 0; // consecutive small reads
       try {
@@ -753,6 +760,8 @@ class Connection implements Transport {
           this.#holdLine(framer.pending);
           if (lines.length > 0 || framer.error) this.lastHeard = Date.now();
           for (let i = 0; i < lines.length && !session.closed; i++) session.handle(lines[i]!);
+          // The requests that wait behind one in progress count too.
+          if (session.backlog > 0) this.#holdLine(framer.pending + session.backlog);
           // A bad line: the good lines before it were served; now refuse.
           if (framer.error) throw framer.error;
           // Until its hello succeeds, a connection may hold a small unfinished line only.
@@ -762,7 +771,7 @@ class Connection implements Transport {
               `More than ${UNAUTHENTICATED_LINE_BYTES} bytes of a line before "hello"`,
             );
           }
-          if (this.#lineBytes > CONNECTION_SHARE && this.#memory.spentBesides(this.#lineBytes)) {
+          if (framer.pending > CONNECTION_SHARE && this.#memory.spentBesides(this.#lineBytes)) {
             // While the rest of the memory budget is spent, a connection may hold only its share
             // of a line.
             metrics.limitExceeded("max_memory");
@@ -776,6 +785,14 @@ class Connection implements Transport {
             );
             session.close();
             break;
+          }
+          if (session.backlog > this.#door.maxLineBytes) {
+            // Requests wait behind one in progress (a listen, a pattern join, an engine call):
+            // past a line's worth, stop reading until they are answered. The peer's writes wait
+            // in the socket's buffers (backpressure), nothing is refused.
+            const room = session.backlogAtMost(this.#door.maxLineBytes);
+            if (room) await room;
+            this.#holdLine(framer.pending + session.backlog);
           }
           if (n === buf.byteLength && n < READ_MAX) {
             buf = new Uint8Array(n * 2);
