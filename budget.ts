@@ -48,7 +48,8 @@ export type Limit =
   | "max_streams"
   | "max_header_bytes"
   | "max_listens"
-  | "max_connections";
+  | "max_connections"
+  | "redis_memory";
 
 /** Every {@linkcode Limit}, in the order metrics list them. */
 export const LIMITS: readonly Limit[] = [
@@ -57,12 +58,13 @@ export const LIMITS: readonly Limit[] = [
   "max_header_bytes",
   "max_listens",
   "max_connections",
+  "redis_memory",
 ];
 
 /**
  * A request would go past a limit: nothing was changed, and only the requester is told (on
  * the wire: an `error` frame with code `limit_exceeded` and the `limit`; on REST: 507 for
- * `max_memory` and `max_streams`, 413 for `max_header_bytes`, 429 for `max_listens`).
+ * `max_memory`, `max_streams` and `redis_memory`, 413 for `max_header_bytes`, 429 for `max_listens`).
  */
 export class LimitExceededError extends Error {
   /** The limit, as named on the wire. */

@@ -181,6 +181,14 @@ export interface ServeOptions extends MessageStreamOptions {
    */
   redisPrefix?: string;
   /**
+   * With `redis`: the share of Redis' `maxmemory`, in percent, past which a header set or a put
+   * that would make a new stream is refused with `limit_exceeded` (`redis_memory`); puts to
+   * existing streams go on. 0 turns it off (see docs/redis.md).
+   *
+   * @default {90}
+   */
+  redisMaxMemoryPercent?: number;
+  /**
    * With `redis`: the URL is a node of a Redis Cluster (each stream in its hash tag's slot).
    *
    * @default {false}
@@ -616,6 +624,15 @@ const SERVE_OPTIONS: readonly OptionSpec[] = [
     arg: "PREFIX",
     help: "prefix of Redis keys and channels (default msgstream:)",
     key: "redisPrefix",
+  },
+  {
+    name: "redis-max-memory-percent",
+    kind: "int",
+    arg: "N",
+    help: "with --redis: past this share of Redis' maxmemory, refuse new\n" +
+      "streams and headers with redis_memory (default 90; 0: off)",
+    max: 100,
+    key: "redisMaxMemoryPercent",
   },
   {
     name: "redis-cluster",

@@ -40,6 +40,7 @@ import {
   joinProbes,
 } from "./engine.ts";
 import { intOption } from "./options.ts";
+import { RedisMemoryGuard } from "./redis_guard.ts";
 import { settle, WriteQueue } from "./redis_batch.ts";
 import type { RedisEngineOptions } from "./redis_options.ts";
 import { keySlot, ShardPool } from "./redis_shard.ts";
@@ -135,6 +136,8 @@ export class RedisEngine implements Engine {
   readonly #channels = new Map<string, Follow>();
   /** Told of every stream created (pattern listens; see watchCreated). */
   #onCreated: ((stream: string, epoch: string) => void) | undefined;
+  /** Refuses new streams and headers past a share of Redis' maxmemory. */
+  readonly #guard: RedisMemoryGuard;
 
   /**
    * Creates the engine; it connects when a hub binds it.
@@ -157,6 +160,28 @@ export class RedisEngine implements Engine {
       send: (ops) => this.#send(ops),
     });
     this.#onStatus = options?.onStatus;
+    this.#guard = new RedisMemoryGuard({
+      percent: intOption("maxMemoryPercent", options?.maxMemoryPercent, 90, 0, 100),
+      read: () => this.#memoryInfo(),
+    });
+  }
+
+  /** `INFO memory` of the Redis (every master of a cluster), for the memory guard. */
+  async #memoryInfo(): Promise<string[]> {
+    const cmd = await this.#client();
+    if (!this.#cluster) return [await cmd.info("memory")];
+    const cluster = cmd as unknown as { nodes(role: "master"): Redis[] };
+    return await Promise.all(cluster.nodes("master").map((node) => node.info("memory")));
+  }
+
+  /** Whether Redis holds no such stream (a put to it would make it). */
+  async #isNew(stream: string): Promise<boolean> {
+    const cmd = await this.#client();
+    try {
+      return await cmd.exists(streamKeys(this.#prefix, stream)[0] as string) === 0;
+    } catch (e) {
+      throw unavailable(e);
+    }
   }
 
   /** Whether both connections to Redis are up (the command one and the subscriber). */
@@ -591,6 +616,12 @@ export class RedisEngine implements Engine {
    */
   async put(stream: string, message: unknown): Promise<Position> {
     const text = (this.#codec as Codec).encode(message);
+    const guard = this.#guard.check(
+      `Cannot put on stream "${stream.slice(0, 100)}"`,
+      text.length,
+      () => this.#isNew(stream),
+    );
+    if (guard) await guard;
     const [seq, epoch] = await this.#enqueue(stream, "p", text);
     return { seq, epoch };
   }
@@ -607,6 +638,14 @@ export class RedisEngine implements Engine {
   async header(stream: string, message: unknown): Promise<void> {
     const clear = message === null || message === undefined;
     const text = clear ? "" : (this.#codec as Codec).encode(message);
+    if (!clear) {
+      // Kept twice: in the stream's hash and in its history.
+      const guard = this.#guard.check(
+        `Cannot set the header of stream "${stream.slice(0, 100)}"`,
+        2 * text.length,
+      );
+      if (guard) await guard;
+    }
     await this.#enqueue(stream, clear ? "c" : "h", text);
   }
 

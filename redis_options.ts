@@ -68,6 +68,16 @@ export interface RedisEngineOptions {
    */
   maxQueuedChars?: number;
   /**
+   * The share of Redis' `maxmemory`, in percent, past which this node refuses what grows Redis
+   * for good: a header set, or a put that would make a new stream, get `limit_exceeded`
+   * (`redis_memory`); puts to existing streams go on. Redis' `INFO memory` is read at most once
+   * a second while writes come. 0 turns the guard off; a Redis without `maxmemory` is never
+   * refused (see `redis_guard.ts`).
+   *
+   * @default {90}
+   */
+  maxMemoryPercent?: number;
+  /**
    * Milliseconds to wait for a connection to Redis.
    *
    * @default {10000}

@@ -151,6 +151,7 @@ export const LIMIT_STATUS: Record<Limit, number> = {
   max_header_bytes: 413,
   max_listens: 429,
   max_connections: 503,
+  redis_memory: 507,
 };
 
 /**

@@ -173,6 +173,9 @@ class ServerImpl implements MessageServer {
         url: options.redis,
         ...(options.redisPrefix !== undefined ? { prefix: options.redisPrefix } : {}),
         ...(options.redisCluster ? { cluster: true } : {}),
+        ...(options.redisMaxMemoryPercent !== undefined
+          ? { maxMemoryPercent: options.redisMaxMemoryPercent }
+          : {}),
         ...(options.redisClassicPubSub ? { shardedPubSub: false } : {}),
         ...(options.historyMessages !== undefined
           ? { historyMessages: options.historyMessages }

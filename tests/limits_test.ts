@@ -213,6 +213,7 @@ Deno.test("TCP: past each limit the requester gets limit_exceeded naming it; a b
       max_header_bytes: 1,
       max_listens: 1,
       max_connections: 0,
+      redis_memory: 0,
     });
     assertEquals(server.metrics.errors.limit_exceeded, 3);
     // Deleting streams makes room again (for the bystander's check of a new stream).

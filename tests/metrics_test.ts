@@ -106,6 +106,7 @@ Deno.test("prometheus() writes HELP, TYPE and one sample per value, in the text 
       'msgstream_limit_exceeded_total{limit="max_header_bytes"} 0',
       'msgstream_limit_exceeded_total{limit="max_listens"} 0',
       'msgstream_limit_exceeded_total{limit="max_connections"} 0',
+      'msgstream_limit_exceeded_total{limit="redis_memory"} 0',
       "# TYPE msgstream_history_bytes gauge",
       "msgstream_history_bytes 13",
       "",
@@ -157,6 +158,7 @@ Deno.test("GET /metrics counts an SSE response and a REST put with exact values"
     'msgstream_limit_exceeded_total{limit="max_header_bytes"}': 0,
     'msgstream_limit_exceeded_total{limit="max_listens"}': 0,
     'msgstream_limit_exceeded_total{limit="max_connections"}': 0,
+    'msgstream_limit_exceeded_total{limit="redis_memory"}': 0,
     msgstream_history_bytes: hub.stats().historyBytes,
     // The memory budget by part: one stream (1024 estimated, and 2 bytes for each of the 3
     // characters of its name), one listen (256), its history.
