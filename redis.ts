@@ -616,11 +616,11 @@ export class RedisEngine implements Engine {
    */
   async put(stream: string, message: unknown): Promise<Position> {
     const text = (this.#codec as Codec).encode(message);
-    const guard = this.#guard.check(
+    const guard = this.#guard.ordered(this.#guard.check(
       `Cannot put on stream "${stream.slice(0, 100)}"`,
       text.length,
       () => this.#isNew(stream),
-    );
+    ));
     if (guard) await guard;
     const [seq, epoch] = await this.#enqueue(stream, "p", text);
     return { seq, epoch };
@@ -638,14 +638,14 @@ export class RedisEngine implements Engine {
   async header(stream: string, message: unknown): Promise<void> {
     const clear = message === null || message === undefined;
     const text = clear ? "" : (this.#codec as Codec).encode(message);
-    if (!clear) {
-      // Kept twice: in the stream's hash and in its history.
-      const guard = this.#guard.check(
+    // A header is kept twice: in the stream's hash and in its history.
+    const guard = this.#guard.ordered(
+      clear ? undefined : this.#guard.check(
         `Cannot set the header of stream "${stream.slice(0, 100)}"`,
         2 * text.length,
-      );
-      if (guard) await guard;
-    }
+      ),
+    );
+    if (guard) await guard;
     await this.#enqueue(stream, clear ? "c" : "h", text);
   }
 
@@ -656,6 +656,8 @@ export class RedisEngine implements Engine {
    * @throws {EngineUnavailableError} When Redis cannot be reached.
    */
   async delete(stream: string): Promise<void> {
+    const guard = this.#guard.ordered(undefined);
+    if (guard) await guard;
     await this.#enqueue(stream, "d", "");
   }
 

@@ -97,6 +97,8 @@ export class RedisMemoryGuard {
   #reading: Promise<void> | undefined;
   /** Bytes written through this guard since the reading in use was started. */
   #written = 0;
+  /** The last write still waiting (see `ordered`): later writes wait behind it. */
+  #gate: Promise<void> | undefined;
 
   /**
    * Creates a guard; it reads Redis when writes come.
@@ -187,6 +189,31 @@ export class RedisMemoryGuard {
    */
   async admit(what: string, bytes: number, isNew?: () => Promise<boolean>): Promise<void> {
     await this.check(what, bytes, isNew);
+  }
+
+  /**
+   * Orders a write behind its check (when the check must wait: the first reading, or a put's
+   * existence check past the share) and behind every earlier write that waits, so that the
+   * engine's writes keep their order.
+   *
+   * @param check The write's {@linkcode RedisMemoryGuard.check}, or `undefined` for a write
+   * the guard lets through (a delete, a header clear).
+   * @returns `undefined` when the write may go now, else a promise that settles when it may go
+   * or rejects when it may not.
+   */
+  ordered(check: Promise<void> | undefined): Promise<void> | undefined {
+    const before = this.#gate;
+    if (!check && !before) return undefined;
+    const mine = (async () => {
+      if (before) await before;
+      if (check) await check;
+    })();
+    const tail = mine.catch(() => {}); // the next write waits for this one, refused or not
+    this.#gate = tail;
+    tail.then(() => {
+      if (this.#gate === tail) this.#gate = undefined;
+    });
+    return mine;
   }
 
   #decide(
