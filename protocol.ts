@@ -171,6 +171,11 @@ export interface Transport {
   send(frame: Uint8Array): void;
   /** Flushes what is queued, then closes. */
   close(): void;
+  /**
+   * Told when the session's {@linkcode Session.backlog} fell (requests answered): a door
+   * re-reports what its connection holds.
+   */
+  backlogChanged?(): void;
 }
 
 /** Options of a {@linkcode Session}. */
@@ -271,14 +276,8 @@ export class Session implements Listener {
     return wait.promise;
   }
 
-  /**
-   * Told when {@linkcode Session.backlog} fell (requests answered): a door re-reports what its
-   * connection holds.
-   */
-  onBacklog: (() => void) | undefined = undefined;
-
   #checkRoom(): void {
-    this.onBacklog?.();
+    this.#transport.backlogChanged?.();
     const room = this.#room;
     if (room && (this.#backlog <= room.bytes || this.#closed)) {
       this.#room = undefined;

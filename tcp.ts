@@ -415,6 +415,8 @@ class Connection implements Transport {
   #writingPins: ArrayBufferLike[] = [];
   #writingDirect = 0;
   #lineBytes = 0;
+  /** The part of #lineBytes that is the session's backlog (requests waiting). */
+  #backlogBytes = 0;
 
   constructor(conn: Deno.Conn, door: TcpDoor, onEnded: (c: Connection) => void) {
     this.conn = conn;
@@ -690,9 +692,16 @@ class Connection implements Transport {
    * Reports the request lines this connection holds now: its unfinished line, and the requests
    * waiting behind one in progress (the session's backlog).
    */
-  #holdLine(bytes: number): void {
+  #holdLine(line: number, backlog = 0): void {
+    const bytes = line + backlog;
     this.#memory.lines += bytes - this.#lineBytes;
     this.#lineBytes = bytes;
+    this.#backlogBytes = backlog;
+  }
+
+  /** The session's requests were answered: what the connection holds fell. */
+  backlogChanged(): void {
+    if (!this.#closed) this.#holdLine(this.#lineBytes - this.#backlogBytes, this.session.backlog);
   }
 
   #end(): void {
@@ -744,10 +753,6 @@ class Connection implements Transport {
       const metrics = this.#door.metrics;
       const framer = new LineFramer({ maxLineBytes: this.#door.maxLineBytes });
       const session = this.session;
-      // Requests answered after the read that queued them: what the connection holds fell.
-      session.onBacklog = () => {
-        if (!this.#closed) this.#holdLine(framer.pending + session.backlog);
-      };
       let buf = new Uint8Array(READ_FIRST);
       let quiet = 0; // consecutive small reads
       try {
@@ -757,11 +762,13 @@ class Connection implements Transport {
           if (n === 0) continue;
           metrics.bytesIn += n;
           const lines = framer.push(buf.subarray(0, n));
-          this.#holdLine(framer.pending);
+          this.#holdLine(framer.pending, session.backlog);
           if (lines.length > 0 || framer.error) this.lastHeard = Date.now();
           for (let i = 0; i < lines.length && !session.closed; i++) session.handle(lines[i]!);
           // The requests that wait behind one in progress count too.
-          if (session.backlog > 0) this.#holdLine(framer.pending + session.backlog);
+          if (session.backlog !== this.#backlogBytes) {
+            this.#holdLine(framer.pending, session.backlog);
+          }
           // A bad line: the good lines before it were served; now refuse.
           if (framer.error) throw framer.error;
           // Until its hello succeeds, a connection may hold a small unfinished line only.
@@ -792,7 +799,7 @@ class Connection implements Transport {
             // in the socket's buffers (backpressure), nothing is refused.
             const room = session.backlogAtMost(this.#door.maxLineBytes);
             if (room) await room;
-            this.#holdLine(framer.pending + session.backlog);
+            this.#holdLine(framer.pending, session.backlog);
           }
           if (n === buf.byteLength && n < READ_MAX) {
             buf = new Uint8Array(n * 2);
