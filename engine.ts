@@ -89,6 +89,10 @@ export interface EngineSink {
    * @param message The message (`null` for `end`).
    * @param seq The put's seq, or the seq a header change or end follows.
    * @param epoch The stream's epoch.
+   * @param json The message's JSON text when the engine has it (exactly what the hub's codec
+   * encodes it to): used in the frame as it is, with a JSON codec. A put whose text is an object
+   * or array may then come with any object as `message`: listeners read it decoded from the
+   * frame.
    */
   event(
     stream: string,
@@ -96,6 +100,7 @@ export interface EngineSink {
     message: unknown,
     seq: number,
     epoch: string,
+    json?: string,
   ): void;
   /** The engine may have missed events (its subscription dropped and is back): sync again. */
   lost(): void;
@@ -265,7 +270,8 @@ export class EngineCore extends Streams<EngineStream> {
     this.#engine = engine;
     this.#source = source;
     engine.bind({
-      event: (stream, kind, message, seq, epoch) => this.#event(stream, kind, message, seq, epoch),
+      event: (stream, kind, message, seq, epoch, json) =>
+        this.#event(stream, kind, message, seq, epoch, json),
       lost: () => this.#lost(),
     }, codec);
   }
@@ -434,6 +440,7 @@ export class EngineCore extends Streams<EngineStream> {
     message: unknown,
     seq: number,
     epoch: string,
+    json?: string,
   ): void {
     const state = this.streams.get(stream);
     if (!state || !state.live) return;
@@ -448,7 +455,7 @@ export class EngineCore extends Streams<EngineStream> {
       state.header = message === null ? undefined : message;
       state.joinEvent = undefined;
     }
-    this.fanout(state, this.event(state, kind, message));
+    this.fanout(state, this.event(state, kind, message, json));
   }
 
   /** The stream was deleted: its listeners get `end`; the copy waits for a new snapshot. */

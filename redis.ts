@@ -30,7 +30,7 @@
  */
 
 import type { Cluster, Redis } from "ioredis";
-import type { Codec } from "./codec.ts";
+import { type Codec, JsonCodec } from "./codec.ts";
 import {
   type Engine,
   type EngineSink,
@@ -61,6 +61,9 @@ import {
 import type { Position } from "./types.ts";
 
 export type { RedisEngineOptions } from "./redis_options.ts";
+
+/** The message of a put whose listeners read it decoded from the frame (see `#batch`). */
+const FROM_FRAME: Readonly<Record<string, never>> = Object.freeze({});
 
 /**
  * The Redis engine: give it to a hub (`new MessageStream({ engine })`) or start a server with
@@ -867,16 +870,30 @@ export class RedisEngine implements Engine {
     const epoch = text.slice(a + 1, nl);
     const sink = this.#sink;
     const codec = this.#codec as Codec;
+    // With a JSON codec the text goes into the frame as it is (the publishing node's codec made
+    // it); a put's object or array is not decoded here: listeners read it from the frame.
+    const json = codec instanceof JsonCodec;
     try {
       eachEvent(text, (kind, seq, payload) => {
         if (kind === "e") return sink?.event(f.stream, "end", null, seq, epoch);
+        if (json && kind === "p" && (payload[0] === "{" || payload[0] === "[")) {
+          return sink?.event(f.stream, "put", FROM_FRAME, seq, epoch, payload);
+        }
         let message: unknown;
         try {
           message = payload === "" ? null : codec.decode(payload);
         } catch {
           return; // undecodable (e.g. nodes with different codecs): the next seq resyncs
         }
-        sink?.event(f.stream, kind === "p" ? "put" : "header", message, seq, epoch);
+        const kindOf = kind === "p" ? "put" : "header";
+        sink?.event(
+          f.stream,
+          kindOf,
+          message,
+          seq,
+          epoch,
+          json && payload !== "" ? payload : undefined,
+        );
       });
     } finally {
       const w = f.waiters.get(tag);
