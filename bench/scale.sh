@@ -6,6 +6,8 @@
 #   redis2  two Redis-engine nodes, subscribers spread over both (--sub-ports), publisher on the first
 #   cluster2  two nodes on a local 3-master Redis Cluster (--redis-cluster; sharded pub/sub)
 #   cluster2c the same with --redis-classic-pubsub (PUBLISH through the cluster bus)
+#   redis1b, cluster2b  redis1 and cluster2 run from another checkout, $BASE_ROOT (before/after
+#             a change in one run: git worktree add --detach /tmp/base <commit>)
 # for the fanout and many-streams scenarios, REPS times interleaved. Besides the harness's JSON line,
 # each run records CPU seconds (utime+stime from /proc/PID/stat) of every node and of redis-server,
 # and the puts Redis ran (XADD calls, one per put, from INFO commandstats), over the whole run.
@@ -71,9 +73,9 @@ pids_of_redis() { if [ "$MODE" = cluster ]; then echo "${CPIDS[@]}"; else echo "
 rstat() { local t=0 v; for p in $(ports_of_redis); do v=$(rstat1 "$p" "$1"); t=$((t + ${v:-0})); done; echo "$t"; }
 rcpu() { local t=0; for p in $(pids_of_redis); do t=$((t + $(ticks "$p"))); done; echo "$t"; }
 
-start_node() { # $1 port, $2 engine (memory|redis), $3 prefix; prints the pid
+start_node() { # $1 port, $2 engine (memory|redis), $3 prefix, $4 checkout; prints the pid
   # NODE_FLAGS: extra deno flags for every node, e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof".
-  local args=(run -A ${NODE_FLAGS:-} "$ROOT/server.ts" --port "$1" --log-level warn)
+  local args=(run -A ${NODE_FLAGS:-} "$4/server.ts" --port "$1" --log-level warn)
   [ "$2" = redis ] && args+=(--redis "redis://127.0.0.1:$RPORT" --redis-prefix "$3")
   [ "$2" = cluster ] && args+=(--redis "redis://127.0.0.1:${CPORTS[0]}" --redis-cluster --redis-prefix "$3")
   [ "$2" = clusterc ] && args+=(--redis "redis://127.0.0.1:${CPORTS[0]}" --redis-cluster --redis-classic-pubsub --redis-prefix "$3")
@@ -89,6 +91,7 @@ start_node() { # $1 port, $2 engine (memory|redis), $3 prefix; prints the pid
 for rep in $(seq "$REPS"); do
   for scenario in $SCENARIOS; do
     for config in $CONFIGS; do
+      root=$ROOT
       case $config in
         mem1) n=1 engine=memory ;;
         redis1) n=1 engine=redis ;;
@@ -97,6 +100,8 @@ for rep in $(seq "$REPS"); do
         cluster1) n=1 engine=cluster ;;
         cluster2) n=2 engine=cluster ;;
         cluster2c) n=2 engine=clusterc ;;
+        redis1b) n=1 engine=redis root=${BASE_ROOT:?redis1b needs BASE_ROOT} ;;
+        cluster2b) n=2 engine=cluster root=${BASE_ROOT:?cluster2b needs BASE_ROOT} ;;
         *) echo "unknown config $config" >&2; exit 1 ;;
       esac
       prefix="s${rep}${scenario}${config}:"
@@ -105,7 +110,7 @@ for rep in $(seq "$REPS"); do
       ports=() pids=()
       for i in $(seq "$n"); do
         p=$(free_port)
-        pid=$(start_node "$p" "$engine" "$prefix")
+        pid=$(start_node "$p" "$engine" "$prefix" "$root")
         ports+=("$p") pids+=("$pid") PIDS+=("$pid")
       done
       sub_ports=$(IFS=,; echo "${ports[*]}")
