@@ -63,8 +63,8 @@ export interface PartitionOptions {
    */
   historyBytes?: number | undefined;
   /**
-   * Most bytes of history over every stream this worker owns; past it the oldest events of
-   * the streams go first.
+   * Most bytes of history over every stream this worker owns; past it the streams that hold
+   * history give up their oldest event in turn.
    *
    * @default {67108864}
    */
@@ -180,6 +180,8 @@ export class PartitionEngine implements Engine {
   #sink: EngineSink | undefined;
   #codec: Codec | undefined;
   readonly #owned: Map<string, Owned> = new Map();
+  /** The owned streams that hold history, in the order they take turns giving it up. */
+  readonly #withHistory: Set<Owned> = new Set();
   readonly #pending: Map<number, Pending> = new Map();
   /** Streams whose events wait behind a snapshot just placed, until the next macrotask. */
   readonly #held: Map<string, (() => boolean)[]> = new Map();
@@ -632,6 +634,7 @@ export class PartitionEngine implements Engine {
     const s = this.#owned.get(stream);
     if (!s) return;
     this.#owned.delete(stream);
+    this.#withHistory.delete(s);
     this.#historyTotal -= s.bytes;
     this.#emit(s, "end", null, null);
     // The followers still follow the name: a new stream of that name reaches them.
@@ -652,14 +655,19 @@ export class PartitionEngine implements Engine {
     s.seqs.push(s.seq);
     s.bytes += bytes;
     this.#historyTotal += bytes;
+    if (s.count === 1) this.#withHistory.add(s);
     while (
       s.count > 0 && (s.count > this.#historyMessages || s.bytes > this.#historyBytes)
     ) this.#trim(s);
-    if (this.#historyTotal > this.#maxHistoryBytes) {
-      for (const other of this.#owned.values()) {
-        while (other.count > 0 && this.#historyTotal > this.#maxHistoryBytes) this.#trim(other);
-        if (this.#historyTotal <= this.#maxHistoryBytes) break;
-      }
+    // Past the bound over every owned stream: the streams that hold history give up their
+    // oldest event in turn (each trim is O(1), whatever the number of streams).
+    while (this.#historyTotal > this.#maxHistoryBytes) {
+      const next = this.#withHistory.values().next();
+      if (next.done) break;
+      const other = next.value;
+      this.#trim(other);
+      this.#withHistory.delete(other);
+      if (other.count > 0) this.#withHistory.add(other);
     }
   }
 
@@ -672,6 +680,7 @@ export class PartitionEngine implements Engine {
     const seq = s.seqs[i] as number;
     s.trimmedTo = Math.max(s.trimmedTo, s.kinds[i] === "put" ? seq : seq + 1);
     s.texts[i] = null;
+    if (s.count === 0) this.#withHistory.delete(s);
     if (s.head > 64 && s.head * 2 > s.seqs.length) {
       s.kinds.splice(0, s.head);
       s.texts.splice(0, s.head);

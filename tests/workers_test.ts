@@ -7,7 +7,7 @@
 import { assert, assertEquals, assertNotEquals } from "@std/assert";
 import { connectRaw, type Frame, type RawClient } from "./_raw_client.ts";
 import { ServerProcess } from "./_server.ts";
-import { poll } from "./_wait.ts";
+import { deadline, poll } from "./_wait.ts";
 import { ownerOf } from "../partition.ts";
 import { MessageStream } from "../mod.ts";
 import { PartitionEngine } from "../partition.ts";
@@ -185,7 +185,7 @@ Deno.test("PartitionEngine: a join on the worker that does not own the stream ge
     const reader = inbox.getReader();
     const got = [];
     for (let i = 0; i < 3; i++) {
-      const e = (await reader.read()).value;
+      const e = (await deadline(reader.read(), `event ${i + 1} of 3`)).value;
       got.push([e?.kind, e?.message, e?.seq]);
     }
     assertEquals(got, [["header", "H", 1], ["put", 2, 2], ["put", 3, 3]]);
@@ -307,4 +307,99 @@ Deno.test("--workers 2 with --data is refused with a message that says why", asy
   const err = new TextDecoder().decode(out.stderr);
   assertEquals(out.code, 2, err);
   assert(err.includes('Cannot serve with 2 workers and "data"'), err);
+});
+
+/** Two partition hubs over one channel, with the given bounds. */
+function pair(bounds: Partial<ConstructorParameters<typeof PartitionEngine>[0]> = {}) {
+  const { port1, port2 } = new MessageChannel();
+  const a = new MessageStream({
+    engine: new PartitionEngine({ ...bounds, index: 0, peers: [undefined, port1] }),
+  });
+  const b = new MessageStream({
+    engine: new PartitionEngine({ ...bounds, index: 1, peers: [port2, undefined] }),
+  });
+  return {
+    a,
+    b,
+    async [Symbol.asyncDispose]() {
+      await a.close();
+      await b.close();
+    },
+  };
+}
+
+/** What a resume from `since` gets first, on the hub given, as [kind, message, seq]. */
+async function resumeFrom(
+  hub: MessageStream,
+  stream: string,
+  since: { epoch: string; seq: number },
+  count: number,
+): Promise<unknown[][]> {
+  const inbox = new Inbox();
+  await hub.listen(stream, inbox, { since });
+  const reader = inbox.getReader();
+  const got: unknown[][] = [];
+  for (let i = 0; i < count; i++) {
+    const e = (await deadline(reader.read(), `event ${i + 1} of ${count} on ${stream}`)).value;
+    got.push([
+      e?.kind,
+      e?.kind === "reset" ? (e.message as { reason: string }).reason : e?.message,
+      e?.seq,
+    ]);
+  }
+  reader.releaseLock();
+  await hub.hangup(stream, inbox);
+  return got;
+}
+
+Deno.test("PartitionEngine: a resume on another worker replays the owner's history, or resets past its bound", async () => {
+  await using hubs = pair({ historyMessages: 3 });
+  const stream = streamsOfBothOwners(1)[1] as string; // owned by worker 1
+  let epoch = "";
+  for (let i = 1; i <= 5; i++) epoch = (await hubs.b.put(stream, i)).epoch;
+  await hubs.b.header(stream, "H");
+  // History keeps 3 events: puts 4 and 5 and the header change after 5.
+  assertEquals(await resumeFrom(hubs.a, stream, { epoch, seq: 3 }, 3), [
+    ["put", 4, 4],
+    ["put", 5, 5],
+    ["header", "H", 5],
+  ]);
+  assertEquals(await resumeFrom(hubs.a, stream, { epoch, seq: 2 }, 2), [
+    ["reset", "history_trimmed", 5],
+    ["header", "H", 5],
+  ]);
+  assertEquals(await resumeFrom(hubs.a, stream, { epoch: "other", seq: 5 }, 1), [
+    ["reset", "epoch_changed", 5],
+  ]);
+  assertEquals(await resumeFrom(hubs.a, stream, { epoch, seq: 9 }, 1), [
+    ["reset", "ahead_of_stream", 5],
+  ]);
+});
+
+Deno.test("PartitionEngine: --max-history-bytes bounds the history of every stream a worker owns, in turn", async () => {
+  // Each event costs its text's length plus 16: "1" is 17 bytes; the bound holds 3 of them.
+  await using hubs = pair({ maxHistoryBytes: 3 * 17 });
+  const [s1, s2] = streamsOfBothOwners(2).filter((s) => ownerOf(s, 2) === 0);
+  const e1 = (await hubs.a.put(s1 as string, 1)).epoch;
+  await hubs.a.put(s1 as string, 1);
+  const e2 = (await hubs.a.put(s2 as string, 1)).epoch;
+  // The fourth event goes past the bound: the first stream to hold history gives up its oldest.
+  await hubs.a.put(s2 as string, 1);
+  assertEquals(await resumeFrom(hubs.b, s1 as string, { epoch: e1, seq: 0 }, 1), [
+    ["reset", "history_trimmed", 2],
+  ]);
+  assertEquals(await resumeFrom(hubs.b, s1 as string, { epoch: e1, seq: 1 }, 1), [["put", 1, 2]]);
+  assertEquals(await resumeFrom(hubs.b, s2 as string, { epoch: e2, seq: 0 }, 2), [
+    ["put", 1, 1],
+    ["put", 1, 2],
+  ]);
+  // A fifth: now the second stream's turn (the first went to the back after giving one up).
+  await hubs.a.put(s1 as string, 1);
+  assertEquals(await resumeFrom(hubs.b, s2 as string, { epoch: e2, seq: 0 }, 1), [
+    ["reset", "history_trimmed", 2],
+  ]);
+  assertEquals(await resumeFrom(hubs.b, s1 as string, { epoch: e1, seq: 1 }, 2), [
+    ["put", 1, 2],
+    ["put", 1, 3],
+  ]);
 });
