@@ -41,9 +41,9 @@ import {
 } from "./engine.ts";
 import { intOption } from "./options.ts";
 import { RedisMemoryGuard } from "./redis_guard.ts";
-import { settle, WriteQueue } from "./redis_batch.ts";
+import { scriptCalls, settle, WriteQueue } from "./redis_batch.ts";
 import type { RedisEngineOptions } from "./redis_options.ts";
-import { keySlot, ShardPool } from "./redis_shard.ts";
+import { ShardPool } from "./redis_shard.ts";
 import {
   type Client,
   defineScripts,
@@ -524,66 +524,15 @@ export class RedisEngine implements Engine {
         arrivals.set(stream, new Promise<void>((resolve) => f.waiters.set(tag, resolve)));
       }
     }
-    const group = (stream: string, args: (string | number)[]) => {
-      const g = groups.get(stream) as Op[];
-      args.push(streamChannel(this.#prefix, stream), g.length);
-      for (const o of g) args.push(o.op, o.text, o.text.length);
-    };
-    // One call for every stream; in a cluster, one per master (Redis 7) or per stream.
-    const calls: [string[], Promise<(number | string)[]>][] = [];
-    if (!this.#cluster) {
-      const keys: string[] = [`${this.#prefix}gen`, `${this.#prefix}epochs`];
-      const args: (string | number)[] = [this.#historyMessages, tag];
-      for (const stream of groups.keys()) {
-        keys.push(...streamKeys(this.#prefix, stream).slice(0, 2));
-        group(stream, args);
-      }
-      calls.push([[...groups.keys()], cmd.msgstreamBatch(keys.length, ...keys, ...args)]);
-    } else if (this.#multi) {
-      // Redis 7: one call per master, its streams' keys in several slots (see BATCH_MULTI).
-      const slots = (cmd as unknown as Cluster).slots;
-      const byMaster = new Map<string, string[]>();
-      for (const stream of groups.keys()) {
-        const slot = keySlot(streamChannel(this.#prefix, stream));
-        const master = (slots[slot] as string[] | undefined)?.[0] ?? `slot ${slot}`;
-        const list = byMaster.get(master);
-        if (list) list.push(stream);
-        else byMaster.set(master, [stream]);
-      }
-      for (const streams of byMaster.values()) {
-        const nonce = `${this.#node}${(this.#counter++).toString(16)}`;
-        const args: (string | number)[] = [this.#historyMessages, tag, this.#createdChannel, nonce];
-        for (const stream of streams) {
-          const [meta, hist] = streamKeys(this.#prefix, stream) as [string, string];
-          args.push(meta, hist);
-          group(stream, args);
-        }
-        const keys = streamKeys(this.#prefix, streams[0] as string).slice(0, 2);
-        const call = this.#shards
-          ? cmd.msgstreamBatchMS(...keys, ...args)
-          : cmd.msgstreamBatchM(...keys, ...args);
-        // A stream's slot moved since (nothing applied): the next batches group by the new map.
-        call.catch((e) => {
-          if (/MSGSTREAMSLOT/.test(String(e?.message))) {
-            (cmd as unknown as Cluster).refreshSlotsCache();
-          }
-        });
-        calls.push([streams, call]);
-      }
-    } else {
-      for (const stream of groups.keys()) {
-        const nonce = `${this.#node}${(this.#counter++).toString(16)}`;
-        const args: (string | number)[] = [this.#historyMessages, tag, this.#createdChannel, nonce];
-        group(stream, args);
-        const keys = streamKeys(this.#prefix, stream).slice(0, 2);
-        calls.push([
-          [stream],
-          this.#shards
-            ? cmd.msgstreamBatchS(...keys, ...args)
-            : cmd.msgstreamBatch(...keys, ...args),
-        ]);
-      }
-    }
+    const calls = scriptCalls(cmd, groups, {
+      mode: !this.#cluster ? "single" : this.#multi ? "multi" : "stream",
+      sharded: this.#shards !== undefined,
+      prefix: this.#prefix,
+      historyMessages: this.#historyMessages,
+      tag,
+      createdChannel: this.#createdChannel,
+      nonce: () => `${this.#node}${(this.#counter++).toString(16)}`,
+    });
     await Promise.all(
       calls.map(([streams, call]) =>
         settle(streams, groups, call, arrivals, (stream) => this.#arrived(stream, tag))

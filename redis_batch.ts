@@ -6,8 +6,10 @@
  * @module
  */
 
+import type { Cluster } from "ioredis";
 import { EngineUnavailableError } from "./engine.ts";
-import { type Op, unavailable } from "./redis_scripts.ts";
+import { keySlot } from "./redis_shard.ts";
+import { type Client, type Op, streamChannel, streamKeys, unavailable } from "./redis_scripts.ts";
 
 /** The bounds of a {@linkcode WriteQueue} and how it sends a batch. */
 export interface WriteQueueOptions {
@@ -135,4 +137,86 @@ export async function settle(
     if (reached) reached.then(answer);
     else answer();
   }
+}
+
+/** How a batch's script calls are made (see {@linkcode scriptCalls}). */
+export interface CallOptions {
+  /** One Redis: one call; a Redis 7 cluster: one per master; an older cluster: one per stream. */
+  mode: "single" | "multi" | "stream";
+  /** Events go out with SPUBLISH (a cluster with sharded pub/sub). */
+  sharded: boolean;
+  prefix: string;
+  historyMessages: number;
+  /** The batch's tag (in its published events, for this node's waiters). */
+  tag: string;
+  createdChannel: string;
+  /** A fresh nonce per call (a cluster's epochs). */
+  nonce: () => string;
+}
+
+/**
+ * Sends a batch's writes (grouped by stream, each stream's in order) as script calls: the
+ * streams of each call and its reply, in that order.
+ */
+export function scriptCalls(
+  cmd: Client,
+  groups: Map<string, Op[]>,
+  o: CallOptions,
+): [string[], Promise<(number | string)[]>][] {
+  const group = (stream: string, args: (string | number)[]) => {
+    const g = groups.get(stream) as Op[];
+    args.push(streamChannel(o.prefix, stream), g.length);
+    for (const op of g) args.push(op.op, op.text, op.text.length);
+  };
+  const calls: [string[], Promise<(number | string)[]>][] = [];
+  if (o.mode === "single") {
+    const keys: string[] = [`${o.prefix}gen`, `${o.prefix}epochs`];
+    const args: (string | number)[] = [o.historyMessages, o.tag];
+    for (const stream of groups.keys()) {
+      keys.push(...streamKeys(o.prefix, stream).slice(0, 2));
+      group(stream, args);
+    }
+    calls.push([[...groups.keys()], cmd.msgstreamBatch(keys.length, ...keys, ...args)]);
+  } else if (o.mode === "multi") {
+    // Redis 7: one call per master, its streams' keys in several slots (see BATCH_MULTI).
+    const slots = (cmd as unknown as Cluster).slots;
+    const byMaster = new Map<string, string[]>();
+    for (const stream of groups.keys()) {
+      const slot = keySlot(streamChannel(o.prefix, stream));
+      const master = (slots[slot] as string[] | undefined)?.[0] ?? `slot ${slot}`;
+      const list = byMaster.get(master);
+      if (list) list.push(stream);
+      else byMaster.set(master, [stream]);
+    }
+    for (const streams of byMaster.values()) {
+      const args: (string | number)[] = [o.historyMessages, o.tag, o.createdChannel, o.nonce()];
+      for (const stream of streams) {
+        const [meta, hist] = streamKeys(o.prefix, stream) as [string, string];
+        args.push(meta, hist);
+        group(stream, args);
+      }
+      const keys = streamKeys(o.prefix, streams[0] as string).slice(0, 2);
+      const call = o.sharded
+        ? cmd.msgstreamBatchMS(...keys, ...args)
+        : cmd.msgstreamBatchM(...keys, ...args);
+      // A stream's slot moved since (nothing applied): the next batches group by the new map.
+      call.catch((e) => {
+        if (/MSGSTREAMSLOT/.test(String(e?.message))) {
+          (cmd as unknown as Cluster).refreshSlotsCache();
+        }
+      });
+      calls.push([streams, call]);
+    }
+  } else {
+    for (const stream of groups.keys()) {
+      const args: (string | number)[] = [o.historyMessages, o.tag, o.createdChannel, o.nonce()];
+      group(stream, args);
+      const keys = streamKeys(o.prefix, stream).slice(0, 2);
+      calls.push([
+        [stream],
+        o.sharded ? cmd.msgstreamBatchS(...keys, ...args) : cmd.msgstreamBatch(...keys, ...args),
+      ]);
+    }
+  }
+  return calls;
 }
