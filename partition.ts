@@ -232,7 +232,7 @@ export class PartitionEngine implements Engine {
       if (!port) return;
       port.onmessage = (e: MessageEvent) => {
         for (const m of e.data as Wire[]) {
-          // What goes to this worker's hub waits for the next macrotask (see #later); what
+          // What goes to this worker's hub waits for the next macrotask (see #queue); what
           // it owns is handled now.
           if (m[0] === EVENT || m[0] === REPLY || m[0] === FAIL || m[0] === CREATED) {
             this.#queue(m);
@@ -290,7 +290,16 @@ export class PartitionEngine implements Engine {
       this.#inboxTimer = undefined;
       const inbox = this.#inbox;
       this.#inbox = [];
-      for (const item of inbox) this.#take(item);
+      let failed = false;
+      for (const item of inbox) {
+        try {
+          this.#take(item);
+        } catch {
+          failed = true; // e.g. a text this hub's codec cannot decode: that event is missed
+        }
+      }
+      // Missed events are never silent: every stream here is caught up again from its owner.
+      if (failed) this.#sink?.lost();
     }, 0);
   }
 
@@ -373,7 +382,13 @@ export class PartitionEngine implements Engine {
     if (!held) return;
     this.#held.delete(stream);
     for (let i = 0; i < held.length; i++) {
-      if ((held[i] as () => boolean)()) {
+      let snapshot = false;
+      try {
+        snapshot = (held[i] as () => boolean)();
+      } catch {
+        this.#sink?.lost(); // as in #queue: catch every stream up rather than miss an event
+      }
+      if (snapshot) {
         this.#hold(stream, held.slice(i + 1));
         return;
       }
