@@ -746,16 +746,30 @@ export class PartitionEngine implements Engine {
   /** A snapshot from its wire form: texts decoded with the hub's codec. */
   #snapshot(w: WireSnapshot): EngineSnapshot {
     const codec = this.#codecOf();
-    const events: EngineEvent[] | undefined = w.events?.map(([kind, text, seq]) => ({
-      kind,
-      message: text === null ? null : codec.decode(text),
-      seq,
-    }));
+    let reset = w.reset;
+    let events: EngineEvent[] | undefined;
+    try {
+      events = w.events?.map(([kind, text, seq]) => ({
+        kind,
+        message: text === null ? null : codec.decode(text),
+        seq,
+      }));
+    } catch {
+      // History this hub cannot decode cannot be replayed: a reset, never a gap.
+      reset = "state_lost";
+      events = undefined;
+    }
+    let header: unknown;
+    try {
+      header = w.header === null ? undefined : codec.decode(w.header);
+    } catch {
+      header = undefined; // the listener is told of no header rather than of a wrong one
+    }
     return {
       epoch: w.epoch,
       seq: w.seq,
-      header: w.header === null ? undefined : codec.decode(w.header),
-      ...(w.reset !== undefined ? { reset: w.reset } : {}),
+      header,
+      ...(reset !== undefined ? { reset } : {}),
       ...(events !== undefined ? { events } : {}),
       ...(w.absent ? { absent: true } : {}),
     };

@@ -403,3 +403,47 @@ Deno.test("PartitionEngine: --max-history-bytes bounds the history of every stre
     ["put", 1, 3],
   ]);
 });
+
+Deno.test("PartitionEngine: an event a worker cannot decode becomes a reset for its listeners, never a gap", async () => {
+  const codec = {
+    encode: (v: unknown) => JSON.stringify(v),
+    decode: (t: string) => {
+      if (t === '"poison"') throw new SyntaxError("Cannot decode the poison");
+      return JSON.parse(t);
+    },
+  };
+  const { port1, port2 } = new MessageChannel();
+  const a = new MessageStream({
+    codec,
+    engine: new PartitionEngine({ index: 0, peers: [undefined, port1] }),
+  });
+  const b = new MessageStream({
+    codec,
+    engine: new PartitionEngine({ index: 1, peers: [port2, undefined] }),
+  });
+  try {
+    const stream = streamsOfBothOwners(1)[1] as string; // owned by worker 1, listened on 0
+    const inbox = new Inbox();
+    await a.listen(stream, inbox);
+    await b.put(stream, 1);
+    await b.put(stream, "poison");
+    await b.put(stream, 3);
+    const reader = inbox.getReader();
+    const next = async (i: number) => {
+      const e = (await deadline(reader.read(), `event ${i}`)).value;
+      return [
+        e?.kind,
+        e?.kind === "reset" ? (e.message as { reason: string }).reason : e?.message,
+        e?.seq,
+      ];
+    };
+    assertEquals(await next(1), ["put", 1, 1]);
+    assertEquals(await next(2), ["reset", "state_lost", 3]);
+    await b.put(stream, 4);
+    assertEquals(await next(3), ["put", 4, 4]);
+    reader.releaseLock();
+  } finally {
+    await a.close();
+    await b.close();
+  }
+});
