@@ -83,6 +83,7 @@ const CLOSING = 2;
 const CLOSED = 3;
 
 const textDecoder = new TextDecoder("utf-8", { fatal: true });
+const EMPTY = Buffer.alloc(0);
 
 /** A server-side WebSocket over a stream socket. */
 export class WireWebSocket {
@@ -107,8 +108,12 @@ export class WireWebSocket {
   readonly #max: number;
   readonly #idle: number;
   readonly #closeTimeout: number;
-  /** Unparsed incoming bytes. */
-  #buf: Buffer = Buffer.alloc(0);
+  /** The start of a frame header that has not all arrived. */
+  #head: Buffer = EMPTY;
+  /** The frame whose payload is arriving. */
+  #inFrame:
+    | { fin: boolean; opcode: number; len: number; got: number; mask: Buffer; chunks: Buffer[] }
+    | undefined;
   /** Fragments of the message in progress, and its opcode and size. */
   #parts: Buffer[] = [];
   #opcode = 0;
@@ -217,6 +222,8 @@ export class WireWebSocket {
     if (this.readyState >= CLOSING) return;
     this.readyState = CLOSING;
     this.#sendClose(code, reason);
+    // Reading stopped (an oversize message): no answer will be read; end our side now.
+    if (this.#discard) this.#socket.end();
     clearTimeout(this.#closeTimer);
     this.#closeTimer = setTimeout(() => this.#socket.destroy(), this.#closeTimeout);
   }
@@ -253,26 +260,49 @@ export class WireWebSocket {
   #data(chunk: Buffer): void {
     this.#lastIn = Date.now();
     if (this.#discard) return;
-    let buf = this.#buf.byteLength === 0 ? chunk : Buffer.concat([this.#buf, chunk]);
+    let buf = chunk;
     for (;;) {
-      if (buf.byteLength < 2) break;
+      const frame = this.#inFrame;
+      if (frame) {
+        // A frame's payload, collected as it comes (one copy, when it is whole).
+        const take = Math.min(frame.len - frame.got, buf.byteLength);
+        if (take > 0) frame.chunks.push(buf.subarray(0, take));
+        frame.got += take;
+        buf = buf.subarray(take);
+        if (frame.got < frame.len) return;
+        this.#inFrame = undefined;
+        const payload = frame.chunks.length === 1
+          ? Buffer.from(frame.chunks[0] as Buffer)
+          : Buffer.concat(frame.chunks, frame.len);
+        unmask(payload, frame.mask);
+        this.#frameDone(frame.fin, frame.opcode, payload);
+        if (this.#discard) return;
+        continue;
+      }
+      if (this.#head.byteLength > 0) {
+        buf = Buffer.concat([this.#head, buf]);
+        this.#head = EMPTY;
+      }
+      if (buf.byteLength === 0) return;
       const b0 = buf[0] as number;
-      const b1 = buf[1] as number;
-      const fin = (b0 & 0x80) !== 0;
-      const opcode = b0 & 0x0f;
-      let len = b1 & 0x7f;
+      const b1 = buf[1] as number | undefined;
+      let len = (b1 ?? 0) & 0x7f;
       let at = 2;
-      if (len === 126) {
-        if (buf.byteLength < 4) break;
-        len = buf.readUInt16BE(2);
-        at = 4;
-      } else if (len === 127) {
-        if (buf.byteLength < 10) break;
+      if (len === 126) at = 4;
+      else if (len === 127) at = 10;
+      if (b1 === undefined || buf.byteLength < at + 4) {
+        // A partial header (under 14 bytes): kept until the rest comes.
+        this.#head = Buffer.from(buf);
+        return;
+      }
+      if (len === 126) len = buf.readUInt16BE(2);
+      else if (len === 127) {
         const high = buf.readUInt32BE(2);
         // Past 2^53 cannot be a message under any limit: make it count as too large.
         len = high >= 0x200000 ? Number.MAX_SAFE_INTEGER : high * 2 ** 32 + buf.readUInt32BE(6);
-        at = 10;
       }
+      const fin = (b0 & 0x80) !== 0;
+      const opcode = b0 & 0x0f;
       if ((b0 & 0x70) !== 0) return this.#fail(1002, "Reserved bits set");
       if ((b1 & 0x80) === 0) return this.#fail(1002, "Client frames must be masked");
       const control = opcode >= 8;
@@ -280,52 +310,50 @@ export class WireWebSocket {
         if (!fin || len > 125) return this.#fail(1002, "Bad control frame");
         if (opcode > 10) return this.#fail(1002, `Unknown opcode ${opcode}`);
       } else if (opcode === 0) {
-        if (this.#parts.length === 0 && this.#opcode === 0) {
-          return this.#fail(1002, "Continuation without a message");
-        }
+        if (this.#opcode === 0) return this.#fail(1002, "Continuation without a message");
       } else if (opcode === 1 || opcode === 2) {
         if (this.#opcode !== 0) return this.#fail(1002, "New message inside a fragmented one");
       } else return this.#fail(1002, `Unknown opcode ${opcode}`);
       // The bound, before any payload is kept: the message so far plus this frame.
       if (!control && this.#size + len > this.#max) return this.#oversize();
-      if (buf.byteLength < at + 4 + len) break;
-      const mask = buf.subarray(at, at + 4);
-      const payload = Buffer.from(buf.subarray(at + 4, at + 4 + len));
-      unmask(payload, mask);
-      buf = buf.subarray(at + 4 + len);
-      if (control) {
-        this.#control(opcode, payload);
-        if (this.#discard) return;
-        continue;
-      }
-      if (opcode !== 0) this.#opcode = opcode;
-      this.#parts.push(payload);
-      this.#size += len;
-      if (fin) {
-        const parts = this.#parts;
-        const whole = parts.length === 1 ? parts[0] as Buffer : Buffer.concat(parts, this.#size);
-        const text = this.#opcode === 1;
-        this.#parts = [];
-        this.#opcode = 0;
-        this.#size = 0;
-        if (text) {
-          let data: string;
-          try {
-            data = textDecoder.decode(whole);
-          } catch {
-            return this.#fail(1007, "Text message is not UTF-8");
-          }
-          this.onmessage?.({ data });
-        } else {
-          const copy = new Uint8Array(whole.byteLength);
-          copy.set(whole);
-          this.onmessage?.({ data: copy.buffer });
-        }
-        if (this.#discard) return;
-      }
+      if (!control && opcode !== 0) this.#opcode = opcode;
+      this.#inFrame = {
+        fin,
+        opcode,
+        len,
+        got: 0,
+        mask: Buffer.from(buf.subarray(at, at + 4)),
+        chunks: [],
+      };
+      buf = buf.subarray(at + 4);
     }
-    // Keep the unparsed rest (a partial header or a frame whose payload is under the bound).
-    this.#buf = buf.byteLength === 0 ? Buffer.alloc(0) : Buffer.from(buf);
+  }
+
+  /** A whole frame arrived (unmasked): a control frame, or a part of a message. */
+  #frameDone(fin: boolean, opcode: number, payload: Buffer): void {
+    if (opcode >= 8) return this.#control(opcode, payload);
+    this.#parts.push(payload);
+    this.#size += payload.byteLength;
+    if (!fin) return;
+    const parts = this.#parts;
+    const whole = parts.length === 1 ? parts[0] as Buffer : Buffer.concat(parts, this.#size);
+    const text = this.#opcode === 1;
+    this.#parts = [];
+    this.#opcode = 0;
+    this.#size = 0;
+    if (text) {
+      let data: string;
+      try {
+        data = textDecoder.decode(whole);
+      } catch {
+        return this.#fail(1007, "Text message is not UTF-8");
+      }
+      this.onmessage?.({ data });
+    } else {
+      const copy = new Uint8Array(whole.byteLength);
+      copy.set(whole);
+      this.onmessage?.({ data: copy.buffer });
+    }
   }
 
   #control(opcode: number, payload: Buffer): void {
@@ -346,7 +374,8 @@ export class WireWebSocket {
       this.#closeReason = "";
     }
     this.#discard = true;
-    this.#buf = Buffer.alloc(0);
+    this.#head = EMPTY;
+    this.#inFrame = undefined;
     this.#parts = [];
     if (!this.#closeSent) {
       // Echo the peer's code (1005 means none: answer 1000).
@@ -356,10 +385,15 @@ export class WireWebSocket {
     this.#socket.end();
   }
 
-  /** A message passed the bound: drop it and what follows, say so, close. */
+  /**
+   * A message passed the bound: drop it, read nothing more (the peer's writes stall in its own
+   * buffers instead of ours), say so, close.
+   */
   #oversize(): void {
     this.#discard = true;
-    this.#buf = Buffer.alloc(0);
+    this.#socket.pause();
+    this.#head = EMPTY;
+    this.#inFrame = undefined;
     this.#parts = [];
     this.#size = 0;
     this.#opcode = 0;
@@ -377,7 +411,8 @@ export class WireWebSocket {
 
   #fail(code: number, reason: string): void {
     this.#discard = true;
-    this.#buf = Buffer.alloc(0);
+    this.#head = EMPTY;
+    this.#inFrame = undefined;
     this.#parts = [];
     if (this.readyState === OPEN) {
       this.readyState = CLOSING;
@@ -393,7 +428,8 @@ export class WireWebSocket {
     this.readyState = CLOSED;
     clearTimeout(this.#idleTimer);
     clearTimeout(this.#closeTimer);
-    this.#buf = Buffer.alloc(0);
+    this.#head = EMPTY;
+    this.#inFrame = undefined;
     this.#parts = [];
     this.onclose?.({ code: this.#closeCode, reason: this.#closeReason });
   }
