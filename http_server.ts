@@ -402,36 +402,27 @@ export class HttpTransport {
   #toRequest(
     req: http.IncomingMessage,
     signal: AbortSignal | undefined,
-    body: ReadableStream<Uint8Array> | null,
+    body: Uint8Array | ReadableStream<Uint8Array> | null,
   ): Request | typeof BAD_HOST | undefined {
     const raw = req.rawHeaders;
-    const headers = new Headers();
-    try {
-      for (let i = 0; i + 1 < raw.length; i += 2) {
-        headers.append(raw[i] as string, raw[i + 1] as string);
-      }
-    } catch {
-      return undefined;
+    const headers: [string, string][] = [];
+    for (let i = 0; i + 1 < raw.length; i += 2) {
+      headers.push([raw[i] as string, raw[i + 1] as string]);
     }
     const target = req.url ?? "/";
     if (!target.startsWith("/")) return undefined;
-    const host = headers.get("host");
-    let url: string;
-    try {
-      url = new URL(`${this.#scheme}://${host ?? hostPort(this.addr)}${target}`).href;
-    } catch {
-      // No URL can be made with it: not a host name and port.
-      return BAD_HOST;
-    }
+    const host = req.headers.host;
+    const url = `${this.#scheme}://${host ?? hostPort(this.addr)}${target}`;
     try {
       return new Request(url, {
         method: req.method ?? "GET",
         headers,
-        ...(body ? { body, duplex: "half" } : {}),
+        ...(body instanceof ReadableStream ? { body, duplex: "half" } : body ? { body } : {}),
         ...(signal ? { signal } : {}),
       } as RequestInit);
     } catch {
-      return undefined;
+      // No URL can be made with the Host (not a host name and port), or a header is not valid.
+      return URL.canParse(url) ? undefined : BAD_HOST;
     }
   }
 
@@ -445,11 +436,20 @@ export class HttpTransport {
     };
     res.once("close", onClose);
     const method = req.method ?? "GET";
-    const request = this.#toRequest(
-      req,
-      gone.signal,
-      method === "GET" || method === "HEAD" ? null : bodyOf(req),
-    );
+    let body: Uint8Array | ReadableStream<Uint8Array> | null = null;
+    if (method !== "GET" && method !== "HEAD") {
+      const length = Number(req.headers["content-length"] ?? NaN);
+      if (length >= 0 && length <= SMALL_BODY) {
+        // A small body of known length is read whole: cheaper than a stream, and bounded.
+        try {
+          body = await readSmall(req, length);
+        } catch {
+          if (state) state.active--;
+          return; // the client went away (or the request timed out) before its body ended
+        }
+      } else body = bodyOf(req);
+    }
+    const request = this.#toRequest(req, gone.signal, body);
     try {
       if (state?.refused) {
         const message = `More than ${this.limits.maxConnections} connections: try again later`;
@@ -510,43 +510,32 @@ export class HttpTransport {
       res.end();
       return;
     }
+    if (!(headers["content-type"] as string | undefined)?.startsWith("text/event-stream")) {
+      // Every other body the door makes is whole at once (JSON, the page, metrics): read it,
+      // and send it with its Content-Length in one write, as Deno.serve did.
+      let bytes: Uint8Array;
+      try {
+        bytes = new Uint8Array(await response.arrayBuffer());
+      } catch {
+        res.destroy();
+        return;
+      }
+      headers["content-length"] = String(bytes.byteLength);
+      res.writeHead(response.status, response.statusText || undefined, headers);
+      res.end(bytes);
+      return;
+    }
     const reader = body.getReader();
     const cancel = (): void => {
       reader.cancel().catch(() => {});
     };
     gone.addEventListener("abort", cancel, { once: true });
     try {
-      let pending: ReadableStreamReadResult<Uint8Array> | undefined;
-      if (
-        !headers["content-length"] &&
-        !(headers["content-type"] as string | undefined)?.startsWith("text/event-stream")
-      ) {
-        // A body that is all there (JSON, the page, metrics) goes with a Content-Length, in
-        // one write, as Deno.serve sends it; one that is not there yet is streamed (chunked).
-        const first = await reader.read();
-        const next = reader.read();
-        let timer: ReturnType<typeof setTimeout> | undefined;
-        const later = new Promise<undefined>((r) => timer = setTimeout(() => r(undefined), 0));
-        const second = await Promise.race([next, later]);
-        clearTimeout(timer);
-        if (second?.done) {
-          const bytes = first.done ? new Uint8Array(0) : first.value;
-          headers["content-length"] = String(bytes.byteLength);
-          res.writeHead(response.status, response.statusText || undefined, headers);
-          res.end(bytes);
-          return;
-        }
-        res.writeHead(response.status, response.statusText || undefined, headers);
-        if (!first.done) res.write(first.value);
-        pending = second ?? await next;
-      } else {
-        res.writeHead(response.status, response.statusText || undefined, headers);
-        // Headers go at once (an SSE response may wait long for its first event).
-        res.flushHeaders();
-      }
+      res.writeHead(response.status, response.statusText || undefined, headers);
+      // Headers go at once (an SSE response may wait long for its first event).
+      res.flushHeaders();
       while (true) {
-        const { value, done } = pending ?? await reader.read();
-        pending = undefined;
+        const { value, done } = await reader.read();
         if (done) break;
         if (gone.aborted) return;
         if (!res.write(value)) {
@@ -644,6 +633,27 @@ const REQUEST_TIMEOUT = Buffer.from(
 const HEADER_OVERFLOW = Buffer.from(
   "HTTP/1.1 431 Request Header Fields Too Large\r\nconnection: close\r\ncontent-length: 0\r\n\r\n",
 );
+
+/** Bodies of at most this many bytes, their length given, are read whole before routing. */
+const SMALL_BODY = 65_536;
+
+/** Reads a body of known, small length whole. */
+function readSmall(req: http.IncomingMessage, length: number): Promise<Uint8Array> {
+  return new Promise((resolve, reject) => {
+    const out = new Uint8Array(length);
+    let at = 0;
+    req.on("data", (chunk: Buffer) => {
+      const n = Math.min(chunk.byteLength, length - at);
+      out.set(chunk.subarray(0, n), at);
+      at += n;
+    });
+    req.once("end", () => resolve(at === length ? out : out.subarray(0, at)));
+    req.once("error", reject);
+    req.once("close", () => {
+      if (!req.complete) reject(new Error("The client went away before its body ended"));
+    });
+  });
+}
 
 /** A request's body as a stream that reads the socket only as fast as it is read. */
 function bodyOf(req: http.IncomingMessage): ReadableStream<Uint8Array> {
