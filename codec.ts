@@ -197,7 +197,8 @@ export class JsonCodec implements Codec {
    *
    * @param text JSON text.
    * @returns The value, with registered classes revived.
-   * @throws {SyntaxError} When the text is not JSON or nests deeper than `maxDepth`.
+   * @throws {SyntaxError} When the text is not JSON, nests deeper than `maxDepth`, or holds a
+   * number past a double's range (`1e400`: JSON.parse would read Infinity, sent on as `null`).
    *
    * @example Unregistered classes stay plain data
    * ```ts
@@ -210,6 +211,15 @@ export class JsonCodec implements Codec {
    */
   decode(text: string): unknown {
     checkDepth(text, this.#maxDepth);
+    const value = this.#parse(text);
+    // JSON.parse reads a number past a double's range (1e400, or 309 digits) as Infinity, which
+    // encodes as null: refuse it rather than change the message silently. Only text with such a
+    // literal (a 3-digit exponent, a 309-digit run) pays for the walk.
+    if (LARGE_NUMBER.test(text)) checkFinite(value);
+    return value;
+  }
+
+  #parse(text: string): unknown {
     if (this.#byName.size === 0) return JSON.parse(text);
     const byName = this.#byName;
     return JSON.parse(text, (_key, v) => {
@@ -222,6 +232,20 @@ export class JsonCodec implements Codec {
       }
       return v;
     });
+  }
+}
+
+/** Text that may hold a number literal past a double's range: the walk of checkFinite decides. */
+const LARGE_NUMBER = /\d[eE]\+?\d{3}|\d{309}/;
+
+/** Throws when a decoded value holds a number that is not finite (a literal out of range). */
+function checkFinite(v: unknown): void {
+  if (typeof v === "number") {
+    if (!Number.isFinite(v)) {
+      throw new SyntaxError("JSON number out of range (past ±1.8e308, a double's largest)");
+    }
+  } else if (v !== null && typeof v === "object") {
+    for (const k in v) checkFinite((v as Record<string, unknown>)[k]);
   }
 }
 
