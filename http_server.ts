@@ -563,6 +563,16 @@ export class HttpTransport {
 
   async #upgrade(req: http.IncomingMessage, socket: net.Socket, head: Buffer): Promise<void> {
     socket.on("error", () => {});
+    if (this.#sockets.get(socket)?.refused) {
+      // Over --max-connections: no WebSocket either.
+      const message = `More than ${this.limits.maxConnections} connections: try again later`;
+      const body = JSON.stringify({ code: "limit_exceeded", limit: "max_connections", message });
+      socket.end(
+        `HTTP/1.1 503 Service Unavailable\r\ncontent-type: ${JSON_TYPE}\r\nretry-after: 1\r\n` +
+          `connection: close\r\ncontent-length: ${Buffer.byteLength(body)}\r\n\r\n${body}`,
+      );
+      return;
+    }
     const request = this.#toRequest(req, undefined, null);
     if (request === BAD_HOST) {
       this.#options.onError?.("host_not_allowed");

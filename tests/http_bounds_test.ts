@@ -270,3 +270,58 @@ Deno.test("A WebSocket message under the limit in fragments is served", async ()
   assertEquals(code, 1000);
   conn.close();
 });
+
+Deno.test("A WebSocket upgrade past --max-connections gets 503 and no socket", async () => {
+  await using server = serveHttp(new MessageStream(), { port: 0, maxConnections: 1 });
+  const port = server.addr.port;
+  const idle = await connect(port);
+  await poll(() => server.connections === 1, "one socket counted");
+  const over = await connect(
+    port,
+    `GET /ws HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nUpgrade: websocket\r\n` +
+      `Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n` +
+      `Sec-WebSocket-Version: 13\r\n\r\n`,
+  );
+  const text = await readToEnd(over, "the refusal");
+  assertEquals(statusOf(text), "503");
+  assertEquals(JSON.parse(text.slice(text.indexOf("\r\n\r\n") + 4)).limit, "max_connections");
+  assertEquals(server.metrics.connections.websocket, 0);
+  idle.close();
+});
+
+Deno.test("SSE responses and WebSockets outlive the header, request and keep-alive timeouts", async () => {
+  const hub = new MessageStream();
+  await using server = serveHttp(hub, {
+    port: 0,
+    headerTimeout: 100,
+    requestTimeout: 150,
+    keepAliveTimeout: 100,
+  });
+  const base = `http://127.0.0.1:${server.addr.port}`;
+  const ws = new WebSocket(`${base.replace("http", "ws")}/ws`);
+  await deadline(new Promise((r) => ws.onopen = r), "the WebSocket to open");
+  const got: string[] = [];
+  let wsClosed = false;
+  ws.onmessage = (e) => got.push(e.data);
+  ws.onclose = () => wsClosed = true;
+  const res = await fetch(`${base}/streams/job`, { headers: { accept: "text/event-stream" } });
+  const reader = res.body!.pipeThrough(new TextDecoderStream()).getReader();
+  // Time passes: four times the longest of the timeouts, with nothing sent either way.
+  await new Promise((r) => setTimeout(r, 600));
+  ws.send(JSON.stringify({ action: "listen", stream: "job", id: 1 }));
+  await poll(() => got.length === 1, "the listen's ok");
+  await hub.put("job", { a: 1 });
+  let text = "";
+  await deadline(
+    (async () => {
+      while (!text.includes("event: put")) text += (await reader.read()).value ?? "";
+    })(),
+    "the SSE put",
+  );
+  await poll(() => got.length === 2, "the WebSocket put");
+  assertEquals(got.map((f) => JSON.parse(f).action), ["ok", "put"]);
+  assertEquals(wsClosed, false);
+  await reader.cancel();
+  ws.close();
+  await deadline(new Promise((r) => ws.onclose = r), "the WebSocket to close");
+});
