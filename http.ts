@@ -286,8 +286,9 @@ class HttpDoor {
   readonly #cors: string | undefined;
   readonly #hosts: AllowedHosts;
   /**
-   * Served over TLS, where browsers speak HTTP/2: its `:authority` stands for `Host`, and Deno
-   * puts it in the request's URL, not in a `host` header.
+   * Served over TLS. The door's own transport speaks HTTP/1.1 only (a `Host` header always);
+   * embedded in a `Deno.serve` app over TLS, browsers may speak HTTP/2, whose `:authority` stands
+   * for `Host` and which Deno puts in the request's URL, not in a `host` header.
    */
   readonly #authorityInUrl: boolean;
   readonly #shutdownTimeout: number;
@@ -403,7 +404,7 @@ class HttpDoor {
     return res;
   }
 
-  /** The request's Host: its header, or over TLS (HTTP/2) the authority in its URL. */
+  /** The request's Host: its header, or over TLS (HTTP/2, embedded) the authority in its URL. */
   #host(req: Request, url: URL): string | null {
     return req.headers.get("host") ?? (this.#authorityInUrl ? url.host : null);
   }

@@ -12,6 +12,8 @@ import type { ErrorCode } from "./protocol.ts";
 import type { Limit } from "./budget.ts";
 import type { Metrics } from "./metrics.ts";
 
+const utf8 = new TextDecoder("utf-8", { fatal: true });
+
 /** Error codes of the HTTP door beyond the wire protocol's. */
 export type HttpErrorCode =
   | ErrorCode
@@ -201,9 +203,15 @@ export async function readBody(
   const tooLarge = () => new HttpError(413, "payload_too_large", `Body larger than ${max} bytes`);
   const length = req.headers.get("content-length");
   if (length !== null && Number(length) > max) throw tooLarge();
-  const chunks: Uint8Array[] = [];
+  let chunks: Uint8Array[] = [];
   let size = 0;
-  if (req.body) {
+  if (req.body && length !== null && length !== "") {
+    // Its length given (and under the limit; the server holds the body to it): read it whole.
+    const bytes = new Uint8Array(await req.arrayBuffer());
+    if (bytes.byteLength > max) throw tooLarge();
+    chunks = [bytes];
+    size = bytes.byteLength;
+  } else if (req.body) {
     const reader = req.body.getReader();
     for (;;) {
       const { done, value } = await reader.read();
@@ -220,7 +228,7 @@ export async function readBody(
   if (size === 0) throw new HttpError(400, "missing_message", "The body must be the message");
   let text: string;
   try {
-    text = new TextDecoder("utf-8", { fatal: true }).decode(concat(chunks));
+    text = utf8.decode(chunks.length === 1 ? chunks[0] as Uint8Array : concat(chunks));
   } catch {
     throw new HttpError(400, "invalid_utf8", "Body is not valid UTF-8");
   }
