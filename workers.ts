@@ -47,6 +47,7 @@ export interface WorkersServer extends AsyncDisposable {
 type FromWorker =
   | { type: "ready"; port: number; hostname: string; httpPort?: number; httpHostname?: string }
   | { type: "failed"; name: string; message: string }
+  | { type: "drained" }
   | { type: "stopped" };
 
 /** Options a worker gets: cloneable (no hub, codec or signal). */
@@ -168,7 +169,8 @@ export async function serveWorkers(options: ServeOptions): Promise<WorkersServer
   const bad = replies.find((r) => r.type !== "ready");
   if (bad) {
     // Worker 0 listens already: stop it properly, then the rest.
-    await stopThread(threads[0] as Thread);
+    await ask(threads[0] as Thread, "shutdown");
+    await ask(threads[0] as Thread, "close");
     terminate();
     throw bad.type === "failed" ? revive(bad.name, bad.message) : new Error("A worker stopped");
   }
@@ -176,10 +178,12 @@ export async function serveWorkers(options: ServeOptions): Promise<WorkersServer
   let finish!: () => void;
   const finished = new Promise<void>((resolve) => finish = resolve);
   stopAll = () => {
-    shutdown ??= Promise.all(threads.map(stopThread)).then(() => {
-      terminate();
-      finish();
-    });
+    shutdown ??= Promise.all(threads.map((t) => ask(t, "shutdown")))
+      .then(() => Promise.all(threads.map((t) => ask(t, "close"))))
+      .then(() => {
+        terminate();
+        finish();
+      });
     return shutdown;
   };
   signal?.addEventListener("abort", () => void stopAll(), { once: true });
@@ -198,11 +202,14 @@ export async function serveWorkers(options: ServeOptions): Promise<WorkersServer
   };
 }
 
-/** Asks one worker to shut its server down and waits for it (it may be gone already). */
-async function stopThread(t: Thread): Promise<void> {
+/**
+ * Asks one worker to drain its connections (`shutdown`) or, once every worker has, to close its
+ * hub (`close`), and waits for its answer (at most 30 s: it may be gone already).
+ */
+async function ask(t: Thread, type: "shutdown" | "close"): Promise<void> {
   const reply = t.next();
   try {
-    t.worker.postMessage({ type: "shutdown" });
+    t.worker.postMessage({ type });
   } catch {
     return;
   }

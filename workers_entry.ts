@@ -36,13 +36,19 @@ scope.addEventListener("unhandledrejection", (e) => {
 
 scope.onmessage = async (e: MessageEvent) => {
   const m = e.data as {
-    type: "start" | "shutdown";
+    type: "start" | "shutdown" | "close";
     index: number;
     options: ServeOptions;
     peers: (MessagePort | undefined)[];
   };
   if (m.type === "shutdown") {
+    // First every worker drains its connections (their requests may still need the others)…
     await server?.shutdown();
+    scope.postMessage({ type: "drained" });
+    return;
+  }
+  if (m.type === "close") {
+    // …then the hubs close, and with them the ports between workers.
     await hub?.close();
     if (logInfo && engine) {
       // deno-lint-ignore no-console
