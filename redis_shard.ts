@@ -130,7 +130,12 @@ export class ShardSubscriber {
         ? ["AUTH", this.#o.username, this.#o.password]
         : ["AUTH", this.#o.password];
       this.#write(command(args));
-      await promise;
+      try {
+        await promise;
+      } catch (e) {
+        this.close(); // refused: the socket goes too
+        throw e;
+      }
     }
     this.#up = true;
   }

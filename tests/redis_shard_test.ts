@@ -6,7 +6,7 @@
 import { assertEquals, assertRejects } from "@std/assert";
 import { keySlot, ShardSubscriber } from "../redis_shard.ts";
 import { hasRedis, RedisProcess } from "./_redis.ts";
-import { deadline } from "./_wait.ts";
+import { deadline, poll } from "./_wait.ts";
 
 Deno.test("keySlot() is Redis Cluster's slot: CRC16 of the hash tag, mod 16384", () => {
   // Values from `redis-cli CLUSTER KEYSLOT`.
@@ -82,5 +82,45 @@ Deno.test({
     );
     assertEquals(closed, 1);
     await assertRejects(() => s.subscribe("c:{a}:c"), Error, "not connected");
+  },
+});
+
+Deno.test({
+  name: "ShardSubscriber authenticates with the URL's password, and a wrong one fails connect()",
+  ignore: !hasRedis,
+  fn: async () => {
+    await using redis = await RedisProcess.start();
+    const cli = (...args: string[]) =>
+      new Deno.Command("redis-cli", { args: ["-p", String(redis.port), ...args], stdout: "null" })
+        .output();
+    await cli("CONFIG", "SET", "requirepass", "s3cret");
+    const make = (password: string) =>
+      new ShardSubscriber({
+        hostname: "127.0.0.1",
+        port: redis.port,
+        tls: false,
+        username: undefined,
+        password,
+        connectTimeout: 5000,
+        onMessage: () => {},
+        onDropped: () => {},
+        onClose: () => {},
+      });
+    const bad = make("wrong");
+    // Refused: its socket is closed too (Redis counts only redis-cli's connection).
+    await assertRejects(() => bad.connect(), Error, "WRONGPASS");
+    await poll(async () => {
+      const out = await new Deno.Command("redis-cli", {
+        args: ["-p", String(redis.port), "-a", "s3cret", "--no-auth-warning", "INFO", "clients"],
+        stdout: "piped",
+      }).output();
+      return /connected_clients:1\r?\n/.test(new TextDecoder().decode(out.stdout));
+    }, "the refused connection to close");
+    const good = make("s3cret");
+    await good.connect();
+    await good.subscribe("c:{a}:c");
+    assertEquals([...good.channels], ["c:{a}:c"]);
+    good.close();
+    await cli("-a", "s3cret", "--no-auth-warning", "CONFIG", "SET", "requirepass", "");
   },
 });
