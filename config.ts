@@ -156,6 +156,13 @@ export interface ServeOptions extends MessageStreamOptions {
      */
     maxHeadBytes?: number;
     /**
+     * Most requests one connection may have under way (responses not yet written); one more
+     * closes it.
+     *
+     * @default {16}
+     */
+    maxPipelined?: number;
+    /**
      * The names a request's `Host` header may carry; others get 421 (see `hosts.ts`).
      *
      * @default {loopback names and addresses when bound to a loopback address; any host
@@ -571,6 +578,18 @@ const SERVE_OPTIONS: readonly OptionSpec[] = [
     apply: (o, v, label) => {
       if (!o.http) throw new UsageError(`${label} needs --http-port`);
       o.http = { ...o.http, maxHeadBytes: v as number };
+    },
+  },
+  {
+    name: "http-max-pipelined",
+    kind: "int",
+    arg: "N",
+    min: 1,
+    help: "HTTP: requests one connection may have waiting for their answers;\n" +
+      "one more closes it (default 16)",
+    apply: (o, v, label) => {
+      if (!o.http) throw new UsageError(`${label} needs --http-port`);
+      o.http = { ...o.http, maxPipelined: v as number };
     },
   },
   {

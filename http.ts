@@ -221,6 +221,14 @@ export interface HttpOptions {
    */
   maxHeadBytes?: number;
   /**
+   * Most requests one connection may have under way, their responses not yet written; one
+   * more (a client pipelining without reading) closes the connection ({@linkcode serveHttp}
+   * only; `--http-max-pipelined`).
+   *
+   * @default {16}
+   */
+  maxPipelined?: number;
+  /**
    * With `cert`, milliseconds a client has to complete its TLS handshake before it is cut
    * ({@linkcode serveHttp} only; `--handshake-timeout`).
    *
@@ -761,6 +769,7 @@ function transportLimits(options: HttpOptions): TransportLimits {
   if (options.requestTimeout !== undefined) limits.requestTimeout = options.requestTimeout;
   if (options.keepAliveTimeout !== undefined) limits.keepAliveTimeout = options.keepAliveTimeout;
   if (options.maxHeadBytes !== undefined) limits.maxHeaderBytes = options.maxHeadBytes;
+  if (options.maxPipelined !== undefined) limits.maxPipelined = options.maxPipelined;
   if (options.handshakeTimeout !== undefined) limits.handshakeTimeout = options.handshakeTimeout;
   return limits;
 }

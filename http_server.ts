@@ -14,7 +14,10 @@
  * - **a TLS handshake timeout** (`handshakeTimeout`, HTTPS): a handshake not done in time is cut;
  * - **a connection count** (`maxConnections`): every open socket counts, idle or not; one more
  *   gets `503` (`limit_exceeded`, `max_connections`) over plain HTTP, or is closed at once over
- *   TLS (it has no handshake to answer through), and never reaches the router.
+ *   TLS (it has no handshake to answer through), and never reaches the router;
+ * - **a pipelining bound** (`maxPipelined`): a connection may have that many requests whose
+ *   responses are not yet written; one more (a client that pipelines without reading) closes
+ *   the connection before the handler sees it, so unread responses cannot pile up.
  *
  * Running out of descriptors never ends the process: a failed accept is logged (`http accept
  * failed`) and the listener is opened anew after a pause (100 ms doubling to 1 s).
@@ -102,6 +105,14 @@ export interface TransportLimits {
    * @default {15000}
    */
   maxConnections?: number;
+  /**
+   * Most requests one connection may have under way at once: answered or not, whose response
+   * has not all been handed to the socket. A client that pipelines more without reading its
+   * answers has its connection closed (every response queued for it goes too).
+   *
+   * @default {16}
+   */
+  maxPipelined?: number;
 }
 
 /** Where a transport listens, and its bounds. */
@@ -158,6 +169,8 @@ export type Handler = (req: Request) => Promise<Response>;
 interface SocketState {
   active: number;
   refused: boolean;
+  /** Requests whose response has not finished (been handed to the socket whole). */
+  queued: number;
 }
 
 /** Sockets over `maxConnections` that may wait for their 503 at once; more are closed. */
@@ -214,6 +227,7 @@ export class HttpTransport {
       maxHeaderBytes: bound("maxHeaderBytes", options.maxHeaderBytes, 16_384),
       handshakeTimeout: bound("handshakeTimeout", options.handshakeTimeout, 10_000),
       maxConnections: bound("maxConnections", options.maxConnections, 15_000),
+      maxPipelined: bound("maxPipelined", options.maxPipelined, 16),
     };
     if (limits.requestTimeout < limits.headerTimeout) {
       throw new RangeError(
@@ -326,7 +340,16 @@ export class HttpTransport {
   #watch = (): void => {
     if (this.#shutdown || this.#timer !== undefined) return;
     const error = descriptorShortage(this.addr.hostname);
-    if (error) this.#failed(error);
+    if (error) return this.#failed(error);
+    // The listener may have stopped at a failed accept since the last look, the shortage
+    // being over already (it lasted less than a second): nothing says so. Listening again on
+    // the same socket restarts a stopped listener and leaves a running one as it is (it costs
+    // a system call), so the door never stays deaf for more than a second.
+    const server = this.#server as unknown as { _handle: { listen(n: number): number } | null };
+    const status = server._handle?.listen(511);
+    if (status !== undefined && status !== 0) {
+      this.#failed(new Error(`Cannot listen again on ${hostPort(this.addr)} (${status})`));
+    }
   };
 
   #failed(e: Error): void {
@@ -364,7 +387,7 @@ export class HttpTransport {
       socket.destroy();
       return;
     }
-    const state: SocketState = { active: 0, refused: false };
+    const state: SocketState = { active: 0, refused: false, queued: 0 };
     if (this.#open >= this.limits.maxConnections) {
       this.#options.onRefused?.();
       // Over plain HTTP its first request gets 503 and the socket closes; it may take a second
@@ -429,6 +452,26 @@ export class HttpTransport {
   async #request(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
     const socket = req.socket;
     const state = this.#sockets.get(socket);
+    if (socket.destroyed) return;
+    if (state) {
+      if (state.queued >= this.limits.maxPipelined) {
+        // Requests pipelined past the bound without reading the answers: the runtime parses a
+        // whole read's worth at once (a thousand and more), and would queue a response for
+        // each. The connection goes, and every request after this one with it.
+        this.#options.onError?.("pipeline_too_deep");
+        socket.destroy();
+        return;
+      }
+      state.queued++;
+      let done = false;
+      const finished = (): void => {
+        if (done) return;
+        done = true;
+        state.queued--;
+      };
+      res.once("finish", finished);
+      res.once("close", finished);
+    }
     if (state) state.active++;
     const gone = new AbortController();
     const onClose = (): void => {

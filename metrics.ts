@@ -58,6 +58,7 @@ export const ERROR_CODES: readonly string[] = [
   "shutting_down",
   "invalid_limit",
   "host_not_allowed",
+  "pipeline_too_deep",
   "descriptors_exhausted",
 ];
 

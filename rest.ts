@@ -24,7 +24,8 @@ export type HttpErrorCode =
   | "upgrade_required"
   | "shutting_down"
   | "invalid_limit"
-  | "host_not_allowed";
+  | "host_not_allowed"
+  | "pipeline_too_deep";
 
 /** The content type of every JSON response. */
 export const JSON_TYPE = "application/json; charset=utf-8";

@@ -260,6 +260,9 @@ class ServerImpl implements MessageServer {
         ...(options.http.maxHeadBytes !== undefined
           ? { maxHeadBytes: options.http.maxHeadBytes }
           : {}),
+        ...(options.http.maxPipelined !== undefined
+          ? { maxPipelined: options.http.maxPipelined }
+          : {}),
         ...(options.http.allowedHosts !== undefined
           ? { allowedHosts: options.http.allowedHosts }
           : {}),
