@@ -86,6 +86,11 @@ const CLOSED = 3;
 const textDecoder = new TextDecoder("utf-8", { fatal: true });
 const EMPTY = Buffer.alloc(0);
 
+/** Unsent bytes past which a ping is answered only once the socket has taken them. */
+const PONG_BACKLOG = 16_384;
+/** Milliseconds between looks at whether a held-back pong can go. */
+const PONG_WAIT = 50;
+
 /** A server-side WebSocket over a stream socket. */
 export class WireWebSocket {
   /** As `WebSocket.readyState`: 1 open, 2 closing, 3 closed. */
@@ -115,8 +120,12 @@ export class WireWebSocket {
   #inFrame:
     | { fin: boolean; opcode: number; len: number; got: number; mask: Buffer; chunks: Buffer[] }
     | undefined;
-  /** Fragments of the message in progress, and its opcode and size. */
-  #parts: Buffer[] = [];
+  /**
+   * The message in progress (its fragments copied in one buffer that grows by doubling, up to
+   * `maxMessageBytes`: a message of a million one-byte fragments costs a million bytes, not a
+   * buffer object each), its opcode and size.
+   */
+  #msg: Buffer | undefined;
   #opcode = 0;
   #size = 0;
   /** Incoming bytes are dropped (an oversize message, or after a close). */
@@ -126,6 +135,9 @@ export class WireWebSocket {
   #closeReason = "";
   #pinged = false;
   #corked = false;
+  /** The payload of the latest ping not answered yet (pongs were waiting to be sent). */
+  #pong: Buffer | undefined;
+  #pongTimer: ReturnType<typeof setTimeout> | undefined;
   #idleTimer: ReturnType<typeof setTimeout> | undefined;
   #closeTimer: ReturnType<typeof setTimeout> | undefined;
   #lastIn = Date.now();
@@ -158,6 +170,16 @@ export class WireWebSocket {
     socket.on("data", (chunk: Buffer) => this.#data(chunk));
     socket.on("error", (e) => this.onerror?.(e));
     socket.once("close", () => this.#ended());
+    // The peer ended its side (with or without a close frame): the door's sockets are
+    // half-open, so ours would stay open, pinged only after a minute of silence, and keep a
+    // descriptor and a connection slot that long. End ours too; cut it if it does not drain.
+    socket.once("end", () => {
+      this.#discard = true;
+      if (this.readyState === OPEN) this.readyState = CLOSING;
+      socket.end();
+      clearTimeout(this.#closeTimer);
+      this.#closeTimer = setTimeout(() => socket.destroy(), this.#closeTimeout);
+    });
     (socket as { setNoDelay?: (b: boolean) => void }).setNoDelay?.(true);
     this.#idleTimer = setTimeout(this.#idleCheck, this.#idle);
   }
@@ -258,6 +280,19 @@ export class WireWebSocket {
     this.#frame(0x88, payload);
   }
 
+  /** Sends the pong held back, once the socket has taken what it had (looked at every 50 ms). */
+  #sendPong = (): void => {
+    this.#pongTimer = undefined;
+    if (this.readyState !== OPEN) return;
+    if (this.#socket.writableLength >= PONG_BACKLOG) {
+      this.#pongTimer = setTimeout(this.#sendPong, PONG_WAIT);
+      return;
+    }
+    const payload = this.#pong;
+    this.#pong = undefined;
+    if (payload !== undefined) this.#frame(0x8a, payload);
+  };
+
   #idleCheck = (): void => {
     this.#idleTimer = undefined;
     if (this.readyState !== OPEN) return;
@@ -352,13 +387,15 @@ export class WireWebSocket {
   /** A whole frame arrived (unmasked): a control frame, or a part of a message. */
   #frameDone(fin: boolean, opcode: number, payload: Buffer): void {
     if (opcode >= 8) return this.#control(opcode, payload);
-    this.#parts.push(payload);
-    this.#size += payload.byteLength;
-    if (!fin) return;
-    const parts = this.#parts;
-    const whole = parts.length === 1 ? parts[0] as Buffer : Buffer.concat(parts, this.#size);
+    let whole: Buffer;
+    if (fin && this.#size === 0) whole = payload;
+    else {
+      this.#append(payload);
+      if (!fin) return;
+      whole = (this.#msg as Buffer).subarray(0, this.#size);
+    }
     const text = this.#opcode === 1;
-    this.#parts = [];
+    this.#msg = undefined;
     this.#opcode = 0;
     this.#size = 0;
     if (text) {
@@ -376,10 +413,33 @@ export class WireWebSocket {
     }
   }
 
+  /** Copies a fragment's payload to the end of the message in progress. */
+  #append(payload: Buffer): void {
+    const need = this.#size + payload.byteLength;
+    const msg = this.#msg;
+    if (msg === undefined || msg.byteLength < need) {
+      const grown = Buffer.allocUnsafe(
+        Math.min(this.#max, Math.max(need, 2 * (msg?.byteLength ?? 0), 4096)),
+      );
+      if (msg !== undefined) msg.copy(grown, 0, 0, this.#size);
+      this.#msg = grown;
+    }
+    payload.copy(this.#msg as Buffer, this.#size);
+    this.#size = need;
+  }
+
   #control(opcode: number, payload: Buffer): void {
     if (opcode === 9) {
-      // ping → pong with the same payload
-      if (this.readyState === OPEN) this.#frame(0x8a, payload);
+      // ping → pong with the same payload. A peer may ping faster than it reads the pongs:
+      // while pongs are still unsent, only the latest ping is answered, once the socket has
+      // taken them (RFC 6455 5.5.3 allows it), so unread pongs cannot pile up.
+      if (this.readyState !== OPEN) return;
+      if (this.#pong === undefined && this.#socket.writableLength < PONG_BACKLOG) {
+        this.#frame(0x8a, payload);
+        return;
+      }
+      if (this.#pong === undefined) this.#pongTimer = setTimeout(this.#sendPong, PONG_WAIT);
+      this.#pong = payload;
       return;
     }
     if (opcode === 10) {
@@ -396,13 +456,17 @@ export class WireWebSocket {
     this.#discard = true;
     this.#head = EMPTY;
     this.#inFrame = undefined;
-    this.#parts = [];
+    this.#msg = undefined;
     if (!this.#closeSent) {
       // Echo the peer's code (1005 means none: answer 1000).
       this.readyState = CLOSING;
       this.#sendClose(this.#closeCode === 1005 ? 1000 : this.#closeCode, "");
     }
     this.#socket.end();
+    // The handshake is over: a peer that neither reads our close nor ends its side would keep
+    // the socket for ever otherwise (a closing socket is no longer pinged).
+    clearTimeout(this.#closeTimer);
+    this.#closeTimer = setTimeout(() => this.#socket.destroy(), this.#closeTimeout);
   }
 
   /**
@@ -414,7 +478,7 @@ export class WireWebSocket {
     this.#socket.pause();
     this.#head = EMPTY;
     this.#inFrame = undefined;
-    this.#parts = [];
+    this.#msg = undefined;
     this.#size = 0;
     this.#opcode = 0;
     if (this.onoversize) {
@@ -433,7 +497,7 @@ export class WireWebSocket {
     this.#discard = true;
     this.#head = EMPTY;
     this.#inFrame = undefined;
-    this.#parts = [];
+    this.#msg = undefined;
     if (this.readyState === OPEN) {
       this.readyState = CLOSING;
       this.#sendClose(code, reason);
@@ -448,9 +512,11 @@ export class WireWebSocket {
     this.readyState = CLOSED;
     clearTimeout(this.#idleTimer);
     clearTimeout(this.#closeTimer);
+    clearTimeout(this.#pongTimer);
+    this.#pong = undefined;
     this.#head = EMPTY;
     this.#inFrame = undefined;
-    this.#parts = [];
+    this.#msg = undefined;
     this.onclose?.({ code: this.#closeCode, reason: this.#closeReason });
   }
 }
