@@ -127,6 +127,8 @@ export const UNAUTHENTICATED_LINE_BYTES = 64 * 1024;
 /** Accept errors that mean the process is out of descriptors (or buffers): back off. */
 const EXHAUSTED = /os error (23|24|105|12)\b|too many open files/i;
 const encoder = new TextEncoder();
+/** Milliseconds between two log lines about connections refused for `maxConnections`. */
+const REFUSAL_LOG_INTERVAL = 10_000;
 /** Connections with frames queued and no flush running yet: flushed by one microtask. */
 const dirty: Connection[] = [];
 let flushQueued = false;
@@ -174,6 +176,9 @@ export class TcpDoor {
   readonly #shutdownTimeout: number;
   #sweeper: ReturnType<typeof setInterval> | undefined;
   #shutdown: Promise<void> | undefined;
+  /** Connections refused for `maxConnections` since the last log line about it, and when. */
+  #refusals = 0;
+  #refusalLoggedAt = -Infinity;
   /** What a connection calls when it has ended: one function for every connection. */
   readonly #ended = (c: Connection): void => {
     this.#connections.delete(c);
@@ -298,7 +303,22 @@ export class TcpDoor {
   #refuse(conn: Deno.Conn): void {
     this.metrics.error("limit_exceeded");
     this.metrics.limitExceeded("max_connections");
-    this.log("info", `more than ${this.maxConnections} connections: refusing one`);
+    // One line per episode, then a count at most every 10 s: refusals come at the rate a
+    // client connects, and a line each would let it fill the log (the metric counts each).
+    this.#refusals++;
+    const now = Date.now();
+    if (now - this.#refusalLoggedAt >= REFUSAL_LOG_INTERVAL) {
+      this.log(
+        "info",
+        this.#refusals === 1
+          ? `more than ${this.maxConnections} connections: refusing one (further refusals are ` +
+            `logged at most every ${REFUSAL_LOG_INTERVAL / 1000} s)`
+          : `more than ${this.maxConnections} connections: refused ${this.#refusals} since ` +
+            "the last report",
+      );
+      this.#refusalLoggedAt = now;
+      this.#refusals = 0;
+    }
     const frame = JSON.stringify(unprompted({
       action: "error",
       code: "limit_exceeded",

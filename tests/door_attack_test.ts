@@ -182,3 +182,26 @@ Deno.test("requests pipelined within --http-max-pipelined are all answered in or
   conn.close();
   assertEquals(got.split("HTTP/1.1 200 OK").length - 1, 8, got);
 });
+
+Deno.test({
+  name: "connections refused for --max-connections do not write a log line each",
+  sanitizeResources: false,
+  async fn() {
+    // Refusals come at the rate a client connects: a line each let one client fill the log.
+    await using server = await start(["--max-connections", "2"], 4096);
+    const held: Deno.Conn[] = [];
+    for (let i = 0; i < 2; i++) {
+      held.push(await Deno.connect({ hostname: "127.0.0.1", port: server.tcp }));
+    }
+    const refused = 200;
+    for (let i = 0; i < refused; i++) {
+      const c = await Deno.connect({ hostname: "127.0.0.1", port: server.tcp });
+      const text = await deadline(drain(c), "a refused connection to be closed");
+      c.close();
+      assertEquals(JSON.parse(text).limit, "max_connections");
+    }
+    const lines = server.log.filter((l) => l.includes("connections: refus"));
+    assertEquals(lines.length, 1, lines.join("\n"));
+    for (const c of held) c.close();
+  },
+});
