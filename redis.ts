@@ -99,6 +99,7 @@ export class RedisEngine implements Engine {
   readonly #prefix: string;
   readonly #historyMessages: number;
   readonly #connectTimeout: number;
+  readonly #slotsRefresh: number;
   readonly #cluster: boolean;
   readonly #wantSharded: boolean;
   /** Sharded pub/sub's subscribers, once the cluster was found to have it (see #detect). */
@@ -153,6 +154,7 @@ export class RedisEngine implements Engine {
     this.#prefix = options?.prefix ?? "msgstream:";
     this.#historyMessages = intOption("historyMessages", options?.historyMessages, 1000, 0);
     this.#connectTimeout = intOption("connectTimeout", options?.connectTimeout, 10_000, 0);
+    this.#slotsRefresh = intOption("slotsRefreshInterval", options?.slotsRefreshInterval, 2000, 0);
 
     this.#cluster = options?.cluster ?? false;
     this.#wantSharded = options?.shardedPubSub ?? true;
@@ -240,6 +242,7 @@ export class RedisEngine implements Engine {
         enableAutoPipelining: true,
         lazyConnect: true,
         clusterRetryStrategy: common.retryStrategy,
+        slotsRefreshInterval: this.#slotsRefresh || undefined,
       })
       : new Redis(this.#url, { ...common, enableAutoPipelining: true })) as unknown as Client;
     // In a cluster, PUBLISH reaches every node's subscribers: one connection to the seed hears
@@ -382,6 +385,8 @@ export class RedisEngine implements Engine {
         this.#retry();
       },
     });
+    // A failover or slot move some subscriber was not told of shows in the refreshed map.
+    cluster.on("refresh", () => this.#shards?.recheck());
   }
 
   /**

@@ -78,6 +78,16 @@ export interface RedisEngineOptions {
    */
   maxMemoryPercent?: number;
   /**
+   * In a cluster, milliseconds between two reads of the slot map (`CLUSTER SLOTS`), besides the
+   * read after a `MOVED` answer. With sharded pub/sub, each read checks that every followed
+   * stream is subscribed on the master that serves its slot now: a master demoted by a
+   * failover keeps its subscriptions and sends nothing (Redis 7.0), so a node that only listens
+   * learns of the failover from this read. 0: only after `MOVED`.
+   *
+   * @default {2000}
+   */
+  slotsRefreshInterval?: number;
+  /**
    * Milliseconds to wait for a connection to Redis.
    *
    * @default {10000}

@@ -387,6 +387,28 @@ export class ShardPool {
     s?.unsubscribe(channel);
   }
 
+  /**
+   * The command client's slot map was refreshed (after a `MOVED`, or on its periodic refresh):
+   * a channel whose slot another master serves now is lost, as if the server had dropped it.
+   * A master demoted by a failover (Redis 7.0) keeps its sharded subscriptions and says
+   * nothing, while the events go out on the new master: without this check the node would wait
+   * for them for ever (its puts unanswered, its listeners silent).
+   */
+  recheck(): void {
+    if (this.#closed) return;
+    // The refreshed map is newer than any MOVED answer seen before it.
+    this.#moved.clear();
+    const lost: string[] = [];
+    for (const [channel, s] of this.#where) {
+      const master = this.#o.masterOf(keySlot(channel));
+      if (master === undefined || master === s.key) continue;
+      this.#where.delete(channel);
+      s.unsubscribe(channel);
+      lost.push(channel);
+    }
+    if (lost.length > 0) this.#o.onLost(lost);
+  }
+
   async #subscriber(master: string): Promise<ShardSubscriber> {
     let entry = this.#subs.get(master);
     if (!entry) {
