@@ -204,6 +204,10 @@ export class RedisMemoryGuard {
   ordered(check: Promise<void> | undefined): Promise<void> | undefined {
     const before = this.#gate;
     if (!check && !before) return undefined;
+    // A refusal may be settled already while this write waits behind an earlier one: handled
+    // now, or it is reported as an unhandled rejection (logged as a bug, with its stack, once
+    // per refused write of a flood). `mine` still rejects with it.
+    check?.catch(() => {});
     const mine = (async () => {
       if (before) await before;
       if (check) await check;
