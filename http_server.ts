@@ -414,6 +414,12 @@ export class HttpTransport {
     socket.once("close", () => this.#closed(socket));
   }
 
+  /** A socket's state; over TLS the request's socket wraps the one accepted (its `_parent`). */
+  #stateOf(socket: net.Socket): SocketState | undefined {
+    return this.#sockets.get(socket) ??
+      this.#sockets.get((socket as unknown as { _parent?: net.Socket })._parent as net.Socket);
+  }
+
   /** Forgets a closed socket (once, whether its `close` event or its WebSocket said so). */
   #closed(socket: net.Socket): void {
     if (!this.#sockets.delete(socket)) return;
@@ -451,7 +457,7 @@ export class HttpTransport {
 
   async #request(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
     const socket = req.socket;
-    const state = this.#sockets.get(socket);
+    const state = this.#stateOf(socket);
     if (socket.destroyed) return;
     if (state) {
       if (state.queued >= this.limits.maxPipelined) {
@@ -606,7 +612,7 @@ export class HttpTransport {
 
   async #upgrade(req: http.IncomingMessage, socket: net.Socket, head: Buffer): Promise<void> {
     socket.on("error", () => {});
-    if (this.#sockets.get(socket)?.refused) {
+    if (this.#stateOf(socket)?.refused) {
       // Over --max-connections: no WebSocket either.
       const message = `More than ${this.limits.maxConnections} connections: try again later`;
       const body = JSON.stringify({ code: "limit_exceeded", limit: "max_connections", message });

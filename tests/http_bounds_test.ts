@@ -5,6 +5,7 @@
 // socket with 1009 as soon as the frame header that passes the limit arrives.
 import { assert, assertEquals, assertStringIncludes } from "@std/assert";
 import { serveHttp } from "../http.ts";
+import { HttpTransport } from "../http_server.ts";
 import { MessageStream } from "../mod.ts";
 import { deadline, poll } from "./_wait.ts";
 
@@ -42,6 +43,11 @@ async function connect(port: number, first?: string): Promise<Deno.Conn> {
   const conn = await Deno.connect({ hostname: "127.0.0.1", port });
   if (first) await conn.write(enc.encode(first));
   return conn;
+}
+
+async function writeAll(conn: Deno.Conn, bytes: Uint8Array): Promise<void> {
+  let off = 0;
+  while (off < bytes.length) off += await conn.write(bytes.subarray(off));
 }
 
 function statusOf(text: string): string {
@@ -241,7 +247,7 @@ Deno.test("A fragmented WebSocket message over the limit closes with 1009 when t
   // 1.2 MB: the server refuses it without waiting for (or keeping) that payload.
   const part = new Uint8Array(600_000).fill(0x61);
   await conn.write(frameHeader(false, 1, part.length));
-  await conn.write(part);
+  await writeAll(conn, part);
   await conn.write(frameHeader(false, 0, part.length));
   const { texts, code } = await readFrames(conn);
   assertEquals(code, 1009);
@@ -324,4 +330,51 @@ Deno.test("SSE responses and WebSockets outlive the header, request and keep-ali
   await reader.cancel();
   ws.close();
   await deadline(new Promise((r) => ws.onclose = r), "the WebSocket to close");
+});
+
+Deno.test({
+  name: "The transport's shutdown() lets an HTTPS request under way finish, then closes",
+  ignore: !OPENSSL,
+  async fn() {
+    const dir = await Deno.makeTempDir({ prefix: "msgstream_bounds_" });
+    try {
+      const r = await new Deno.Command("sh", {
+        args: [new URL("../tools/tls_recipe.sh", import.meta.url).pathname, dir],
+        stdout: "null",
+        stderr: "piped",
+      }).output();
+      assert(r.success, dec.decode(r.stderr));
+      let arrived = false;
+      const transport = new HttpTransport(async (req) => {
+        arrived = true;
+        return new Response(String((await req.arrayBuffer()).byteLength));
+      }, {
+        hostname: "127.0.0.1",
+        port: 0,
+        cert: await Deno.readTextFile(`${dir}/server.pem`),
+        key: await Deno.readTextFile(`${dir}/server-key.pem`),
+      });
+      const conn = await Deno.connectTls({
+        hostname: "localhost",
+        port: transport.addr.port,
+        caCerts: [await Deno.readTextFile(`${dir}/ca.pem`)],
+      });
+      // A body over the size read whole before routing: the handler runs as it streams in.
+      const body = new Uint8Array(100_000).fill(0x61);
+      await conn.write(enc.encode(
+        `POST / HTTP/1.1\r\nHost: localhost\r\ncontent-length: ${body.length}\r\n\r\n`,
+      ));
+      await writeAll(conn, body.subarray(0, 1000));
+      await poll(() => arrived, "the request to reach the handler");
+      const stopped = transport.shutdown();
+      await writeAll(conn, body.subarray(1000));
+      const text = await readToEnd(conn, "the answer, then the close");
+      assertEquals(statusOf(text), "200");
+      assertEquals(text.slice(text.indexOf("\r\n\r\n") + 4), "100000");
+      await deadline(stopped, "the shutdown");
+      assertEquals(transport.connections, 0);
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
 });
