@@ -59,12 +59,28 @@ interface TcpHandle {
   bind6(host: string, port: number, flags: number): number;
   close(): void;
 }
-const TcpWrap = (process as unknown as {
-  binding(name: "tcp_wrap"): {
-    TCP: new (type: number) => TcpHandle;
-    constants: { SERVER: number };
-  };
-}).binding("tcp_wrap");
+interface TcpWrapBinding {
+  TCP: new (type: number) => TcpHandle;
+  constants: { SERVER: number };
+}
+
+/**
+ * `process.binding("tcp_wrap")`, looked up when first needed; `null` where the runtime has none
+ * (the server then listens the usual way, a tick later).
+ */
+let tcpWrap: TcpWrapBinding | null | undefined;
+function tcpWrapBinding(): TcpWrapBinding | null {
+  if (tcpWrap === undefined) {
+    try {
+      tcpWrap = (process as unknown as { binding(name: string): TcpWrapBinding })
+        .binding("tcp_wrap");
+      if (typeof tcpWrap?.TCP !== "function") tcpWrap = null;
+    } catch {
+      tcpWrap = null;
+    }
+  }
+  return tcpWrap;
+}
 
 /** The bounds of one transport; each has a default (see docs/limits.md). */
 export interface TransportLimits {
@@ -316,7 +332,12 @@ export class HttpTransport {
 
   /** Has the server listen on a new handle bound to `addr`; `false` when that failed. */
   #bind(addr: Deno.NetAddr): boolean {
-    const handle = new TcpWrap.TCP(TcpWrap.constants.SERVER);
+    const binding = tcpWrapBinding();
+    if (binding === null) {
+      this.#server.listen({ host: addr.hostname, port: addr.port });
+      return true;
+    }
+    const handle = new binding.TCP(binding.constants.SERVER);
     const err = addr.hostname.includes(":")
       ? handle.bind6(addr.hostname, addr.port, 0)
       : handle.bind(addr.hostname, addr.port);
