@@ -229,6 +229,12 @@ export interface HttpOptions {
    */
   maxPipelined?: number;
   /**
+   * Where the transport's warnings go (descriptors exhausted, accepting again), with their
+   * level, so that they follow the server's log format ({@linkcode serveHttp} only). By
+   * default they are written to stderr as text.
+   */
+  log?: (level: "warn", message: string) => void;
+  /**
    * With `cert`, milliseconds a client has to complete its TLS handshake before it is cut
    * ({@linkcode serveHttp} only; `--handshake-timeout`).
    *
@@ -861,6 +867,7 @@ export function serveHttp(hub: MessageStream, options?: HttpOptions): MessageHtt
     onAcceptFailed() {
       metrics.error("descriptors_exhausted");
     },
+    ...(options.log ? { log: (message: string) => options.log?.("warn", message) } : {}),
   });
   const shutdownTimeout = intOption("shutdownTimeout", options.shutdownTimeout, 5_000, 0);
   let shutdown: Promise<void> | undefined;

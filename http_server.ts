@@ -147,8 +147,11 @@ export interface TransportOptions extends TransportLimits {
   onRefused?: () => void;
   /** Called when accepting fails (descriptors exhausted), before the listener is reopened. */
   onAcceptFailed?: (error: Error) => void;
-  /** Warnings (one line each); `console.error` by default. */
-  log?: (line: string) => void;
+  /**
+   * Warnings, one message each (no time or level: the caller's log adds them); by default
+   * written to stderr with the time and `warn`.
+   */
+  log?: (message: string) => void;
 }
 
 /** What a WebSocket upgrade request carries for the code that takes its socket over. */
@@ -210,7 +213,7 @@ export class HttpTransport {
   readonly #sockets = new Map<net.Socket, SocketState>();
   readonly #finished = Promise.withResolvers<void>();
   readonly #options: TransportOptions;
-  readonly #log: (line: string) => void;
+  readonly #log: (message: string) => void;
   #shutdown: Promise<void> | undefined;
   #pause = 0;
   #timer: ReturnType<typeof setTimeout> | undefined;
@@ -229,8 +232,7 @@ export class HttpTransport {
   constructor(handler: Handler, options: TransportOptions) {
     this.#handler = handler;
     this.#options = options;
-    // deno-lint-ignore no-console
-    this.#log = options.log ?? ((line) => console.error(line));
+    this.#log = options.log ?? warnToStderr;
     const headerTimeout = bound("headerTimeout", options.headerTimeout, 10_000);
     const limits = {
       headerTimeout,
@@ -376,7 +378,7 @@ export class HttpTransport {
   #failed(e: Error): void {
     if (this.#shutdown || this.#timer !== undefined) return;
     this.#options.onAcceptFailed?.(e);
-    this.#log(`${new Date().toISOString()} warn http accept failed: ${e.message}; retrying`);
+    this.#log(`http accept failed: ${e.message}; retrying`);
     this.#pause = 0;
     this.#retry();
   }
@@ -399,7 +401,7 @@ export class HttpTransport {
       }
       this.#timer = undefined;
       this.#pause = 0;
-      this.#log(`${new Date().toISOString()} warn http accepting connections again`);
+      this.#log("http accepting connections again");
     }, this.#pause);
   }
 
@@ -704,6 +706,12 @@ export class HttpTransport {
   cut(): void {
     for (const socket of this.#sockets.keys()) socket.destroy();
   }
+}
+
+/** The default of `log`: the message with the time and `warn`, on stderr. */
+function warnToStderr(message: string): void {
+  // deno-lint-ignore no-console
+  console.error(`${new Date().toISOString()} warn ${message}`);
 }
 
 const REQUEST_TIMEOUT = Buffer.from(

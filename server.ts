@@ -263,6 +263,7 @@ class ServerImpl implements MessageServer {
         ...(options.http.maxPipelined !== undefined
           ? { maxPipelined: options.http.maxPipelined }
           : {}),
+        log: (level: LogLevel, message: string) => this.log(level, message),
         ...(options.http.allowedHosts !== undefined
           ? { allowedHosts: options.http.allowedHosts }
           : {}),

@@ -205,3 +205,38 @@ Deno.test({
     for (const c of held) c.close();
   },
 });
+
+Deno.test({
+  name: "the HTTP door's descriptor warnings follow --log-format json",
+  ignore: !linux,
+  sanitizeResources: false,
+  async fn() {
+    // They were written as text lines into a JSON log (a log shipper drops or misreads them).
+    const ulimit = 256;
+    await using server = await start(["--log-format", "json", "--log-level", "warn"], ulimit);
+    const conns: Deno.Conn[] = [];
+    for (let i = 0; i < ulimit + 40; i++) {
+      try {
+        const c = await deadline(
+          Deno.connect({ hostname: "127.0.0.1", port: server.http }),
+          "a connection",
+        );
+        conns.push(c);
+        await c.write(enc.encode("GET /x"));
+      } catch {
+        break;
+      }
+    }
+    await poll(
+      () => server.log.some((l) => l.includes("http accept failed")),
+      () => `an accept warning (log: ${server.log.join(" | ")})`,
+      { interval: 50 },
+    );
+    for (const c of conns) c.close();
+    const warnings = server.log.filter((l) => l.includes("http accept"));
+    for (const line of warnings) {
+      const entry = JSON.parse(line);
+      assertEquals(entry.level, "warn", line);
+    }
+  },
+});
