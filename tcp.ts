@@ -30,6 +30,7 @@ import type { Metrics } from "./metrics.ts";
 import type { MessageStream } from "./mod.ts";
 import { defaultMaxConnections, intOption, type LogLevel, waitAtMost } from "./options.ts";
 import { Session, type Transport, unprompted } from "./protocol.ts";
+import { secureContext, TlsOverTcp } from "./tls_conn.ts";
 
 /** Writes one log line; the server decides what is shown. */
 export type Log = (level: LogLevel, message: string) => void;
@@ -165,6 +166,8 @@ export class TcpDoor {
   /** Resolves when the door has stopped accepting (its listener closed). */
   readonly accepting: Promise<void>;
   readonly #listener: Deno.Listener;
+  /** With TLS: the context each accepted TCP connection is served with (tls_conn.ts). */
+  readonly #tlsContext: ReturnType<typeof secureContext> | undefined;
   readonly #connections = new Set<Connection>();
   /**
    * How many connection queues hold each shared buffer (a slab, or a large frame's own
@@ -217,9 +220,16 @@ export class TcpDoor {
       throw new TypeError("Cannot serve TLS: give both cert and key");
     }
     this.tls = cert !== undefined;
-    this.#listener = cert !== undefined && key !== undefined
-      ? Deno.listenTls({ hostname, port, cert, key })
-      : Deno.listen({ hostname, port, ...(options.reusePort ? { reusePort: true } : {}) });
+    // TLS runs over TCP connections the door accepts itself (tls_conn.ts): closing one whose
+    // handshake never ends releases its descriptor at once (a Deno.TlsConn keeps it).
+    this.#tlsContext = cert !== undefined && key !== undefined
+      ? secureContext(cert, key)
+      : undefined;
+    this.#listener = Deno.listen({
+      hostname,
+      port,
+      ...(options.reusePort ? { reusePort: true } : {}),
+    });
     this.addr = this.#listener.addr as Deno.NetAddr;
     this.accepting = this.#acceptLoop();
     if (this.#pingInterval > 0) {
@@ -235,6 +245,9 @@ export class TcpDoor {
       let conn: Deno.Conn;
       try {
         conn = await this.#listener.accept();
+        if (this.#tlsContext) {
+          conn = new TlsOverTcp(conn as Deno.TcpConn, this.#tlsContext) as unknown as Deno.Conn;
+        }
       } catch (e) {
         if (this.#shutdown || e instanceof Deno.errors.BadResource) break;
         // One client's failure (reset before accept, handshake error) must not stop the server;
@@ -749,7 +762,7 @@ class Connection implements Transport {
   async #handshake(): Promise<boolean> {
     const timer = setTimeout(() => this.abort(), this.#door.handshakeTimeout);
     try {
-      await (this.conn as Deno.TlsConn).handshake();
+      await (this.conn as unknown as TlsOverTcp).handshake();
       return true;
     } catch {
       this.session.drop();

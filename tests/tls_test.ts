@@ -10,7 +10,7 @@ import { ProtocolError, RemoteStream } from "../client.ts";
 import { Inbox } from "../mod.ts";
 import { serve } from "../server.ts";
 import { connectRaw } from "./_raw_client.ts";
-import { deadline } from "./_wait.ts";
+import { deadline, poll } from "./_wait.ts";
 import { collect } from "./_recorder.ts";
 
 function hasOpenssl(): boolean {
@@ -175,14 +175,41 @@ Deno.test({
       await using server = serve({ port: 0, cert: pem.cert, key: pem.key, handshakeTimeout: 50 });
       const raw = await connectRaw(server.addr.port);
       // It sends nothing at all: only the handshake timeout can end this connection. The server
-      // lets go of it (its count of open connections falls back to 0). Deno 2.9 keeps the
-      // socket itself open until the peer sends or closes, so the peer sees no EOF: it is
-      // closed here.
-      for (let i = 0; i < 1000 && server.metrics.connections.tcp !== 0; i++) {
-        await new Promise((r) => setTimeout(r, 10));
-      }
+      // lets go of it (its count of open connections falls back to 0) and closes the socket
+      // (the door owns the TCP connection under TLS: tls_conn.ts), so the peer sees the end.
+      await raw.ended();
       assertEquals([server.metrics.accepted.tcp, server.metrics.connections.tcp], [1, 0]);
       await raw.close();
+      await roundTrip(server.addr.port, pem.cert);
+    } finally {
+      await pem.remove();
+    }
+  },
+});
+
+Deno.test({
+  name:
+    "Silent peers on the TLS port: at the handshake timeout the process releases their descriptors",
+  ignore: !OPENSSL,
+  async fn() {
+    const pem = await makeCert();
+    const fds = () => [...Deno.readDirSync("/proc/self/fd")].length;
+    try {
+      await using server = serve({ port: 0, cert: pem.cert, key: pem.key, handshakeTimeout: 100 });
+      const before = fds();
+      // 20 peers that never start their handshake, 20 that send the first bytes of one.
+      const peers: Deno.TcpConn[] = [];
+      for (let i = 0; i < 40; i++) {
+        const c = await Deno.connect({ hostname: "127.0.0.1", port: server.addr.port });
+        if (i % 2) await c.write(new Uint8Array([0x16, 0x03, 0x01, 0x00, 0xa5, 0x01]));
+        peers.push(c);
+      }
+      await poll(() => server.metrics.accepted.tcp === 40, "the 40 peers to be accepted");
+      // At the timeout the door lets go of them and this process holds only the peers' own 40
+      // descriptors (a Deno.TlsConn kept the server's 40 until each peer sent or closed).
+      await poll(() => server.metrics.connections.tcp === 0, "the door to let go of them");
+      await poll(() => fds() === before + 40, () => `descriptors: ${fds()}, ${before} before`);
+      for (const c of peers) c.close();
       await roundTrip(server.addr.port, pem.cert);
     } finally {
       await pem.remove();
