@@ -123,10 +123,13 @@ export interface Engine {
    *
    * @param stream The stream's name.
    * @param message The message.
+   * @param json The message's JSON text when the caller has it (a plain put line's slice):
+   * exactly what a `JsonCodec` encodes `message` to. An engine may send it instead of encoding
+   * the message again; with a codec that is not a `JsonCodec` it must ignore it.
    * @returns The put's position.
    * @throws {EngineUnavailableError} When the engine cannot be reached.
    */
-  put(stream: string, message: unknown): Promise<Position>;
+  put(stream: string, message: unknown, json?: string): Promise<Position>;
   /**
    * Sets (or, with `null`, clears) the header and tells every node.
    *
@@ -240,6 +243,30 @@ export class EngineStream extends StreamState {
   resumeFrom: Position | undefined = undefined;
 }
 
+const engineCores = new WeakMap<object, EngineCore>();
+
+/**
+ * The engine core of a hub, when it has one: the doors' put path for a line whose message's JSON
+ * text they have (protocol.ts, a plain put line). Internal.
+ *
+ * @param hub The hub.
+ * @returns Its engine core, or `undefined` for a hub without an engine.
+ */
+export function engineCoreOf(hub: object): EngineCore | undefined {
+  return engineCores.get(hub);
+}
+
+/**
+ * Makes a hub's engine core reachable through {@linkcode engineCoreOf}; the hub's constructor
+ * calls it.
+ *
+ * @param hub The hub.
+ * @param core Its engine core.
+ */
+export function registerEngineCore(hub: object, core: EngineCore): void {
+  engineCores.set(hub, core);
+}
+
 /**
  * The core of a hub with an engine: the one place that joins listeners from the engine's
  * snapshots and resyncs them when events were missed, for any {@linkcode Engine}. This node
@@ -276,15 +303,31 @@ export class EngineCore extends Streams<EngineStream> {
     }, codec);
   }
 
-  /** Puts through the engine; resolves once this node's listeners have the put. */
-  async put(stream: string, message: unknown): Promise<Position> {
-    this.checkName(stream);
-    this.checkMessage(stream, message);
-    this.checkSize(stream, message);
-    const at = await this.#engine.put(stream, message);
+  /**
+   * Puts through the engine; resolves once this node's listeners have the put.
+   *
+   * @param stream The stream's name.
+   * @param message The message.
+   * @param json The message's JSON text when the caller has it (see `Engine.put`).
+   * @returns The put's position.
+   */
+  put(stream: string, message: unknown, json?: string): Promise<Position> {
+    // Not async: a put is the engine's promise and one step, not three.
+    try {
+      this.checkName(stream);
+      this.checkMessage(stream, message);
+      this.checkSize(stream, message, undefined, json);
+    } catch (e) {
+      return Promise.reject(e);
+    }
+    return this.#engine.put(stream, message, json).then(this.#counted);
+  }
+
+  /** Counts a put the engine took; its position, without whatever else the engine added. */
+  readonly #counted = (at: Position): Position => {
     this.puts++;
     return { epoch: at.epoch, seq: at.seq };
-  }
+  };
 
   /** Sets or clears the header through the engine. */
   async header(stream: string, message: unknown): Promise<void> {

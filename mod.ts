@@ -49,7 +49,7 @@ import {
   registerSync,
   StreamNotFoundError,
 } from "./core.ts";
-import { type Engine, EngineCore } from "./engine.ts";
+import { type Engine, EngineCore, registerEngineCore } from "./engine.ts";
 import { intOption } from "./options.ts";
 import type { DurableStore } from "./store.ts";
 import type {
@@ -276,7 +276,9 @@ export class MessageStream implements Streamer {
     this.#maxName = intOption("maxStreamNameLength", options?.maxStreamNameLength, 256, 1);
     this.#engine = options?.engine;
     if (this.#engine) {
-      this.#core = new EngineCore(this.codec, this.#maxName, this, this.#engine);
+      const core = new EngineCore(this.codec, this.#maxName, this, this.#engine);
+      registerEngineCore(this, core);
+      this.#core = core;
     } else if (options?.store) {
       const core = options.store.core(this.codec, this.#maxName, this, limits);
       // Epochs survive restarts here: another process's epoch is a stream deleted, not lost.

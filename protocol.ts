@@ -10,6 +10,7 @@ import { type Auth, forbidden, forbiddenPattern, type Grant } from "./auth.ts";
 import { LimitExceededError } from "./budget.ts";
 import { type Codec, JsonCodec } from "./codec.ts";
 import { type SyncHub, syncOf } from "./core.ts";
+import { type EngineCore, engineCoreOf } from "./engine.ts";
 import { MAX_PAGE } from "./pattern.ts";
 import { pickNames } from "./listing.ts";
 import { encodeFrame } from "./frame.ts";
@@ -214,6 +215,8 @@ export class Session implements Listener {
    * methods that branch on it, not closures per session: an idle connection's session is small.
    */
   readonly #sync: SyncHub | undefined;
+  /** A hub's engine core (see {@linkcode engineCoreOf}): a plain put line's text goes to it. */
+  readonly #engine: EngineCore | undefined;
   #inflight = 0;
   #blocked = false;
   /** Requests waiting behind one in progress, each with its line's length. */
@@ -250,6 +253,7 @@ export class Session implements Listener {
     this.#metrics = options.metrics;
     this.#grant = options.grant;
     this.#sync = syncOf(hub);
+    this.#engine = engineCoreOf(hub);
   }
 
   /**
@@ -361,6 +365,11 @@ export class Session implements Listener {
         if (sync && this.#waiting.length === 0 && !this.#blocked && this.#inflight === 0) {
           return this.#plainPut(line, at, sync);
         }
+        // With an engine, puts go out at once when nothing waits: the text too.
+        const engine = this.#engine;
+        if (engine && this.#waiting.length === 0 && !this.#blocked) {
+          return this.#plainEnginePut(line, at, engine);
+        }
         const message = copy(line.slice(at + 1, -2));
         return this.#ordered(
           { action: "put", stream: plainName(line, at), message },
@@ -409,30 +418,67 @@ export class Session implements Listener {
     }
   }
 
+  /**
+   * A plain put line (see {@linkcode scanPlainPut}) on a hub with an engine: the checks of
+   * `put`, then the engine core's put with the message's JSON text sliced from the line, so that
+   * the node neither decodes the frame nor encodes the message for the engine. The line has no
+   * `id`: nothing is answered unless it fails.
+   */
+  #plainEnginePut(line: string, at: number, engine: EngineCore): void {
+    const name = plainName(line, at);
+    try {
+      if (this.#auth && !this.#grant) {
+        throw new ProtocolError("unauthorized", 'Send "hello" with a valid token first');
+      }
+      const stream = this.#streamName(name, "publish");
+      // Neither slice is kept past the put's batch: the node keeps nothing of a put's message
+      // (its event comes back from the engine).
+      const done = engine.put(stream, line.slice(at + 1, -2), line.slice(at, -1));
+      this.#track(done, undefined, name, line.length, false);
+    } catch (e) {
+      this.#fail(e, undefined, name);
+    }
+  }
+
   #run(f: Frame, id: unknown, size = 0): void {
     try {
       const done = this.#dispatch(f, id);
-      if (done) {
-        // An engine request: count it until it settles, then let waiting frames go.
-        this.#inflight++;
-        this.#backlog += size;
-        const barrier = f.action === "listen";
-        if (barrier) this.#blocked = true;
-        done.catch((e) => this.#fail(e, id, f.stream)).finally(() => {
-          this.#inflight--;
-          this.#backlog -= size;
-          if (barrier) this.#blocked = false;
-          this.#drain();
-          this.#checkRoom();
-          if (this.#idle && this.#inflight === 0 && (this.#waiting.length === 0 || this.#closed)) {
-            this.#idle.resolve();
-            this.#idle = undefined;
-          }
-        });
-      }
+      if (done) this.#track(done, id, f.stream, size, f.action === "listen");
     } catch (e) {
       this.#fail(e, id, f.stream);
     }
+  }
+
+  /**
+   * An engine request: counts it until it settles (a barrier holds back what comes after it),
+   * then lets waiting frames go.
+   */
+  #track(
+    done: Promise<unknown>,
+    id: unknown,
+    stream: unknown,
+    size: number,
+    barrier: boolean,
+  ): void {
+    this.#inflight++;
+    this.#backlog += size;
+    if (barrier) this.#blocked = true;
+    const settled = () => {
+      this.#inflight--;
+      this.#backlog -= size;
+      if (barrier) this.#blocked = false;
+      this.#drain();
+      this.#checkRoom();
+      if (this.#idle && this.#inflight === 0 && (this.#waiting.length === 0 || this.#closed)) {
+        this.#idle.resolve();
+        this.#idle = undefined;
+      }
+    };
+    // One reaction per request, not catch then finally.
+    done.then(settled, (e) => {
+      this.#fail(e, id, stream);
+      settled();
+    });
   }
 
   #fail(e: unknown, id: unknown, stream: unknown): void {
@@ -475,7 +521,7 @@ export class Session implements Listener {
     }
   }
 
-  #dispatch(f: Frame, id: unknown): void | Promise<void> {
+  #dispatch(f: Frame, id: unknown): void | Promise<unknown> {
     const action = f.action;
     if (action === "hello") {
       this.live = true;
@@ -564,16 +610,16 @@ export class Session implements Listener {
   }
 
   /** A put: answered at once on a memory hub, when it settles with an engine. */
-  #put(stream: string, message: unknown, id: unknown): void | Promise<void> {
+  #put(stream: string, message: unknown, id: unknown): void | Promise<unknown> {
     const sync = this.#sync;
     if (sync) {
       const at = sync.putNow(stream, message);
       if (id !== undefined) this.#position(id, stream, at);
       return;
     }
-    return this.#hub.put(stream, message).then((at) => {
-      if (id !== undefined) this.#position(id, stream, at);
-    });
+    const done = this.#hub.put(stream, message);
+    if (id === undefined) return done; // nothing to answer: no reaction of its own
+    return done.then((at) => this.#position(id, stream, at));
   }
 
   /** A header change. */

@@ -119,6 +119,8 @@ export class RedisEngine implements Engine {
   readonly #writes: WriteQueue;
   #sink: EngineSink | undefined;
   #codec: Codec | undefined;
+  /** The codec is a JsonCodec: a put's JSON text, when the caller has it, goes as it is. */
+  #json = false;
   #started: Promise<void> | undefined;
   #cmd: Client | undefined;
   #sub: Redis | undefined;
@@ -219,6 +221,7 @@ export class RedisEngine implements Engine {
     if (this.#sink) throw new TypeError("Cannot bind a RedisEngine to a second hub");
     this.#sink = sink;
     this.#codec = codec;
+    this.#json = codec instanceof JsonCodec;
     this.#probe = joinProbes.get(this);
     this.#started = this.#start();
     this.#started.catch(() => {}); // reported by each request (#client)
@@ -546,7 +549,7 @@ export class RedisEngine implements Engine {
   }
 
   /** Queues a write for the next batch; resolves with its result once it reached this node. */
-  #enqueue(stream: string, op: Op["op"], text: string): Promise<[number, string]> {
+  #enqueue(stream: string, op: Op["op"], text: string): Promise<Position> {
     if (this.#closed) return Promise.reject(new EngineUnavailableError("Engine closed"));
     return this.#writes.enqueue(stream, op, text);
   }
@@ -567,20 +570,29 @@ export class RedisEngine implements Engine {
    *
    * @param stream The stream's name.
    * @param message The message.
+   * @param json The message's JSON text when the caller has it (a plain put line's slice):
+   * exactly what a JsonCodec encodes `message` to. A JSON codec sends it as it is (the message is
+   * not encoded again); any other codec ignores it.
    * @returns The put's position.
    * @throws {TypeError} When the codec cannot encode the message.
    * @throws {EngineUnavailableError} When Redis cannot be reached.
    */
-  async put(stream: string, message: unknown): Promise<Position> {
-    const text = (this.#codec as Codec).encode(message);
-    const guard = this.#guard.ordered(this.#guard.check(
-      `Cannot put on stream "${stream.slice(0, 100)}"`,
-      text.length,
-      () => this.#isNew(stream),
-    ));
-    if (guard) await guard;
-    const [seq, epoch] = await this.#enqueue(stream, "p", text);
-    return { seq, epoch };
+  put(stream: string, message: unknown, json?: string): Promise<Position> {
+    // Not async: a put without a guard to wait for is one promise, its batch's answer.
+    let text: string;
+    let guard: Promise<void> | undefined;
+    try {
+      text = json !== undefined && this.#json ? json : (this.#codec as Codec).encode(message);
+      guard = this.#guard.ordered(this.#guard.check(
+        `Cannot put on stream "${stream.slice(0, 100)}"`,
+        text.length,
+        () => this.#isNew(stream),
+      ));
+    } catch (e) {
+      return Promise.reject(e);
+    }
+    if (guard) return guard.then(() => this.#enqueue(stream, "p", text));
+    return this.#enqueue(stream, "p", text);
   }
 
   /**

@@ -9,6 +9,7 @@
 import type { Cluster } from "ioredis";
 import { EngineUnavailableError } from "./engine.ts";
 import { keySlot } from "./redis_shard.ts";
+import type { Position } from "./types.ts";
 import { type Client, type Op, streamChannel, streamKeys, unavailable } from "./redis_scripts.ts";
 
 /** The bounds of a {@linkcode WriteQueue} and how it sends a batch. */
@@ -46,9 +47,9 @@ export class WriteQueue {
    * @param stream The stream's name.
    * @param op The operation.
    * @param text The encoded message (or header).
-   * @returns Its result, once its batch returned (and reached this node).
+   * @returns Its position (a put's), once its batch returned (and reached this node).
    */
-  enqueue(stream: string, op: Op["op"], text: string): Promise<[number, string]> {
+  enqueue(stream: string, op: Op["op"], text: string): Promise<Position> {
     if (this.#queue.length > 0 && this.#queuedChars + text.length > this.#o.maxQueued) {
       return Promise.reject(
         new EngineUnavailableError(
@@ -57,7 +58,7 @@ export class WriteQueue {
         ),
       );
     }
-    const { promise, resolve, reject } = Promise.withResolvers<[number, string]>();
+    const { promise, resolve, reject } = Promise.withResolvers<Position>();
     this.#queue.push({ stream, op, text, resolve, reject });
     this.#queuedChars += text.length;
     if (!this.#flushing && this.#inFlight < this.#o.maxInFlight) {
@@ -130,7 +131,7 @@ export async function settle(
     const answer = () => {
       for (let i = 0; i < group.length; i++) {
         const o = group[i] as Op;
-        o.resolve([Number(reply[first + 2 * i]), String(reply[first + 2 * i + 1])]);
+        o.resolve({ seq: Number(reply[first + 2 * i]), epoch: String(reply[first + 2 * i + 1]) });
       }
     };
     const reached = arrivals.get(stream);

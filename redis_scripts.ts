@@ -9,7 +9,7 @@
 import type { Redis } from "ioredis";
 import type { Codec } from "./codec.ts";
 import { type EngineEvent, type EngineSnapshot, EngineUnavailableError } from "./engine.ts";
-import type { ResetReason } from "./types.ts";
+import type { Position, ResetReason } from "./types.ts";
 
 // Per stream: a hash {epoch, seq, hc (header changes since the last put), header} and a history
 // (a Redis stream; entry ids are "<seq>-<hc>", so a position maps to an id). SYNC's KEYS: [1]
@@ -303,7 +303,8 @@ export interface Op {
   /** p (put), h (set the header), c (clear it), d (delete). */
   op: "p" | "h" | "c" | "d";
   text: string;
-  resolve: (result: [number, string]) => void;
+  /** Answers the write with its position (a put's; a header change or delete ignores it). */
+  resolve: (result: Position) => void;
   reject: (e: Error) => void;
 }
 
