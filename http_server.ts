@@ -601,6 +601,15 @@ export class HttpTransport {
     const cancel = (): void => {
       reader.cancel().catch(() => {});
     };
+    // A body that fails while its socket does not drain (an SSE response cut for a client that
+    // reads nothing) must end the socket: the wait for `drain` would last as long as the
+    // client stays, and the socket with it (a descriptor and a connection slot).
+    let failed = false;
+    let wake: (() => void) | undefined;
+    reader.closed.catch(() => {
+      failed = true;
+      wake?.();
+    });
     gone.addEventListener("abort", cancel, { once: true });
     try {
       res.writeHead(response.status, response.statusText || undefined, headers);
@@ -614,14 +623,20 @@ export class HttpTransport {
           // Backpressure: read no more until the socket has taken this (or the client went).
           await new Promise<void>((resolve) => {
             const ok = (): void => {
+              wake = undefined;
               res.off("drain", ok);
               res.off("close", ok);
               resolve();
             };
+            wake = ok;
             res.on("drain", ok);
             res.on("close", ok);
           });
           if (gone.aborted) return;
+          if (failed) {
+            res.destroy();
+            return;
+          }
         }
       }
       res.end();

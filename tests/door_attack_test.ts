@@ -6,6 +6,8 @@
 import { assert, assertEquals } from "@std/assert";
 import { TextLineStream } from "@std/streams/text-line-stream";
 import { serve } from "../server.ts";
+import { serveHttp } from "../http.ts";
+import { MessageStream } from "../mod.ts";
 import { deadline, poll } from "./_wait.ts";
 
 const serverPath = new URL("../server.ts", import.meta.url).pathname;
@@ -239,4 +241,30 @@ Deno.test({
       assertEquals(entry.level, "warn", line);
     }
   },
+});
+
+Deno.test("an SSE response cut for a client that reads nothing lets its socket go", async () => {
+  const hub = new MessageStream();
+  await using server = serveHttp(hub, {
+    port: 0,
+    heartbeatInterval: 100,
+    maxSseBufferBytes: 4 << 20,
+  });
+  const conn = await Deno.connect({ hostname: "127.0.0.1", port: server.addr.port });
+  await conn.write(enc.encode(
+    `GET /streams/big HTTP/1.1\r\nHost: 127.0.0.1:${server.addr.port}\r\n` +
+      "Accept: text/event-stream\r\n\r\n",
+  ));
+  await poll(() => hub.stats().streams === 1, "the SSE listener's stream");
+  // Far more than the sockets' buffers and the response's bound, never read: the response is
+  // cut (slow_consumer), and its socket stayed open as long as the client did, waiting to drain.
+  const message = "x".repeat(60_000);
+  for (let i = 0; i < 600; i++) {
+    await hub.put("big", message);
+    if (i % 50 === 49) await new Promise((r) => setTimeout(r, 10));
+  }
+  await poll(() => server.connections === 0, () => `${server.connections} sockets still open`, {
+    interval: 50,
+  });
+  conn.close();
 });
