@@ -260,6 +260,10 @@ export class PatternFollows<S extends PatternStream> {
   readonly #ids: WeakMap<Listener, number> = new WeakMap();
   #nextId = 0;
   readonly #sliceMs: number;
+  /** Changes whenever a queue's patterns change (the cache of `matching` is then stale). */
+  #version = 0;
+  /** The queues `matching` found for a name, for its `created` right after. */
+  #matched: { name: string; version: number; queues: [Listener, Follow<S>][] } | undefined;
   /** Whether a join is working its slice (joins take turns: see `#waitTurn`). */
   #turnTaken = false;
   /** Joins waiting for their next slice, first come first served. */
@@ -338,6 +342,7 @@ export class PatternFollows<S extends PatternStream> {
       return { pattern, streams: n };
     }
     if (!follow) this.#follows.set(queue, follow = new Follow());
+    this.#version++;
     const join = {};
     follow.patterns.set(pattern, join);
     this.#count++;
@@ -445,6 +450,7 @@ export class PatternFollows<S extends PatternStream> {
     if (!follow?.patterns.has(pattern)) return;
     if (follow.patterns.size === 1) return this.drop(queue);
     follow.patterns.delete(pattern);
+    this.#version++;
     this.#count--;
     const minus = new Map();
     for (const s of follow.streams) {
@@ -465,6 +471,7 @@ export class PatternFollows<S extends PatternStream> {
     const follow = this.#follows.get(queue);
     if (!follow) return;
     this.#follows.delete(queue);
+    this.#version++;
     this.#count -= follow.patterns.size;
     // The shared sets that hold the queue are forgotten as their last stream leaves them.
     const minus = new Map();
@@ -474,21 +481,41 @@ export class PatternFollows<S extends PatternStream> {
   }
 
   /**
+   * How many queues a new stream of this name would be followed by (each costs the memory
+   * budget's `FOLLOW_COST`): asked before the stream is made, and kept for its `created`.
+   *
+   * @param name The new stream's name.
+   * @returns How many queues have a pattern that matches it.
+   */
+  matching(name: string): number {
+    if (this.#follows.size === 0) return 0;
+    const queues: [Listener, Follow<S>][] = [];
+    for (const entry of this.#follows) if (entry[1].matches(name)) queues.push(entry);
+    this.#matched = { name, version: this.#version, queues };
+    return queues.length;
+  }
+
+  /**
    * A stream was created: every queue with a matching pattern gets its header event (`null`
    * header, seq 0) and follows it.
    *
    * @param state The new stream.
    */
   created(state: S): void {
+    const cached = this.#matched;
+    this.#matched = undefined;
     if (this.#follows.size === 0) return;
+    const known = cached?.name === state.name && cached.version === this.#version
+      ? cached.queues
+      : undefined;
     let ev: StreamEvent | undefined;
     // The queues that joined go into one plain set the stream points to while they are handed
     // the header (so that a listener's own code that drops a queue or deletes the stream from
     // inside a delivery finds them), then into one shared set: not one set per queue added.
     let joining: Set<Listener> | undefined;
-    for (const [queue, follow] of this.#follows) {
+    for (const [queue, follow] of known ?? this.#follows) {
       if (this.#host.current(state.name) !== state) break; // deleted from inside a delivery
-      if (!follow.matches(state.name)) continue;
+      if (!known && !follow.matches(state.name)) continue;
       ev ??= buildEvent(this.#host.codec, "header", state, null, state.seq, state.epoch, "join");
       if (
         this.#host.deliver(queue, ev) && this.#follows.get(queue) === follow &&

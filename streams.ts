@@ -454,7 +454,9 @@ export abstract class Streams<S extends StreamState> implements Core {
         `${what}: the server holds ${max} streams, its limit (max_streams)`,
       );
     }
-    this.limits.memory.admit(streamCost(stream) + extra, what);
+    // Every pattern listener that matches it will follow it (FOLLOW_COST each).
+    const follows = this.patterns.matching(stream) * FOLLOW_COST;
+    this.limits.memory.admit(streamCost(stream) + extra + follows, what);
   }
 
   /**

@@ -3,7 +3,7 @@
 // affected; on the memory core, the durable core and the Redis engine. And joins take turns
 // (item 2): one slice of one join per turn of the event loop, however many are in progress.
 import { assert, assertEquals } from "@std/assert";
-import { PATTERN_COST } from "../budget.ts";
+import { FOLLOW_COST, LISTEN_COST, PATTERN_COST } from "../budget.ts";
 import { MessageStream, type StreamEvent } from "../mod.ts";
 import type { MessageServer, ServeOptions } from "../server.ts";
 import { withBystander } from "./_bystander.ts";
@@ -128,6 +128,36 @@ Deno.test("Pattern joins take turns: one join's catch-up per turn of the event l
     assert(seen.size >= 10, `${seen.size} turns`);
     const shared = [...seen].filter(([, s]) => s.size > 1);
     assertEquals(shared, []);
+  } finally {
+    await hub.close();
+  }
+});
+
+Deno.test("A new stream is admitted with what its pattern listeners' follows cost: past the budget it is refused", async () => {
+  const max = 1 << 20;
+  const hub = new MessageStream({ maxMemory: max });
+  try {
+    // 400 listeners of "*": each new stream is followed 400 times (128 bytes each, 51,200 in
+    // all) besides its own 1 KiB and the listen that makes it.
+    const queues = Array.from({ length: 400 }, () => ({ put(_ev: StreamEvent) {} }));
+    for (const q of queues) await hub.listen({ pattern: "*" }, q);
+    const memory = hub.memory;
+    let made = 0;
+    let refused: unknown;
+    for (let i = 0; i < 100 && !refused; i++) {
+      refused = await hub.listen(`s${i}`, { put() {} }).then(() => void made++, (e) => e);
+    }
+    assertEquals([(refused as Error)?.name, (refused as { limit?: string })?.limit], [
+      "LimitExceededError",
+      "max_memory",
+    ]);
+    // The budget held: what the streams and their follows cost stayed within it.
+    assert(memory.held <= memory.max - memory.historyReserve, `${memory.held} held`);
+    const room = memory.max - memory.historyReserve - 400 * PATTERN_COST;
+    // Each: the stream (1 KiB + 2 bytes a character), its listen, its 400 follows.
+    const each = (i: number) => 1024 + 2 * `s${i}`.length + LISTEN_COST + 400 * FOLLOW_COST;
+    assertEquals(made, 9);
+    assert(each(0) * 9 <= room && each(0) * 10 > room, `${room} room`);
   } finally {
     await hub.close();
   }
