@@ -712,9 +712,10 @@ export class RedisEngine implements Engine {
         : cmd.msgstreamSync(...streamKeys(this.#prefix, stream), ...args, "", "", only));
     } catch (e) {
       if (f.syncs.delete(token) && sync.marked) this.#release(f);
-      if (this.#shards) {
-        // E.g. CLUSTERDOWN from a master that is back but not serving yet: a resync that
-        // failed here is retried (the hub waits for lost()).
+      if (this.#cluster) {
+        // E.g. CLUSTERDOWN from a master that is back but not serving yet, or NOSCRIPT from
+        // one restarted empty (classic pub/sub too: nothing else would call lost()): a resync
+        // that failed here is retried (the hub waits for lost()).
         this.#needLost = true;
         this.#retry();
       }
