@@ -62,6 +62,10 @@ import type { Position } from "./types.ts";
 
 export type { RedisEngineOptions } from "./redis_options.ts";
 
+/** A backslash or a control character: a JSON string that takes the codec's decode. */
+// deno-lint-ignore no-control-regex -- control characters are what it looks for
+const ESCAPED = /[\\\x00-\x1f]/;
+
 /** The message of a put whose listeners read it decoded from the frame (see `#batch`). */
 const FROM_FRAME: Readonly<Record<string, never>> = Object.freeze({});
 
@@ -843,8 +847,21 @@ export class RedisEngine implements Engine {
     try {
       eachEvent(text, (kind, seq, payload) => {
         if (kind === "e") return sink?.event(f.stream, "end", null, seq, epoch);
-        if (json && kind === "p" && (payload[0] === "{" || payload[0] === "[")) {
-          return sink?.event(f.stream, "put", FROM_FRAME, seq, epoch, payload);
+        if (json && kind === "p") {
+          const c = payload[0];
+          if (c === "{" || c === "[") {
+            return sink?.event(f.stream, "put", FROM_FRAME, seq, epoch, payload);
+          }
+          // A string without escapes (what publishers send most) is its text between the
+          // quotes: no decode (nor its depth and number checks, moot for a string). A copy, not
+          // a slice: a listener may keep the message, and a slice would keep the whole batch.
+          // Anything else (an escape, a control character, a stray quote) takes the decode.
+          if (
+            c === '"' && payload.indexOf('"', 1) === payload.length - 1 && !ESCAPED.test(payload)
+          ) {
+            const message = (" " + payload.slice(1, -1)).slice(1);
+            return sink?.event(f.stream, "put", message, seq, epoch, payload);
+          }
         }
         let message: unknown;
         try {
