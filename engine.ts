@@ -25,7 +25,7 @@
  */
 
 import { LISTEN_COST } from "./budget.ts";
-import type { Codec } from "./codec.ts";
+import { type Codec, JsonCodec } from "./codec.ts";
 import { Streams, StreamState } from "./core.ts";
 import { buildEvent } from "./frame.ts";
 import { checkPattern, matchPattern } from "./pattern.ts";
@@ -316,7 +316,12 @@ export class EngineCore extends Streams<EngineStream> {
     try {
       this.checkName(stream);
       this.checkMessage(stream, message);
-      this.checkSize(stream, message, undefined, json);
+      // A JSON codec's text of n UTF-16 units is at most 3n bytes: one within the limit is not
+      // encoded to be measured.
+      const bound = json !== undefined && this.codec instanceof JsonCodec
+        ? json.length * 3
+        : undefined;
+      this.checkSize(stream, message, bound, json);
     } catch (e) {
       return Promise.reject(e);
     }
