@@ -8,6 +8,7 @@ import { TextLineStream } from "@std/streams/text-line-stream";
 import { serve } from "../server.ts";
 import { serveHttp } from "../http.ts";
 import { MessageStream } from "../mod.ts";
+import { HttpTransport } from "../http_server.ts";
 import { deadline, poll } from "./_wait.ts";
 
 const serverPath = new URL("../server.ts", import.meta.url).pathname;
@@ -267,4 +268,26 @@ Deno.test("an SSE response cut for a client that reads nothing lets its socket g
     interval: 50,
   });
   conn.close();
+});
+
+Deno.test("requests pipelined past --http-max-pipelined are not even parsed once the connection is closed", async () => {
+  let handled = 0;
+  const transport = new HttpTransport(() => {
+    handled++;
+    return Promise.resolve(new Response("x".repeat(5000)));
+  }, { hostname: "127.0.0.1", port: 0, maxPipelined: 8 });
+  try {
+    const request = `GET /x HTTP/1.1\r\nHost: 127.0.0.1:${transport.addr.port}\r\n\r\n`;
+    // 2,000 requests in one write: the runtime's parser took a whole read (64 KiB, about 1,600
+    // of them) at once, making a request and a response object for each after the close.
+    const conn = await pipeline(transport.addr.port, request, 2000);
+    await deadline(drain(conn), "the server closing the connection");
+    conn.close();
+    assert(handled <= 8, `${handled} handled`);
+    // At most one slice (4 KiB) of requests past the bound.
+    const perSlice = Math.ceil(4096 / request.length) + 1;
+    assert(transport.requests <= 8 + perSlice, `${transport.requests} requests parsed`);
+  } finally {
+    await transport.shutdown();
+  }
 });
