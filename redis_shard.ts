@@ -335,6 +335,8 @@ export class ShardPool {
   readonly #where = new Map<string, ShardSubscriber>();
   /** Masters named by `MOVED` answers, by slot (newer than the command client's view). */
   readonly #moved = new Map<number, string>();
+  /** The slot map at the last `recheck`. */
+  readonly #map: (string | undefined)[] = [];
   #closed = false;
 
   /** @param options The seed URL, and what to tell the engine. */
@@ -396,6 +398,17 @@ export class ShardPool {
    */
   recheck(): void {
     if (this.#closed) return;
+    // The periodic refresh mostly finds the same map: then only a MOVED answer seen since can
+    // have put a channel elsewhere (16,384 lookups, not a hash of every followed channel).
+    let changed = this.#moved.size > 0;
+    for (let slot = 0; slot < 16384; slot++) {
+      const master = this.#o.masterOf(slot);
+      if (master !== this.#map[slot]) {
+        this.#map[slot] = master;
+        changed = true;
+      }
+    }
+    if (!changed) return;
     // The refreshed map is newer than any MOVED answer seen before it.
     this.#moved.clear();
     const lost: string[] = [];
