@@ -95,8 +95,13 @@ export class RedisMemoryGuard {
   #memory: RedisMemory | undefined;
   #readAt = -Infinity;
   #reading: Promise<void> | undefined;
-  /** Bytes written through this guard since the reading in use was started. */
+  /**
+   * Bytes written through this guard since the reading before the one in use was started
+   * (those since may not have reached Redis when it was read).
+   */
   #written = 0;
+  /** Of `#written`, what was decided before the reading in use was started. */
+  #lagging = 0;
   /** The last write still waiting (see `ordered`): later writes wait behind it. */
   #gate: Promise<void> | undefined;
 
@@ -124,8 +129,8 @@ export class RedisMemoryGuard {
   }
 
   /**
-   * Whether Redis is past the share: the last reading, plus what this node wrote since it was
-   * started.
+   * Whether Redis is past the share: the last reading, plus what this node wrote since the
+   * reading before it was started.
    */
   get over(): boolean {
     const m = this.#memory;
@@ -140,8 +145,12 @@ export class RedisMemoryGuard {
     this.#readAt = performance.now();
     const before = this.#written;
     this.#reading = this.#read().then((infos) => {
-      // What was written before the read started is in the reading now.
-      this.#written -= before;
+      // What was decided before the previous read started is in Redis by now; what was decided
+      // since may still wait in this node's batches, behind the read (ten clients pipelining
+      // headers kept tens of MB there: forgetting them let Redis pass maxmemory), so it counts
+      // until the next reading.
+      this.#written -= this.#lagging;
+      this.#lagging = before - this.#lagging;
       let fullest: RedisMemory | undefined;
       for (const info of infos) {
         const m = parseMemoryInfo(info);
