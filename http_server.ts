@@ -702,6 +702,10 @@ export class HttpTransport {
       sliced.upgraded = true;
       socket.removeListener("data", sliced.feed);
     }
+    // Until the WebSocket takes the socket over (after the handler's answer, a turn or more
+    // later), what the client sends behind its request (frames need not wait for the 101) stays
+    // in the socket: a flowing socket with no reader would drop it.
+    socket.pause();
     socket.on("error", () => {});
     if (this.#stateOf(socket)?.refused) {
       // Over --max-connections: no WebSocket either.

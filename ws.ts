@@ -279,6 +279,10 @@ export class WsConnection implements Transport {
   #wait = 1;
   /** Close once the queue has drained (a session's `close`). */
   #closeWhenDrained = false;
+  /** Reading is paused until the session's backlog falls (see `#holdBack`). */
+  #paused = false;
+  /** The backlog's bytes reported to the memory budget (see `backlogChanged`). */
+  #held = 0;
   /** Resolved when the socket has closed. */
   readonly closed: PromiseWithResolvers<void> = Promise.withResolvers();
 
@@ -463,6 +467,7 @@ export class WsConnection implements Transport {
     clearTimeout(this.#authTimer);
     this.#drop();
     this.session.drop();
+    this.backlogChanged();
     this.#door.remove(this);
     this.closed.resolve();
   }
@@ -478,6 +483,38 @@ export class WsConnection implements Transport {
     metrics.bytesIn += bytes;
     if (bytes > this.#door.maxMessage) return this.#oversize();
     this.session.handle(data);
+    this.backlogChanged();
+    this.#holdBack();
+  }
+
+  /**
+   * The requests waiting behind one in progress count in the hub's memory budget (`lines`), as
+   * the TCP door's do.
+   */
+  backlogChanged(): void {
+    const held = this.#closed ? 0 : this.session.backlog;
+    if (held === this.#held) return;
+    this.#door.hub.memory.lines += held - this.#held;
+    this.#held = held;
+  }
+
+  /**
+   * Requests waiting behind one in progress (a listen, a pattern join, an engine call) past one
+   * message's worth: stop reading the socket until they fall back under it, as the TCP door
+   * does, so that a peer pipelining behind a slow join is held back by TCP, not buffered here.
+   * (An embedded door's runtime WebSocket cannot pause: there the session queues them.)
+   */
+  #holdBack(): void {
+    const socket = this.#socket;
+    if (this.#paused || !(socket instanceof WireWebSocket)) return;
+    const room = this.session.backlogAtMost(this.#door.maxMessage);
+    if (!room) return;
+    this.#paused = true;
+    socket.pause();
+    room.then(() => {
+      this.#paused = false;
+      if (!this.#closed) socket.resume();
+    });
   }
 
   /** An incoming message passed the limit: say so, close with 1009 (Message Too Big). */

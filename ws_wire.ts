@@ -156,9 +156,10 @@ export class WireWebSocket {
       "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\n" +
         `sec-websocket-accept: ${acceptKey(key)}\r\n\r\n`,
     );
-    const ws = new WireWebSocket(socket, limits);
-    if (head.byteLength > 0) ws.#data(Buffer.from(head));
-    return ws;
+    // What came behind the request goes back into the socket, read once the caller has set
+    // `onmessage` (the socket flows again on a later tick): read here it would be lost.
+    if (head.byteLength > 0) socket.unshift(Buffer.from(head));
+    return new WireWebSocket(socket, limits);
   }
 
   private constructor(socket: Duplex, limits: WireLimits) {
@@ -168,6 +169,8 @@ export class WireWebSocket {
     this.#closeTimeout = limits.closeTimeout ?? 2_000;
     this.readyState = OPEN;
     socket.on("data", (chunk: Buffer) => this.#data(chunk));
+    // The transport hands the socket over paused (see `HttpTransport`): read it now.
+    socket.resume();
     socket.on("error", (e) => this.onerror?.(e));
     socket.once("close", () => this.#ended());
     // The peer ended its side (with or without a close frame): the door's sockets are
@@ -182,6 +185,20 @@ export class WireWebSocket {
     });
     (socket as { setNoDelay?: (b: boolean) => void }).setNoDelay?.(true);
     this.#idleTimer = setTimeout(this.#idleCheck, this.#idle);
+  }
+
+  /**
+   * Stops reading the socket until {@linkcode WireWebSocket.resume}: the peer's further messages
+   * wait in the kernel's buffers and then in its own (backpressure). Messages already read in
+   * the current chunk are still delivered.
+   */
+  pause(): void {
+    if (!this.#discard) this.#socket.pause();
+  }
+
+  /** Reads the socket again after {@linkcode WireWebSocket.pause}. */
+  resume(): void {
+    if (!this.#discard) this.#socket.resume();
   }
 
   /** Bytes written but not yet taken by the operating system. */
