@@ -195,6 +195,8 @@ export interface ServeOptions extends MessageStreamOptions {
    * @default {90}
    */
   redisMaxMemoryPercent?: number;
+  /** With `redis`: milliseconds before an unanswered Redis command fails (see RedisEngineOptions). */
+  redisCommandTimeout?: number;
   /**
    * With `redis`: the URL is a node of a Redis Cluster (each stream in its hash tag's slot).
    *
@@ -652,6 +654,14 @@ const SERVE_OPTIONS: readonly OptionSpec[] = [
       "streams and headers with redis_memory (default 90; 0: off)",
     max: 100,
     key: "redisMaxMemoryPercent",
+  },
+  {
+    name: "redis-command-timeout",
+    kind: "int",
+    arg: "MS",
+    help: "with --redis: a command Redis has not answered in MS is\n" +
+      "answered engine_unavailable (default 10000; 0: wait for ever)",
+    key: "redisCommandTimeout",
   },
   {
     name: "redis-cluster",

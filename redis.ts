@@ -104,6 +104,7 @@ export class RedisEngine implements Engine {
   readonly #historyMessages: number;
   readonly #connectTimeout: number;
   readonly #slotsRefresh: number;
+  readonly #commandTimeout: number;
   readonly #cluster: boolean;
   readonly #wantSharded: boolean;
   /** Sharded pub/sub's subscribers, once the cluster was found to have it (see #detect). */
@@ -161,6 +162,7 @@ export class RedisEngine implements Engine {
     this.#historyMessages = intOption("historyMessages", options?.historyMessages, 1000, 0);
     this.#connectTimeout = intOption("connectTimeout", options?.connectTimeout, 10_000, 0);
     this.#slotsRefresh = intOption("slotsRefreshInterval", options?.slotsRefreshInterval, 2000, 0);
+    this.#commandTimeout = intOption("commandTimeout", options?.commandTimeout, 10_000, 0);
 
     this.#cluster = options?.cluster ?? false;
     this.#wantSharded = options?.shardedPubSub ?? true;
@@ -239,6 +241,7 @@ export class RedisEngine implements Engine {
       autoResendUnfulfilledCommands: false,
       maxRetriesPerRequest: 0,
       connectTimeout: this.#connectTimeout,
+      commandTimeout: this.#commandTimeout || undefined,
       retryStrategy: (times: number) => Math.min(50 * times, 500),
     };
     // Auto-pipelining batches the scripts of one tick into one write; order is kept.

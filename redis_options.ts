@@ -88,6 +88,16 @@ export interface RedisEngineOptions {
    */
   slotsRefreshInterval?: number;
   /**
+   * Milliseconds to wait for Redis to answer a command (a batch's script call, a join's
+   * snapshot) before it is answered `EngineUnavailableError` (`engine_unavailable`: it may or may
+   * not have been applied, as when a connection drops mid-call). Without it, a Redis that stops
+   * answering without closing the connection (a network partition, a hung server) would hold
+   * every write for as long as that lasts. 0: wait for ever.
+   *
+   * @default {10000}
+   */
+  commandTimeout?: number;
+  /**
    * Milliseconds to wait for a connection to Redis.
    *
    * @default {10000}

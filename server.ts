@@ -177,6 +177,9 @@ class ServerImpl implements MessageServer {
           ? { maxMemoryPercent: options.redisMaxMemoryPercent }
           : {}),
         ...(options.redisClassicPubSub ? { shardedPubSub: false } : {}),
+        ...(options.redisCommandTimeout !== undefined
+          ? { commandTimeout: options.redisCommandTimeout }
+          : {}),
         ...(options.historyMessages !== undefined
           ? { historyMessages: options.historyMessages }
           : {}),
