@@ -31,6 +31,13 @@ import process from "node:process";
 
 const GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 
+/**
+ * Most frames one message may come in (16,384, the policy of the npm `ws` package): each costs
+ * about a microsecond of CPU however small, so a message of a million one-byte fragments would
+ * hold the event loop for a second. Past it the socket is closed with 1008.
+ */
+export const MAX_FRAGMENTS = 16_384;
+
 /** The bounds of one socket. */
 export interface WireLimits {
   /** Largest incoming message (all its fragments), in bytes. */
@@ -128,6 +135,8 @@ export class WireWebSocket {
   #msg: Buffer | undefined;
   #opcode = 0;
   #size = 0;
+  /** Frames of the message in progress (see {@linkcode MAX_FRAGMENTS}). */
+  #fragments = 0;
   /** Incoming bytes are dropped (an oversize message, or after a close). */
   #discard = false;
   #closeSent = false;
@@ -383,6 +392,9 @@ export class WireWebSocket {
         if (opcode > 10) return this.#fail(1002, `Unknown opcode ${opcode}`);
       } else if (opcode === 0) {
         if (this.#opcode === 0) return this.#fail(1002, "Continuation without a message");
+        if (++this.#fragments >= MAX_FRAGMENTS) {
+          return this.#fail(1008, `More than ${MAX_FRAGMENTS} frames in one message`);
+        }
       } else if (opcode === 1 || opcode === 2) {
         if (this.#opcode !== 0) return this.#fail(1002, "New message inside a fragmented one");
       } else return this.#fail(1002, `Unknown opcode ${opcode}`);
@@ -415,6 +427,7 @@ export class WireWebSocket {
     this.#msg = undefined;
     this.#opcode = 0;
     this.#size = 0;
+    this.#fragments = 0;
     if (text) {
       let data: string;
       try {
