@@ -195,7 +195,14 @@ export interface ServeOptions extends MessageStreamOptions {
    * @default {90}
    */
   redisMaxMemoryPercent?: number;
-  /** With `redis`: milliseconds before an unanswered Redis command fails (see RedisEngineOptions). */
+  /**
+   * With `redis`: milliseconds before an unanswered Redis command fails `engine_unavailable`;
+   * a connection silent that long while it owes an answer is treated as lost (made again,
+   * listeners resynced), and subscribers are PINGed at this interval (see `RedisEngineOptions`).
+   * 0: wait for ever.
+   *
+   * @default {10000}
+   */
   redisCommandTimeout?: number;
   /**
    * With `redis`: the URL is a node of a Redis Cluster (each stream in its hash tag's slot).
@@ -660,7 +667,8 @@ const SERVE_OPTIONS: readonly OptionSpec[] = [
     kind: "int",
     arg: "MS",
     help: "with --redis: a command Redis has not answered in MS is\n" +
-      "answered engine_unavailable (default 10000; 0: wait for ever)",
+      "answered engine_unavailable and its silent connection made again\n" +
+      "(listeners resync); subscribers PINGed as often (default 10000; 0: for ever)",
     key: "redisCommandTimeout",
   },
   {

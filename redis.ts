@@ -103,6 +103,10 @@ export class RedisEngine implements Engine {
   readonly #prefix: string;
   readonly #historyMessages: number;
   readonly #connectTimeout: number;
+  /** Connections closed for that silence so far (a failed call knows it was one of them). */
+  #timeouts = 0;
+  /** PINGs the subscriber connections every `commandTimeout` ms. */
+  #pinger: ReturnType<typeof setInterval> | undefined;
   readonly #slotsRefresh: number;
   readonly #commandTimeout: number;
   readonly #cluster: boolean;
@@ -242,6 +246,8 @@ export class RedisEngine implements Engine {
       maxRetriesPerRequest: 0,
       connectTimeout: this.#connectTimeout,
       commandTimeout: this.#commandTimeout || undefined,
+      // A connection that owes an answer and reads nothing this long is destroyed and made again.
+      ...(this.#commandTimeout > 0 ? { socketTimeout: this.#commandTimeout } : {}),
       retryStrategy: (times: number) => Math.min(50 * times, 500),
     };
     // Auto-pipelining batches the scripts of one tick into one write; order is kept.
@@ -276,8 +282,20 @@ export class RedisEngine implements Engine {
     this.#cmd = cmd;
     this.#sub = sub;
     // Errors are answered per request (engine_unavailable); the client reconnects by itself.
-    cmd.on("error", () => {});
-    sub.on("error", () => {});
+    const quiet = (e: unknown) => {
+      if (/^Socket timeout/.test((e as Error)?.message ?? "")) this.#timeouts++;
+    };
+    cmd.on("error", quiet);
+    if (this.#cluster) cmd.on("node error", quiet);
+    sub.on("error", quiet);
+    if (this.#commandTimeout > 0) {
+      // A subscriber owes nothing between events: a PING makes it owe an answer, so a quiet one
+      // is closed by the socket timeout like a command connection (then resubscribed, resynced).
+      this.#pinger = setInterval(() => {
+        if (sub.status === "ready") sub.ping().catch(() => {});
+        this.#shards?.ping();
+      }, this.#commandTimeout);
+    }
     cmd.on("close", () => {
       this.#cmdUp = false;
       this.#linkDown(`lost the connection to ${redactUrl(this.#url)}`);
@@ -548,11 +566,34 @@ export class RedisEngine implements Engine {
       createdChannel: this.#createdChannel,
       nonce: () => `${this.#node}${(this.#counter++).toString(16)}`,
     });
+    const timeouts = this.#timeouts;
     await Promise.all(
       calls.map(([streams, call]) =>
-        settle(streams, groups, call, arrivals, (stream) => this.#arrived(stream, tag))
+        settle(
+          streams,
+          groups,
+          this.#bounded(call, timeouts),
+          arrivals,
+          (stream) => this.#arrived(stream, tag),
+        )
       ),
     );
+  }
+
+  /**
+   * A script call whose failure says so when a connection was closed for its silence meanwhile
+   * (see `commandTimeout`), rather than ioredis' words for a dropped connection.
+   */
+  #bounded<T>(call: Promise<T>, timeouts: number): Promise<T> {
+    return call.catch((e) => {
+      if (this.#timeouts === timeouts && (e as Error)?.message !== "Command timed out") throw e;
+      throw new Error(
+        `no answer within ${this.#commandTimeout} ms (commandTimeout, --redis-command-timeout): ` +
+          "the connection is treated as lost and made again; the write may have been applied " +
+          "(listeners resync)",
+        { cause: e },
+      );
+    });
   }
 
   /** Queues a write for the next batch; resolves with its result once it reached this node. */
@@ -937,6 +978,7 @@ export class RedisEngine implements Engine {
     this.#follows.clear();
     this.#channels.clear();
     clearTimeout(this.#retryTimer);
+    clearInterval(this.#pinger);
     this.#shards?.close();
     await Promise.all([this.#cmd, this.#sub].map((c) => c ? quit(c) : undefined));
   }

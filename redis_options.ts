@@ -92,7 +92,12 @@ export interface RedisEngineOptions {
    * snapshot) before it is answered `EngineUnavailableError` (`engine_unavailable`: it may or may
    * not have been applied, as when a connection drops mid-call). Without it, a Redis that stops
    * answering without closing the connection (a network partition, a hung server) would hold
-   * every write for as long as that lasts. 0: wait for ever.
+   * every write for as long as that lasts. A connection that owes an answer and reads nothing
+   * for that long is treated as lost, as if it had dropped: it is closed and made again, and
+   * every stream followed here resyncs (catch-up or `reset`). The subscriber connections are
+   * sent a `PING` every such interval, so a subscriber that went quiet while writes still work is
+   * found too (within twice this bound). A script that runs longer than this on the server counts
+   * as silence. 0: wait for ever.
    *
    * @default {10000}
    */

@@ -31,7 +31,8 @@ export interface ShardSubscriberOptions {
 type Pending =
   | { kind: "auth"; resolve: () => void; reject: (e: Error) => void }
   | { kind: "sub"; channel: string; resolve: () => void; reject: (e: Error) => void }
-  | { kind: "unsub"; channel: string };
+  | { kind: "unsub"; channel: string }
+  | { kind: "ping" };
 
 type Value = string | number | null | Error | Value[];
 
@@ -75,6 +76,8 @@ export class ShardSubscriber {
   #buf: Uint8Array = new Uint8Array(0);
   #closed = false;
   #up = false;
+  /** Bytes read since the last `ping`'s PING was sent; undefined: none out. */
+  #pinged: boolean | undefined;
   /** Channels confirmed on this connection. */
   readonly channels: Set<string> = new Set();
 
@@ -166,6 +169,22 @@ export class ShardSubscriber {
     this.#write(command(["SUNSUBSCRIBE", channel]));
   }
 
+  /**
+   * Liveness: called every `commandTimeout` ms. When the PING sent by the previous call was
+   * followed by no byte at all since, the connection went quiet: it is closed (`onClose`: its
+   * channels are lost, then subscribed again and resynced). Otherwise a new PING is sent.
+   */
+  ping(): void {
+    if (!this.#up || this.#closed) return;
+    if (this.#pinged === false) {
+      this.close();
+      return;
+    }
+    this.#pinged = false;
+    this.#pending.push({ kind: "ping" });
+    this.#write(command(["PING"]));
+  }
+
   /** Closes the connection; `onClose` is called if it was connected. */
   close(): void {
     if (this.#closed) return;
@@ -191,6 +210,7 @@ export class ShardSubscriber {
       for (;;) {
         const n = await conn.read(chunk);
         if (n === null) break;
+        if (this.#pinged === false) this.#pinged = true;
         this.#feed(chunk.subarray(0, n));
       }
     } catch { /* closed or reset */ }
@@ -208,7 +228,7 @@ export class ShardSubscriber {
     const pending = this.#pending;
     this.#pending = [];
     const error = new Error("Shard subscriber connection closed");
-    for (const p of pending) if (p.kind !== "unsub") p.reject(error);
+    for (const p of pending) if (p.kind === "auth" || p.kind === "sub") p.reject(error);
     if (wasUp) this.#o.onClose();
   }
 
@@ -235,6 +255,10 @@ export class ShardSubscriber {
     if (Array.isArray(v) && typeof v[0] === "string") {
       const kind = v[0];
       const channel = String(v[1]);
+      if (kind === "pong") {
+        if (this.#pending[0]?.kind === "ping") this.#pending.shift();
+        return;
+      }
       if (kind === "smessage") {
         if (this.channels.has(channel)) this.#o.onMessage(channel, String(v[2]));
         return;
@@ -260,7 +284,7 @@ export class ShardSubscriber {
       }
     }
     const p = this.#pending.shift();
-    if (!p || p.kind === "unsub") return;
+    if (!p || p.kind === "unsub" || p.kind === "ping") return;
     if (v instanceof Error) p.reject(v);
     else p.resolve();
   }
@@ -462,6 +486,11 @@ export class ShardPool {
       }
     }
     if (lost.length > 0 && !this.#closed) this.#o.onLost(lost);
+  }
+
+  /** Liveness of every connection (see {@linkcode ShardSubscriber.ping}). */
+  ping(): void {
+    for (const [s] of this.#subs.values()) s.ping();
   }
 
   /** Closes every connection. */

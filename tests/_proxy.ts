@@ -24,8 +24,11 @@
 
 import { deadline, TIMEOUT } from "./_wait.ts";
 
-/** One proxied connection: the client side, and the upstream side once it is connected. */
-type Pair = [client: Deno.TcpConn, upstream: Deno.TcpConn | undefined];
+/**
+ * One proxied connection: the client side, the upstream side once it is connected, and whether
+ * it is muted (see {@linkcode TcpProxy.mute}).
+ */
+type Pair = [client: Deno.TcpConn, upstream: Deno.TcpConn | undefined, muted?: boolean];
 
 /**
  * A TCP proxy on `127.0.0.1` (an ephemeral port) to a local target port.
@@ -137,12 +140,12 @@ export class TcpProxy implements AsyncDisposable {
     if (!this.#pairs.has(pair)) return this.#close(pair); // cut while connecting
     const upstream = pair[1];
     await Promise.all([
-      this.#pipe(client, upstream, true).finally(() => this.#close(pair)),
-      this.#pipe(upstream, client, false).finally(() => this.#close(pair)),
+      this.#pipe(client, upstream, true, pair).finally(() => this.#close(pair)),
+      this.#pipe(upstream, client, false, pair).finally(() => this.#close(pair)),
     ]);
   }
 
-  async #pipe(from: Deno.TcpConn, to: Deno.TcpConn, up: boolean): Promise<void> {
+  async #pipe(from: Deno.TcpConn, to: Deno.TcpConn, up: boolean, pair: Pair): Promise<void> {
     const buf = new Uint8Array(64 * 1024);
     try {
       while (true) {
@@ -153,6 +156,7 @@ export class TcpProxy implements AsyncDisposable {
           for (const wake of this.#upWaiters.splice(0)) wake();
           if (this.swallow) continue;
         }
+        if (pair[2]) continue;
         let off = 0;
         while (off < n) off += await to.write(buf.subarray(off, n));
       }
@@ -163,7 +167,7 @@ export class TcpProxy implements AsyncDisposable {
 
   #close(pair: Pair): void {
     this.#pairs.delete(pair);
-    for (const c of pair) {
+    for (const c of [pair[0], pair[1]]) {
       try {
         c?.close();
       } catch {
@@ -188,6 +192,24 @@ export class TcpProxy implements AsyncDisposable {
       () => `more than ${n} bytes from clients through the proxy (${this.bytesUp} so far)`,
       ms,
     );
+  }
+
+  /**
+   * Mutes one open connection: from now on its bytes are read and dropped both ways, and it
+   * stays open (a partition that sends no reset). Other and new connections are not affected.
+   *
+   * @param upstreamPort The local port of the connection's upstream side (what the server sees
+   * as the client's port, e.g. in Redis' `CLIENT LIST`).
+   * @returns Whether such a connection was open.
+   */
+  mute(upstreamPort: number): boolean {
+    for (const pair of this.#pairs) {
+      if ((pair[1]?.localAddr as Deno.NetAddr | undefined)?.port === upstreamPort) {
+        pair[2] = true;
+        return true;
+      }
+    }
+    return false;
   }
 
   /** Cuts every open connection, both ways; the proxy keeps accepting new ones. */

@@ -7,6 +7,7 @@ import { assertEquals, assertRejects } from "@std/assert";
 import { keySlot, ShardSubscriber } from "../redis_shard.ts";
 import { hasRedis, RedisProcess } from "./_redis.ts";
 import { deadline, poll } from "./_wait.ts";
+import { TcpProxy } from "./_proxy.ts";
 
 Deno.test("keySlot() is Redis Cluster's slot: CRC16 of the hash tag, mod 16384", () => {
   // Values from `redis-cli CLUSTER KEYSLOT`.
@@ -124,3 +125,55 @@ Deno.test({
     await cli("-a", "s3cret", "--no-auth-warning", "CONFIG", "SET", "requirepass", "");
   },
 });
+
+Deno.test({
+  name: "ShardSubscriber.ping() keeps a live connection and closes one gone quiet",
+  ignore: !hasRedis,
+  fn: async () => {
+    await using redis = await RedisProcess.start();
+    await using proxy = new TcpProxy(redis.port);
+    let closed = 0;
+    const s = new ShardSubscriber({
+      hostname: "127.0.0.1",
+      port: proxy.port,
+      tls: false,
+      username: undefined,
+      password: undefined,
+      connectTimeout: 5000,
+      onMessage: () => {},
+      onDropped: () => {},
+      onClose: () => closed++,
+    });
+    try {
+      await s.connect();
+      await s.subscribe("c:{a}:c");
+      // Answered: each later ping finds the PONG (or any byte) came, and sends another.
+      for (let i = 0; i < 3; i++) {
+        const before = proxy.bytesUp;
+        s.ping();
+        await proxy.upstreamBytes(before);
+        await s.subscribe(`c:{a${i}}:c`); // answered after the PONG: the PONG was read
+      }
+      assertEquals([s.up, closed], [true, 0]);
+      // Quiet: the next ping's PING gets nothing back, so the ping after it closes.
+      assertEquals(proxy.mute(await upstreamPortOf(redis)), true);
+      s.ping();
+      s.ping();
+      await poll(() => closed === 1, "the quiet subscriber closed");
+      assertEquals([s.up, s.channels.size], [false, 0]);
+    } finally {
+      s.close();
+    }
+  },
+});
+
+/** The client port, as Redis sees it, of its one client connection in subscriber mode. */
+async function upstreamPortOf(redis: RedisProcess): Promise<number> {
+  const out = await new Deno.Command("redis-cli", {
+    args: ["-p", String(redis.port), "CLIENT", "LIST"],
+    stdout: "piped",
+  }).output();
+  const text = new TextDecoder().decode(out.stdout);
+  const line = text.split("\n").find((l) => / ssub=[1-9]/.test(l)) ?? "";
+  return Number(/ addr=[^ ]*:(\d+) /.exec(line)?.[1]);
+}
