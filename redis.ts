@@ -140,6 +140,8 @@ export class RedisEngine implements Engine {
   readonly #onStatus: ((up: boolean, detail: string) => void) | undefined;
   #cmdWasUp = false;
   #subWasUp = false;
+  /** Times the classic subscriber moved to another cluster node (see #moveSub). */
+  #subMoves = 0;
   #closed = false;
   /** Connections of the command client so far (its "ready" events). */
   #connects = 0;
@@ -262,8 +264,17 @@ export class RedisEngine implements Engine {
       })
       : new Redis(this.#url, { ...common, enableAutoPipelining: true })) as unknown as Client;
     // In a cluster, PUBLISH reaches every node's subscribers: one connection to the seed hears
-    // every stream's channel.
-    const sub = new Redis(this.#url, { ...common, autoResubscribe: false });
+    // every stream's channel, and so does one to any other node: when the seed cannot be reached
+    // twice in a row (dead for good, its replica promoted), the subscriber moves to the next
+    // node the cluster knows, then subscribes again and the hub resyncs, as after any drop.
+    const sub = new Redis(this.#url, {
+      ...common,
+      autoResubscribe: false,
+      retryStrategy: (times: number) => {
+        if (this.#cluster && times >= 2) this.#moveSub();
+        return common.retryStrategy(times);
+      },
+    });
     if (this.#cluster) {
       // A master seen before and connected again may have restarted (or failed over): events
       // may have been missed, so every stream resyncs (its scripts see the new run_id).
@@ -313,6 +324,19 @@ export class RedisEngine implements Engine {
     sub.on("close", () => this.#subDown());
     sub.on("message", (channel: string, text: string) => this.#message(channel, text));
     await Promise.allSettled([cmd.connect(), sub.connect()]);
+  }
+
+  /** Points the classic subscriber's next connection at another node of the cluster. */
+  #moveSub(): void {
+    const sub = this.#sub;
+    if (!sub || this.#closed) return;
+    const here = `${sub.options.host}:${sub.options.port}`;
+    const others = (this.#cmd as unknown as Cluster).nodes("all")
+      .map((n) => [n.options.host ?? "127.0.0.1", n.options.port ?? 6379] as const)
+      .filter(([host, port]) => `${host}:${port}` !== here);
+    const next = others[this.#subMoves++ % Math.max(1, others.length)];
+    if (!next) return;
+    [sub.options.host, sub.options.port] = next;
   }
 
   async #subReady(): Promise<void> {

@@ -97,6 +97,13 @@ class FailoverCluster implements AsyncDisposable {
     return names;
   }
 
+  /** Kills one redis-server for good (`SIGKILL`). */
+  async kill(i: number): Promise<void> {
+    const c = this.#children[i]!;
+    c.kill("SIGKILL");
+    await c.status;
+  }
+
   async [Symbol.asyncDispose](): Promise<void> {
     for (const c of this.#children) {
       try {
@@ -180,6 +187,55 @@ Deno.test({
         assertEquals(kinds[0], "before", `${name}: ${kinds.join(", ")}`);
         assertEquals(kinds.at(-1), "later", `${name}: ${kinds.join(", ")}`);
       }
+    } finally {
+      await Promise.all([listener.close(), writer.close()]);
+    }
+  },
+});
+
+Deno.test({
+  name: "cluster, classic pub/sub: the subscriber's node killed for good (replica promoted): the " +
+    "subscriber moves to another node and the listener gets the later puts or a reset",
+  ignore: !hasRedis,
+  sanitizeOps: false,
+  sanitizeResources: false,
+  fn: async () => {
+    await using cluster = new FailoverCluster();
+    await cluster.start();
+    const engine = (port: number) =>
+      new RedisEngine({
+        url: `redis://127.0.0.1:${port}`,
+        cluster: true,
+        shardedPubSub: false,
+        prefix: "",
+        connectTimeout: 2000,
+      });
+    // The listener's URL (its one classic subscriber) is the first master, which has a replica.
+    const listener = new MessageStream({ engine: engine(cluster.ports[0]!) });
+    const writer = new MessageStream({ engine: engine(cluster.ports[1]!) });
+    try {
+      const [s1] = await cluster.namesOnFirst(1) as [string];
+      const r1 = new Recorder("listener's s1");
+      await listener.listen(s1, r1);
+      await writer.put(s1, "before");
+      await r1.waitForEvent((e) => e.message === "before");
+
+      await cluster.kill(0);
+      const replica = cluster.ports[3]!;
+      await poll(
+        async () => (await cli(replica, "INFO", "replication")).includes("role:master"),
+        "the replica to take over (cluster-node-timeout 5 s)",
+      );
+      // Before: the subscriber retried the dead node for ever; the listener got nothing more
+      // and no reset.
+      const seq = await putUntilOk(writer, s1, "after");
+      await r1.waitForEvent((e) => e.message === "after" || (e.kind === "reset" && e.seq >= seq));
+      await putUntilOk(writer, s1, "later");
+      await r1.waitForEvent((e) => e.message === "later");
+      assertInStep(r1.events, "s1");
+      const kinds = r1.events.map((e) => e.kind === "put" ? e.message : e.kind);
+      assertEquals(kinds[0], "before", kinds.join(", "));
+      assertEquals(kinds.at(-1), "later", kinds.join(", "));
     } finally {
       await Promise.all([listener.close(), writer.close()]);
     }
