@@ -520,3 +520,105 @@ Deno.test("DurableStore keeps at most 16 lost ranges for a stream idle through m
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("DurableStore keeps streams in an ordinary table: a delete finds the row by the name's index", async () => {
+  // In the earlier WITHOUT ROWID layout each row (1 MB headers included) was a key of the name's
+  // b-tree: every search that met a large row read its whole overflow chain to compare the name,
+  // so 10,000 deletes beside 100 headers of 1 MB ran 10 s of statements on the event loop
+  // (30 ms in this layout). What is checked here is the layout and the plan, not the time.
+  const { dir, path } = await tempPath();
+  try {
+    const store = DurableStore.open(path);
+    store.load();
+    store.setStream("big", "e", 1, JSON.stringify("h".repeat(100_000)), 0);
+    store.setStream("small", "e", 1, undefined, 0);
+    await store.durable();
+    const db = onDisk(path);
+    try {
+      const sql = db.prepare("SELECT sql FROM sqlite_schema WHERE name = 'streams'").get()?.sql;
+      assert(typeof sql === "string" && !/WITHOUT ROWID/i.test(sql), String(sql));
+      assertEquals(
+        db.prepare("EXPLAIN QUERY PLAN DELETE FROM streams WHERE name = ?").all("small")
+          .map((r) => r.detail),
+        ["SEARCH streams USING INDEX sqlite_autoindex_streams_1 (name=?)"],
+      );
+    } finally {
+      db.close();
+    }
+    store.delete("small");
+    store.close();
+    const again = DurableStore.open(path);
+    assertEquals(again.load().map((s) => [s.name, s.header?.length]), [["big", 100_002]]);
+    again.close();
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("DurableStore.open() rewrites a streams table of the WITHOUT ROWID layout once, keeping every row", async () => {
+  const { dir, path } = await tempPath();
+  try {
+    const db = new DatabaseSync(path);
+    db.exec(`
+      PRAGMA auto_vacuum=INCREMENTAL;
+      PRAGMA journal_mode=WAL;
+      CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+      CREATE TABLE streams(
+        name TEXT PRIMARY KEY, epoch TEXT NOT NULL, seq INTEGER NOT NULL, header TEXT,
+        trimmed_to INTEGER NOT NULL, lost TEXT NOT NULL DEFAULT ''
+      ) WITHOUT ROWID;
+      CREATE TABLE history(
+        id INTEGER PRIMARY KEY, name TEXT NOT NULL, no INTEGER NOT NULL, seq INTEGER NOT NULL,
+        kind INTEGER NOT NULL, frame BLOB NOT NULL
+      );
+      INSERT INTO meta VALUES ('clean', '1');
+      INSERT INTO streams VALUES ('a', 'e1', 3, '"up"', 2, '');
+      INSERT INTO streams VALUES (CAST(x'610062' AS TEXT), 'e2', 5, NULL, 0, '[[1,4]]');
+      INSERT INTO history VALUES (1, 'a', 0, 3, 0, x'7b7d0a');
+      PRAGMA user_version=1;
+    `);
+    db.close();
+    const store = DurableStore.open(path);
+    assertEquals(store.load().map(summary), [
+      {
+        name: "a",
+        epoch: "e1",
+        seq: 3,
+        header: '"up"',
+        trimmedTo: 2,
+        lost: [],
+        history: [[0, 3, false, "{}\n"]],
+      },
+      {
+        name: "a\u0000b",
+        epoch: "e2",
+        seq: 5,
+        header: undefined,
+        trimmedTo: 0,
+        lost: [[1, 4]],
+        history: [],
+      },
+    ]);
+    store.delete("a\u0000b");
+    store.setStream("c", "e3", 1, undefined, 0);
+    store.close();
+    const after = new DatabaseSync(path);
+    const sql = after.prepare("SELECT sql FROM sqlite_schema WHERE name = 'streams'").get()?.sql;
+    assert(typeof sql === "string" && !/WITHOUT ROWID/i.test(sql), String(sql));
+    assertEquals(after.prepare("PRAGMA user_version").get()?.user_version, 1);
+    assertEquals(
+      after.prepare("SELECT name FROM sqlite_schema WHERE type = 'table' ORDER BY name").all()
+        .map((r) => r.name),
+      ["history", "meta", "streams"],
+    );
+    assertEquals(
+      after.prepare("SELECT name, seq FROM streams ORDER BY name").all().map((
+        r,
+      ) => [r.name, r.seq]),
+      [["a", 3], ["c", 1]],
+    );
+    after.close();
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
