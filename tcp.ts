@@ -23,6 +23,7 @@
 
 /// <reference types="./std_types.d.ts" />
 import { concat } from "@std/bytes/concat";
+import { setImmediate } from "node:timers";
 import type { Auth } from "./auth.ts";
 import { CONNECTION_SHARE, type MemoryBudget } from "./budget.ts";
 import { LineError, LineFramer } from "./framer.ts";
@@ -119,6 +120,15 @@ export interface TcpOptions {
 const READ_FIRST = 256;
 const READ_MIN = 1024;
 const READ_MAX = 64 * 1024;
+/**
+ * Resolves in the event loop's next check phase, after it has polled I/O: what a read loop
+ * awaits after a full read. A read of a socket with bytes waiting completes at once, so a peer
+ * that pipelines without pause kept its read loop running from microtask to microtask, and the
+ * event loop did not turn: the other connections' requests waited in their sockets until the
+ * flood paused (seconds; issue 11). `setTimeout(0)` would do too, at ~2 ms a turn (it halved a
+ * flood's throughput); this costs microseconds.
+ */
+const nextTurn = (): Promise<void> => new Promise<void>((resolve) => setImmediate(resolve));
 /** Queued chunks smaller than this are joined into one write. */
 const JOIN_BELOW = 4096;
 
@@ -778,7 +788,8 @@ class Connection implements Transport {
    * that grows with the traffic: each chunk goes through the connection's {@linkcode LineFramer}
    * (limit-checked as bytes, complete lines decoded with one call), and its lines are handled
    * synchronously, so replies and deliveries caused by one chunk go out in one write per
-   * connection (see BENCHMARKS.md for the profiles behind it).
+   * connection (see BENCHMARKS.md for the profiles behind it). After a full read it waits for
+   * the event loop's next turn, so a peer that never pauses cannot hold the others back.
    */
   async serve(): Promise<void> {
     try {
@@ -834,6 +845,9 @@ class Connection implements Transport {
             if (room) await room;
             this.#holdLine(framer.pending, session.backlog);
           }
+          // A full read: more is likely waiting. Let the other connections' reads (and the
+          // timers) have their turn before reading on.
+          if (n === buf.byteLength) await nextTurn();
           if (n === buf.byteLength && n < READ_MAX) {
             buf = new Uint8Array(n * 2);
             quiet = 0;
