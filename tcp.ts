@@ -121,14 +121,25 @@ const READ_FIRST = 256;
 const READ_MIN = 1024;
 const READ_MAX = 64 * 1024;
 /**
- * Resolves in the event loop's next check phase, after it has polled I/O: what a read loop
- * awaits after a full read. A read of a socket with bytes waiting completes at once, so a peer
- * that pipelines without pause kept its read loop running from microtask to microtask, and the
- * event loop did not turn: the other connections' requests waited in their sockets until the
- * flood paused (seconds; issue 11). `setTimeout(0)` would do too, at ~2 ms a turn (it halved a
- * flood's throughput); this costs microseconds.
+ * Resolves in the event loop's next check phase: what a read loop awaits after a full read. A
+ * read of a socket with bytes waiting completes at once, so a peer that pipelines without pause
+ * kept its read loop running from microtask to microtask, and the event loop did not turn: the
+ * other connections' requests waited in their sockets until the flood paused (seconds; issue 11).
+ * A check-phase turn lets timers and resolved operations run, but while the loop always has work
+ * the runtime polls the other sockets for readiness seldom (their bytes still waited ~200 ms):
+ * at most every {@linkcode POLL_EVERY} ms one read loop waits for a timer instead (~2 ms, which
+ * lets the runtime wait on I/O). `setTimeout(0)` after every full read halved a flood's rate.
  */
-const nextTurn = (): Promise<void> => new Promise<void>((resolve) => setImmediate(resolve));
+const nextTurn = (): Promise<void> => {
+  const now = performance.now();
+  if (now - polledAt < POLL_EVERY) return new Promise<void>((resolve) => setImmediate(resolve));
+  polledAt = now;
+  return new Promise<void>((resolve) => setTimeout(resolve, 0));
+};
+/** Milliseconds of back-to-back full reads after which a read loop waits for a timer. */
+const POLL_EVERY = 20;
+/** When a read loop last waited for a timer (process-wide). */
+let polledAt = 0;
 /** Queued chunks smaller than this are joined into one write. */
 const JOIN_BELOW = 4096;
 
