@@ -208,7 +208,9 @@ Deno.test({
       // At the timeout the door lets go of them and this process holds only the peers' own 40
       // descriptors (a Deno.TlsConn kept the server's 40 until each peer sent or closed).
       await poll(() => server.metrics.connections.tcp === 0, "the door to let go of them");
-      await poll(() => fds() === before + 40, () => `descriptors: ${fds()}, ${before} before`);
+      // At most: other descriptors of this process (an earlier test's socket still closing) may
+      // go meanwhile; the door's 40 may not stay (they did: before + 80).
+      await poll(() => fds() <= before + 40, () => `descriptors: ${fds()}, ${before} before`);
       for (const c of peers) c.close();
       await roundTrip(server.addr.port, pem.cert);
     } finally {
