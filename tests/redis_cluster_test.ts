@@ -279,7 +279,7 @@ clusterTest(
     await redis.restart();
     // Redis came back empty: state lost, not a stream deleted (issue 12).
     const reset = await rec.waitForEvent((e) => e.kind === "reset");
-    assertEquals(reset.at(-1)?.message, { reason: "state_lost" });
+    assertEquals(reset.find((ev) => ev.kind === "reset")?.message, { reason: "state_lost" });
     // Publishers retry on engine_unavailable until the node's connection is back.
     let i = 110;
     for (let attempt = 0; !(await put(i)); attempt++) {

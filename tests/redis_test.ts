@@ -341,7 +341,7 @@ redisTest(
     // Redis came back empty: the listener is told (reset, new epoch), then gets new puts. The
     // reason says the state was lost, not that the stream was deleted (issue 12).
     const reset = await rec.waitForEvent((ev) => ev.kind === "reset");
-    assertEquals(reset.at(-1)?.message, { reason: "state_lost" });
+    assertEquals(reset.find((ev) => ev.kind === "reset")?.message, { reason: "state_lost" });
     // The command connection may come back a moment after the subscription: retry as a
     // publisher would on engine_unavailable (bounded).
     for (let attempt = 0;; attempt++) {
