@@ -3,10 +3,11 @@
 // at their timeouts; a header flood at its bound; --max-connections counts idle sockets; a
 // half-open TLS handshake is cut; a fragmented WebSocket message over the limit closes its
 // socket with 1009 as soon as the frame header that passes the limit arrives.
-import { assert, assertEquals, assertStringIncludes } from "@std/assert";
+import { assert, assertEquals } from "@std/assert";
 import { serveHttp } from "../http.ts";
 import { HttpTransport } from "../http_server.ts";
 import { MessageStream } from "../mod.ts";
+import { rawWs, upgradeRequest } from "./_ws_raw.ts";
 import { deadline, poll } from "./_wait.ts";
 
 const enc = new TextEncoder();
@@ -176,29 +177,6 @@ Deno.test({
   },
 });
 
-/** Opens a raw WebSocket (the handshake read), for frames written by hand. */
-async function rawWs(port: number): Promise<Deno.Conn> {
-  const conn = await connect(
-    port,
-    `GET /ws HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nUpgrade: websocket\r\n` +
-      `Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n` +
-      `Sec-WebSocket-Version: 13\r\n\r\n`,
-  );
-  const b = new Uint8Array(1);
-  let head = "";
-  await deadline(
-    (async () => {
-      while (!head.endsWith("\r\n\r\n")) {
-        if (await conn.read(b) === null) throw new Error("closed during the handshake");
-        head += String.fromCharCode(b[0] as number);
-      }
-    })(),
-    "the WebSocket handshake",
-  );
-  assertStringIncludes(head, "HTTP/1.1 101");
-  return conn;
-}
-
 /** A masked client frame header (mask 0) for a payload of `len` bytes. */
 function frameHeader(fin: boolean, opcode: number, len: number): Uint8Array {
   const h = new Uint8Array(14);
@@ -282,12 +260,8 @@ Deno.test("A WebSocket upgrade past --max-connections gets 503 and no socket", a
   const port = server.addr.port;
   const idle = await connect(port);
   await poll(() => server.connections === 1, "one socket counted");
-  const over = await connect(
-    port,
-    `GET /ws HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nUpgrade: websocket\r\n` +
-      `Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n` +
-      `Sec-WebSocket-Version: 13\r\n\r\n`,
-  );
+  const over = await connect(port);
+  await over.write(upgradeRequest(port));
   const text = await readToEnd(over, "the refusal");
   assertEquals(statusOf(text), "503");
   assertEquals(JSON.parse(text.slice(text.indexOf("\r\n\r\n") + 4)).limit, "max_connections");

@@ -8,45 +8,9 @@ import { MessageStream } from "../mod.ts";
 import { serveHttp } from "../http.ts";
 import { MAX_FRAGMENTS } from "../ws_wire.ts";
 import { deadline, poll } from "./_wait.ts";
+import { clientFrame as frame, rawWs, writeAll } from "./_ws_raw.ts";
 
 const enc = new TextEncoder();
-
-/** Opens a raw WebSocket (the handshake read), for frames written by hand. */
-async function rawWs(port: number): Promise<Deno.TcpConn> {
-  const conn = await Deno.connect({ hostname: "127.0.0.1", port });
-  await conn.write(enc.encode(
-    `GET /ws HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nUpgrade: websocket\r\n` +
-      `Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n` +
-      `Sec-WebSocket-Version: 13\r\n\r\n`,
-  ));
-  const b = new Uint8Array(1);
-  let head = "";
-  await deadline(
-    (async () => {
-      while (!head.endsWith("\r\n\r\n")) {
-        if (await conn.read(b) === null) throw new Error("closed during the handshake");
-        head += String.fromCharCode(b[0] as number);
-      }
-    })(),
-    "the WebSocket handshake",
-  );
-  assertStringIncludes(head, "HTTP/1.1 101");
-  return conn;
-}
-
-/** A masked client frame (mask 0: the payload goes as it is) of at most 125 bytes. */
-function frame(fin: boolean, opcode: number, payload: Uint8Array = new Uint8Array(0)): Uint8Array {
-  const f = new Uint8Array(6 + payload.length);
-  f[0] = (fin ? 0x80 : 0) | opcode;
-  f[1] = 0x80 | payload.length;
-  f.set(payload, 6);
-  return f;
-}
-
-/** Writes all of `bytes` (a socket's write may take only part of them). */
-async function writeAll(conn: Deno.Conn, bytes: Uint8Array): Promise<void> {
-  for (let at = 0; at < bytes.length;) at += await conn.write(bytes.subarray(at));
-}
 
 /** `count` copies of `one`, in one buffer. */
 function repeat(one: Uint8Array, count: number): Uint8Array {

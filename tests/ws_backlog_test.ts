@@ -8,27 +8,7 @@ import { syncOf } from "../core.ts";
 import { serveHttp } from "../http.ts";
 import { MessageStream } from "../mod.ts";
 import { deadline, poll } from "./_wait.ts";
-
-const enc = new TextEncoder();
-
-/** A masked client text frame (mask 0: the payload goes as it is). */
-function textFrame(text: string): Uint8Array {
-  const payload = enc.encode(text);
-  const n = payload.length;
-  const head = n < 126 ? 2 : n < 65536 ? 4 : 10;
-  const f = new Uint8Array(head + 4 + n);
-  f[0] = 0x81;
-  if (n < 126) f[1] = 0x80 | n;
-  else if (n < 65536) {
-    f[1] = 0x80 | 126;
-    new DataView(f.buffer).setUint16(2, n);
-  } else {
-    f[1] = 0x80 | 127;
-    new DataView(f.buffer).setBigUint64(2, BigInt(n));
-  }
-  f.set(payload, head + 4);
-  return f;
-}
+import { clientFrame, upgradeRequest } from "./_ws_raw.ts";
 
 Deno.test("WebSocket: 90 MB of puts pipelined behind a slow pattern join wait in the socket, not in the server; all are answered in order", async () => {
   const hub = new MessageStream({ maxStreams: 200_000, maxMemory: 1 << 30 });
@@ -37,11 +17,7 @@ Deno.test("WebSocket: 90 MB of puts pipelined behind a slow pattern join wait in
   await using server = serveHttp(hub, { port: 0, maxOutboundBytes: 64 << 20 });
   const port = server.addr.port;
   const conn = await Deno.connect({ hostname: "127.0.0.1", port });
-  await conn.write(enc.encode(
-    `GET /ws HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nUpgrade: websocket\r\n` +
-      `Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n` +
-      `Sec-WebSocket-Version: 13\r\n\r\n`,
-  ));
+  await conn.write(upgradeRequest(port));
   const upgraded = Promise.withResolvers<void>();
   let written = 0;
   let writtenAtJoin = -1;
@@ -109,10 +85,14 @@ Deno.test("WebSocket: 90 MB of puts pipelined behind a slow pattern join wait in
   const message = "m".repeat(300_000);
   const writing = (async () => {
     await upgraded.promise;
-    const join = textFrame('{"action":"listen","pattern":"jobs.*","id":"join"}');
+    const join = clientFrame(true, 1, '{"action":"listen","pattern":"jobs.*","id":"join"}');
     await conn.write(join);
     for (let i = 0; i < 300; i++) {
-      const f = textFrame(`{"action":"put","stream":"big","message":"${message}","id":${i}}`);
+      const f = clientFrame(
+        true,
+        1,
+        `{"action":"put","stream":"big","message":"${message}","id":${i}}`,
+      );
       for (let off = 0; off < f.length;) off += await conn.write(f.subarray(off));
       written += f.length;
       maxLines = Math.max(maxLines, hub.memory.parts().lines);

@@ -4,18 +4,7 @@ import { assertEquals, assertStringIncludes } from "@std/assert";
 import { serveHttp } from "../http.ts";
 import { MessageStream } from "../mod.ts";
 import { deadline } from "./_wait.ts";
-
-const enc = new TextEncoder();
-
-/** A masked client text frame (mask 0) of under 126 bytes. */
-function textFrame(text: string): Uint8Array {
-  const payload = enc.encode(text);
-  const f = new Uint8Array(6 + payload.length);
-  f[0] = 0x81;
-  f[1] = 0x80 | payload.length;
-  f.set(payload, 6);
-  return f;
-}
+import { clientFrame, upgradeRequest } from "./_ws_raw.ts";
 
 /** Reads unmasked text frames after the 101 until `count` have come. */
 async function readFrames(conn: Deno.Conn, count: number): Promise<string[]> {
@@ -54,15 +43,11 @@ for (const split of [false, true]) {
     const port = server.addr.port;
     const conn = await Deno.connect({ hostname: "127.0.0.1", port });
     try {
-      const request = enc.encode(
-        `GET /ws HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nUpgrade: websocket\r\n` +
-          `Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n` +
-          `Sec-WebSocket-Version: 13\r\n\r\n`,
-      );
+      const request = upgradeRequest(port);
       const frames = [
-        textFrame('{"action":"put","stream":"s","message":1,"id":"a"}'),
-        textFrame('{"action":"put","stream":"s","message":2,"id":"b"}'),
-        textFrame('{"action":"ping","id":"c"}'),
+        clientFrame(true, 1, '{"action":"put","stream":"s","message":1,"id":"a"}'),
+        clientFrame(true, 1, '{"action":"put","stream":"s","message":2,"id":"b"}'),
+        clientFrame(true, 1, '{"action":"ping","id":"c"}'),
       ];
       if (split) {
         await conn.write(request);
