@@ -4,75 +4,15 @@
  * client that never reads its answers.
  */
 import { assert, assertEquals } from "@std/assert";
-import { TextLineStream } from "@std/streams/text-line-stream";
+import { start } from "./_ulimit.ts";
 import { serve } from "../server.ts";
 import { serveHttp } from "../http.ts";
 import { MessageStream } from "../mod.ts";
 import { HttpTransport } from "../http_server.ts";
 import { deadline, poll } from "./_wait.ts";
 
-const serverPath = new URL("../server.ts", import.meta.url).pathname;
 const enc = new TextEncoder();
 const linux = Deno.build.os === "linux";
-
-interface Proc extends AsyncDisposable {
-  tcp: number;
-  http: number;
-  log: string[];
-  exited(): boolean;
-}
-
-/** Starts `server.ts` under `ulimit -n` (bash exec keeps the pid) and reads its two ports. */
-async function start(args: string[], ulimit: number): Promise<Proc> {
-  const quoted = [Deno.execPath(), "run", "-A", serverPath, "--port", "0", "--http-port", "0"]
-    .concat(args).map((a) => `'${a}'`).join(" ");
-  const child = new Deno.Command("bash", {
-    args: ["-c", `ulimit -n ${ulimit}; exec ${quoted}`],
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
-    env: { NO_COLOR: "1" },
-  }).spawn();
-  let done = false;
-  const status = child.status.then(() => {
-    done = true;
-  });
-  const log: string[] = [];
-  const logging = (async () => {
-    const lines = child.stderr.pipeThrough(new TextDecoderStream()).pipeThrough(
-      new TextLineStream(),
-    );
-    for await (const line of lines) log.push(line);
-  })();
-  const reader = child.stdout.pipeThrough(new TextDecoderStream()).pipeThrough(
-    new TextLineStream(),
-  ).getReader();
-  let tcp = 0;
-  let http = 0;
-  const kill = async () => {
-    if (!done) child.kill("SIGKILL");
-    await status;
-    await reader.cancel();
-    await logging;
-  };
-  try {
-    await deadline(
-      (async () => {
-        while (!tcp || !http) {
-          const { value, done } = await reader.read();
-          if (done) throw new Error(`The server exited: ${log.join("\n")}`);
-          tcp ||= Number(/listening on \w+:\/\/.*:(\d+)$/.exec(value)?.[1] ?? 0);
-          http ||= Number(/http on http:\/\/.*:(\d+)$/.exec(value)?.[1] ?? 0);
-        }
-      })(),
-      "the listening lines",
-    );
-  } catch (e) {
-    await kill();
-    throw e;
-  }
-  return { tcp, http, log, exited: () => done, [Symbol.asyncDispose]: kill };
-}
 
 /** GET /healthz on a new connection; its status, or 0 when none came within `ms`. */
 async function healthz(port: number, ms: number): Promise<number> {
