@@ -406,10 +406,7 @@ export class Session implements Listener {
   #plainPut(line: string, at: number, sync: SyncHub): void {
     const name = plainName(line, at);
     try {
-      if (this.#auth && !this.#grant) {
-        throw new ProtocolError("unauthorized", 'Send "hello" with a valid token first');
-      }
-      const stream = this.#streamName(name, "publish");
+      const stream = this.#plainStream(name);
       // The message's copy is the event's (an in-process listener may keep it); the JSON text
       // is only spliced into the frame, so a slice of the line will do.
       sync.putNow(stream, copy(line.slice(at + 1, -2)), line.slice(at, -1));
@@ -427,10 +424,7 @@ export class Session implements Listener {
   #plainEnginePut(line: string, at: number, engine: EngineCore): void {
     const name = plainName(line, at);
     try {
-      if (this.#auth && !this.#grant) {
-        throw new ProtocolError("unauthorized", 'Send "hello" with a valid token first');
-      }
-      const stream = this.#streamName(name, "publish");
+      const stream = this.#plainStream(name);
       // Neither slice is kept past the put's batch: the node keeps nothing of a put's message
       // (its event comes back from the engine).
       const done = engine.put(stream, line.slice(at + 1, -2), line.slice(at, -1));
@@ -534,9 +528,7 @@ export class Session implements Listener {
       return this.send(pong);
     }
     if (action === "pong") return; // any frame is a sign of life; nothing to answer
-    if (this.#auth && !this.#grant) {
-      throw new ProtocolError("unauthorized", 'Send "hello" with a valid token first');
-    }
+    this.#requireGrant();
     switch (action) {
       case "put": {
         const stream = this.#stream(f, "publish");
@@ -852,6 +844,19 @@ export class Session implements Listener {
   }
 
   /** A request's stream name, checked (and authorized for `right`). */
+  /** With tokens, a request before a good `hello` is `unauthorized`. */
+  #requireGrant(): void {
+    if (this.#auth && !this.#grant) {
+      throw new ProtocolError("unauthorized", 'Send "hello" with a valid token first');
+    }
+  }
+
+  /** A plain put line's stream: the checks of `put` (grant, name, publish right). */
+  #plainStream(name: unknown): string {
+    this.#requireGrant();
+    return this.#streamName(name, "publish");
+  }
+
   #streamName(stream: unknown, right: "publish" | "subscribe" | undefined): string {
     const max = this.#hub.maxStreamNameLength;
     if (typeof stream !== "string" || stream.length === 0 || stream.length > max) {
